@@ -1,0 +1,547 @@
+"""Spectrogram features with an on-disk cache, label encoding, normalisation and the dataset.
+
+The paper's input is a fixed-length linear STFT magnitude: 16 kHz mono, Hamming window of 256,
+hop 128, 4 s segments -> 512 frames x 128 bins. Log-mel is offered as an option. Extracting a
+corpus takes minutes, so features are cached as one .npy array per (file list, config), keyed by
+a hash of the files' paths, sizes and mtimes and the config; a sidecar JSON holds that key and a
+sha256 checksum of the array so that a stale or corrupted cache is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from qat.data.audio import is_near_silent, load_audio
+from qat.data.records import EMOTIONS, Utterance, emotions_of
+
+# Bump when the feature computation changes in a way the config does not capture, so that
+# every existing cache is rebuilt.
+FEATURE_VERSION = 1
+
+# The VGG16 has five 2x2 poolings: the frame axis must divide by 2**5.
+FRAME_MULTIPLE = 32
+
+KINDS = ("stft", "logmel")
+COMPRESSIONS = ("none", "log")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How a waveform becomes a (frames, bins) array.
+
+    kind: "stft" (linear-frequency magnitude, the paper) or "logmel" (mel power).
+    compression: "log" applies log1p to the STFT magnitude (silence stays at 0, large
+        magnitudes are compressed) or log(max(mel power, log_floor)) to the mel power;
+        "none" keeps the magnitude / mel power as is.
+    frames: the segment's frame count (segment samples / hop, rounded up) rounded up again to a
+        multiple of 32 so that the VGG poolings divide it: 4 s -> 500 -> 512, 1 s -> 125 -> 128.
+    bins: stft keeps n_fft // 2 bins (the Nyquist bin is dropped: 256 -> 128); logmel n_mels.
+    silence_peak: an utterance whose peak absolute amplitude is below this counts as
+        near-silent (flagged in `Features.silent`, for the caller to drop and count).
+    """
+
+    kind: str = "stft"
+    sample_rate: int = 16000
+    segment_seconds: float = 4.0
+    n_fft: int = 256
+    hop_length: int = 128
+    n_mels: int = 64
+    compression: str = "log"
+    log_floor: float = 1e-10
+    silence_peak: float = 1e-3
+
+    def __post_init__(self):
+        def bad(field: str, expected: str):
+            value = getattr(self, field)
+            raise ValueError(f"FeatureConfig.{field}={value!r}: expected {expected}")
+
+        if self.kind not in KINDS:
+            bad("kind", f"one of {KINDS}")
+        if self.compression not in COMPRESSIONS:
+            bad("compression", f"one of {COMPRESSIONS}")
+        if not _is_int(self.sample_rate) or self.sample_rate <= 0:
+            bad("sample_rate", "a positive integer (Hz)")
+        if not _is_number(self.segment_seconds) or not self.segment_seconds > 0:
+            bad("segment_seconds", "a positive number of seconds")
+        if not _is_int(self.n_fft) or self.n_fft < 16 or self.n_fft % 2:
+            bad("n_fft", "an even integer >= 16")
+        # A hop above half the window would leave samples that no frame centre reaches.
+        if not _is_int(self.hop_length) or not 1 <= self.hop_length <= self.n_fft // 2:
+            bad("hop_length", f"an integer in [1, n_fft // 2 = {self.n_fft // 2}]")
+        if not _is_int(self.n_mels) or self.n_mels < 1:
+            bad("n_mels", "a positive integer")
+        if not _is_number(self.log_floor) or not self.log_floor > 0:
+            bad("log_floor", "a positive number")
+        if not _is_number(self.silence_peak) or not self.silence_peak >= 0:
+            bad("silence_peak", "a non-negative amplitude")
+        if self.segment_samples < 1:
+            bad("segment_seconds", "at least one sample at sample_rate")
+
+    @property
+    def segment_samples(self) -> int:
+        return round(self.segment_seconds * self.sample_rate)
+
+    @property
+    def frames(self) -> int:
+        raw = math.ceil(self.segment_samples / self.hop_length)
+        return math.ceil(raw / FRAME_MULTIPLE) * FRAME_MULTIPLE
+
+    @property
+    def bins(self) -> int:
+        return self.n_fft // 2 if self.kind == "stft" else self.n_mels
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.frames, self.bins)
+
+    def key(self) -> str:
+        """A short stable hash of every field and the feature-code version."""
+        payload = json.dumps(
+            {"version": FEATURE_VERSION, **dataclasses.asdict(self)}, sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# One waveform
+
+
+def fit_segment(y: np.ndarray, length: int) -> np.ndarray:
+    """Centre-crop or symmetrically zero-pad `y` to `length` samples, so that the speech, which
+    usually sits in the middle of a file, stays in the middle of the segment."""
+    n = len(y)
+    if n >= length:
+        start = (n - length) // 2
+        return y[start : start + length]
+    out = np.zeros(length, dtype=y.dtype)
+    left = (length - n) // 2
+    out[left : left + n] = y
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).astype(np.float64)
+
+
+def compute_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Features of one mono waveform at config.sample_rate: float32 array (frames, bins).
+
+    Frame t is centred on sample t * hop of the segment (the signal is zero outside it), the
+    same framing as librosa's centre=True with zero padding, but with exactly config.frames
+    frames: the trailing frames past the segment's end hold zeros.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y: expected a 1-D mono waveform, got shape {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y: waveform contains NaN or infinite samples")
+    segment = fit_segment(y.astype(np.float64), config.segment_samples)
+    n_fft, hop, frames = config.n_fft, config.hop_length, config.frames
+    padded = np.zeros((frames - 1) * hop + n_fft)
+    padded[n_fft // 2 : n_fft // 2 + len(segment)] = segment
+    spectrum = librosa.stft(
+        padded, n_fft=n_fft, hop_length=hop, win_length=n_fft, window="hamming", center=False
+    )
+    magnitude = np.abs(spectrum)  # (1 + n_fft // 2, frames)
+    if config.kind == "stft":
+        out = magnitude[: n_fft // 2]
+        if config.compression == "log":
+            out = np.log1p(out)
+    else:
+        out = _mel_basis(config.sample_rate, n_fft, config.n_mels) @ magnitude**2
+        if config.compression == "log":
+            out = np.log(np.maximum(out, config.log_floor))
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def _load(path: str, sample_rate: int) -> np.ndarray:
+    """Mono float32 waveform at sample_rate via the shared loader (stereo -> mono, resampling,
+    NaN rejection; AudioError / FileNotFoundError naming the file)."""
+    return load_audio(path, sample_rate=sample_rate)
+
+
+def _extract_chunk(paths: Sequence[str], config: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Features and near-silence flags of a few files; runs in a worker process."""
+    x = np.empty((len(paths), *config.shape), dtype=np.float32)
+    silent = np.empty(len(paths), dtype=bool)
+    for i, path in enumerate(paths):
+        y = _load(path, config.sample_rate)
+        silent[i] = is_near_silent(y, config.silence_peak)
+        x[i] = compute_features(y, config)
+    return x, silent
+
+
+# --------------------------------------------------------------------------------------------
+# A corpus, cached
+
+
+@dataclass
+class Features:
+    """Features of a record list, aligned with it.
+
+    x: (N, frames, bins) float32, usually a read-only memory map of the cache file.
+    silent: (N,) bool, near-silent utterances (peak below config.silence_peak).
+    path: the cache file.
+    """
+
+    x: np.ndarray
+    silent: np.ndarray
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def _files_key(paths: Sequence[str], config: FeatureConfig) -> str:
+    """sha256 of (each file's path, size, mtime; the config): any change means a rebuild."""
+    h = hashlib.sha256(config.key().encode())
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"audio file not found: {path}") from None
+        h.update(f"\n{path}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _cache_paths(paths: Sequence[str], config: FeatureConfig, cache_dir: Path) -> tuple[Path, Path]:
+    """One cache file per (file list, config); sizes and mtimes are checked via the sidecar, so
+    a changed file rebuilds this same cache file instead of adding another."""
+    corpus_id = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
+    stem = f"{config.kind}-{config.key()}-{corpus_id}"
+    return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _try_load_cache(array_path: Path, sidecar_path: Path, key: str, n: int, config: FeatureConfig):
+    """The cached (x, silent) if the cache is current and intact, else None (warns when the
+    cache is current but damaged)."""
+    if not (array_path.exists() and sidecar_path.exists()):
+        return None
+    try:
+        meta = json.loads(sidecar_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        warnings.warn(
+            f"feature cache sidecar {sidecar_path} is unreadable; rebuilding", stacklevel=3
+        )
+        return None
+    if meta.get("key") != key:
+        return None  # files or config changed: an ordinary rebuild
+    if _sha256_file(array_path) != meta.get("sha256"):
+        warnings.warn(
+            f"feature cache {array_path} does not match its checksum (corrupted); rebuilding",
+            stacklevel=3,
+        )
+        return None
+    x = np.load(array_path, mmap_mode="r")
+    if x.shape != (n, *config.shape) or x.dtype != np.float32:
+        warnings.warn(f"feature cache {array_path} has shape {x.shape}; rebuilding", stacklevel=3)
+        return None
+    silent = np.zeros(n, dtype=bool)
+    silent[np.asarray(meta["silent"], dtype=np.int64)] = True
+    return x, silent
+
+
+def _chunks(n: int, workers: int) -> list[range]:
+    # Several chunks per worker keeps both busy to the end and the progress bar moving.
+    size = max(1, min(64, math.ceil(n / (workers * 8))))
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _pool_context():
+    # fork (where available) spares each worker re-importing librosa (~1 s); the workers use
+    # only numpy and librosa, never torch, so forking a process that imported torch is safe.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _extract_into(out: np.ndarray, paths: Sequence[str], config, workers: int, progress: bool):
+    """Fill `out` (N, frames, bins) with the features of `paths`; returns the silent flags."""
+    silent = np.zeros(len(paths), dtype=bool)
+    chunks = _chunks(len(paths), workers)
+    with tqdm(
+        total=len(paths), desc=f"{config.kind} features", unit="file", disable=not progress
+    ) as bar:
+
+        def store(chunk: range, result):
+            out[chunk.start : chunk.stop], silent[chunk.start : chunk.stop] = result
+            bar.update(len(chunk))
+
+        if workers == 1:
+            for chunk in chunks:
+                store(chunk, _extract_chunk([paths[i] for i in chunk], config))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+                futures = [
+                    (chunk, pool.submit(_extract_chunk, [paths[i] for i in chunk], config))
+                    for chunk in chunks
+                ]
+                for chunk, future in futures:
+                    store(chunk, future.result())
+    return silent
+
+
+def _build_cache(paths, config, array_path: Path, sidecar_path: Path, key: str, workers, progress):
+    """Extract, write the array and then its sidecar, each atomically; a crash in between
+    leaves a sidecar whose checksum no longer matches, so the next call rebuilds."""
+    fd, tmp_name = tempfile.mkstemp(dir=array_path.parent, prefix=array_path.stem, suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float32, shape=(len(paths), *config.shape)
+        )
+        silent = _extract_into(out, paths, config, workers, progress)
+        out.flush()
+        del out
+        checksum = _sha256_file(tmp)
+        os.replace(tmp, array_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {
+        "key": key,
+        "sha256": checksum,
+        "shape": [len(paths), *config.shape],
+        "silent": np.flatnonzero(silent).tolist(),
+        "config": dataclasses.asdict(config),
+        "feature_version": FEATURE_VERSION,
+    }
+    _write_text_atomic(sidecar_path, json.dumps(meta, indent=1))
+    return silent
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+def extract_features(
+    records: Sequence[Utterance],
+    config: FeatureConfig,
+    cache_dir: str | os.PathLike,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Features:
+    """Features of every record (in order), from the cache when it is current, else extracted
+    in parallel processes and cached. Results do not depend on `workers`
+    (default min(2, cpus))."""
+    if len(records) == 0:
+        raise ValueError("records: expected at least one utterance, got none")
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if not _is_int(workers) or workers < 1:
+        raise ValueError(f"workers={workers!r}: expected a positive integer")
+    paths = [str(r.path) for r in records]
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _files_key(paths, config)
+    array_path, sidecar_path = _cache_paths(paths, config, cache_dir)
+    cached = _try_load_cache(array_path, sidecar_path, key, len(paths), config)
+    if cached is None:
+        _build_cache(paths, config, array_path, sidecar_path, key, workers, progress)
+        cached = _try_load_cache(array_path, sidecar_path, key, len(paths), config)
+        if cached is None:
+            raise RuntimeError(
+                f"feature cache {array_path} failed verification right after writing"
+            )
+    x, silent = cached
+    return Features(x=x, silent=silent, path=array_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation and labels
+
+
+class Normalizer:
+    """Per-frequency-bin standardisation with statistics of the TRAINING items only (mean and
+    population std over items and frames); fitting on all items would leak the test set."""
+
+    # A constant bin (e.g. all padding) has std 0; the floor keeps it finite and at 0.
+    STD_FLOOR = 1e-8
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.maximum(np.asarray(std, dtype=np.float64), self.STD_FLOOR)
+        if self.mean.ndim != 1 or self.mean.shape != self.std.shape:
+            raise ValueError(
+                f"mean/std: expected two 1-D arrays of equal length, got {self.mean.shape} "
+                f"and {self.std.shape}"
+            )
+
+    @classmethod
+    def fit(
+        cls, x: np.ndarray, indices: Sequence[int] | np.ndarray | None = None, block: int = 256
+    ):
+        """Fit on x[indices] (x: (N, frames, bins)), reading `block` items at a time so that a
+        memory-mapped corpus is never loaded whole; blocks are merged with Chan's formula."""
+        indices = np.arange(len(x)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            raise ValueError("indices: expected at least one training item to fit the normaliser")
+        count, mean, m2 = 0, np.zeros(x.shape[-1]), np.zeros(x.shape[-1])
+        for start in range(0, len(indices), block):
+            chunk = np.asarray(x[np.sort(indices[start : start + block])], dtype=np.float64)
+            chunk = chunk.reshape(-1, x.shape[-1])
+            n_b, mean_b = len(chunk), chunk.mean(axis=0)
+            m2_b = ((chunk - mean_b) ** 2).sum(axis=0)
+            delta, total = mean_b - mean, count + n_b
+            mean = mean + delta * n_b / total
+            m2 = m2 + m2_b + delta**2 * count * n_b / total
+            count = total
+        return cls(mean, np.sqrt(m2 / count))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(x - mean) / std over the last (bin) axis, as float32."""
+        if x.shape[-1] != len(self.mean):
+            raise ValueError(
+                f"x: expected {len(self.mean)} bins on the last axis, got shape {x.shape}"
+            )
+        return ((x - self.mean.astype(np.float32)) / self.std.astype(np.float32)).astype(np.float32)
+
+    apply = __call__
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Normalizer:
+        return cls(np.asarray(state["mean"]), np.asarray(state["std"]))
+
+
+LABEL_FIELDS = ("emotion", "speaker", "word")
+DIMENSIONS = ("valence", "arousal", "dominance")
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """Ordered vocabularies that turn records into class indices: emotions in the common
+    EMOTIONS order, speakers and words (the records' `text`) sorted."""
+
+    emotions: tuple[str, ...]
+    speakers: tuple[str, ...]
+    words: tuple[str, ...]
+
+    @classmethod
+    def from_records(cls, records: Sequence[Utterance]) -> LabelSpace:
+        return cls(
+            emotions=tuple(emotions_of(records)),
+            speakers=tuple(sorted({r.speaker for r in records})),
+            words=tuple(sorted({r.text for r in records})),
+        )
+
+    def vocabulary(self, field: str) -> tuple[str, ...]:
+        if field not in LABEL_FIELDS:
+            raise ValueError(f"field={field!r}: expected one of {LABEL_FIELDS}")
+        return {"emotion": self.emotions, "speaker": self.speakers, "word": self.words}[field]
+
+    def encode(self, records: Sequence[Utterance]) -> dict[str, np.ndarray]:
+        """int64 class indices for emotion/speaker/word and float32 valence/arousal/dominance
+        (NaN where a record has none)."""
+        out = {}
+        for field, attr in zip(LABEL_FIELDS, ("emotion", "speaker", "text"), strict=True):
+            index = {label: i for i, label in enumerate(self.vocabulary(field))}
+            codes = np.empty(len(records), dtype=np.int64)
+            for i, r in enumerate(records):
+                label = getattr(r, attr)
+                if label not in index:
+                    raise ValueError(
+                        f"{field} label {label!r} (record {r.uid!r}) is not in this label "
+                        f"space's {len(index)} {field} labels"
+                    )
+                codes[i] = index[label]
+            out[field] = codes
+        for dim in DIMENSIONS:
+            values = [getattr(r, dim) for r in records]
+            out[dim] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "emotions": list(self.emotions),
+            "speakers": list(self.speakers),
+            "words": list(self.words),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict) -> LabelSpace:
+        unknown = [e for e in state["emotions"] if e not in EMOTIONS]
+        if unknown:
+            raise ValueError(f"emotions: {unknown} are not in the common vocabulary {EMOTIONS}")
+        return cls(tuple(state["emotions"]), tuple(state["speakers"]), tuple(state["words"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+
+
+class SERDataset(torch.utils.data.Dataset):
+    """A subset of a corpus as ready tensors.
+
+    .x: float32 (n, 1, frames, bins), normalised; .labels: dict of (n,) tensors (see
+    LabelSpace.encode); .indices: the items' positions in the corpus. Trainers slice .x and
+    .labels in batches directly, which is much faster than a DataLoader over __getitem__.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        records: Sequence[Utterance],
+        indices: Sequence[int] | np.ndarray,
+        label_space: LabelSpace,
+        normalizer: Normalizer | None,
+    ):
+        if len(x) != len(records):
+            raise ValueError(f"x has {len(x)} items but records has {len(records)}: expected equal")
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.ndim != 1 or (len(indices) and (indices.min() < 0 or indices.max() >= len(x))):
+            raise ValueError(f"indices: expected positions in [0, {len(x)}), got {indices!r}")
+        features = np.asarray(x[indices], dtype=np.float32)
+        if normalizer is not None:
+            features = normalizer(features)
+        self.x = torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(1).contiguous()
+        encoded = label_space.encode([records[i] for i in indices])
+        self.labels = {name: torch.from_numpy(values) for name, values in encoded.items()}
+        self.indices = indices
+        self.label_space = label_space
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        labels = {name: values[i] for name, values in self.labels.items()}
+        labels["index"] = int(self.indices[i])
+        return self.x[i], labels

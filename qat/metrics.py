@@ -1,0 +1,131 @@
+"""Classification metrics used in speech emotion recognition: WA, UA, macro-F1, confusion.
+
+Labels are integer class indices; numpy arrays, lists and torch tensors are accepted.
+UA (unweighted accuracy, mean per-class recall) is the field's headline number because
+SER corpora are imbalanced; WA (weighted accuracy) is plain accuracy.
+
+Which classes enter the averages matters on small or speaker-wise test sets, where a
+class may be missing from a fold:
+
+- UA averages recall over the classes PRESENT in ``y_true``; the recall of an absent class
+  is undefined (0/0), and counting it as 0 or 1 would move UA by something that is not a
+  property of the model.
+- macro-F1 averages over the classes present in ``y_true`` OR in ``y_pred``: a class the
+  model predicts but which never occurs has F1 = 0 (all its predictions are false
+  positives) and rightly lowers the score; a class with no true positive has F1 = 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _as_labels(values: Any, name: str) -> np.ndarray:
+    """Return ``values`` as a 1-D int64 array, rejecting anything that is not integer labels."""
+    if hasattr(values, "detach"):  # torch tensor, without importing torch here
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class indices, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise ValueError(f"{name} must hold class indices >= 0, got {int(array.min())}")
+    return array
+
+
+def _pair(
+    y_true: Any, y_pred: Any, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a (y_true, y_pred) pair: same non-zero length, indices below ``num_classes``."""
+    true = _as_labels(y_true, "y_true")
+    pred = _as_labels(y_pred, "y_pred")
+    if true.shape != pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same length, got {true.size} and {pred.size}"
+        )
+    if true.size == 0:
+        raise ValueError("y_true is empty: metrics need at least one item")
+    if num_classes is not None:
+        if not isinstance(num_classes, int | np.integer) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        for name, array in (("y_true", true), ("y_pred", pred)):
+            if array.max() >= num_classes:
+                raise ValueError(
+                    f"{name} holds class index {int(array.max())}, "
+                    f"expected indices in [0, {num_classes})"
+                )
+    return true, pred
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs: rows are true classes, columns predicted classes."""
+    true, pred = _pair(y_true, y_pred, num_classes)
+    counts = np.bincount(true * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def _confusion_auto(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Confusion matrix sized to the largest label seen, for the metrics without num_classes."""
+    size = int(max(true.max(), pred.max())) + 1
+    return confusion_matrix(true, pred, size)
+
+
+def weighted_accuracy(y_true: Any, y_pred: Any) -> float:
+    """WA: the fraction of items classified correctly (plain accuracy)."""
+    true, pred = _pair(y_true, y_pred)
+    return float(np.mean(true == pred))
+
+
+def _per_class_recall(confusion: np.ndarray) -> np.ndarray:
+    """Recall per class; NaN for classes with no true item (their recall is undefined)."""
+    support = confusion.sum(axis=1)
+    recall = np.full(confusion.shape[0], np.nan)
+    present = support > 0
+    recall[present] = np.diag(confusion)[present] / support[present]
+    return recall
+
+
+def unweighted_accuracy(y_true: Any, y_pred: Any) -> float:
+    """UA: mean per-class recall over the classes present in ``y_true`` (balanced accuracy)."""
+    true, pred = _pair(y_true, y_pred)
+    return float(np.nanmean(_per_class_recall(_confusion_auto(true, pred))))
+
+
+def _macro_f1_from_confusion(confusion: np.ndarray) -> float:
+    """Mean F1 over classes occurring as a true or a predicted label (F1 = 0 without a TP)."""
+    tp = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    involved = (support + predicted) > 0
+    # F1 = 2TP / (2TP + FP + FN) = 2TP / (support + predicted): no 0/0 for involved classes.
+    f1 = 2.0 * tp[involved] / (support[involved] + predicted[involved])
+    return float(f1.mean())
+
+
+def macro_f1(y_true: Any, y_pred: Any) -> float:
+    """Macro-F1 over the classes present in ``y_true`` or ``y_pred`` (see module docstring)."""
+    true, pred = _pair(y_true, y_pred)
+    return _macro_f1_from_confusion(_confusion_auto(true, pred))
+
+
+def summary(y_true: Any, y_pred: Any, num_classes: int) -> dict[str, Any]:
+    """All metrics in one JSON-ready dict.
+
+    Keys: ``wa``, ``ua``, ``macro_f1`` (floats), ``confusion`` (list of lists of ints, rows
+    true) and ``per_class_recall`` (one entry per class, ``None`` for a class absent from
+    ``y_true``, so the record stays valid JSON).
+    """
+    true, pred = _pair(y_true, y_pred, num_classes)
+    confusion = confusion_matrix(true, pred, num_classes)
+    recall = _per_class_recall(confusion)
+    return {
+        "wa": float(np.mean(true == pred)),
+        "ua": float(np.nanmean(recall)),
+        "macro_f1": _macro_f1_from_confusion(confusion),
+        "confusion": confusion.tolist(),
+        "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
+    }

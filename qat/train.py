@@ -1,0 +1,264 @@
+"""The training loop, in one place and in plain code.
+
+One step: ONE forward of the trained network, with forward hooks capturing its activations at
+the taps the losses need; the task loss (cross-entropy); optionally the anti-transfer term
+(frozen orthogonal network, no_grad, eval, beta applied once here) and an adversary on the
+penultimate features; one backward; one Adam update. Model selection and early stopping use
+the validation TASK loss alone; the AT term is logged, never selected on.
+
+Every epoch ends with an atomic checkpoint; `fit` resumes from it. Shuffling and dropout are
+seeded per epoch from (seed, epoch), so a resumed run follows the same path as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from qat import metrics
+from qat.adversarial import ganin_lambda
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 5
+    seed: int = 0
+    target: str = "emotion"  # which label the network is trained on
+    beta: float = 1.0  # weight of the anti-transfer term, applied once
+    adversary_lambda: float = 1.0  # peak gradient-reversal weight (ramped as in Ganin & Lempitsky)
+    adversary_target: str = "word"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (self.beta >= 0) or not math.isfinite(self.beta):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
+        if not (self.adversary_lambda >= 0):
+            raise ValueError(f"adversary_lambda must be >= 0, got {self.adversary_lambda}")
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@contextlib.contextmanager
+def capture(model: torch.nn.Module, taps: Iterable[str]):
+    """Yield a dict that the model's next forward fills with {tap: activation}."""
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+    for tap in taps:
+        module = model.tap_module(tap)
+        handles.append(
+            module.register_forward_hook(lambda m, i, o, tap=tap: acts.__setitem__(tap, o))
+        )
+    try:
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Logits in eval mode, batched."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat(
+        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    )
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31)
+
+
+class Step:
+    """One training step on a batch. `fit` calls it for every batch; qat.resources times and
+    measures it on a fixed batch, so the figures in a run record are those of this code."""
+
+    def __init__(self, model, optimizer, config: TrainConfig, anti_transfer=None, adversary=None):
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.anti_transfer, self.adversary = anti_transfer, adversary
+        self.taps = list(anti_transfer.taps) if anti_transfer is not None else []
+        if adversary is not None:
+            self.taps.append("penultimate")
+
+    def __call__(self, x, labels: dict, keys: torch.Tensor | None = None, lam: float = 0.0) -> dict:
+        config, device = self.config, x.device
+        y = labels[config.target].to(device)
+        with capture(self.model, self.taps) as acts:
+            logits = self.model(x)  # the one forward of the trained network
+        task = F.cross_entropy(logits, y)
+        loss, out = task, {"task": task}
+        if self.anti_transfer is not None:
+            out["at"] = self.anti_transfer.term(acts, x, keys)
+            loss = loss + config.beta * out["at"]
+        if self.adversary is not None:
+            emotion = y if self.adversary.conditional else None
+            adv_logits = self.adversary(acts["penultimate"], lam, emotion=emotion)
+            out["adversary"] = F.cross_entropy(
+                adv_logits, labels[config.adversary_target].to(device)
+            )
+            loss = loss + out["adversary"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss became {float(loss)} (task {float(task):.4g})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {k: float(v) for k, v in out.items()}
+
+
+def make_optimizer(model, config: TrainConfig, adversary=None) -> torch.optim.Optimizer:
+    params = list(model.parameters()) + (list(adversary.parameters()) if adversary else [])
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+def fit(
+    model: torch.nn.Module,
+    train,
+    val,
+    config: TrainConfig,
+    *,
+    anti_transfer=None,
+    adversary=None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `model` on `train` (anything with `.x`, a `.labels` dict and `.indices`), select on
+    `val`'s task loss, restore the best weights, and return the history and best epoch.
+
+    anti_transfer: a qat.antitransfer.AntiTransfer (frozen orthogonal network and taps);
+    adversary: a qat.adversarial.Adversary trained on the penultimate features.
+    """
+    device = torch.device(config.device)
+    model.to(device)
+    if adversary is not None:
+        adversary.to(device)
+    if anti_transfer is not None:
+        anti_transfer.check_compatible(model)
+    optimizer = make_optimizer(model, config, adversary)
+    step_fn = Step(model, optimizer, config, anti_transfer, adversary)
+    n, n_val = len(train.x), len(val.x)
+    if n < 2 or n_val < 1:
+        raise ValueError(f"empty split: {n} training and {n_val} validation items")
+    keys = torch.as_tensor(np.asarray(train.indices), dtype=torch.long)
+
+    state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0}
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    best_weights = None
+    if ckpt_path is not None and ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if adversary is not None:
+            adversary.load_state_dict(saved["adversary"])
+        state = saved["state"]
+        best_weights = state.pop("best_weights")
+    best_weights = best_weights or copy.deepcopy(model.state_dict())
+
+    batches_per_epoch = max(1, n // config.batch_size)
+    total_steps = config.epochs * batches_per_epoch
+    for epoch in range(state["epoch"], config.epochs):
+        if state["bad_epochs"] >= config.patience:
+            break
+        seed = _epoch_seed(config.seed, epoch)
+        torch.manual_seed(seed)  # dropout and anything else random in the step
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        batches = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
+        batches = [b for b in batches if len(b) > 1]  # batch norm needs two items
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress
+        )
+        for step, idx in enumerate(bar):
+            lam = ganin_lambda(
+                (epoch * batches_per_epoch + step) / total_steps, config.adversary_lambda
+            )
+            labels = {k: v[idx] for k, v in train.labels.items()}
+            try:
+                losses = step_fn(train.x[idx].to(device), labels, keys[idx], lam)
+            except NonFiniteLossError as err:
+                kept = f"{ckpt_path} (epoch {state['epoch']})" if ckpt_path else "no checkpoint"
+                raise NonFiniteLossError(
+                    f"{err} at epoch {epoch + 1}, step {step + 1}; training stopped, last good "
+                    f"checkpoint: {kept}. Lower lr or beta, or check the inputs for NaN/inf."
+                ) from None
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{losses['task']:.3f}")
+
+        logits = predict(model, val.x)
+        y_val = val.labels[config.target]
+        val_loss = float(F.cross_entropy(logits, y_val))
+        val_ua = metrics.unweighted_accuracy(y_val.numpy(), logits.argmax(1).numpy())
+        record = {"epoch": epoch + 1, "train_loss": sums.pop("task") / len(batches)}
+        record.update({k: v / len(batches) for k, v in sums.items()})
+        record.update(val_loss=val_loss, val_ua=val_ua)
+        state["history"].append(record)
+        if val_loss < state["best_val"]:
+            state.update(best_val=val_loss, best_epoch=epoch + 1, bad_epochs=0)
+            best_weights = copy.deepcopy(model.state_dict())
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        if ckpt_path is not None:
+            saved = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": {**state, "best_weights": best_weights},
+                "config": asdict(config),
+            }
+            if adversary is not None:
+                saved["adversary"] = adversary.state_dict()
+            _atomic_save(saved, ckpt_path)
+        if progress:
+            extras = "".join(f"  {k} {record[k]:.4f}" for k in sums)
+            tqdm.write(
+                f"epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val_loss:.4f}  "
+                f"val UA {val_ua:.3f}{extras}"
+            )
+
+    model.load_state_dict(best_weights)
+    return {
+        "history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "best_val_loss": state["best_val"],
+    }
+
+
+def evaluate(
+    model: torch.nn.Module, data, target: str = "emotion", num_classes: int | None = None
+) -> dict:
+    """Metrics of the (restored best) model on a dataset, with predictions for later analysis."""
+    logits = predict(model, data.x)
+    y = data.labels[target].numpy()
+    pred = logits.argmax(1).numpy()
+    k = num_classes or logits.shape[1]
+    out = metrics.summary(y, pred, k)
+    out["predictions"] = pred.astype(np.int64).tolist()
+    return out

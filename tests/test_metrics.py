@@ -1,0 +1,107 @@
+"""Metrics against hand-computed cases and against scikit-learn on random labels."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from qat.metrics import (
+    confusion_matrix,
+    macro_f1,
+    summary,
+    unweighted_accuracy,
+    weighted_accuracy,
+)
+
+# Hand case 1: three classes, all present.
+#   true 0 -> pred 0,1,0,0 ; true 1 -> pred 1,2 ; true 2 -> pred 2,2,0,2
+TRUE_A = [0, 0, 0, 1, 1, 2, 2, 2, 2, 0]
+PRED_A = [0, 1, 0, 1, 2, 2, 2, 0, 2, 0]
+
+# Hand case 2: four classes, class 2 absent everywhere, class 3 only predicted.
+TRUE_B = [0, 0, 1, 1, 1]
+PRED_B = [0, 3, 1, 1, 0]
+
+
+def test_confusion_matrix_counts_rows_true_columns_predicted():
+    expected = np.array([[3, 1, 0], [0, 1, 1], [1, 0, 3]])
+    np.testing.assert_array_equal(confusion_matrix(TRUE_A, PRED_A, 3), expected)
+    expected_b = np.array([[1, 0, 0, 1], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(confusion_matrix(TRUE_B, PRED_B, 4), expected_b)
+
+
+def test_hand_case_all_classes_present():
+    assert weighted_accuracy(TRUE_A, PRED_A) == pytest.approx(7 / 10)
+    # recalls 3/4, 1/2, 3/4
+    assert unweighted_accuracy(TRUE_A, PRED_A) == pytest.approx((3 / 4 + 1 / 2 + 3 / 4) / 3)
+    # F1 = 2TP / (support + predicted): 6/8, 2/4, 6/8
+    assert macro_f1(TRUE_A, PRED_A) == pytest.approx((0.75 + 0.5 + 0.75) / 3)
+
+
+def test_hand_case_absent_and_predicted_only_classes():
+    assert weighted_accuracy(TRUE_B, PRED_B) == pytest.approx(3 / 5)
+    # UA over the classes present in y_true (0 and 1) only: recalls 1/2 and 2/3.
+    assert unweighted_accuracy(TRUE_B, PRED_B) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # macro-F1 over classes 0, 1, 3: 2/4, 4/5, 0 (class 3 predicted once, never true).
+    assert macro_f1(TRUE_B, PRED_B) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_summary_is_json_ready_and_consistent():
+    out = summary(torch.tensor(TRUE_B), np.array(PRED_B), num_classes=4)
+    assert out["wa"] == pytest.approx(0.6)
+    assert out["ua"] == pytest.approx(7 / 12)
+    assert out["macro_f1"] == pytest.approx(1.3 / 3)
+    assert out["confusion"] == [[1, 0, 0, 1], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert out["per_class_recall"][0] == pytest.approx(0.5)
+    assert out["per_class_recall"][1] == pytest.approx(2 / 3)
+    assert out["per_class_recall"][2:] == [None, None]
+    import json
+
+    json.dumps(out, allow_nan=False)  # raises if anything is not plain JSON
+
+
+def test_tensors_and_lists_give_the_same_numbers():
+    assert weighted_accuracy(torch.tensor(TRUE_A), torch.tensor(PRED_A)) == pytest.approx(0.7)
+    assert unweighted_accuracy(np.array(TRUE_A), PRED_A) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_agrees_with_sklearn_on_random_labels(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 7))
+    n = int(rng.integers(5, 60))
+    # Draw from a random subset of classes so some are missing from y_true or y_pred.
+    y_true = rng.choice(rng.permutation(k)[: max(1, k - 1)], size=n)
+    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, k, size=n))
+    labels = np.arange(k)
+    np.testing.assert_array_equal(
+        confusion_matrix(y_true, y_pred, k), skm.confusion_matrix(y_true, y_pred, labels=labels)
+    )
+    assert weighted_accuracy(y_true, y_pred) == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    recall = skm.recall_score(
+        y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0.0
+    )
+    assert unweighted_accuracy(y_true, y_pred) == pytest.approx(recall)
+    assert macro_f1(y_true, y_pred) == pytest.approx(
+        skm.f1_score(y_true, y_pred, average="macro", zero_division=0.0)
+    )
+    out = summary(y_true, y_pred, k)
+    assert out["ua"] == pytest.approx(recall)
+
+
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "num_classes", "match"),
+    [
+        ([0, 1], [0], 2, "same length"),
+        ([], [], 2, "empty"),
+        ([[0, 1]], [[0, 1]], 2, "1-D"),
+        ([0.0, 1.0], [0, 1], 2, "integer"),
+        ([0, -1], [0, 1], 2, ">= 0"),
+        ([0, 2], [0, 1], 2, r"y_true holds class index 2, expected indices in \[0, 2\)"),
+        ([0, 1], [0, 5], 2, "y_pred holds class index 5"),
+        ([0, 1], [0, 1], 0, "num_classes"),
+    ],
+)
+def test_bad_labels_raise_clear_errors(y_true, y_pred, num_classes, match):
+    with pytest.raises(ValueError, match=match):
+        summary(y_true, y_pred, num_classes)
