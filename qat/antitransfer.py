@@ -53,8 +53,7 @@ def _as_4d(act: Tensor, name: str) -> Tensor:
     if act.ndim == 4:
         return act
     raise ValueError(
-        f"{name} must be a (B, C, H, W) activation or (B, D) features, got shape "
-        f"{tuple(act.shape)}"
+        f"{name} must be a (B, C, H, W) activation or (B, D) features, got shape {tuple(act.shape)}"
     )
 
 
@@ -438,7 +437,7 @@ class AntiTransfer:
             entry = tuple(computed[tap][row] for tap in self.taps)
             fresh[key_list[i]] = entry
             self._store(key_list[i], entry)
-        rows = [self._cache.get(key) or fresh[key] for key in key_list]
+        rows = [fresh[key] if key in fresh else self._cache[key] for key in key_list]
         return {
             tap: torch.stack([row[t].to(x.device) for row in rows])
             for t, tap in enumerate(self.taps)
@@ -456,9 +455,7 @@ class AntiTransfer:
         self._cache_bytes += size
 
     # -------------------------------------------------------------------------- term
-    def term(
-        self, captured: dict[str, Tensor], x: Tensor, keys: Tensor | None = None
-    ) -> Tensor:
+    def term(self, captured: dict[str, Tensor], x: Tensor, keys: Tensor | None = None) -> Tensor:
         """The AT value summed over taps, without beta (the caller multiplies by beta once).
 
         ``captured`` comes from :meth:`capture`; ``x`` is the same input batch the model saw;
@@ -486,12 +483,10 @@ class AntiTransfer:
 
 
 def _validate_keys(keys: Tensor, batch_size: int) -> list[int]:
+    """Dataset positions as Python ints, one per item of the batch."""
     if not isinstance(keys, Tensor) or keys.ndim != 1 or keys.dtype.is_floating_point:
-        raise ValueError(
-            "keys must be a 1-D integer tensor of dataset positions, got "
-            f"{keys.dtype if isinstance(keys, Tensor) else type(keys).__name__} "
-            f"{tuple(keys.shape) if isinstance(keys, Tensor) else ''}".rstrip()
-        )
+        got = f"{keys.dtype} of shape {tuple(keys.shape)}" if isinstance(keys, Tensor) else keys
+        raise ValueError(f"keys must be a 1-D integer tensor of dataset positions, got {got!r}")
     if keys.shape[0] != batch_size:
         raise ValueError(f"keys has {keys.shape[0]} entries but the batch has {batch_size} items")
     return keys.tolist()

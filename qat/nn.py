@@ -91,7 +91,7 @@ def quaternion_block_weight(
     rows = (
         (r, ni, nj, nk),
         (i, r, nk, j),
-        (j, k, r, ni),
+        (j, nk, r, ni),
         (k, nj, i, r),
     )
     if transposed:

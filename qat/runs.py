@@ -52,6 +52,7 @@ def write_json_once(path: Path, payload: dict) -> Path:
     its final name (os.link fails if the name exists), so a crash, a full disk or a parallel
     writer leaves either the complete record or nothing."""
     path = Path(path)
+    text = json.dumps(payload, indent=1, default=_jsonable)  # fails before touching the disk
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -59,7 +60,7 @@ def write_json_once(path: Path, payload: dict) -> Path:
         raise OSError(f"cannot write run records to {path.parent}: {err.strerror}") from err
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1, default=_jsonable)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.link(tmp, path)

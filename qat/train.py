@@ -262,3 +262,75 @@ def evaluate(
     out = metrics.summary(y, pred, k)
     out["predictions"] = pred.astype(np.int64).tolist()
     return out
+
+
+def _binarised(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return (values >= threshold).long()
+
+
+def fit_rhemo(
+    rhemo, train, val, epochs: tuple[int, int] = (4, 4), lr: float = 1e-3, batch_size: int = 32,
+    seed: int = 0, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Two-stage RH-emo training as in the paper: `epochs[0]` epochs of reconstruction alone,
+    then `epochs[1]` epochs of reconstruction plus the four heads (emotion on channel 0,
+    binarised valence/arousal/dominance on channels 1-3, thresholds = the training medians;
+    a rating the corpus lacks is left out of the loss). Leaves the network frozen in eval mode
+    and returns per-epoch validation reconstruction error and head accuracies."""
+    optimizer = torch.optim.Adam(rhemo.parameters(), lr=lr)
+    ratings = ("valence", "arousal", "dominance")
+    thresholds = {k: torch.nanmedian(train.labels[k]) for k in ratings}
+
+    def losses(x, labels, with_heads):
+        out = rhemo(x)
+        total = F.mse_loss(out["reconstruction"], rhemo.reconstruction_target(x))
+        if with_heads:
+            total = total + F.cross_entropy(out["emotion"], labels["emotion"])
+            for k in ratings:
+                known = ~torch.isnan(labels[k])
+                if known.any():
+                    target = _binarised(labels[k][known], thresholds[k])
+                    total = total + F.cross_entropy(out[k][known], target)
+        return total, out
+
+    history = []
+    n = len(train.x)
+    for epoch in range(sum(epochs)):
+        with_heads = epoch >= epochs[0]
+        seed_e = _epoch_seed(seed, epoch)
+        torch.manual_seed(seed_e)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_e))
+        rhemo.train()
+        bar = tqdm(range(0, n, batch_size), desc=f"RH-emo epoch {epoch + 1}", leave=False,
+                   disable=not progress)  # fmt: skip
+        for i in bar:
+            idx = order[i : i + batch_size]
+            if len(idx) < 2:
+                continue
+            loss, _ = losses(train.x[idx], {k: v[idx] for k, v in train.labels.items()}, with_heads)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        rhemo.eval()
+        with torch.no_grad():
+            out = rhemo(val.x)
+            row = {
+                "epoch": epoch + 1,
+                "stage": "heads" if with_heads else "reconstruction",
+                "val_reconstruction_mse": float(
+                    F.mse_loss(out["reconstruction"], rhemo.reconstruction_target(val.x))
+                ),
+                "val_emotion_ua": metrics.unweighted_accuracy(
+                    val.labels["emotion"].numpy(), out["emotion"].argmax(1).numpy()
+                ),
+            }
+            for k in ratings:
+                known = ~torch.isnan(val.labels[k])
+                if known.any():
+                    target = _binarised(val.labels[k][known], thresholds[k])
+                    row[f"val_{k}_acc"] = float((out[k][known].argmax(1) == target).float().mean())
+        history.append(row)
+    rhemo.eval()
+    for p in rhemo.parameters():
+        p.requires_grad_(False)
+    return {"history": history}

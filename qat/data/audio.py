@@ -6,6 +6,7 @@ when the corpus is listed, not hours later in the middle of feature extraction.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -101,7 +102,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = 16000) -> np.n
     in float WAVs) raise AudioError, as they would silently poison every feature and loss.
     """
     if sample_rate is not None and (
-        isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0
+        isinstance(sample_rate, bool)
+        or not isinstance(sample_rate, numbers.Integral)
+        or sample_rate <= 0
     ):
         raise ValueError(f"sample_rate must be a positive int or None, got {sample_rate!r}")
     info = probe(path)
@@ -114,7 +117,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = 16000) -> np.n
         raise AudioError(f"{path}: {bad} of {data.size} samples are NaN or infinite")
     y = data.mean(axis=1) if info.channels > 1 else data[:, 0]
     if sample_rate is not None and file_rate != sample_rate:
-        y = librosa.resample(y, orig_sr=file_rate, target_sr=sample_rate)
+        y = librosa.resample(y, orig_sr=file_rate, target_sr=int(sample_rate))
     return np.ascontiguousarray(y, dtype=np.float32)
 
 

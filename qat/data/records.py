@@ -26,9 +26,9 @@ EMOTIONS = (
     "frustrated",
 )
 
-MANIFEST_COLUMNS = tuple(
-    ["path", "emotion", "speaker", "text", "corpus", "label", "valence", "arousal", "dominance"]
-    + ["duration", "uid"]
+MANIFEST_COLUMNS = (
+    *("path", "emotion", "speaker", "text", "corpus", "label"),
+    *("valence", "arousal", "dominance", "duration", "uid"),
 )
 REQUIRED_MANIFEST_COLUMNS = ("path", "emotion", "speaker", "text")
 

@@ -176,7 +176,9 @@ def _make(setup, seed, records, train, val, test, meta, **params) -> Split:
                 f"setup {setup!r}: the {part} set is empty with {options}; expected every part "
                 "to hold items (raise the fraction or counts, or use more records)"
             )
-    return Split(setup, seed, _uids(records, train), _uids(records, val), _uids(records, test), meta)
+    return Split(
+        setup, seed, _uids(records, train), _uids(records, val), _uids(records, test), meta
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +250,9 @@ def _held_out_split(records, setup, seed, val_fraction, n_test_speakers, n_test_
     test, pool = np.flatnonzero(in_test), np.flatnonzero(~in_test)
     train, val = _stratified_take(pool, _emotion_array(records), val_fraction, _rng(seed, "val"))
     meta = {f"test_{what}": held_out, "val_fraction": val_fraction}
-    return _make(setup, seed, records, train, val, test, meta, **{name: n}, val_fraction=val_fraction)
+    return _make(
+        setup, seed, records, train, val, test, meta, **{name: n}, val_fraction=val_fraction
+    )
 
 
 def kfold_speakers(
@@ -275,9 +279,7 @@ def kfold_speakers(
         test, pool = np.flatnonzero(in_test), np.flatnonzero(~in_test)
         train, val = _stratified_take(pool, emotions, val_fraction, _rng(int(seed), f"val {fold}"))
         meta = {"fold": fold, "k": int(k), "test_speakers": held_out, "val_fraction": val_fraction}
-        splits.append(
-            _make("speaker", int(seed), records, train, val, test, meta, k=k, fold=fold)
-        )
+        splits.append(_make("speaker", int(seed), records, train, val, test, meta, k=k, fold=fold))
     return splits
 
 
@@ -364,14 +366,14 @@ def _assign_subsets(
 def _subsample_to_rho(pool, emotions, congruent, rho, emotions_present, seed):
     """Keep every congruent pool item and, per emotion, round(C_e (1 - rho) / rho) of its I_e
     incongruent items chosen uniformly: each emotion's congruent share is then rho up to
-    rounding (not merely in expectation). Returns (kept positions, kept share of incongruent
-    items per emotion, the q of the design)."""
+    rounding (not merely in expectation). Returns (kept positions, {emotion: the share q_e of
+    its incongruent items kept})."""
     rng = _rng(seed, "subsample")
     kept, keep_share = [], {}
     for emotion in emotions_present:
         group = pool[emotions[pool] == emotion]
         cong, incong = group[congruent[group]], group[~congruent[group]]
-        n_keep = len(incong) if rho == 0 else round(len(cong) * (1 - rho) / rho)
+        n_keep = round(len(cong) * (1 - rho) / rho)  # rho >= 1/n_emotions > 0 was checked
         if n_keep > len(incong):
             raise ValueError(
                 f"rho={rho!r}: emotion {emotion!r} already has a congruent share of "

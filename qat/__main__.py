@@ -1,0 +1,5 @@
+import sys
+
+from qat.cli import main
+
+sys.exit(main())

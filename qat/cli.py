@@ -1,0 +1,98 @@
+"""`qat ...` (also `python -m qat`): run notebooks headless, the report pipeline, one training
+run, a sweep, or build SynthEmo."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+from qat import paths
+
+NOTEBOOKS = paths.ROOT / "notebooks"
+KERNEL = "qat"
+
+
+def _value(text: str):
+    """`-p beta 1.0` gives a float, `-p tap conv2_1` a string, `-p seeds [0,1]` a list."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_notebook(
+    notebook: str | Path, parameters: dict | None = None, output: Path | None = None
+) -> Path:
+    """Execute a notebook with papermill into reports/ (the source stays output-free)."""
+    import papermill
+
+    notebook = Path(notebook)
+    if not notebook.exists():
+        raise FileNotFoundError(f"notebook {notebook} does not exist; see {NOTEBOOKS}")
+    parameters = parameters or {}
+    if output is None:
+        suffix = "".join(f"-{k}_{v}" for k, v in sorted(parameters.items()) if k != "profile")
+        output = paths.REPORTS / f"{notebook.stem}{suffix}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.partial")
+    # Executed into a temporary name first: an interrupted run leaves no half-written report.
+    papermill.execute_notebook(
+        str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL, cwd=str(notebook.parent)
+    )
+    tmp.replace(output)
+    return output
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="qat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a notebook headless (papermill)")
+    run.add_argument("notebook")
+    run.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
+    )
+    run.add_argument("-o", "--output", type=Path)
+
+    report = sub.add_parser("report", help="run notebooks 01-05 and write reports/README.md")
+    report.add_argument("--profile", default="cpu")
+
+    train = sub.add_parser("train", help="one SER run; writes its record under reports/runs/")
+    for name, default in [("corpus", "synthemo"), ("setup", "confounded"), ("model", "real"),
+                          ("method", "baseline"), ("orthogonal", "word"), ("tap", "conv2_1"),
+                          ("gram", "sample"), ("profile", "cpu"), ("root", None)]:  # fmt: skip
+        train.add_argument(f"--{name}", default=default)
+    train.add_argument("--beta", type=float, default=1.0)
+    train.add_argument("--lam", type=float, default=1.0)
+    train.add_argument("--seed", type=int, default=0)
+
+    synth = sub.add_parser("synth", help="build a SynthEmo corpus")
+    synth.add_argument("out_dir", type=Path)
+    synth.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        params = {name: _value(value) for name, value in args.parameter}
+        print(run_notebook(args.notebook, params, args.output))
+    elif args.command == "report":
+        from qat.report import run_pipeline
+
+        print(run_pipeline(profile=args.profile))
+    elif args.command == "train":
+        from qat.experiments import train_ser
+
+        kwargs = {k: v for k, v in vars(args).items() if k != "command"}
+        kwargs["tap"] = kwargs["tap"].split(",")
+        record = train_ser(**kwargs)
+        print({k: record["metrics"][k] for k in ("ua", "wa", "macro_f1")})
+    elif args.command == "synth":
+        from qat.data.synth import make_synthemo
+
+        print(f"{len(make_synthemo(args.out_dir, seed=args.seed))} utterances in {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

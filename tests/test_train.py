@@ -1,0 +1,160 @@
+"""The training loop: resume equals an uninterrupted run, NaN stops cleanly, one forward per
+step, the frozen network is untouched, the AT cache changes nothing."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from qat.antitransfer import AntiTransfer
+from qat.models import vgg16
+from qat.train import NonFiniteLossError, Step, TrainConfig, evaluate, fit, make_optimizer
+
+
+def toy_data(n, seed, num_classes=3):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    x = torch.randn(n, 1, 32, 32, generator=g) + y.view(-1, 1, 1, 1).float()  # learnable
+    word = torch.randint(0, 4, (n,), generator=g)
+    return SimpleNamespace(x=x, labels={"emotion": y, "word": word}, indices=torch.arange(n))
+
+
+def small_net(seed=0):
+    torch.manual_seed(seed)
+    return vgg16(3, width=1 / 16, hidden=16)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return toy_data(48, 1), toy_data(16, 2)
+
+
+def weights_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resumed_run_matches_uninterrupted(data, tmp_path):
+    train, val = data
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3, patience=10, seed=3)
+    full = small_net()
+    ref = fit(full, train, val, cfg, checkpoint=tmp_path / "full.ckpt", progress=False)
+
+    # Stop after one epoch (as if killed), then resume from its checkpoint in a new process.
+    first = small_net()
+    fit(
+        first,
+        train,
+        val,
+        TrainConfig(**{**vars(cfg), "epochs": 1}),
+        checkpoint=tmp_path / "r.ckpt",
+        progress=False,
+    )
+    resumed = small_net(seed=99)  # different init: everything must come from the checkpoint
+    out = fit(resumed, train, val, cfg, checkpoint=tmp_path / "r.ckpt", progress=False)
+    assert out["history"] == ref["history"]
+    assert out["best_epoch"] == ref["best_epoch"]
+    assert weights_equal(full, resumed)
+    assert evaluate(full, val) == evaluate(resumed, val)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(data, tmp_path):
+    train, val = data
+    ckpt = tmp_path / "run.ckpt"
+    net = small_net()
+    fit(net, train, val, TrainConfig(epochs=1, batch_size=16), checkpoint=ckpt, progress=False)
+    before = ckpt.read_bytes()
+    bad = SimpleNamespace(x=train.x.clone(), labels=train.labels, indices=train.indices)
+    bad.x[5] = math.nan
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2.*last good checkpoint.*epoch 1"):
+        fit(net, bad, val, TrainConfig(epochs=2, batch_size=48), checkpoint=ckpt, progress=False)
+    assert ckpt.read_bytes() == before
+
+
+def test_best_epoch_restored_and_selection_ignores_at(data):
+    train, val = data
+    net = small_net()
+    at = AntiTransfer(small_net(seed=5).eval(), ["conv2_1"], gram="sample")
+    out = fit(
+        net,
+        train,
+        val,
+        TrainConfig(epochs=3, batch_size=16, beta=50.0),
+        anti_transfer=at,
+        progress=False,
+    )
+    val_losses = [h["val_loss"] for h in out["history"]]
+    assert out["best_epoch"] == 1 + val_losses.index(min(val_losses))
+    assert all("at" in h for h in out["history"])
+
+
+def count_forwards(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("method", ["at", "dann"])
+def test_one_forward_of_the_trained_network_per_step(data, method):
+    from qat.adversarial import Adversary
+
+    train, _ = data
+    net, orth = small_net(), small_net(seed=7).eval()
+    cfg = TrainConfig(batch_size=8, beta=1.0)
+    at = AntiTransfer(orth, ["conv3_1"]) if method == "at" else None
+    adv = Adversary(16, 4) if method == "dann" else None
+    calls = count_forwards(net)
+    orth_calls = count_forwards(orth.tap_module("conv1_1"))
+    step = Step(net, make_optimizer(net, cfg, adv), cfg, at, adv)
+    for i in range(3):
+        idx = torch.arange(8 * i, 8 * i + 8)
+        step(train.x[idx], {k: v[idx] for k, v in train.labels.items()}, idx, lam=0.5)
+    assert len(calls) == 3
+    assert len(orth_calls) == (3 if method == "at" else 0)
+
+
+def test_frozen_network_untouched_by_training(data):
+    train, val = data
+    orth = small_net(seed=11)
+    orth.train()  # even if handed over in train mode, AT must run it in eval mode
+    before = {k: v.clone() for k, v in orth.state_dict().items()}
+    at = AntiTransfer(orth, ["conv2_2"])
+    fit(
+        small_net(),
+        train,
+        val,
+        TrainConfig(epochs=1, batch_size=16),
+        anti_transfer=at,
+        progress=False,
+    )
+    assert all(torch.equal(before[k], v) for k, v in orth.state_dict().items())  # incl. BN stats
+    assert all(p.grad is None for p in orth.parameters())
+
+
+def test_cached_and_uncached_training_give_the_same_losses(data):
+    train, val = data
+    results = []
+    for budget in (0, 64):
+        at = AntiTransfer(small_net(seed=5).eval(), ["conv2_1"], cache_budget_mb=budget)
+        out = fit(
+            small_net(),
+            train,
+            val,
+            TrainConfig(epochs=2, batch_size=16, beta=5.0),
+            anti_transfer=at,
+            progress=False,
+        )
+        results.append((out["history"], at.cache_stats()))
+    (h0, _), (h1, stats) = results
+    assert stats["hits"] > 0
+    for a, b in zip(h0, h1):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="beta"):
+        TrainConfig(beta=-1)
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
