@@ -196,6 +196,44 @@ def _output_width(module: nn.Module) -> int | None:
     return None
 
 
+@contextmanager
+def capture(model: nn.Module, taps: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Collect a model's tap activations during its own forward pass.
+
+    Yields a dict filled by forward hooks on ``model.tap_module(tap)``; the activations keep
+    their autograd graph, so a loss on them back-propagates into the model. A second forward
+    inside the same block raises (the published code ran the model twice). Hooks are removed
+    on exit.
+    """
+    captured: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for tap in taps:
+            handles.append(
+                model.tap_module(tap).register_forward_hook(_capture_hook(captured, tap))
+            )
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _capture_hook(store: dict[str, Tensor], tap: str):
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        if not isinstance(output, Tensor):
+            raise ValueError(
+                f"tap {tap!r}: the tap module returned {type(output).__name__}, expected a Tensor"
+            )
+        if tap in store:
+            raise RuntimeError(
+                f"tap {tap!r} was captured twice inside one capture() block: the model ran "
+                "a second forward; compute logits and taps in one pass"
+            )
+        store[tap] = output
+
+    return hook
+
+
 class AntiTransfer:
     """The frozen orthogonal network and the AT term between it and a trained model.
 
@@ -340,62 +378,17 @@ class AntiTransfer:
         return problems
 
     # ------------------------------------------------------------------ trained side
-    @contextmanager
-    def capture(self, model: nn.Module) -> Iterator[dict[str, Tensor]]:
-        """Collect the trained model's tap activations during its own forward pass.
-
-        Yields a dict filled by forward hooks on ``model.tap_module(tap)``; the activations
-        keep their autograd graph, so the AT term back-propagates into the model. A second
-        forward inside the same block raises (the published code ran the model twice); clear
-        the dict to reuse the block for another step. Hooks are removed on exit.
-        """
-        captured: dict[str, Tensor] = {}
-        handles = []
-        try:
-            for tap in self.taps:
-                hook = self._capture_hook(captured, tap)
-                handles.append(model.tap_module(tap).register_forward_hook(hook))
-            yield captured
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    @staticmethod
-    def _capture_hook(store: dict[str, Tensor], tap: str, once: bool = True):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if not isinstance(output, Tensor):
-                raise ValueError(
-                    f"tap {tap!r}: the tap module returned {type(output).__name__}, "
-                    "expected a Tensor"
-                )
-            if once and tap in store:
-                raise RuntimeError(
-                    f"tap {tap!r} was captured twice inside one capture() block: the model ran "
-                    "a second forward; compute logits and taps in one pass, or clear the dict "
-                    "between steps"
-                )
-            store[tap] = output
-
-        return hook
+    def capture(self, model: nn.Module):
+        """`capture(model, self.taps)`: the trained model's taps during its own forward."""
+        return capture(model, self.taps)
 
     # ------------------------------------------------------------------- frozen side
     def _frozen_activations(self, x: Tensor) -> dict[str, Tensor]:
         """All requested taps of the frozen network in one truncated, no_grad, eval pass."""
         self._frozen.eval()  # in case anyone switched the copy to train mode
         self._move_to(x.device)
-        store: dict[str, Tensor] = {}
-        handles = [
-            self._frozen.tap_module(tap).register_forward_hook(
-                self._capture_hook(store, tap, once=False)
-            )
-            for tap in self.taps
-        ]
-        try:
-            with torch.no_grad():
-                self._runner(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with capture(self._frozen, self.taps) as store, torch.no_grad():
+            self._runner(x)
         missing = [tap for tap in self.taps if tap not in store]
         if missing:
             raise RuntimeError(

@@ -531,7 +531,7 @@ def train_ser(
         "history": result["history"],
         "best_epoch": result["best_epoch"],
         "resources": cost,
-        "at_cache": anti_transfer.cache_stats() if anti_transfer is not None else None,
+        "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
         "dropped_silent": data.dropped_silent,
         "code_version": runs.code_version(),
         "device": device,

@@ -91,7 +91,7 @@ def quaternion_block_weight(
     rows = (
         (r, ni, nj, nk),
         (i, r, nk, j),
-        (j, nk, r, ni),
+        (j, k, r, ni),
         (k, nj, i, r),
     )
     if transposed:
@@ -241,15 +241,11 @@ class _QuaternionWeights(nn.Module):
         """The real weight the forward pass uses (differentiable w.r.t. the components)."""
         return quaternion_block_weight(*self.components(), transposed=self.transposed)
 
-    def _check_channels(self, x: Tensor, ndim: int, axis: int, expected: int, what: str) -> None:
-        if x.dim() != ndim:
+    def _check_image_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"{type(self).__name__}: input shape {tuple(x.shape)}: expected {ndim} dims {what}"
-            )
-        if x.shape[axis] != expected:
-            raise ValueError(
-                f"{type(self).__name__}: input shape {tuple(x.shape)} has {x.shape[axis]} channels "
-                f"on dim {axis}; expected {expected} (r|i|j|k blocks) {what}"
+                f"{type(self).__name__}: input shape {tuple(x.shape)}: expected "
+                f"(B, {self.in_channels}, H, W), in_channels={self.in_channels} in r|i|j|k blocks"
             )
 
 
@@ -276,7 +272,7 @@ class QuaternionConv2d(_QuaternionWeights):
         self.dilation = _pair(dilation, "dilation")
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_channels(x, 4, 1, self.in_channels, "(B, C, H, W)")
+        self._check_image_input(x)
         return F.conv2d(x, self.block_weight(), self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
@@ -365,7 +361,7 @@ class QuaternionTransposeConv2d(_QuaternionWeights):
                 )
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_channels(x, 4, 1, self.in_channels, "(B, C, H, W)")
+        self._check_image_input(x)
         return F.conv_transpose2d(
             x,
             self.block_weight(),

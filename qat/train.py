@@ -13,11 +13,9 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from tqdm.auto import tqdm
 
 from qat import metrics
 from qat.adversarial import ganin_lambda
+from qat.antitransfer import capture
 
 
 @dataclass
@@ -57,23 +56,6 @@ class TrainConfig:
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-@contextlib.contextmanager
-def capture(model: torch.nn.Module, taps: Iterable[str]):
-    """Yield a dict that the model's next forward fills with {tap: activation}."""
-    acts: dict[str, torch.Tensor] = {}
-    handles = []
-    for tap in taps:
-        module = model.tap_module(tap)
-        handles.append(
-            module.register_forward_hook(lambda m, i, o, tap=tap: acts.__setitem__(tap, o))
-        )
-    try:
-        yield acts
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -125,11 +107,11 @@ class Step:
             )
             loss = loss + out["adversary"]
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {float(loss)} (task {float(task):.4g})")
+            raise NonFiniteLossError(f"loss became {loss.item()} (task {task.item():.4g})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v.detach()) for k, v in out.items()}
 
 
 def make_optimizer(model, config: TrainConfig, adversary=None) -> torch.optim.Optimizer:

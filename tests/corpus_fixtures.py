@@ -229,7 +229,9 @@ def build_emodb(root: str | os.PathLike, seed: int = 2) -> dict[str, dict]:
 # TESS (24.414 kHz in the real corpus; folder capitalisation varies in the real release)
 
 TESS_FILES = {
-    "OAF_angry/OAF_back_angry.wav": dict(speaker="OAF", text="back", emotion="angry", label="angry"),
+    "OAF_angry/OAF_back_angry.wav": dict(
+        speaker="OAF", text="back", emotion="angry", label="angry"
+    ),
     "OAF_disgust/OAF_bar_disgust.wav": dict(
         speaker="OAF", text="bar", emotion="disgust", label="disgust"
     ),
@@ -244,7 +246,9 @@ TESS_FILES = {
         speaker="OAF", text="beg", emotion="surprised", label="ps"
     ),
     "OAF_Sad/OAF_bite_sad.wav": dict(speaker="OAF", text="bite", emotion="sad", label="sad"),
-    "YAF_angry/YAF_back_angry.wav": dict(speaker="YAF", text="back", emotion="angry", label="angry"),
+    "YAF_angry/YAF_back_angry.wav": dict(
+        speaker="YAF", text="back", emotion="angry", label="angry"
+    ),
     "YAF_pleasant_surprised/YAF_chair_ps.wav": dict(
         speaker="YAF", text="chair", emotion="surprised", label="ps", _rate=44100
     ),
@@ -306,10 +310,12 @@ def build_savee(root: str | os.PathLike, seed: int = 5) -> dict[str, dict]:
 # Speech Commands (16 kHz)
 
 SPEECHCOMMANDS_FILES = {
-    "yes/0a7c2a8d_nohash_0.wav": dict(speaker="0a7c2a8d", text="yes", emotion="neutral"),
-    "yes/c1d39ce8_nohash_3.wav": dict(speaker="c1d39ce8", text="yes", emotion="neutral"),
-    "no/0a7c2a8d_nohash_1.wav": dict(speaker="0a7c2a8d", text="no", emotion="neutral"),
-    "marvin/ffd2ba2f_nohash_0.wav": dict(speaker="ffd2ba2f", text="marvin", emotion="neutral"),
+    "yes/0a7c2a8d_nohash_0.wav": dict(speaker="0a7c2a8d", text="yes", emotion="neutral", label=""),
+    "yes/c1d39ce8_nohash_3.wav": dict(speaker="c1d39ce8", text="yes", emotion="neutral", label=""),
+    "no/0a7c2a8d_nohash_1.wav": dict(speaker="0a7c2a8d", text="no", emotion="neutral", label=""),
+    "marvin/ffd2ba2f_nohash_0.wav": dict(
+        speaker="ffd2ba2f", text="marvin", emotion="neutral", label=""
+    ),
 }
 
 

@@ -227,6 +227,12 @@ def test_missing_file_and_bad_arguments(corpus, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match=r"gone\.wav"):
         extract_features([*corpus, gone], config, tmp_path / "c", progress=False)
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio")
+    bad = Utterance(path=str(broken), corpus="t", emotion="sad", speaker="s", text="w")
+    with pytest.raises(ValueError, match=r"broken\.wav"):  # raised in a worker process
+        extract_features([*corpus, bad], config, tmp_path / "c", workers=2, progress=False)
+    assert not list((tmp_path / "c").iterdir())  # nothing half-written was kept
     with pytest.raises(ValueError, match="workers=0"):
         extract_features(corpus, config, tmp_path / "c", workers=0, progress=False)
     with pytest.raises(ValueError, match="records"):

@@ -33,5 +33,5 @@ def test_unserialisable_payload_leaves_nothing(tmp_path):
 def test_unwritable_folder_names_the_folder(tmp_path):
     blocker = tmp_path / "reports"
     blocker.write_text("a file where the reports folder should be")
-    with pytest.raises(OSError, match="cannot write run records to .*reports"):
+    with pytest.raises(OSError, match=r"cannot write run records to .*reports"):
         runs.write_json_once(blocker / "runs" / "x.json", {})

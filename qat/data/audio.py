@@ -6,14 +6,15 @@ when the corpus is listed, not hours later in the middle of feature extraction.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
 from typing import NamedTuple
 
-import librosa
 import numpy as np
 import soundfile as sf
+import soxr
 
 # libsndfile reports "System error" for a missing file and "Format not recognised" for an
 # empty one; we check those cases ourselves to give a message a user can act on.
@@ -117,8 +118,22 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = 16000) -> np.n
         raise AudioError(f"{path}: {bad} of {data.size} samples are NaN or infinite")
     y = data.mean(axis=1) if info.channels > 1 else data[:, 0]
     if sample_rate is not None and file_rate != sample_rate:
-        y = librosa.resample(y, orig_sr=file_rate, target_sr=int(sample_rate))
+        y = _resample(y, file_rate, int(sample_rate))
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """soxr "HQ" resampling, length fixed to librosa's convention ceil(n * target / orig).
+
+    Calling soxr directly rather than librosa.resample avoids librosa's ~6 s lazy import of
+    its core on first use; soxr rounds the output length, librosa pads to the ceiling, and
+    matching librosa keeps our lengths equal to those of any librosa-based pipeline.
+    """
+    out = soxr.resample(y, orig_sr, target_sr, quality="HQ")
+    length = math.ceil(len(y) * target_sr / orig_sr)
+    if len(out) < length:
+        out = np.pad(out, (0, length - len(out)))
+    return out[:length]
 
 
 def is_near_silent(y: np.ndarray, threshold: float = 1e-3) -> bool:

@@ -189,7 +189,7 @@ class _Collector:
             Utterance(
                 path=str(path),
                 corpus=corpus or self.corpus,
-                duration=info.duration,
+                duration=info.frames / 16000,
                 uid=uid,
                 **fields,
             )
@@ -775,6 +775,7 @@ LOADERS: dict[str, Callable[..., Corpus]] = {
     "manifest": load_manifest,
     "synthemo": load_synthemo,
 }
+CORPORA = tuple(LOADERS)
 
 
 def load_corpus(

@@ -145,6 +145,13 @@ def fit_segment(y: np.ndarray, length: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
+def _hamming(n_fft: int) -> np.ndarray:
+    # Periodic ("DFT-even") Hamming, librosa's and scipy's default for spectral analysis;
+    # built once because librosa.stft would rebuild it on every call.
+    return librosa.filters.get_window("hamming", n_fft, fftbins=True)
+
+
+@functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).astype(np.float64)
 
@@ -166,7 +173,7 @@ def compute_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
     padded = np.zeros((frames - 1) * hop + n_fft)
     padded[n_fft // 2 : n_fft // 2 + len(segment)] = segment
     spectrum = librosa.stft(
-        padded, n_fft=n_fft, hop_length=hop, win_length=n_fft, window="hamming", center=False
+        padded, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=_hamming(n_fft), center=False
     )
     magnitude = np.abs(spectrum)  # (1 + n_fft // 2, frames)
     if config.kind == "stft":
@@ -268,7 +275,13 @@ def _try_load_cache(array_path: Path, sidecar_path: Path, key: str, n: int, conf
         warnings.warn(f"feature cache {array_path} has shape {x.shape}; rebuilding", stacklevel=3)
         return None
     silent = np.zeros(n, dtype=bool)
-    silent[np.asarray(meta["silent"], dtype=np.int64)] = True
+    try:
+        silent[np.asarray(meta["silent"], dtype=np.int64)] = True
+    except (KeyError, TypeError, ValueError, IndexError):
+        warnings.warn(
+            f"feature cache sidecar {sidecar_path} is malformed; rebuilding", stacklevel=3
+        )
+        return None
     return x, silent
 
 
@@ -301,19 +314,29 @@ def _extract_into(out: np.ndarray, paths: Sequence[str], config, workers: int, p
             for chunk in chunks:
                 store(chunk, _extract_chunk([paths[i] for i in chunk], config))
         else:
+            # The first librosa call lazily imports its submodules (seconds); doing it here
+            # once lets every forked worker inherit them instead of paying it again.
+            compute_features(np.zeros(1, dtype=np.float32), config)
             with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
                 futures = [
                     (chunk, pool.submit(_extract_chunk, [paths[i] for i in chunk], config))
                     for chunk in chunks
                 ]
-                for chunk, future in futures:
-                    store(chunk, future.result())
+                try:
+                    for chunk, future in futures:
+                        store(chunk, future.result())
+                except BaseException:
+                    # A bad file (or Ctrl-C) should stop the run now, not after every queued
+                    # chunk has been extracted for nothing.
+                    for _, future in futures:
+                        future.cancel()
+                    raise
     return silent
 
 
 def _build_cache(paths, config, array_path: Path, sidecar_path: Path, key: str, workers, progress):
-    """Extract, write the array and then its sidecar, each atomically; a crash in between
-    leaves a sidecar whose checksum no longer matches, so the next call rebuilds."""
+    """Extract, then write the array and its sidecar, each atomically. The old sidecar goes
+    first, so a crash part-way leaves an array without a sidecar: rebuilt on the next call."""
     fd, tmp_name = tempfile.mkstemp(dir=array_path.parent, prefix=array_path.stem, suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -325,6 +348,7 @@ def _build_cache(paths, config, array_path: Path, sidecar_path: Path, key: str, 
         out.flush()
         del out
         checksum = _sha256_file(tmp)
+        sidecar_path.unlink(missing_ok=True)
         os.replace(tmp, array_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -373,13 +397,10 @@ def extract_features(
     array_path, sidecar_path = _cache_paths(paths, config, cache_dir)
     cached = _try_load_cache(array_path, sidecar_path, key, len(paths), config)
     if cached is None:
-        _build_cache(paths, config, array_path, sidecar_path, key, workers, progress)
-        cached = _try_load_cache(array_path, sidecar_path, key, len(paths), config)
-        if cached is None:
-            raise RuntimeError(
-                f"feature cache {array_path} failed verification right after writing"
-            )
-    x, silent = cached
+        silent = _build_cache(paths, config, array_path, sidecar_path, key, workers, progress)
+        x = np.load(array_path, mmap_mode="r")
+    else:
+        x, silent = cached
     return Features(x=x, silent=silent, path=array_path)
 
 

@@ -1,0 +1,736 @@
+"""Figures and tables built from run records (the JSON dicts under reports/runs/).
+
+Every function takes records (or utterance records / arrays for the corpus figures) and returns
+a matplotlib Figure with labelled axes and units, or a pandas DataFrame. Figures are made with
+matplotlib.figure.Figure, not pyplot, so nothing accumulates in pyplot's global figure list and
+a notebook shows each figure once (as the value of the cell). Numbers are never typed in: what a
+figure or table shows is read from the records.
+
+UA, WA and macro-F1 are fractions in [0, 1]; "UA gain" is the difference of two UAs (same
+units). A run's matching baseline is the baseline record with the same corpus, setup, model,
+seed, profile and split options.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+# The configuration fields a method run shares with its matching baseline.
+PAIR_FIELDS = ("corpus", "root", "setup", "model", "seed", "profile", "split")
+
+METRIC_COLUMNS = ("UA", "WA", "macro-F1")
+CONFOUND_COLUMNS = ("congruent UA", "incongruent UA", "follows shortcut", "congruent share (test)")
+RESOURCE_COLUMNS = (
+    "params",
+    "GFLOPs/step",
+    "step time (ms)",
+    "peak memory (MiB)",
+    "train time (s)",
+    "best epoch",
+    "epochs",
+)
+RHEMO_AXES = ("r: emotion", "i: valence", "j: arousal", "k: dominance")
+RHEMO_HEAD_KEYS = ("val_emotion_ua", "val_valence_acc", "val_arousal_acc", "val_dominance_acc")
+
+MIB = 2**20
+
+
+# ---------------------------------------------------------------- record helpers
+
+
+def _check_records(records, what: str = "run records") -> list[dict]:
+    if isinstance(records, Mapping):
+        records = [records]
+    records = list(records)
+    if not records:
+        raise ValueError(f"records: expected at least one of the {what}, got none")
+    for r in records:
+        if not isinstance(r, Mapping) or "config" not in r:
+            raise ValueError(f"records: expected run record dicts with a 'config', got {r!r:.80}")
+    return records
+
+
+def ser_records(records) -> list[dict]:
+    """The SER runs (kind "ser") among `records`."""
+    return [r for r in records if r.get("kind") == "ser"]
+
+
+def _ser_only(records, who: str) -> list[dict]:
+    ser = ser_records(_check_records(records))
+    if not ser:
+        kinds = sorted({str(r.get("kind")) for r in records})
+        raise ValueError(f"{who}: expected SER run records (kind 'ser'), got kinds {kinds}")
+    return ser
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def tap_order(tap: str) -> tuple[int, int]:
+    """Sort key putting taps in network order: conv1_1 < conv1_2 < ... < conv5_3 < penultimate."""
+    match = re.fullmatch(r"conv(\d+)_(\d+)", tap)
+    if match:
+        return int(match[1]), int(match[2])
+    return (10**6, 0) if tap == "penultimate" else (10**6 + 1, 0)
+
+
+def _fmt_value(value: float) -> str:
+    return f"{value:g}"
+
+
+def run_label(record: Mapping, without: Sequence[str] = ()) -> str:
+    """A short human name for a run, e.g. "quaternion at word@conv2_1 β=1" or "real baseline".
+
+    `without` drops parts that every compared run shares ("model", "taps", "seed", "setup")."""
+    config = record["config"]
+    kind = record.get("kind", "?")
+    if kind != "ser":
+        parts = [kind]
+        if config.get("setup") and "setup" not in without:
+            parts.append(config["setup"])
+        if "seed" not in without and config.get("seed"):
+            parts.append(f"seed {config['seed']}")
+        return " ".join(parts)
+    parts = []
+    if "setup" not in without:
+        parts.append(f"[{config.get('setup')}]")
+    if "model" not in without:
+        parts.append(str(config.get("model")))
+    method = str(config.get("method"))
+    if config.get("orthogonal") and method != "baseline":
+        method += f" {config['orthogonal']}"
+    taps = config.get("taps") or []
+    if taps and "taps" not in without:
+        method += "@" + "+".join(taps)
+    parts.append(method)
+    if config.get("beta") is not None:
+        parts.append(f"β={_fmt_value(config['beta'])}")
+    if config.get("gram") not in (None, "sample"):
+        parts.append(f"gram={config['gram']}")
+    if config.get("lam") is not None:
+        parts.append(f"λ={_fmt_value(config['lam'])}")
+    if config.get("init_from_orthogonal"):
+        parts.append("+init")
+    if config.get("seed") and "seed" not in without:
+        parts.append(f"seed {config['seed']}")
+    return " ".join(parts)
+
+
+def _pair_key(config: Mapping) -> str:
+    return json.dumps({k: config.get(k) for k in PAIR_FIELDS}, sort_keys=True, default=str)
+
+
+def _baselines(records: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    out: dict[str, list[Mapping]] = defaultdict(list)
+    for r in records:
+        if r["config"].get("method") == "baseline":
+            out[_pair_key(r["config"])].append(r)
+    return out
+
+
+def metric_value(record: Mapping, name: str) -> float:
+    """A test metric of an SER record: "ua", "wa", "macro_f1" or a confound metric
+    ("congruent_ua", "incongruent_ua", "follows_shortcut"); NaN when the record lacks it."""
+    if name in ("ua", "wa", "macro_f1"):
+        return _number(record["metrics"].get(name))
+    return _number((record.get("confound") or {}).get(name))
+
+
+# ---------------------------------------------------------------- tables
+
+
+def results_table(records) -> pd.DataFrame:
+    """One row per SER run: configuration, test UA/WA/macro-F1, the confound metrics (NaN when
+    the setup is not confounded) and the cost of training (resources)."""
+    rows = []
+    for r in _ser_only(records, "results_table"):
+        c, m, res = r["config"], r["metrics"], r.get("resources") or {}
+        confound = r.get("confound") or {}
+        rows.append(
+            {
+                "run": run_label(r),
+                "setup": c.get("setup"),
+                "model": c.get("model"),
+                "method": c.get("method"),
+                "orthogonal": c.get("orthogonal"),
+                "taps": "+".join(c.get("taps") or []),
+                "beta": _number(c.get("beta")),
+                "lam": _number(c.get("lam")),
+                "seed": c.get("seed"),
+                "UA": _number(m.get("ua")),
+                "WA": _number(m.get("wa")),
+                "macro-F1": _number(m.get("macro_f1")),
+                "congruent UA": _number(confound.get("congruent_ua")),
+                "incongruent UA": _number(confound.get("incongruent_ua")),
+                "follows shortcut": _number(confound.get("follows_shortcut")),
+                "congruent share (test)": _number(confound.get("congruent_share_test")),
+                "params": res.get("params"),
+                "GFLOPs/step": _number(res.get("flops_per_step")) / 1e9,
+                "step time (ms)": _number(res.get("step_time_s")) * 1e3,
+                "peak memory (MiB)": _number(res.get("peak_memory_bytes")) / MIB,
+                "train time (s)": _number(res.get("train_time_s")),
+                "best epoch": r.get("best_epoch"),
+                "epochs": len(r.get("history") or []),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sweep_table(records) -> pd.DataFrame:
+    """One row per single-tap method run (AT at one tap), beside its matching baseline: UA,
+    baseline UA, UA gain, and the step time / peak memory of both. A run without a baseline
+    record gets NaN baseline columns. `group` names the configuration without tap and seed."""
+    ser = _ser_only(records, "sweep_table")
+    baselines = _baselines(ser)
+    rows = []
+    for r in ser:
+        c = r["config"]
+        taps = c.get("taps") or []
+        if c.get("method") == "baseline" or len(taps) != 1:
+            continue
+        base = baselines.get(_pair_key(c), [])
+        res = r.get("resources") or {}
+        base_ua = np.mean([b["metrics"]["ua"] for b in base]) if base else math.nan
+        base_time = _mean_resource(base, "step_time_s")
+        base_mem = _mean_resource(base, "peak_memory_bytes")
+        rows.append(
+            {
+                "group": run_label(r, without=("taps", "seed", "setup")),
+                "model": c.get("model"),
+                "method": c.get("method"),
+                "tap": taps[0],
+                "seed": c.get("seed"),
+                "UA": _number(r["metrics"].get("ua")),
+                "baseline UA": float(base_ua),
+                "UA gain": _number(r["metrics"].get("ua")) - float(base_ua),
+                "step time (ms)": _number(res.get("step_time_s")) * 1e3,
+                "baseline step time (ms)": base_time * 1e3,
+                "peak memory (MiB)": _number(res.get("peak_memory_bytes")) / MIB,
+                "baseline peak memory (MiB)": base_mem / MIB,
+                "GFLOPs/step": _number(res.get("flops_per_step")) / 1e9,
+            }
+        )
+    columns = ["group", "model", "method", "tap", "seed", "UA", "baseline UA", "UA gain"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows)
+    table["_order"] = table["tap"].map(tap_order)
+    return (
+        table.sort_values(["group", "_order", "seed"]).drop(columns="_order").reset_index(drop=True)
+    )
+
+
+def _mean_resource(records: Sequence[Mapping], key: str) -> float:
+    values = [(r.get("resources") or {}).get(key) for r in records]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def probe_table(records) -> pd.DataFrame:
+    """Linear-probe accuracy of the orthogonal label (word or speaker) at each probed tap of
+    each SER run: rows are runs, columns "<label> @ <tap>" in network order."""
+    rows = []
+    for r in _ser_only(records, "probe_table"):
+        row = {"run": run_label(r)}
+        for label, by_tap in (r.get("probe") or {}).items():
+            for tap in sorted(by_tap, key=tap_order):
+                row[f"{label} @ {tap}"] = _number(by_tap[tap])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pretrained_table(records) -> pd.DataFrame:
+    """One row per pretrained orthogonal network (records of kind "orthogonal-<task>-<model>"):
+    task, model, epochs, its own test UA/WA/macro-F1 on the orthogonal task, training time."""
+    rows = []
+    for r in _check_records(records, "pretrained-network records"):
+        if not str(r.get("kind", "")).startswith("orthogonal-"):
+            continue
+        c, m = r["config"], r.get("metrics") or {}
+        rows.append(
+            {
+                "network": r["kind"],
+                "task": c.get("task"),
+                "model": c.get("model"),
+                "seed": c.get("seed"),
+                "epochs": len(r.get("history") or []),
+                "test UA": _number(m.get("ua")),
+                "test WA": _number(m.get("wa")),
+                "test macro-F1": _number(m.get("macro_f1")),
+                "train time (s)": _number(r.get("wall_time_s")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def rhemo_table(records) -> pd.DataFrame:
+    """One row per RH-emo record: its split, epochs, and the last epoch's validation
+    reconstruction MSE and head accuracies (emotion UA on r; valence/arousal/dominance on
+    i/j/k)."""
+    rows = []
+    for r in _check_records(records, "RH-emo records"):
+        if r.get("kind") != "rhemo":
+            continue
+        last = (r.get("history") or [{}])[-1]
+        row = {
+            "corpus": r["config"].get("corpus"),
+            "setup": r["config"].get("setup"),
+            "seed": r["config"].get("seed"),
+            "epochs": len(r.get("history") or []),
+            "val reconstruction MSE": _number(last.get("val_reconstruction_mse")),
+        }
+        for axis, key in zip(RHEMO_AXES, RHEMO_HEAD_KEYS, strict=True):
+            row[f"{axis} accuracy"] = _number(last.get(key))
+        row["train time (s)"] = _number(r.get("wall_time_s"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pick_examples(utterances, per_emotion: int = 1) -> list[int]:
+    """Positions of the first `per_emotion` utterances of each emotion (emotions in the
+    common vocabulary's order): a small deterministic set of examples to look at."""
+    if per_emotion < 1:
+        raise ValueError(f"per_emotion={per_emotion!r}: expected an integer >= 1")
+    by_emotion: dict[str, list[int]] = defaultdict(list)
+    for i, u in enumerate(utterances):
+        if len(by_emotion[u.emotion]) < per_emotion:
+            by_emotion[u.emotion].append(i)
+    return [i for e in _ordered_values(by_emotion, "emotion") for i in by_emotion[e]]
+
+
+def cooccurrence_table(utterances, column: str = "text", row: str = "emotion") -> pd.DataFrame:
+    """Counts of utterances per (row value, column value), e.g. emotion x word ("text") or
+    emotion x speaker. Emotions keep the common vocabulary's order, other values are sorted."""
+    utterances = list(utterances)
+    if not utterances:
+        raise ValueError("utterances: expected at least one utterance record, got none")
+    for name in (row, column):
+        if not hasattr(utterances[0], name):
+            raise ValueError(f"{name!r} is not an utterance field; expected e.g. emotion, text")
+    table = pd.crosstab(
+        pd.Series([getattr(u, row) for u in utterances], name=row),
+        pd.Series([getattr(u, column) for u in utterances], name=column),
+    )
+    return table.reindex(index=_ordered_values(table.index, row), columns=sorted(table.columns))
+
+
+def _ordered_values(values, field: str) -> list:
+    if field != "emotion":
+        return sorted(values)
+    from qat.data.records import EMOTIONS
+
+    rank = {e: i for i, e in enumerate(EMOTIONS)}
+    return sorted(values, key=lambda v: (rank.get(v, len(rank)), v))
+
+
+# ---------------------------------------------------------------- training curves
+
+
+def _panel_of(key: str) -> str:
+    """Which panel (y axis) a history column belongs to: values on one scale share a panel."""
+    if key.endswith("_loss"):
+        return "cross-entropy loss"
+    if key == "at":
+        return "AT term (before beta)"
+    if key == "adversary":
+        return "adversary loss"
+    if "mse" in key:
+        return "reconstruction MSE"
+    if key.endswith(("_ua", "_acc")):
+        return "accuracy (fraction)"
+    return key
+
+
+def learning_curves(records, title: str | None = None) -> Figure:
+    """Per-epoch history of one or more runs (SER, orthogonal networks or RH-emo): one panel per
+    kind of quantity (loss, AT term, accuracy, reconstruction error), one colour per run, one
+    line style per quantity; a dotted vertical line marks each SER run's selected epoch."""
+    records = _check_records(records)
+    panels: dict[str, list[str]] = {}
+    for r in records:
+        for row in r.get("history") or []:
+            for key, value in row.items():
+                if key in ("epoch", "stage") or not isinstance(value, int | float):
+                    continue
+                keys = panels.setdefault(_panel_of(key), [])
+                if key not in keys:
+                    keys.append(key)
+    if not panels:
+        raise ValueError("records: none has a per-epoch history to plot")
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    styles = ("-", "--", ":", "-.")
+    labels = _unique_labels(records)
+    for ax, (panel, keys) in zip(axes, panels.items(), strict=True):
+        for i, (r, label) in enumerate(zip(records, labels, strict=True)):
+            history = r.get("history") or []
+            for j, key in enumerate(keys):
+                points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+                if points:
+                    x, y = zip(*points, strict=True)
+                    ax.plot(x, y, styles[j % len(styles)], color=f"C{i % 10}", marker=".",
+                            label=f"{label}: {key}")  # fmt: skip
+            if r.get("best_epoch") and panel == "cross-entropy loss":
+                ax.axvline(r["best_epoch"], color=f"C{i % 10}", linestyle=":", alpha=0.6)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _unique_labels(records: Sequence[Mapping]) -> list[str]:
+    labels = [run_label(r) for r in records]
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for label in labels:
+        seen[label] += 1
+        out.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
+    return out
+
+
+# ---------------------------------------------------------------- confusion matrices
+
+
+def confusion_matrix(record: Mapping, normalize: bool = True, ax=None) -> Figure:
+    """Test confusion matrix of one SER run (rows: true emotion, columns: predicted), as the
+    share of each true class (normalize=True, rows sum to 1) or as counts."""
+    (record,) = _ser_only([record], "confusion_matrix")
+    counts = np.asarray(record["metrics"]["confusion"], dtype=float)
+    emotions = record["labels"]["emotions"]
+    if counts.shape != (len(emotions), len(emotions)):
+        raise ValueError(
+            f"record {run_label(record)!r}: confusion shape {counts.shape} does not match "
+            f"{len(emotions)} emotions"
+        )
+    if normalize:
+        totals = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)
+    else:
+        values = counts
+    if ax is None:
+        fig = Figure(figsize=(4.6, 4.0), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    sns.heatmap(
+        pd.DataFrame(values, index=emotions, columns=emotions),
+        ax=ax, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", square=True,
+        vmin=0, vmax=1 if normalize else None,
+        cbar_kws={"label": "share of true class" if normalize else "utterances"},
+    )  # fmt: skip
+    ax.set_xlabel("predicted emotion")
+    ax.set_ylabel("true emotion")
+    ax.set_title(f"{run_label(record)}\nUA {record['metrics']['ua']:.3f}", fontsize="small")
+    return fig
+
+
+def confusion_matrices(records, normalize: bool = True) -> Figure:
+    """Confusion matrices of several SER runs side by side."""
+    ser = _ser_only(records, "confusion_matrices")
+    fig = Figure(figsize=(4.6 * len(ser), 4.0), layout="constrained")
+    for ax, r in zip(fig.subplots(1, len(ser), squeeze=False)[0], ser, strict=True):
+        confusion_matrix(r, normalize=normalize, ax=ax)
+    return fig
+
+
+# ---------------------------------------------------------------- corpus figures
+
+
+def class_balance(groups) -> Figure:
+    """Utterances per emotion, one bar group per split part ({"train": [...], ...}) or for one
+    list of utterance records."""
+    if not isinstance(groups, Mapping):
+        groups = {"all": list(groups)}
+    counts = pd.DataFrame(
+        {
+            name: pd.Series([u.emotion for u in items]).value_counts()
+            for name, items in groups.items()
+        }
+    ).fillna(0)
+    if counts.empty:
+        raise ValueError("groups: expected utterance records, got none")
+    counts = counts.reindex(_ordered_values(counts.index, "emotion"))
+    fig = Figure(figsize=(1.2 * len(counts) + 2, 3.4), layout="constrained")
+    ax = fig.subplots()
+    counts.plot.bar(ax=ax, rot=0)
+    ax.set_xlabel("emotion")
+    ax.set_ylabel("utterances")
+    ax.set_title("class balance")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def cooccurrence_heatmap(utterances, column: str = "text", title: str | None = None) -> Figure:
+    """Heatmap of emotion x `column` counts ("text" = word/sentence, or "speaker"): in a
+    confounded training split each emotion's row concentrates on its own subset."""
+    table = cooccurrence_table(utterances, column=column)
+    name = {"text": "word (text)", "speaker": "speaker"}.get(column, column)
+    fig = Figure(figsize=(max(4.5, 0.22 * table.shape[1] + 2.5), 0.45 * table.shape[0] + 1.8),
+                 layout="constrained")  # fmt: skip
+    ax = fig.subplots()
+    sns.heatmap(table, ax=ax, cmap="mako_r", cbar_kws={"label": "utterances"}, linewidths=0.2)
+    ax.set_xlabel(name)
+    ax.set_ylabel("emotion")
+    ax.set_title(title or f"emotion x {name}")
+    return fig
+
+
+def spectrogram_grid(
+    spectrograms: Sequence[np.ndarray],
+    titles: Sequence[str],
+    hop_seconds: float,
+    ncols: int = 4,
+    bin_label: str = "mel band",
+    value_label: str = "log mel power",
+) -> Figure:
+    """(frames, bins) spectrograms as images: time (s) across, frequency band up, one colour
+    scale for all so their levels compare."""
+    specs = [np.asarray(s, dtype=float) for s in spectrograms]
+    if not specs or len(specs) != len(titles):
+        raise ValueError(
+            f"spectrograms ({len(specs)}) and titles ({len(titles)}): expected equal, non-zero"
+        )
+    if any(s.ndim != 2 for s in specs):
+        raise ValueError("spectrograms: expected 2-D (frames, bins) arrays")
+    if not hop_seconds > 0:
+        raise ValueError(f"hop_seconds={hop_seconds!r}: expected the frame hop in seconds, > 0")
+    ncols = min(ncols, len(specs))
+    nrows = math.ceil(len(specs) / ncols)
+    vmin = min(float(s.min()) for s in specs)
+    vmax = max(float(s.max()) for s in specs)
+    fig = Figure(figsize=(3.2 * ncols + 1, 2.6 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    image = None
+    for ax, s, title in zip(axes.flat, specs, titles, strict=False):
+        extent = (0.0, s.shape[0] * hop_seconds, 0, s.shape[1])
+        image = ax.imshow(s.T, origin="lower", aspect="auto", extent=extent, vmin=vmin,
+                          vmax=vmax, cmap="magma")  # fmt: skip
+        ax.set_title(title, fontsize="small")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel(bin_label)
+    for ax in axes.flat[len(specs) :]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes, label=value_label, shrink=0.8)
+    return fig
+
+
+def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
+    """RH-emo quaternion embeddings (n, 4, T', F'): one row per utterance, one column per
+    axis (r: emotion, i: valence, j: arousal, k: dominance), one colour scale per axis."""
+    z = np.asarray(embeddings, dtype=float)
+    if z.ndim != 4 or z.shape[1] != 4:
+        raise ValueError(f"embeddings: expected shape (n, 4, T', F'), got {z.shape}")
+    if len(titles) != len(z):
+        raise ValueError(f"titles: expected {len(z)} (one per embedding), got {len(titles)}")
+    fig = Figure(figsize=(11, 2.2 * len(z) + 0.6), layout="constrained")
+    axes = fig.subplots(len(z), 4, squeeze=False)
+    for col, axis_name in enumerate(RHEMO_AXES):
+        lo, hi = float(z[:, col].min()), float(z[:, col].max())
+        for row in range(len(z)):
+            ax = axes[row, col]
+            image = ax.imshow(z[row, col].T, origin="lower", aspect="auto", vmin=lo, vmax=hi,
+                              cmap="viridis")  # fmt: skip
+            ax.set_title(f"{titles[row]} — {axis_name}", fontsize="small")
+            ax.set_xlabel("time (embedding frame)")
+            ax.set_ylabel("frequency (embedding bin)")
+        fig.colorbar(image, ax=axes[:, col], label="activation", shrink=0.8)
+    return fig
+
+
+def rhemo_heads(record: Mapping) -> Figure:
+    """Validation accuracy of RH-emo's four heads at the last epoch, one bar per embedding
+    axis: emotion UA on r, binarised valence/arousal/dominance accuracy on i, j, k."""
+    (record,) = _check_records([record])
+    history = record.get("history") or []
+    if not history:
+        raise ValueError(f"record {run_label(record)!r}: no history to read head accuracies")
+    last = history[-1]
+    values = [_number(last.get(k)) for k in RHEMO_HEAD_KEYS]
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar(RHEMO_AXES, values, color=["C0", "C1", "C2", "C3"])
+    ax.bar_label(bars, fmt="%.2f")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("embedding axis: head")
+    ax.set_ylabel("validation accuracy (fraction)")
+    ax.set_title(f"RH-emo heads after epoch {last.get('epoch')}")
+    return fig
+
+
+# ---------------------------------------------------------------- comparisons and sweeps
+
+
+def method_comparison(
+    records,
+    metric: str = "ua",
+    setup: str | None = None,
+    ceiling_setup: str | None = "unconfounded",
+) -> Figure:
+    """`metric` per configuration (mean over seeds, error bar = SD), one panel per model, on one
+    setup (default: the most common setup of the records). Dashed line: that model's baseline
+    on the setup; dotted line: the ceiling, the baseline trained on `ceiling_setup` (e.g. the
+    unconfounded control of a confounded split), when such a record exists."""
+    ser = _ser_only(records, "method_comparison")
+    if setup is None:
+        setups = pd.Series([r["config"].get("setup") for r in ser])
+        setup = setups.value_counts().index[0]
+    on_setup = [r for r in ser if r["config"].get("setup") == setup]
+    if not on_setup:
+        raise ValueError(f"setup={setup!r}: no SER record on that setup")
+    models = sorted({r["config"].get("model") for r in on_setup})
+    fig = Figure(figsize=(max(5.0, 0.55 * len(on_setup) + 3), 4.2 * len(models)),
+                 layout="constrained")  # fmt: skip
+    for ax, model in zip(fig.subplots(len(models), 1, squeeze=False)[:, 0], models, strict=True):
+        mine = [r for r in on_setup if r["config"].get("model") == model]
+        groups: dict[str, list[float]] = defaultdict(list)
+        for r in sorted(mine, key=lambda r: r["config"].get("method") != "baseline"):
+            groups[run_label(r, without=("model", "seed", "setup"))].append(metric_value(r, metric))
+        names = list(groups)
+        means = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in groups.values()]
+        errors = [np.nanstd(v) if len(v) > 1 else 0.0 for v in groups.values()]
+        colors = ["0.6" if n.startswith("baseline") else "C0" for n in names]
+        ax.bar(range(len(names)), means, yerr=errors, color=colors, capsize=3)
+        _reference_line(ax, mine, metric, "baseline", "k", "--")
+        ceiling = [
+            r for r in ser
+            if r["config"].get("setup") == ceiling_setup and r["config"].get("model") == model
+        ]  # fmt: skip
+        _reference_line(ax, ceiling, metric, f"ceiling (baseline on {ceiling_setup})", "C3", ":")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
+        ax.set_ylabel(f"test {metric} (fraction)")
+        ax.set_xlabel("configuration")
+        ax.set_title(f"{model} model, {setup} setup")
+        ax.grid(axis="y", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    return fig
+
+
+def _reference_line(ax, records, metric: str, label: str, color: str, style: str) -> None:
+    values = [metric_value(r, metric) for r in records if r["config"].get("method") == "baseline"]
+    values = [v for v in values if np.isfinite(v)]
+    if values:
+        ax.axhline(float(np.mean(values)), color=color, linestyle=style,
+                   label=f"{label}: {np.mean(values):.3f}")  # fmt: skip
+
+
+def _sweep_summary(records) -> pd.DataFrame:
+    """sweep_table averaged over seeds per (group, tap): mean and SD of the gain, mean costs."""
+    table = sweep_table(records)
+    if table.empty:
+        raise ValueError(
+            "records: no single-tap method run (e.g. AT at one tap) to plot against its tap"
+        )
+    numeric = [c for c in table.columns if c not in ("group", "model", "method", "tap", "seed")]
+    summary = table.groupby(["group", "tap"], sort=False)[numeric].mean().reset_index()
+    spread = table.groupby(["group", "tap"], sort=False)["UA gain"].std().fillna(0.0)
+    summary["UA gain SD"] = spread.to_numpy()
+    return summary
+
+
+def tap_sweep(records) -> Figure:
+    """Layer sweep: UA gain over the matching baseline, training-step time and peak memory
+    against the tap, one line per configuration (e.g. real and quaternion AT). Dashed lines:
+    the baselines' step time and memory (the cost without anti-transfer)."""
+    summary = _sweep_summary(records)
+    taps = sorted(summary["tap"].unique(), key=tap_order)
+    position = {t: i for i, t in enumerate(taps)}
+    fig = Figure(figsize=(max(10.0, 0.6 * len(taps) * 3), 3.8), layout="constrained")
+    gain_ax, time_ax, mem_ax = fig.subplots(1, 3)
+    for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
+        x = part["tap"].map(position).to_numpy(dtype=float)
+        color = f"C{i % 10}"
+        gain_ax.errorbar(x, part["UA gain"].to_numpy(dtype=float),
+                         yerr=part["UA gain SD"].to_numpy(dtype=float), color=color, marker="o",
+                         capsize=3, label=group)  # fmt: skip
+        for ax, column in ((time_ax, "step time (ms)"), (mem_ax, "peak memory (MiB)")):
+            ax.plot(x, part[column].to_numpy(dtype=float), color=color, marker="o", label=group)
+            base = part[f"baseline {column}"].mean()
+            if np.isfinite(base):
+                ax.axhline(base, color=color, linestyle="--", alpha=0.7,
+                           label=f"{group}: baseline")  # fmt: skip
+    gain_ax.axhline(0.0, color="k", linewidth=0.8)
+    for ax, ylabel in (
+        (gain_ax, "UA gain over baseline (fraction)"),
+        (time_ax, "training step time (ms)"),
+        (mem_ax, "peak memory per step (MiB)"),
+    ):
+        ax.set_xticks(range(len(taps)), taps, rotation=45, ha="right")
+        ax.set_xlabel("AT tap")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    gain_ax.legend(fontsize="x-small")
+    time_ax.legend(fontsize="x-small")
+    return fig
+
+
+COSTS = {
+    "step_time": ("step time (ms)", "training step time (ms)"),
+    "memory": ("peak memory (MiB)", "peak memory per step (MiB)"),
+    "flops": ("GFLOPs/step", "GFLOPs per training step"),
+}
+
+
+def tradeoff(records, cost: str = "step_time") -> Figure:
+    """Gain vs cost: one point per (configuration, tap), x = the cost of a training step
+    (`cost`: "step_time", "memory" or "flops"), y = UA gain over the matching baseline; points
+    up and to the left are the good compromises."""
+    if cost not in COSTS:
+        raise ValueError(f"cost={cost!r}: expected one of {tuple(COSTS)}")
+    column, xlabel = COSTS[cost]
+    summary = _sweep_summary(records)
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
+        ax.scatter(part[column].to_numpy(dtype=float), part["UA gain"].to_numpy(dtype=float),
+                   color=f"C{i % 10}", label=group)  # fmt: skip
+        for _, row in part.iterrows():
+            ax.annotate(row["tap"], (row[column], row["UA gain"]), fontsize="x-small",
+                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.axhline(0.0, color="k", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("UA gain over baseline (fraction)")
+    ax.set_title("gain vs cost per AT tap")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def probe_by_tap(records) -> Figure:
+    """Invariance probe: accuracy of a linear probe decoding the orthogonal label (word or
+    speaker, held-out items) from each probed tap, one line per run, one panel per label. Lower
+    is more invariant; anti-transfer should push the curve down."""
+    ser = [r for r in _ser_only(records, "probe_by_tap") if r.get("probe")]
+    if not ser:
+        raise ValueError("records: no SER record has probe accuracies")
+    labels = sorted({label for r in ser for label in r["probe"]})
+    fig = Figure(figsize=(6.0 * len(labels), 4.0), layout="constrained")
+    names = _unique_labels(ser)
+    for ax, label in zip(fig.subplots(1, len(labels), squeeze=False)[0], labels, strict=True):
+        taps = sorted({t for r in ser for t in r["probe"].get(label, {})}, key=tap_order)
+        for i, (r, name) in enumerate(zip(ser, names, strict=True)):
+            by_tap = r["probe"].get(label)
+            if by_tap:
+                x = [taps.index(t) for t in sorted(by_tap, key=tap_order)]
+                y = [_number(by_tap[t]) for t in sorted(by_tap, key=tap_order)]
+                ax.plot(x, y, marker="o", color=f"C{i % 10}", label=name)
+        ax.set_xticks(range(len(taps)), taps, rotation=30, ha="right")
+        ax.set_xlabel("probed tap")
+        ax.set_ylabel(f"{label} probe accuracy (fraction)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    return fig

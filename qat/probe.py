@@ -1,0 +1,111 @@
+"""Invariance probe: how much orthogonal-task information (word, speaker) a tap still holds.
+
+Anti-transfer is meant to make the SER network's representation carry less word or speaker
+information. The direct measure is a linear probe: pool the trained network's activations at
+a tap, fit a multinomial logistic regression for the orthogonal label on some items and
+score it on held-out items (held-out speakers for words, for instance). High probe accuracy
+means the tap still encodes the orthogonal factor linearly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+
+def _pool(act: Tensor, tap: str) -> Tensor:
+    """Mean over positions for conv taps; (B, D) features pass through."""
+    if act.ndim == 4:
+        return act.mean(dim=(2, 3))
+    if act.ndim == 2:
+        return act
+    raise ValueError(
+        f"tap {tap!r} produced shape {tuple(act.shape)}, expected (B, C, H, W) or (B, D)"
+    )
+
+
+def pooled_activations(
+    model: nn.Module,
+    tap: str,
+    x: Tensor | np.ndarray,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """(N, C) activations of ``model`` at ``tap`` for the N inputs ``x``, mean-pooled over H, W.
+
+    The model runs truncated at the tap, in eval mode and under no_grad, in batches; its
+    previous train/eval mode is restored afterwards.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    inputs = torch.as_tensor(x)
+    if inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"x must be a non-empty batch of inputs (N, ...), got shape {tuple(inputs.shape)}"
+        )
+    runner = model.truncated(tap)
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else inputs.device
+    dtype = parameter.dtype if parameter is not None else inputs.dtype
+    was_training = model.training
+    model.eval()
+    pooled = []
+    try:
+        with torch.no_grad():
+            starts = range(0, inputs.shape[0], batch_size)
+            for start in tqdm(starts, desc=f"probe {tap}", disable=not progress):
+                batch = inputs[start : start + batch_size].to(device=device, dtype=dtype)
+                pooled.append(_pool(runner(batch), tap).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(pooled).numpy()
+
+
+def _features_and_labels(feats: Any, labels: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    feats = np.asarray(feats, dtype=np.float64)
+    labels = np.asarray(labels)
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ValueError(f"{name}_feats must be a non-empty (N, C) array, got shape {feats.shape}")
+    if labels.shape != (feats.shape[0],):
+        raise ValueError(
+            f"{name}_labels must be 1-D with one label per row of {name}_feats "
+            f"({feats.shape[0]}), got shape {labels.shape}"
+        )
+    if not np.isfinite(feats).all():
+        raise ValueError(f"{name}_feats contains NaN or infinite values")
+    return feats, labels
+
+
+def probe_accuracy(
+    train_feats: Any,
+    train_labels: Any,
+    test_feats: Any,
+    test_labels: Any,
+    seed: int = 0,
+) -> float:
+    """Held-out accuracy of a linear probe (standardised features + multinomial logistic
+    regression) fitted on the training items.
+
+    A test item whose label never occurs in training cannot be predicted, so it counts as
+    an error: the probe is scored on what it could learn, not on a filtered test set.
+    Labels may be ints or strings.
+    """
+    train_feats, train_labels = _features_and_labels(train_feats, train_labels, "train")
+    test_feats, test_labels = _features_and_labels(test_feats, test_labels, "test")
+    if train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(
+            f"train_feats has {train_feats.shape[1]} features per item, test_feats "
+            f"{test_feats.shape[1]}: they must come from the same tap"
+        )
+    if np.unique(train_labels).size < 2:
+        raise ValueError("train_labels must contain at least two classes to fit a probe")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    probe.fit(train_feats, train_labels)
+    return float(np.mean(probe.predict(test_feats) == test_labels))

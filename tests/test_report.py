@@ -1,0 +1,172 @@
+"""write_readme on a temporary reports folder with a few synthetic run records: the README's
+tables hold exactly the records' numbers, the figures exist as PNG, nothing is left half
+written; run_pipeline runs the notebooks in order with the profile, then writes the README."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from qat import report
+
+
+def ser(model, method, ua, tap=None, seed=0, setup="confounded", profile="smoke"):
+    uses_at = method == "at"
+    return {
+        "kind": "ser",
+        "config": {
+            "corpus": "synthemo", "root": None, "setup": setup, "model": model,
+            "method": method, "orthogonal": "word" if uses_at else None,
+            "taps": [tap] if uses_at else [], "beta": 1.0 if uses_at else None,
+            "gram": "sample" if uses_at else None, "lam": None, "init_from_orthogonal": False,
+            "seed": seed, "profile": profile, "split": {"rho": 0.9, "factor": "word"},
+        },
+        "labels": {"emotions": ["neutral", "happy", "sad"]},
+        "metrics": {"ua": ua, "wa": ua + 0.01, "macro_f1": ua - 0.02,
+                    "confusion": [[5, 1, 0], [2, 3, 1], [0, 1, 4]]},
+        "confound": {"congruent_ua": 0.8, "incongruent_ua": ua / 2, "follows_shortcut": 0.3,
+                     "congruent_share_test": 0.25},
+        "probe": {"word": {"conv2_2": 0.6, "penultimate": 0.4}},
+        "history": [{"epoch": 1, "train_loss": 1.5, "val_loss": 1.4, "val_ua": 0.3},
+                    {"epoch": 2, "train_loss": 1.2, "val_loss": 1.3, "val_ua": 0.4}],
+        "best_epoch": 2,
+        "resources": {"params": 12345, "flops_per_step": 2.5e9, "peak_memory_bytes": 3 * 2**20,
+                      "step_time_s": 0.0125, "train_time_s": 42.0},
+        "code_version": "qat 0.1.0 (abc1234)",
+    }  # fmt: skip
+
+
+def orthogonal():
+    return {
+        "kind": "orthogonal-word-real",
+        "config": {"task": "word", "model": "real", "profile": "smoke", "seed": 0, "rhemo": None},
+        "history": [{"epoch": 1, "train_loss": 2.0, "val_loss": 1.9, "val_ua": 0.55}],
+        "metrics": {"ua": 0.875, "wa": 0.9, "macro_f1": 0.86},
+        "wall_time_s": 3.0,
+    }
+
+
+def rhemo():
+    return {
+        "kind": "rhemo",
+        "config": {"corpus": "synthemo", "setup": "confounded", "profile": "smoke", "seed": 0,
+                   "root": None, "split": {"rho": 0.9, "factor": "word"}},
+        "history": [{"epoch": 1, "stage": "heads", "val_reconstruction_mse": 0.25,
+                     "val_emotion_ua": 0.5, "val_valence_acc": 0.625, "val_arousal_acc": 0.75,
+                     "val_dominance_acc": 0.5}],
+        "wall_time_s": 2.0,
+    }  # fmt: skip
+
+
+def write_records(reports: Path, records) -> None:
+    (reports / "runs").mkdir(parents=True)
+    for i, r in enumerate(records):
+        (reports / "runs" / f"{r['kind']}-{i:04d}.json").write_text(json.dumps(r))
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells)
+    return rows
+
+
+@pytest.fixture
+def reports(tmp_path):
+    records = [
+        ser("real", "baseline", 0.5),
+        ser("real", "at", 0.5625, tap="conv2_1"),
+        ser("real", "at", 0.4375, tap="conv1_1"),
+        ser("real", "baseline", 0.9, profile="cpu"),  # another profile: left out
+        orthogonal(),
+        rhemo(),
+    ]
+    write_records(tmp_path, records)
+    return tmp_path
+
+
+def test_readme_tables_hold_the_records_numbers(reports):
+    readme = report.write_readme(reports, profile="smoke")
+    assert readme == reports / "README.md"
+    text = readme.read_text()
+    base = table_rows(text, "[confounded] real baseline")
+    # Section 4 (metrics + confound, then resources) and section 6 (probe).
+    assert base[0][:4] == ["[confounded] real baseline", "0.500", "0.510", "0.480"]
+    assert base[0][4:] == ["0.800", "0.250", "0.300", "0.250"]  # congruent/incongruent/...
+    assert base[1][1:] == ["12345", "2.5", "12.5", "3", "42", "2", "2"]
+    assert base[2][1:] == ["0.600", "0.400"]
+    at = table_rows(text, "[confounded] real at word@conv2_1 β=1")[0]
+    assert at[1] == "0.562"  # 0.5625 rounded to 3 decimals
+    assert "0.900" not in text  # the cpu-profile record is not reported
+    assert "from the 5 run records" in text
+
+
+def test_readme_sweep_table_has_gain_over_the_matching_baseline(reports):
+    text = report.write_readme(reports, profile="smoke").read_text()
+    sweep = {row[1]: row for row in table_rows(text, "real at word β=1")}
+    assert list(sweep) == ["conv1_1", "conv2_1"]  # network order
+    assert sweep["conv2_1"][3:6] == ["0.562", "0.500", "+0.062"]
+    assert sweep["conv1_1"][3:6] == ["0.438", "0.500", "-0.062"]
+
+
+def test_readme_pretrained_networks_and_rhemo(reports):
+    text = report.write_readme(reports, profile="smoke").read_text()
+    (orth,) = table_rows(text, "orthogonal-word-real")
+    assert orth[1:] == ["word", "real", "0", "1", "0.875", "0.900", "0.860", "3"]
+    (row,) = table_rows(text, "synthemo")
+    assert row[4:9] == ["0.25", "0.500", "0.625", "0.750", "0.500"]
+
+
+def test_readme_figures_exist_and_every_section_names_its_command(reports):
+    text = report.write_readme(reports, profile="smoke").read_text()
+    images = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
+    assert {"figures/tap_sweep.png", "figures/tradeoff.png", "figures/probe_by_tap.png",
+            "figures/method_comparison_confounded.png",
+            "figures/orthogonal_learning_curves.png"} <= set(images)  # fmt: skip
+    for image in images:
+        assert (reports / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sections = text.split("\n## ")[1:]
+    assert len(sections) == 6
+    for section in sections[:5]:
+        assert "Reproduce: `qat run notebooks/0" in section and "-p profile smoke" in section
+    leftovers = [p.name for p in reports.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_readme_without_records_says_so(tmp_path):
+    (tmp_path / "runs").mkdir()
+    text = report.write_readme(tmp_path, profile="cpu").read_text()
+    assert "_No SER run records yet._" in text and "from the 0 run records" in text
+    with pytest.raises(FileNotFoundError, match="reports_dir=.*missing"):
+        report.write_readme(tmp_path / "missing")
+
+
+def test_markdown_table_formats_and_escapes():
+    import pandas as pd
+
+    table = pd.DataFrame({"run": ["a|b"], "UA": [0.12345], "UA gain": [0.5], "n": [3],
+                          "step time (ms)": [1234.567], "beta": [float("nan")]})  # fmt: skip
+    lines = report.markdown_table(table).splitlines()
+    assert lines[0] == "| run | UA | UA gain | n | step time (ms) | beta |"
+    assert lines[2] == "| a\\|b | 0.123 | +0.500 | 3 | 1235 | – |"
+
+
+def test_run_pipeline_runs_the_notebooks_in_order_then_writes_the_readme(monkeypatch, tmp_path):
+    from qat import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "run_notebook", lambda nb, params: calls.append((nb.name, params)))
+    monkeypatch.setattr(report.paths, "REPORTS", tmp_path)
+    (tmp_path / "runs").mkdir()
+    readme = report.run_pipeline(profile="smoke")
+    assert [name for name, _ in calls] == [f"{n}.ipynb" for n in report.NOTEBOOKS]
+    assert all(params == {"profile": "smoke"} for _, params in calls)
+    assert all((cli.NOTEBOOKS / name).exists() for name, _ in calls)
+    assert readme == tmp_path / "README.md" and readme.exists()
+    with pytest.raises(ValueError, match="profile='laptop'"):
+        report.run_pipeline(profile="laptop")
