@@ -13,7 +13,7 @@ output is the tap the AT loss compares. `tap_module(name)` returns the module to
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from torch import Tensor, nn
@@ -40,9 +40,9 @@ PENULTIMATE = "penultimate"
 class _LayerFactory(NamedTuple):
     """Constructors with matching signatures, so the builder never branches on the domain."""
 
-    conv3x3: type[nn.Module]
-    batch_norm: type[nn.Module]
-    linear: type[nn.Module]
+    conv3x3: Callable[[int, int, bool], nn.Module]  # (in_channels, out_channels, bias)
+    batch_norm: Callable[[int], nn.Module]  # (num_channels)
+    linear: Callable[[int, int], nn.Module]  # (in_features, out_features)
 
 
 def _real_conv3x3(in_channels: int, out_channels: int, bias: bool) -> nn.Module:

@@ -189,7 +189,7 @@ class _Collector:
             Utterance(
                 path=str(path),
                 corpus=corpus or self.corpus,
-                duration=info.frames / 16000,
+                duration=info.duration,
                 uid=uid,
                 **fields,
             )
@@ -645,7 +645,9 @@ def load_speechcommands(
 # ---------------------------------------------------------------------------------------------
 # Manifest (anyone's own data) and SynthEmo (the kit's synthetic corpus, written as a manifest)
 
-_OPTIONAL_MANIFEST_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in REQUIRED_MANIFEST_COLUMNS)
+_OPTIONAL_MANIFEST_COLUMNS = tuple(
+    c for c in MANIFEST_COLUMNS if c not in REQUIRED_MANIFEST_COLUMNS
+)
 _MANIFEST_LAYOUT = (
     f"a CSV file (or a folder holding manifest.csv) with columns {REQUIRED_MANIFEST_COLUMNS} "
     f"and optionally {_OPTIONAL_MANIFEST_COLUMNS}"
@@ -728,9 +730,7 @@ def _check_unique_paths(rows: Sequence[tuple[int, dict, Path]], csv_path: Path) 
 def _manifest_fields(row: dict[str, str], path: Path, folder: Path, where: str) -> dict:
     emotion = (row.get("emotion") or "").strip()
     if emotion not in EMOTIONS:
-        raise CorpusEntryError(
-            f"{where} ({path}): emotion {emotion!r} is not one of {EMOTIONS}"
-        )
+        raise CorpusEntryError(f"{where} ({path}): emotion {emotion!r} is not one of {EMOTIONS}")
     speaker = (row.get("speaker") or "").strip()
     if not speaker:
         raise CorpusEntryError(f"{where} ({path}): empty speaker")
@@ -778,9 +778,7 @@ LOADERS: dict[str, Callable[..., Corpus]] = {
 CORPORA = tuple(LOADERS)
 
 
-def load_corpus(
-    name: str, root: str | os.PathLike, on_error: str = "raise", **options
-) -> Corpus:
+def load_corpus(name: str, root: str | os.PathLike, on_error: str = "raise", **options) -> Corpus:
     """Load corpus `name` from `root` as a `Corpus` (a list of `Utterance` records).
 
     on_error: "raise" (default) stops at the first unusable file with an error naming it;

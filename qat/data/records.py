@@ -66,6 +66,7 @@ class Utterance:
 def write_manifest(records: Iterable[Utterance], csv_path: str | os.PathLike) -> None:
     """Write records as a CSV manifest, paths relative to the CSV's folder, atomically."""
     csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_name(csv_path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)

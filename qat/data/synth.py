@@ -46,12 +46,13 @@ import tempfile
 import wave
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from math import gcd
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from scipy.signal import resample_poly
+import soxr
 from tqdm.auto import tqdm
 
 from qat.data.records import EMOTIONS, Utterance, write_manifest
@@ -393,11 +394,12 @@ def draw_prosody(mean: Prosody, jitter: Prosody, rng: np.random.Generator) -> Pr
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Polyphase resampling (deterministic, no FFT-size dependence)."""
+    """Band-limited resampling with libsoxr (high quality, deterministic, and light to import in
+    every worker process, unlike scipy.signal)."""
+    audio = np.asarray(audio, np.float64)
     if orig_sr == target_sr:
-        return np.asarray(audio, float)
-    g = gcd(orig_sr, target_sr)
-    return resample_poly(np.asarray(audio, float), target_sr // g, orig_sr // g)
+        return audio
+    return soxr.resample(audio, orig_sr, target_sr, quality="HQ")
 
 
 def trim_silence(audio: np.ndarray, top_db: float = _TRIM_TOP_DB) -> np.ndarray:
@@ -514,42 +516,45 @@ def _render_chunk(jobs: Sequence[_Job], settings: _Settings) -> list[_Realised]:
 
 
 def _run_jobs(jobs: Sequence[_Job], settings: _Settings, workers: int, progress: bool):
-    """Render all jobs; returns their _Realised in job order."""
-    realised: list[_Realised | None] = [None] * len(jobs)
+    """Render all jobs, in worker processes when workers > 1; returns their _Realised in job
+    order. Which process renders which job does not matter: each utterance is independent."""
     chunk = max(1, min(64, math.ceil(len(jobs) / (4 * workers))))
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    bar = tqdm(total=len(jobs), desc="SynthEmo", unit="utt", disable=not progress)
-    position = {job.index: i for i, job in enumerate(jobs)}
-    with bar, _pool(min(workers, len(chunks))) as pool:
-        results = (
-            pool.imap_unordered(_render_chunk_star, [(c, settings) for c in chunks])
-            if pool is not None
-            else (_render_chunk(c, settings) for c in chunks)
-        )
-        for done in results:
-            for r in done:
-                realised[position[r.index]] = r
+    workers = min(workers, len(chunks))
+    realised: dict[int, _Realised] = {}
+    with tqdm(total=len(jobs), desc="SynthEmo", unit="utt", disable=not progress) as bar:
+        for done in _render_chunks(chunks, settings, workers):
+            realised.update((r.index, r) for r in done)
             bar.update(len(done))
-    return realised
+    return [realised[job.index] for job in jobs]
 
 
-def _render_chunk_star(args):
-    return _render_chunk(*args)
+def _render_chunks(chunks, settings: _Settings, workers: int) -> Iterator[list[_Realised]]:
+    """Yield each chunk's results as it completes.
 
-
-@contextlib.contextmanager
-def _pool(workers: int):
-    """A process pool (eSpeak is not thread-safe), or None to work in this process.
-
-    forkserver/spawn rather than fork: the parent may hold threads (torch, tqdm) that fork
-    would copy mid-lock."""
+    eSpeak is not thread-safe, hence processes; forkserver/spawn rather than fork, because the
+    parent may hold threads (torch, tqdm) that fork would copy mid-lock. A script that starts
+    workers must guard its entry point with `if __name__ == "__main__":`."""
     if workers <= 1:
-        yield None
+        for chunk in chunks:
+            yield _render_chunk(chunk, settings)
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ctx.Pool(workers) as pool:
-        yield pool
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_render_chunk, chunk, settings) for chunk in chunks]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            "SynthEmo worker processes died; if this runs from a script, put the call under "
+            "`if __name__ == '__main__':`, or pass workers=1"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------
