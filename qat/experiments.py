@@ -36,8 +36,8 @@ PROBE_TAPS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3", "penultimate")
 # (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20, patience 20).
 PROFILES = {
     "smoke": dict(
-        corpus=dict(speakers=4, words=10, repetitions=1),
-        orthogonal_corpus=dict(speakers=4, words=10, repetitions=2),
+        corpus=dict(n_speakers=4, n_words=10, repetitions=1),
+        orthogonal_corpus=dict(n_speakers=4, n_words=10, repetitions=2),
         features=dict(kind="logmel", segment_seconds=0.5, n_mels=32),
         rhemo_pools=((2, 1), (1, 1), (1, 1)),
         width=1 / 16, epochs=1, batch_size=16, lr=1e-3, patience=1,
@@ -85,7 +85,8 @@ def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, prog
     check_choice("profile", profile, PROFILES)
     if corpus == "synthemo" and root is None:
         out = paths.DATA / f"synthemo-{profile}"
-        return synth.make_synthemo(out, progress=progress, **PROFILES[profile]["corpus"])
+        options = _synth_options(PROFILES[profile]["corpus"], synth.DEFAULT_SPEAKERS)
+        return synth.make_synthemo(out, progress=progress, **options)
     if root is None:
         raise FileNotFoundError(
             f"corpus={corpus!r} needs root=<folder of the corpus in its official layout>; "
@@ -98,9 +99,18 @@ def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, prog
 def load_orthogonal_records(profile: str = "cpu", progress=True):
     """Neutral-prosody SynthEmo with more speakers: data for the word and speaker networks."""
     out = paths.DATA / f"synthemo-orthogonal-{profile}"
-    return synth.make_orthogonal_corpus(
-        out, progress=progress, **PROFILES[profile]["orthogonal_corpus"]
-    )
+    options = _synth_options(PROFILES[profile]["orthogonal_corpus"], synth.MORE_SPEAKERS)
+    return synth.make_orthogonal_corpus(out, progress=progress, **options)
+
+
+def _synth_options(sizes: dict, speakers) -> dict:
+    """A profile names corpus sizes (n_speakers, n_words); SynthEmo takes the lists."""
+    options = dict(sizes)
+    if "n_speakers" in options:
+        options["speakers"] = speakers[: options.pop("n_speakers")]
+    if "n_words" in options:
+        options["words"] = synth.DEFAULT_WORDS[: options.pop("n_words")]
+    return options
 
 
 def feature_config(profile: str) -> FeatureConfig:
@@ -312,7 +322,7 @@ def confound_metrics(data: Data, pred: np.ndarray, target: str = "word") -> dict
     speaker), i.e. predict the emotion whose training subset holds the item's word."""
     from qat import metrics
 
-    owner = data.split.meta.get("subsets")
+    owner = data.split.meta.get("assignment")
     if not owner:
         return {}
     emotion_of = {v: e for e, vs in owner.items() for v in vs}
@@ -339,18 +349,17 @@ def confound_metrics(data: Data, pred: np.ndarray, target: str = "word") -> dict
     }
 
 
-def invariance_probes(net, data: Data, label: str, taps=PROBE_TAPS) -> dict:
+def invariance_probes(
+    net, train: SERDataset, held_out: SERDataset, label: str, taps=PROBE_TAPS
+) -> dict:
     """Linear-probe accuracy of the orthogonal label at several taps of the trained (frozen)
-    network. Words are probed on held-out speakers (train -> test); speakers, which the test
-    set does not share with training, on train -> validation items."""
-    held_out = data.test if label == "word" else data.val
+    network, fitted on `train` and scored on `held_out` (held-out speakers for words; for
+    speakers, which the test set does not share with training, the validation items)."""
     out = {}
     for tap in taps:
-        a = pooled_activations(net, tap, data.train.x)
+        a = pooled_activations(net, tap, train.x)
         b = pooled_activations(net, tap, held_out.x)
-        out[tap] = probe_accuracy(
-            a, data.train.labels[label].numpy(), b, held_out.labels[label].numpy()
-        )
+        out[tap] = probe_accuracy(a, train.labels[label].numpy(), b, held_out.labels[label].numpy())
     return out
 
 
@@ -527,7 +536,11 @@ def train_ser(
         "confound": confound_metrics(data, pred, factor)
         if setup in ("confounded", "unconfounded")
         else {},
-        "probe": {orthogonal: invariance_probes(net, data, orthogonal)},
+        "probe": {
+            orthogonal: invariance_probes(
+                net, train, test if orthogonal == "word" else val, orthogonal
+            )
+        },
         "history": result["history"],
         "best_epoch": result["best_epoch"],
         "resources": cost,

@@ -17,12 +17,15 @@ Layout written by `make_synthemo(out_dir, ...)`::
     out_dir/synthemo_config.json                       the configuration and its hash
 
 Determinism: eSpeak NG keeps synthesis state in static variables that survive
-`espeak_Initialize` (the glottal phase, pitch smoothing, flutter, ...), so the same call gives
-different samples depending on what was synthesised before. Each utterance is therefore
-synthesised by a freshly loaded copy of the library (dlopen a private copy, synthesise, dlclose:
-well under a millisecond), and all randomness comes from a numpy Generator seeded by
-(seed, corpus, utterance index). The output is byte-identical for a given seed whatever the
-number of worker processes and whatever the order in which they pick up the work.
+`espeak_Initialize` (glottal phase, pitch smoothing, flutter, ...), so a word's samples depend
+on what the engine said before. So the utterances are cut into fixed blocks (ENGINE_BLOCK
+consecutive utterances of one voice) and each block is synthesised by a freshly loaded private
+copy of the library (dlopen, synthesise the block, dlclose); all randomness comes from numpy
+Generators seeded by (seed, corpus, utterance index). The output is byte-identical for a given
+seed whatever the number of worker processes and whichever worker renders which block. (One
+fresh engine per utterance would work too, but loading the English dictionary into a fresh
+engine costs ~4 ms, three times the synthesis of a word; the history only shifts the glottal
+phase.)
 """
 
 from __future__ import annotations
@@ -147,6 +150,8 @@ WAV_DIR = "wav"
 # Bump when the synthesis or post-processing changes, so stored corpora are rebuilt.
 FORMAT_VERSION = 1
 
+# Utterances synthesised in a row by one freshly loaded engine (see the module docstring).
+ENGINE_BLOCK = 32
 _TRIM_TOP_DB = 50.0  # eSpeak's output is noise-free: anything 50 dB below the peak is silence
 _WORD_PATTERN = re.compile(r"[A-Za-z]+(-[A-Za-z]+)*")
 _WAV_HEADER_BYTES = 44
@@ -231,6 +236,7 @@ class _Engine:
     def __init__(self, lib: ctypes.CDLL, data_path: Path):
         self.lib = lib
         self._chunks: list[np.ndarray] = []
+        self._voice: str | None = None
         if not (data_path / "phontab").is_file():
             raise RuntimeError(f"no eSpeak NG voice data (phontab) in {data_path}")
         self.sample_rate = lib.espeak_Initialize(
@@ -249,7 +255,12 @@ class _Engine:
         return 0  # 0 = go on synthesising
 
     def set_voice(self, voice: str) -> bool:
-        return self.lib.espeak_SetVoiceByName(voice.encode()) == 0
+        # reloading the same voice costs as much as synthesising a short word; skip it
+        if voice != self._voice:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                return False
+            self._voice = voice
+        return True
 
     def synthesise(self, text: str, voice: str, prosody: Prosody, seed: int) -> np.ndarray:
         """int16 samples at `self.sample_rate` of `text` spoken by `voice` with `prosody`."""
@@ -278,7 +289,8 @@ class _Engine:
 
 class _EngineFactory:
     """Hands out freshly loaded engines: a private copy of the library, dlopened and dlclosed
-    around each use, so no synthesis state leaks from one utterance into the next.
+    around each use (a block of utterances), so no synthesis state leaks from one use into the
+    next, nor in from anything else in the process that loaded libespeak-ng.
 
     Copies live in `workdir` (owned by the caller); a copy is only replaced if the platform
     refuses to unload it, which would otherwise hand back the used instance."""
@@ -286,17 +298,21 @@ class _EngineFactory:
     def __init__(self, library: Path, data_path: Path, workdir: Path):
         self.library, self.data_path, self.workdir = Path(library), Path(data_path), Path(workdir)
         self._copy: Path | None = None
-        self._generation = 0
 
     def _fresh_copy(self) -> Path:
-        self._generation += 1
-        target = self.workdir / f"libespeak-ng-{os.getpid()}-{self._generation}.so"
+        """A copy under a name no other process or factory uses (never overwrite a loaded one)."""
         try:
-            shutil.copyfile(self.library, target)
+            with (
+                tempfile.NamedTemporaryFile(
+                    dir=self.workdir, prefix="libespeak-ng-", suffix=".so", delete=False
+                ) as target,
+                open(self.library, "rb") as source,
+            ):
+                shutil.copyfileobj(source, target)
         except OSError as err:
             msg = f"could not load the eSpeak NG library from {self.library}: {err}"
             raise RuntimeError(msg) from err
-        return target
+        return Path(target.name)
 
     @contextlib.contextmanager
     def open(self) -> Iterator[_Engine]:
@@ -350,15 +366,21 @@ def speaker_dirname(voice: str) -> str:
 
 
 def _check_speakers(speakers: Sequence[str]) -> None:
-    if isinstance(speakers, str) or not speakers:
-        raise ValueError(f"speakers={speakers!r}: expected a non-empty list of eSpeak voices")
+    """Each speaker must be <language>[+<variant>] with both parts shipped: eSpeak itself
+    silently ignores an unknown variant and would give a duplicate speaker."""
     languages, variants = set(list_languages()), set(list_voices())
     for voice in speakers:
         language, _, variant = str(voice).partition("+")
-        if language.lower() not in languages or (variant and variant not in variants):
+        if language.lower() not in languages:
+            english = sorted(x for x in languages if x == "en" or x.startswith("en-"))
             raise ValueError(
-                f"speakers: unknown eSpeak voice {voice!r}; expected <language>[+<variant>] with "
-                f"language in {sorted(languages)} and variant in list_voices() = {sorted(variants)}"
+                f"speakers: {voice!r} has an unknown language {language!r}; expected "
+                f"<language>[+<variant>], language one of list_languages(), e.g. {english}"
+            )
+        if variant and variant not in variants:
+            raise ValueError(
+                f"speakers: {voice!r} has an unknown variant {variant!r}; expected one of "
+                f"list_voices() = {sorted(variants)}"
             )
     _check_unique("speakers", [speaker_dirname(v).lower() for v in speakers], speakers)
 
@@ -492,15 +514,13 @@ def _factory(settings: _Settings) -> _EngineFactory:
     return _FACTORY
 
 
-def _render(job: _Job, settings: _Settings, factory: _EngineFactory) -> _Realised:
+def _render(job: _Job, settings: _Settings, engine: _Engine) -> _Realised:
     """Synthesise, post-process and write one utterance. The order of the draws is fixed."""
     rng = np.random.default_rng(job.entropy)
     prosody = draw_prosody(job.mean, settings.jitter, rng)
     engine_seed = int(rng.integers(1, 2**31 - 1))
-    with factory.open() as engine:
-        pcm = engine.synthesise(job.word, job.voice, prosody, engine_seed)
-        engine_rate = engine.sample_rate
-    speech = trim_silence(resample(pcm / 32768.0, engine_rate, settings.sample_rate))
+    pcm = engine.synthesise(job.word, job.voice, prosody, engine_seed)
+    speech = trim_silence(resample(pcm / 32768.0, engine.sample_rate, settings.sample_rate))
     clip, offset = place(speech, settings.n_samples, rng)
     level = None
     if settings.noise_dbfs is not None:
@@ -510,40 +530,50 @@ def _render(job: _Job, settings: _Settings, factory: _EngineFactory) -> _Realise
     return _Realised(job.index, prosody, offset / settings.sample_rate, level, engine_seed)
 
 
-def _render_chunk(jobs: Sequence[_Job], settings: _Settings) -> list[_Realised]:
-    factory = _factory(settings)
-    return [_render(job, settings, factory) for job in jobs]
+def _render_block(block: Sequence[_Job], settings: _Settings) -> list[_Realised]:
+    """One fresh engine per block: the block, not the worker, fixes the engine's history."""
+    with _factory(settings).open() as engine:
+        return [_render(job, settings, engine) for job in block]
+
+
+def _blocks(jobs: Sequence[_Job]) -> list[list[_Job]]:
+    """Consecutive jobs of one voice, at most ENGINE_BLOCK each; a function of the job list only
+    (never of the number of workers), so the output is too."""
+    blocks: list[list[_Job]] = []
+    for job in jobs:
+        if not blocks or len(blocks[-1]) == ENGINE_BLOCK or blocks[-1][-1].voice != job.voice:
+            blocks.append([])
+        blocks[-1].append(job)
+    return blocks
 
 
 def _run_jobs(jobs: Sequence[_Job], settings: _Settings, workers: int, progress: bool):
     """Render all jobs, in worker processes when workers > 1; returns their _Realised in job
-    order. Which process renders which job does not matter: each utterance is independent."""
-    chunk = max(1, min(64, math.ceil(len(jobs) / (4 * workers))))
-    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    workers = min(workers, len(chunks))
+    order."""
+    blocks = _blocks(jobs)
     realised: dict[int, _Realised] = {}
     with tqdm(total=len(jobs), desc="SynthEmo", unit="utt", disable=not progress) as bar:
-        for done in _render_chunks(chunks, settings, workers):
+        for done in _render_blocks(blocks, settings, min(workers, len(blocks))):
             realised.update((r.index, r) for r in done)
             bar.update(len(done))
     return [realised[job.index] for job in jobs]
 
 
-def _render_chunks(chunks, settings: _Settings, workers: int) -> Iterator[list[_Realised]]:
-    """Yield each chunk's results as it completes.
+def _render_blocks(blocks, settings: _Settings, workers: int) -> Iterator[list[_Realised]]:
+    """Yield each block's results as it completes.
 
     eSpeak is not thread-safe, hence processes; forkserver/spawn rather than fork, because the
     parent may hold threads (torch, tqdm) that fork would copy mid-lock. A script that starts
     workers must guard its entry point with `if __name__ == "__main__":`."""
     if workers <= 1:
-        for chunk in chunks:
-            yield _render_chunk(chunk, settings)
+        for block in blocks:
+            yield _render_block(block, settings)
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_render_chunk, chunk, settings) for chunk in chunks]
+            futures = [pool.submit(_render_block, block, settings) for block in blocks]
             try:
                 for future in as_completed(futures):
                     yield future.result()
@@ -641,24 +671,14 @@ def make_orthogonal_corpus(
 
 
 def _build_corpus(out_dir, *, corpus, workers, progress, **params) -> list[Utterance]:
+    """Check the parameters, then reuse `out_dir` if it holds exactly this corpus, else build it
+    there (clearing a SynthEmo corpus of another configuration)."""
     out_dir = Path(out_dir).resolve()
     config = _validated_config(corpus=corpus, **params)
     n_workers = _check_workers(workers)
+    _check_speakers(config["speakers"])
     library, data_path = espeak_paths()
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qat-espeak-") as workdir:
-        factory = _EngineFactory(library, data_path, Path(workdir))
-        _check_speakers(config["speakers"])
-        config["engine"] = {
-            "espeak_ng": _check_voices_load(config["speakers"], factory),
-            "espeakng_loader": _package_version("espeakng-loader"),
-        }
-        digest = _hash(config)
-        jobs = _jobs(out_dir, config)
-        records = [_record(out_dir, job, config) for job in jobs]
-        if _is_complete(out_dir, digest, jobs, config):
-            return records
-        _start_rebuild(out_dir, config, digest)
         settings = _Settings(
             jitter=Prosody(*config["jitter"]),
             noise_dbfs=None if config["noise_dbfs"] is None else tuple(config["noise_dbfs"]),
@@ -668,6 +688,16 @@ def _build_corpus(out_dir, *, corpus, workers, progress, **params) -> list[Utter
             data_path=data_path,
             workdir=Path(workdir),
         )
+        config["engine"] = {
+            "espeak_ng": _check_voices_load(config["speakers"], _factory(settings)),
+            "espeakng_loader": _package_version("espeakng-loader"),
+        }
+        digest = _hash(config)
+        jobs = _jobs(out_dir, config)
+        records = [_record(out_dir, job, config) for job in jobs]
+        if _is_complete(out_dir, digest, jobs, config):
+            return records
+        _start_rebuild(out_dir, config, digest)
         for folder in sorted({Path(job.path).parent for job in jobs}):
             folder.mkdir(parents=True, exist_ok=True)
         realised = _run_jobs(jobs, settings, n_workers, progress)
@@ -720,6 +750,7 @@ def _validated_config(
         "duration": float(duration),
         "sample_rate": sample_rate,
         "seed": seed,
+        "engine_block": ENGINE_BLOCK,
         "vad": {e: VAD.get(e) for e in emotions},
     }
 
@@ -885,6 +916,7 @@ def _start_rebuild(out_dir: Path, config: dict, digest: str) -> None:
 
     Refuses to delete a wav/ folder that this module did not write."""
     wav_dir = out_dir / WAV_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
     if _read_config(out_dir) is None and wav_dir.exists() and any(wav_dir.iterdir()):
         raise ValueError(
             f"out_dir={os.fspath(out_dir)!r} holds a {WAV_DIR}/ folder that make_synthemo did not "
@@ -898,7 +930,9 @@ def _start_rebuild(out_dir: Path, config: dict, digest: str) -> None:
 
 def _write_config(out_dir: Path, config: dict, digest: str, complete: bool) -> None:
     tmp = out_dir / (CONFIG_JSON + ".tmp")
-    payload = {"hash": digest, "complete": complete, "config": config}
+    # not hashed: a numpy or soxr upgrade may change samples, but not what the corpus is
+    provenance = {name: _package_version(name) for name in ("numpy", "soxr")}
+    payload = {"hash": digest, "complete": complete, "config": config, "provenance": provenance}
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out_dir / CONFIG_JSON)
 
