@@ -22,7 +22,7 @@ from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
 from qat.data import corpora, splits, synth
 from qat.data.features import FeatureConfig, LabelSpace, Normalizer, SERDataset, extract_features
-from qat.models import RHEmo, vgg16
+from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
 from qat.train import Step, TrainConfig, evaluate, fit, make_optimizer
 
@@ -30,6 +30,7 @@ MODELS = ("real", "quaternion")
 METHODS = ("baseline", "at", "cka", "dann", "cdann")
 ORTHOGONAL_TASKS = ("word", "speaker")
 SETUPS = ("random", "speaker", "word", "confounded", "unconfounded")
+TAPS = (*VGG16_TAPS, "penultimate")  # where anti-transfer can act
 PROBE_TAPS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3", "penultimate")
 
 # Sizes per profile. "cpu" runs on this machine in minutes; "paper" is the WASPAA 2023 setting
@@ -407,7 +408,9 @@ def train_ser(
     uses_at = method in ("at", "cka")
     taps = ([tap] if isinstance(tap, str) else list(tap or [])) if uses_at else []
     if uses_at and not taps:
-        raise ValueError(f"method={method!r} needs tap=<one of the VGG16 taps or a list of them>")
+        raise ValueError(f"method={method!r} needs tap=<one of {TAPS} or a list of them>")
+    for t in taps:
+        check_choice("tap", t, TAPS)
     p = PROFILES[profile]
     split_options = (
         {"rho": rho, "factor": factor} if setup in ("confounded", "unconfounded") else {}
@@ -562,11 +565,9 @@ def train_ser(
 
 def sweep(taps=None, models=MODELS, seeds=(0,), progress=True, **kwargs) -> list[dict]:
     """Run (or reuse) train_ser over taps x models x seeds; records that exist are skipped."""
-    from qat.models import TAPS
-
     out = []
     for model in models:
         for seed in seeds:
-            for tap in taps or TAPS:
+            for tap in taps or VGG16_TAPS:
                 out.append(train_ser(model=model, tap=tap, seed=seed, progress=progress, **kwargs))
     return out

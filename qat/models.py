@@ -25,13 +25,28 @@ from qat.nn import (
     QuaternionTransposeConv2d,
 )
 
-__all__ = ["VGG", "VGG16_CFG", "RHEmo", "vgg16"]
+__all__ = ["VGG", "VGG16_CFG", "VGG16_TAPS", "RHEmo", "vgg16"]
 
 VGG16_CFG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
 
 PENULTIMATE = "penultimate"
+
+
+def _conv_names(cfg) -> tuple[str, ...]:
+    """"conv<block>_<index>" for every conv of a cfg list; "M" (a pool) ends a block."""
+    names, block, index = [], 1, 0
+    for item in cfg:
+        if item == "M":
+            block, index = block + 1, 0
+        else:
+            index += 1
+            names.append(f"conv{block}_{index}")
+    return tuple(names)
+
+
+VGG16_TAPS = _conv_names(VGG16_CFG)  # the 13 anti-transfer taps, in order
 
 
 # --------------------------------------------------------------------------- layer factory

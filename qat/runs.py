@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import qat
-from qat.paths import REPORTS
+from qat import paths
 
 
 def config_key(config: dict) -> str:
@@ -42,7 +42,7 @@ def code_version() -> str:
 
 
 def record_path(kind: str, config: dict, reports: Path | None = None) -> Path:
-    return Path(reports or REPORTS) / "runs" / f"{kind}-{config_key(config)}.json"
+    return Path(reports or paths.REPORTS) / "runs" / f"{kind}-{config_key(config)}.json"
 
 
 def write_json_once(path: Path, payload: dict) -> Path:
@@ -82,7 +82,7 @@ def _jsonable(value):
 
 
 def load_records(reports: Path | None = None, kind: str | None = None) -> list[dict]:
-    folder = Path(reports or REPORTS) / "runs"
+    folder = Path(reports or paths.REPORTS) / "runs"
     pattern = f"{kind}-*.json" if kind else "*.json"
     return [json.loads(p.read_text()) for p in sorted(folder.glob(pattern))]
 

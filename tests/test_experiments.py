@@ -1,0 +1,59 @@
+"""End to end on a tiny SynthEmo: pretrain a word network, train baseline and AT for real and
+quaternion models, and check that every run record holds every field."""
+
+import pytest
+
+from qat import experiments, runs
+
+RECORD_FIELDS = {"kind", "config", "split", "labels", "metrics", "confound", "probe", "history",
+                 "best_epoch", "resources", "at_cache", "code_version", "wall_time_s"}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["real", "quaternion"])
+def test_baseline_and_anti_transfer_write_complete_records(model):
+    baseline = experiments.train_ser(
+        model=model, method="baseline", profile="smoke", progress=False
+    )
+    at = experiments.train_ser(
+        model=model, method="at", tap="conv2_1", beta=1.0, profile="smoke", progress=False
+    )
+    for record in (baseline, at):
+        assert RECORD_FIELDS <= record.keys()
+        assert 0.0 <= record["metrics"]["ua"] <= 1.0
+        assert len(record["metrics"]["confusion"]) == len(record["labels"]["emotions"])
+        assert set(record["confound"]) == {
+            "congruent_ua",
+            "incongruent_ua",
+            "follows_shortcut",
+            "congruent_share_test",
+        }
+        assert set(record["probe"]["word"]) == set(experiments.PROBE_TAPS)
+        res = record["resources"]
+        assert res["params"] > 0 and res["flops_per_step"] > 0 and res["peak_memory_bytes"] > 0
+        assert record["history"] and record["history"][0]["val_loss"] > 0
+    assert "at" in at["history"][0] and "at" not in baseline["history"][0]
+    assert at["at_cache"]["misses"] > 0
+    # Re-running the same configuration returns the stored record instead of training again.
+    again = experiments.train_ser(
+        model=model, method="at", tap="conv2_1", beta=1.0, profile="smoke", progress=False
+    )
+    assert again == runs.load_record(runs.record_path("ser", at["config"]))
+    kinds = {r.get("kind") for r in runs.load_records()}
+    assert {"orthogonal-word-" + model, "ser"} <= kinds
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(tap="conv9_9", method="at"), "conv9_9"),
+        (dict(beta=-1.0, method="at"), "beta"),
+        (dict(model="complex"), "model"),
+        (dict(setup="shuffled"), "setup"),
+        (dict(profile="gpu"), "profile"),
+        (dict(corpus="iemocap"), "root"),
+        (dict(corpus="iemocap", root="/nonexistent/iemocap"), "/nonexistent/iemocap"),
+    ],
+)
+def test_bad_parameters_are_named(kwargs, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        experiments.train_ser(profile=kwargs.pop("profile", "smoke"), progress=False, **kwargs)
