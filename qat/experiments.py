@@ -9,6 +9,7 @@ under qat.paths.CACHE, keyed by the hash of everything that determines them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -189,11 +190,9 @@ def _cached_network(kind: str, config: dict, build, train_fn, progress: bool):
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     info = train_fn(net)
-    ckpt = path.with_suffix(".ckpt")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, path)
-    ckpt.unlink(missing_ok=True)
     record = {
         "kind": kind,
         "config": config,
@@ -204,9 +203,8 @@ def _cached_network(kind: str, config: dict, build, train_fn, progress: bool):
         "code_version": runs.code_version(),
         **info,
     }
-    target = runs.record_path(kind, config)
-    if not target.exists():
-        runs.write_json_once(target, record)
+    with contextlib.suppress(FileExistsError):  # another process trained the same network
+        runs.write_json_once(runs.record_path(kind, config), record)
     return net.eval(), path
 
 
@@ -559,7 +557,7 @@ def train_ser(
         else target.with_name(f"{target.stem}-{int(time.time())}.json"),
         record,
     )
-    ckpt.unlink(missing_ok=True)
+    ckpt.unlink(missing_ok=True)  # the record is safe; the resume point is no longer needed
     return record
 
 

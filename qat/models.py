@@ -35,7 +35,7 @@ PENULTIMATE = "penultimate"
 
 
 def _conv_names(cfg) -> tuple[str, ...]:
-    """"conv<block>_<index>" for every conv of a cfg list; "M" (a pool) ends a block."""
+    """ "conv<block>_<index>" for every conv of a cfg list; "M" (a pool) ends a block."""
     names, block, index = [], 1, 0
     for item in cfg:
         if item == "M":

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # The configuration fields a method run shares with its matching baseline.
 PAIR_FIELDS = ("corpus", "root", "setup", "model", "seed", "profile", "split")
@@ -42,6 +43,14 @@ RHEMO_AXES = ("r: emotion", "i: valence", "j: arousal", "k: dominance")
 RHEMO_HEAD_KEYS = ("val_emotion_ua", "val_valence_acc", "val_arousal_acc", "val_dominance_acc")
 
 MIB = 2**20
+METRIC_NAMES = {
+    "ua": "UA",
+    "wa": "WA",
+    "macro_f1": "macro-F1",
+    "congruent_ua": "UA on congruent items",
+    "incongruent_ua": "UA on incongruent items",
+    "follows_shortcut": "share following the shortcut",
+}
 
 
 # ---------------------------------------------------------------- record helpers
@@ -383,6 +392,7 @@ def learning_curves(records, title: str | None = None) -> Figure:
             if r.get("best_epoch") and panel == "cross-entropy loss":
                 ax.axvline(r["best_epoch"], color=f"C{i % 10}", linestyle=":", alpha=0.6)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
@@ -481,7 +491,8 @@ def cooccurrence_heatmap(utterances, column: str = "text", title: str | None = N
     fig = Figure(figsize=(max(4.5, 0.22 * table.shape[1] + 2.5), 0.45 * table.shape[0] + 1.8),
                  layout="constrained")  # fmt: skip
     ax = fig.subplots()
-    sns.heatmap(table, ax=ax, cmap="mako_r", cbar_kws={"label": "utterances"}, linewidths=0.2)
+    sns.heatmap(table, ax=ax, cmap="mako_r", cbar_kws={"label": "utterances"}, linewidths=0.2,
+                annot=table.size <= 150, fmt="d")  # fmt: skip
     ax.set_xlabel(name)
     ax.set_ylabel("emotion")
     ax.set_title(title or f"emotion x {name}")
@@ -535,18 +546,20 @@ def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
         raise ValueError(f"embeddings: expected shape (n, 4, T', F'), got {z.shape}")
     if len(titles) != len(z):
         raise ValueError(f"titles: expected {len(z)} (one per embedding), got {len(titles)}")
-    fig = Figure(figsize=(11, 2.2 * len(z) + 0.6), layout="constrained")
-    axes = fig.subplots(len(z), 4, squeeze=False)
+    fig = Figure(figsize=(11, 1.9 * len(z) + 1.4), layout="constrained")
+    axes = fig.subplots(len(z), 4, squeeze=False, sharex=True, sharey=True)
     for col, axis_name in enumerate(RHEMO_AXES):
         lo, hi = float(z[:, col].min()), float(z[:, col].max())
         for row in range(len(z)):
             ax = axes[row, col]
             image = ax.imshow(z[row, col].T, origin="lower", aspect="auto", vmin=lo, vmax=hi,
                               cmap="viridis")  # fmt: skip
-            ax.set_title(f"{titles[row]} — {axis_name}", fontsize="small")
-            ax.set_xlabel("time (embedding frame)")
-            ax.set_ylabel("frequency (embedding bin)")
-        fig.colorbar(image, ax=axes[:, col], label="activation", shrink=0.8)
+            if col == 0:
+                ax.set_ylabel(f"{titles[row]}\nfrequency (bin)", fontsize="small")
+        axes[0, col].set_title(axis_name)
+        axes[-1, col].set_xlabel("time (embedding frame)")
+        fig.colorbar(image, ax=axes[:, col], label=f"{axis_name[0]} activation",
+                     location="bottom", shrink=0.8)  # fmt: skip
     return fig
 
 
@@ -584,6 +597,8 @@ def method_comparison(
     on the setup; dotted line: the ceiling, the baseline trained on `ceiling_setup` (e.g. the
     unconfounded control of a confounded split), when such a record exists."""
     ser = _ser_only(records, "method_comparison")
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric={metric!r}: expected one of {tuple(METRIC_NAMES)}")
     if setup is None:
         setups = pd.Series([r["config"].get("setup") for r in ser])
         setup = setups.value_counts().index[0]
@@ -596,7 +611,7 @@ def method_comparison(
     for ax, model in zip(fig.subplots(len(models), 1, squeeze=False)[:, 0], models, strict=True):
         mine = [r for r in on_setup if r["config"].get("model") == model]
         groups: dict[str, list[float]] = defaultdict(list)
-        for r in sorted(mine, key=lambda r: r["config"].get("method") != "baseline"):
+        for r in sorted(mine, key=configuration_order):
             groups[run_label(r, without=("model", "seed", "setup"))].append(metric_value(r, metric))
         names = list(groups)
         means = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in groups.values()]
@@ -610,13 +625,23 @@ def method_comparison(
         ]  # fmt: skip
         _reference_line(ax, ceiling, metric, f"ceiling (baseline on {ceiling_setup})", "C3", ":")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
-        ax.set_ylabel(f"test {metric} (fraction)")
+        ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} (fraction)")
         ax.set_xlabel("configuration")
         ax.set_title(f"{model} model, {setup} setup")
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     return fig
+
+
+def configuration_order(record: Mapping) -> tuple:
+    """Sort key for runs: by setup and model, baseline first, then by method, by tap in
+    network order, and by seed."""
+    c = record["config"]
+    taps = [tap_order(t) for t in c.get("taps") or []]
+    method = str(c.get("method"))
+    return (str(c.get("setup")), str(c.get("model")), method != "baseline", method, taps,
+            json.dumps(c, sort_keys=True, default=str))  # fmt: skip
 
 
 def _reference_line(ax, records, metric: str, label: str, color: str, style: str) -> None:

@@ -208,7 +208,7 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     )
     if not ser:
         return "\n".join([*lines, "", "_No SER run records yet._"])
-    table = plots.results_table(ser).sort_values(["setup", "model", "method", "taps", "seed"])
+    table = plots.results_table(sorted(ser, key=plots.configuration_order))
     confound = [c for c in plots.CONFOUND_COLUMNS if table[c].notna().any()]
     lines += ["", "Test metrics (fractions; UA is the headline):", ""]
     lines.append(markdown_table(table[["run", *plots.METRIC_COLUMNS, *confound]]))
@@ -259,6 +259,7 @@ def _probe_section(ser: list[dict], figures: Path, profile: str) -> str:
     probed = [r for r in ser if r.get("probe")]
     if not probed:
         return "\n".join([*lines, "", "_No probe accuracies recorded yet._"])
+    probed = sorted(probed, key=plots.configuration_order)
     lines += ["", markdown_table(plots.probe_table(probed))]
     shown = [r for pair in _showcase_pairs(probed) for r in pair]
     lines += ["", _image(_save_figure(plots.probe_by_tap(shown), figures, "probe_by_tap"), "probe")]

@@ -9,7 +9,6 @@ run records and show the same figures.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable
@@ -18,19 +17,16 @@ from qat import experiments, plots
 from qat.experiments import check_choice
 
 
-@functools.cache
 def vgg16_taps() -> tuple[str, ...]:
-    """The 13 conv-layer taps of VGG16 in network order, read from the model itself."""
-    from qat.models import vgg16
+    """The 13 conv-layer taps of VGG16 in network order."""
+    from qat.models import VGG16_TAPS
 
-    return tuple(vgg16(2, width=1 / 16).taps)
+    return tuple(VGG16_TAPS)
 
 
 def tap_choices() -> tuple[str, ...]:
     """Every tap anti-transfer may use: the 13 conv taps and the penultimate features."""
-    from qat.models import PENULTIMATE
-
-    return (*vgg16_taps(), PENULTIMATE)
+    return tuple(experiments.TAPS)
 
 
 def corpus_choices() -> tuple[str, ...]:
@@ -108,6 +104,7 @@ _CHECKS: dict[str, Callable[[str, object], None]] = {
     "factor": _choice(lambda: ("word", "speaker")),
     "init_from_orthogonal": _flag,
     "progress": _flag,
+    "ceiling": _flag,
     "seed": _integer(0),
     "seeds": _each(_integer(0), "seed"),
     "orthogonal_seed": _integer(0),
@@ -141,10 +138,15 @@ def compare(
     seed: int = 0,
     profile: str | None = None,
     root: str | None = None,
+    ceiling: bool = True,
     progress: bool = True,
 ) -> dict[str, dict]:
     """Train (or reuse the records of) the baseline and `method` with everything else equal;
-    returns {"baseline": record, method: record} ({"baseline": record} for the baseline)."""
+    returns {"baseline": record, method: record} ({"baseline": record} for the baseline).
+
+    On a confounded setup, `ceiling` adds "ceiling": the baseline trained on the unconfounded
+    control split (same test set, no shortcut in training), the UA an invariance method could
+    hope to recover."""
     common = dict(
         corpus=corpus,
         setup=setup,
@@ -155,6 +157,9 @@ def compare(
         progress=progress,
     )
     runs = {"baseline": experiments.train_ser(method="baseline", **common)}
+    if ceiling and setup == "confounded":
+        control = dict(common, setup="unconfounded")
+        runs["ceiling"] = experiments.train_ser(method="baseline", **control)
     if method != "baseline":
         runs[method] = experiments.train_ser(
             method=method,
@@ -181,6 +186,7 @@ def show_comparison(runs: dict[str, dict]) -> None:
     display(plots.confusion_matrices(records))
     display(Markdown("### Test metrics (fractions)"))
     display(table[list(plots.METRIC_COLUMNS)].round(3))
+    display(plots.method_comparison(records, setup=records[0]["config"]["setup"]))
     confound = table[list(plots.CONFOUND_COLUMNS)]
     if confound.notna().any().any():
         display(Markdown("### Confound: congruent vs incongruent test items"))
@@ -235,6 +241,8 @@ class AntiTransferPanel:
                                   value=v["profile"] or experiments.default_profile(),
                                   description="profile"),
         }  # fmt: skip
+        # Values without a control (e.g. ceiling, progress) are passed through unchanged.
+        self.fixed = {k: v for k, v in values.items() if k not in self.controls}
         self.button = w.Button(description="Run", button_style="primary", icon="play")
         self.output = w.Output()
         self.button.on_click(lambda _button: self.run())
@@ -261,7 +269,7 @@ class AntiTransferPanel:
         """The chosen values, as keyword arguments of `compare` / `run_and_show`."""
         out = {name: control.value for name, control in self.controls.items()}
         out["root"] = out["root"].strip() or None
-        return out
+        return {**self.fixed, **out}
 
     def run(self):
         """What the Run button does: clear the output area, then `on_run(**self.values())`."""

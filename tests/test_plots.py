@@ -284,10 +284,16 @@ def test_spectrogram_grid_axes_are_seconds_and_bands(rng):
 def test_embedding_axes_one_column_per_quaternion_component(rng):
     z = rng.normal(size=(2, 4, 8, 6))
     fig = plots.embedding_axes(z, ["happy", "sad"])
-    assert_labelled(fig)
-    titles = [ax.get_title() for ax in fig.axes if ax.images]
-    assert titles[:4] == [f"happy — {a}" for a in plots.RHEMO_AXES]
-    np.testing.assert_array_equal(fig.axes[5].images[0].get_array(), z[1, 1].T)
+    grid = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in grid[:4]] == list(plots.RHEMO_AXES)
+    assert [ax.get_ylabel() for ax in grid[::4]] == [
+        "happy\nfrequency (bin)",
+        "sad\nfrequency (bin)",
+    ]
+    assert all(ax.get_xlabel() == "time (embedding frame)" for ax in grid[4:])
+    np.testing.assert_array_equal(grid[5].images[0].get_array(), z[1, 1].T)
+    lo, hi = z[:, 2].min(), z[:, 2].max()  # one colour scale per axis, across utterances
+    assert grid[2].images[0].get_clim() == grid[6].images[0].get_clim() == (lo, hi)
     with pytest.raises(ValueError, match=r"\(n, 4, T', F'\)"):
         plots.embedding_axes(z[:, :3], ["a", "b"])
 
@@ -357,6 +363,9 @@ def test_method_comparison_marks_baseline_and_ceiling(rng):
     fig = plots.method_comparison([*base, *at], metric="incongruent_ua")
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights[1] == pytest.approx(np.mean([r["confound"]["incongruent_ua"] for r in at]))
+    assert fig.axes[0].get_ylabel() == "test UA on incongruent items (fraction)"
+    with pytest.raises(ValueError, match="metric='accuracy'"):
+        plots.method_comparison(base, metric="accuracy")
 
 
 # ---------------------------------------------------------------- widgets
@@ -378,7 +387,8 @@ def test_check_parameters_names_the_parameter_and_the_choices():
 def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
     calls = []
     panel = widgets.AntiTransferPanel(on_run=lambda **kw: calls.append(kw), method="at",
-                                      tap="conv3_2", beta=0.5, profile="smoke")  # fmt: skip
+                                      tap="conv3_2", beta=0.5, profile="smoke",
+                                      ceiling=False)  # fmt: skip
     panel.controls["model"].value = "quaternion"
     panel.controls["method"].value = "dann"
     assert panel.controls["beta"].disabled and not panel.controls["lam"].disabled
@@ -386,7 +396,7 @@ def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
     assert calls == [
         {"corpus": "synthemo", "root": None, "setup": "confounded", "model": "quaternion",
          "method": "dann", "orthogonal": "word", "tap": "conv3_2", "beta": 0.5, "lam": 1.0,
-         "init_from_orthogonal": False, "seed": 0, "profile": "smoke"}
+         "init_from_orthogonal": False, "seed": 0, "profile": "smoke", "ceiling": False}
     ]  # fmt: skip
     assert set(calls[0]) <= set(widgets.compare.__code__.co_varnames)
     with pytest.raises(ValueError, match="setup='lab'"):
