@@ -157,12 +157,13 @@ class VGG(nn.Module):
         self.hidden = hidden
 
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
-        taps: list[str] = []
-        channels, stage, index = in_channels, 1, 1
+        self.taps = _conv_names(self.cfg)
+        names = iter(self.taps)
+        channels, stage = in_channels, 1
         for item in self.cfg:
             if item == "M":
                 blocks[f"pool{stage}"] = nn.MaxPool2d(2)
-                stage, index = stage + 1, 1
+                stage += 1
                 continue
             out = _scaled_width(int(item), width)
             # With batch norm right after, a conv bias is redundant (BN's beta absorbs it).
@@ -170,12 +171,9 @@ class VGG(nn.Module):
             if batch_norm:
                 block.append(("bn", layers.batch_norm(out)))
             block.append(("relu", nn.ReLU()))
-            name = f"conv{stage}_{index}"
-            blocks[name] = nn.Sequential(OrderedDict(block))
-            taps.append(name)
-            channels, index = out, index + 1
+            blocks[next(names)] = nn.Sequential(OrderedDict(block))
+            channels = out
         self.features = nn.Sequential(blocks)
-        self.taps = tuple(taps)
         self.min_size = 2 ** self.cfg.count("M")
 
         self.head = nn.Sequential(

@@ -9,8 +9,7 @@ build qat uses and an index/gather build, to show what the per-call assembly cos
 
 from __future__ import annotations
 
-import random
-import statistics
+import os
 
 import torch
 import torch.nn.functional as F
@@ -88,28 +87,7 @@ def _time_size(batch: int, c_in: int, c_out: int, h: int, w: int, repeats: int) 
         "assembly_cat": _step(lambda _v: quaternion_block_weight(*comps), x, list(comps)),
         "assembly_gather": _step(lambda _v: _gather_block_weight(*comps), x, list(comps)),
     }
-    return _shuffled_medians(fns, repeats)
-
-
-def _shuffled_medians(fns: dict, repeats: int, seed: int = 0) -> dict[str, float]:
-    """Interleaved medians with the order of the steps shuffled every round.
-
-    A fixed order biases this workload: timing real and quaternion strictly alternating, the
-    same pair measured q/r from 0.57 to 1.21 depending only on which ran first (whichever
-    step follows the other pays for it, probably allocator work on the previous step's
-    buffers), while random order gave 1.00-1.02. So each round is one interleaved pass in a
-    fresh random order (seeded), and the medians are taken over rounds.
-    """
-    rng = random.Random(seed)
-    names = list(fns)
-    interleaved_medians(fns, repeats=1, warmup=1)  # warm-up, discarded
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(repeats):
-        rng.shuffle(names)
-        one_round = interleaved_medians({n: fns[n] for n in names}, repeats=1, warmup=0)
-        for name, seconds in one_round.items():
-            times[name].append(seconds)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return interleaved_medians(fns, repeats=repeats, warmup=1)
 
 
 def run(quick: bool = False) -> str:
@@ -124,6 +102,7 @@ def run(quick: bool = False) -> str:
         "assembly cat (ms)",
         "assembly gather (ms)",
     ]
+    load_before = os.getloadavg()[0]
     rows = []
     for c_in, c_out, h, w in sizes:
         t = {k: v * 1e3 for k, v in _time_size(batch, c_in, c_out, h, w, repeats).items()}
@@ -142,7 +121,9 @@ def run(quick: bool = False) -> str:
     body = (
         f"Forward + backward of one 3x3 conv layer (padding 1), batch {batch}, "
         f"{torch.get_num_threads()} torch threads, median of {repeats} interleaved rounds, "
-        "each in a random order (a fixed order biases the comparison). "
+        "each in a random order (a fixed order biases the comparison); 1-min load average "
+        f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after (other processes on the "
+        "machine make the ratios noisy). "
         "Quaternion = QuaternionConv2d (block weight assembled every call, one conv); naive = "
         "16 per-component convs with Hamilton signs; assembly = building the block weight "
         "alone (forward + backward), torch.cat (used) vs stack+index.\n\n"
