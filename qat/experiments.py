@@ -25,7 +25,7 @@ from qat.data import corpora, splits, synth
 from qat.data.features import FeatureConfig, LabelSpace, Normalizer, SERDataset, extract_features
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
-from qat.train import Step, TrainConfig, evaluate, fit, make_optimizer
+from qat.train import Step, TrainConfig, evaluate, fit, fit_rhemo, make_optimizer
 
 MODELS = ("real", "quaternion")
 METHODS = ("baseline", "at", "cka", "dann", "cdann")
@@ -50,7 +50,7 @@ PROFILES = {
         orthogonal_corpus=dict(),
         features=dict(kind="logmel", segment_seconds=1.0, n_mels=64),
         rhemo_pools=((2, 2), (2, 1), (1, 1)),
-        width=1 / 8, epochs=12, batch_size=32, lr=1e-3, patience=4,
+        width=1 / 8, epochs=12, batch_size=32, lr=5e-4, patience=4, val_fraction=0.2,
         rhemo_epochs=(4, 4), orthogonal_epochs=8, n_test_speakers=3,
     ),
     "paper": dict(
@@ -148,6 +148,7 @@ def prepare_data(
     kept = [records[i] for i in keep]
     x = feats.x[keep] if len(keep) < len(records) else feats.x
     split_options.setdefault("n_test_speakers", PROFILES[profile]["n_test_speakers"])
+    split_options.setdefault("val_fraction", PROFILES[profile].get("val_fraction", 0.1))
     if setup in ("random", "word"):
         split_options.pop("n_test_speakers")
     split = splits.make_split(kept, setup, seed=seed, **split_options)
@@ -218,13 +219,12 @@ def pretrain_rhemo(
     **split_options,
 ):
     """RH-emo trained on the training items of the SER split (never the test set)."""
-    from qat.train import fit_rhemo
-
-    p = PROFILES[profile]
+        p = PROFILES[profile]
     config = dict(
         corpus=corpus,
         setup=setup,
         profile=profile,
+        profile_settings=runs.config_key(PROFILES[profile]),
         seed=seed,
         root=str(root) if root else None,
         split=split_options,
@@ -275,7 +275,14 @@ def pretrain_orthogonal(
         rhemo_key = runs.config_key({k: v.tolist() for k, v in rhemo.state_dict().items()})
     num_classes = len(getattr(data.label_space, f"{task}s"))
     in_channels = train.x.shape[1]
-    config = dict(task=task, model=model, profile=profile, seed=seed, rhemo=rhemo_key)
+    config = dict(
+        task=task,
+        model=model,
+        profile=profile,
+        profile_settings=runs.config_key(PROFILES[profile]),
+        seed=seed,
+        rhemo=rhemo_key,
+    )
 
     def build():
         return vgg16(
@@ -429,6 +436,7 @@ def train_ser(
         init_from_orthogonal=init_from_orthogonal,
         seed=seed,
         profile=profile,
+        profile_settings=runs.config_key(PROFILES[profile]),  # editing a profile reruns
         split=split_options,
     )
     target = runs.record_path("ser", config)
