@@ -219,7 +219,7 @@ def pretrain_rhemo(
     **split_options,
 ):
     """RH-emo trained on the training items of the SER split (never the test set)."""
-        p = PROFILES[profile]
+    p = PROFILES[profile]
     config = dict(
         corpus=corpus,
         setup=setup,
