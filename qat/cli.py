@@ -68,6 +68,19 @@ def main(argv=None) -> int:
     train.add_argument("--lam", type=float, default=1.0)
     train.add_argument("--seed", type=int, default=0)
 
+    sweep = sub.add_parser("sweep", help="AT at many taps x models x seeds, in parallel jobs")
+    for name, default in [("corpus", "synthemo"), ("setup", "confounded"), ("method", "at"),
+                          ("orthogonal", "word"), ("profile", "cpu"), ("taps", "all"),
+                          ("models", "real,quaternion")]:  # fmt: skip
+        sweep.add_argument(f"--{name}", default=default)
+    sweep.add_argument("--beta", type=float, default=1.0)
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    sweep.add_argument("--jobs", type=int, default=2)
+
+    demo = sub.add_parser("demonstration", help="issue 5's grid on SynthEmo, then its report")
+    demo.add_argument("--jobs", type=int, default=2)
+    demo.add_argument("--report-only", action="store_true")
+
     synth = sub.add_parser("synth", help="build a SynthEmo corpus")
     synth.add_argument("out_dir", type=Path)
     synth.add_argument("--seed", type=int, default=0)
@@ -87,6 +100,24 @@ def main(argv=None) -> int:
         kwargs["tap"] = kwargs["tap"].split(",")
         record = train_ser(**kwargs)
         print({k: record["metrics"][k] for k in ("ua", "wa", "macro_f1")})
+    elif args.command == "sweep":
+        from qat.experiments import sweep_configs
+        from qat.sweep import run_grid
+
+        configs = sweep_configs(
+            taps=None if args.taps == "all" else args.taps.split(","),
+            models=args.models.split(","),
+            seeds=range(args.seeds),
+            corpus=args.corpus, setup=args.setup, method=args.method,
+            orthogonal=args.orthogonal, profile=args.profile, beta=args.beta,
+        )  # fmt: skip
+        print(f"{len(run_grid(configs, jobs=args.jobs))} run records under reports/runs/")
+    elif args.command == "demonstration":
+        from qat import demonstration
+
+        if not args.report_only:
+            demonstration.run(jobs=args.jobs)
+        print(demonstration.write_report())
     elif args.command == "synth":
         from qat.data.synth import make_synthemo
 

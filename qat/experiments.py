@@ -569,11 +569,23 @@ def train_ser(
     return record
 
 
-def sweep(taps=None, models=MODELS, seeds=(0,), progress=True, **kwargs) -> list[dict]:
-    """Run (or reuse) train_ser over taps x models x seeds; records that exist are skipped."""
-    out = []
+def sweep_configs(taps=None, models=MODELS, seeds=(0,), **kwargs) -> list[dict]:
+    """train_ser keyword sets for taps x models x seeds (all 13 taps by default), each
+    model's baseline included so gains can be computed."""
+    configs = []
     for model in models:
         for seed in seeds:
-            for tap in taps or VGG16_TAPS:
-                out.append(train_ser(model=model, tap=tap, seed=seed, progress=progress, **kwargs))
-    return out
+            base = dict(kwargs, model=model, seed=seed)
+            configs += [dict(base, tap=tap) for tap in taps or VGG16_TAPS]
+            configs.append(dict(base, method="baseline"))
+    return configs
+
+
+def sweep(taps=None, models=MODELS, seeds=(0,), jobs: int = 1, **kwargs) -> list[dict]:
+    """Run (or reuse) train_ser over taps x models x seeds in `jobs` parallel processes;
+    configurations whose record exists are not run again."""
+    from qat.sweep import run_grid
+
+    kwargs.setdefault("method", "at")
+    kwargs.pop("progress", None)  # workers run quietly; the sweep shows one bar
+    return run_grid(sweep_configs(taps, models, seeds, **kwargs), jobs=jobs)

@@ -197,6 +197,19 @@ def _showcase_pairs(ser: list[dict]) -> list[list[dict]]:
     return pairs
 
 
+def _compared_setups(ser: list[dict]) -> list[str]:
+    """Setups with a method run to compare against the baseline. A setup holding baselines
+    only (e.g. the unconfounded control) appears as the ceiling line of the others' figures;
+    if no setup has a method run, every setup is shown."""
+    setups = sorted({r["config"].get("setup") for r in ser}, key=str)
+    compared = [
+        s for s in setups
+        if any(r["config"].get("setup") == s and r["config"].get("method") != "baseline"
+               for r in ser)
+    ]  # fmt: skip
+    return compared or setups
+
+
 def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     lines = ["## 4. Anti-transfer and the other invariance methods vs the baseline", ""]
     lines.append(
@@ -214,10 +227,12 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     lines.append(markdown_table(table[["run", *plots.METRIC_COLUMNS, *confound]]))
     lines += ["", "Cost of training (one step on one batch, and the whole run):", ""]
     lines.append(markdown_table(table[["run", *plots.RESOURCE_COLUMNS]]))
-    for setup in sorted({r["config"].get("setup") for r in ser}, key=str):
+    for setup in _compared_setups(ser):
         fig = plots.method_comparison(ser, setup=setup)
         lines += ["", _image(_save_figure(fig, figures, f"method_comparison_{setup}"), setup)]
     for pair in _showcase_pairs(ser):
+        if pair[0]["config"].get("setup") not in _compared_setups(ser):
+            continue
         setup, model = pair[0]["config"].get("setup"), pair[0]["config"].get("model")
         name = f"{setup}_{model}"
         lines += ["", f"### {model} model, {setup} setup: baseline vs the best method run", ""]

@@ -85,6 +85,7 @@ def reports(tmp_path_factory):
         ser("real", "baseline", 0.5),
         ser("real", "at", 0.5625, tap="conv2_1"),
         ser("real", "at", 0.4375, tap="conv1_1"),
+        ser("real", "baseline", 0.625, setup="unconfounded"),  # the ceiling
         ser("real", "baseline", 0.777, profile="cpu"),  # another profile: left out
         orthogonal(),
         rhemo(),
@@ -110,7 +111,9 @@ def test_readme_tables_hold_the_records_numbers(text):
     at = table_rows(text, "[confounded] real at word@conv2_1 β=1")[0]
     assert at[1] == "0.562"  # 0.5625 rounded to 3 decimals
     assert "0.777" not in text  # the cpu-profile record is not reported
-    assert "from the 5 run records" in text
+    assert "from the 6 run records" in text
+    ceiling = table_rows(text, "[unconfounded] real baseline")
+    assert ceiling[0][1] == "0.625"
 
 
 def test_readme_sweep_table_has_gain_over_the_matching_baseline(text):
@@ -132,6 +135,8 @@ def test_readme_figures_exist_and_every_section_names_its_command(reports, text)
     assert {"figures/tap_sweep.png", "figures/tradeoff.png", "figures/probe_by_tap.png",
             "figures/method_comparison_confounded.png",
             "figures/orthogonal_learning_curves.png"} <= set(images)  # fmt: skip
+    # The unconfounded control holds baselines only: drawn as the ceiling, not a figure.
+    assert not any("unconfounded" in image for image in images)
     for image in images:
         assert (reports / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sections = text.split("\n## ")[1:]
