@@ -20,7 +20,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/qat report
 
+# Tests run tiny ("smoke" profile) and write their data, caches and records under
+# .test-output/, never into reports/.
+TEST_OUT := $(CURDIR)/.test-output
 test: $(STAMP)
-	$(BIN)/ruff check qat tests
-	$(BIN)/ruff format --check qat tests
-	QAT_PROFILE=smoke $(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider
+	$(BIN)/ruff check qat tests scripts
+	$(BIN)/ruff format --check qat tests scripts
+	rm -rf $(TEST_OUT)/reports
+	QAT_PROFILE=smoke QAT_REPORTS=$(TEST_OUT)/reports QAT_DATA=$(TEST_OUT)/data \
+	QAT_CACHE=$(TEST_OUT)/cache $(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider

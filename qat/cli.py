@@ -45,6 +45,27 @@ def run_notebook(
     return output
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of one train_ser run (shared by `qat train` and `python -m qat.train`)."""
+    for name, default in [("corpus", "synthemo"), ("setup", "confounded"), ("model", "real"),
+                          ("method", "baseline"), ("orthogonal", "word"), ("tap", "conv2_1"),
+                          ("gram", "sample"), ("profile", "cpu"), ("root", None)]:  # fmt: skip
+        parser.add_argument(f"--{name}", default=default)
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def train_from_args(args: argparse.Namespace) -> dict:
+    from qat.experiments import train_ser
+
+    kwargs = {k: v for k, v in vars(args).items() if k != "command"}
+    kwargs["tap"] = kwargs["tap"].split(",")
+    record = train_ser(**kwargs)
+    print({k: record["metrics"][k] for k in ("ua", "wa", "macro_f1")})
+    return record
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="qat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,14 +80,7 @@ def main(argv=None) -> int:
     report = sub.add_parser("report", help="run notebooks 01-05 and write reports/README.md")
     report.add_argument("--profile", default="cpu")
 
-    train = sub.add_parser("train", help="one SER run; writes its record under reports/runs/")
-    for name, default in [("corpus", "synthemo"), ("setup", "confounded"), ("model", "real"),
-                          ("method", "baseline"), ("orthogonal", "word"), ("tap", "conv2_1"),
-                          ("gram", "sample"), ("profile", "cpu"), ("root", None)]:  # fmt: skip
-        train.add_argument(f"--{name}", default=default)
-    train.add_argument("--beta", type=float, default=1.0)
-    train.add_argument("--lam", type=float, default=1.0)
-    train.add_argument("--seed", type=int, default=0)
+    add_train_arguments(sub.add_parser("train", help="one SER run; writes reports/runs/ser-*.json"))
 
     sweep = sub.add_parser("sweep", help="AT at many taps x models x seeds, in parallel jobs")
     for name, default in [("corpus", "synthemo"), ("setup", "confounded"), ("method", "at"),
@@ -94,12 +108,7 @@ def main(argv=None) -> int:
 
         print(run_pipeline(profile=args.profile))
     elif args.command == "train":
-        from qat.experiments import train_ser
-
-        kwargs = {k: v for k, v in vars(args).items() if k != "command"}
-        kwargs["tap"] = kwargs["tap"].split(",")
-        record = train_ser(**kwargs)
-        print({k: record["metrics"][k] for k in ("ua", "wa", "macro_f1")})
+        train_from_args(args)
     elif args.command == "sweep":
         from qat.experiments import sweep_configs
         from qat.sweep import run_grid

@@ -25,7 +25,15 @@ from qat.data import corpora, splits, synth
 from qat.data.features import FeatureConfig, LabelSpace, Normalizer, SERDataset, extract_features
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
-from qat.train import Step, TrainConfig, evaluate, fit, fit_rhemo, make_optimizer
+from qat.train import (
+    Step,
+    TrainConfig,
+    evaluate,
+    fit,
+    fit_rhemo,
+    make_optimizer,
+    rank_and_world,
+)
 
 MODELS = ("real", "quaternion")
 METHODS = ("baseline", "at", "cka", "dann", "cdann")
@@ -75,7 +83,21 @@ def check_choice(name: str, value, valid) -> None:
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+
+
+@contextlib.contextmanager
+def _rank_zero_first():
+    """Under torchrun, rank 0 builds shared things (corpus, caches, networks) while the other
+    ranks wait; they then find everything cached."""
+    rank, world = rank_and_world()
+    if world > 1 and rank > 0:
+        torch.distributed.barrier()
+    yield
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
 
 
 # ---------------------------------------------------------------- data
@@ -439,25 +461,27 @@ def train_ser(
         profile_settings=runs.config_key(PROFILES[profile]),  # editing a profile reruns
         split=split_options,
     )
+    rank, world = rank_and_world()
+    if world > 1:
+        config["world_size"] = world
     target = runs.record_path("ser", config)
     if target.exists() and not force:
         return runs.load_record(target)
     t_start = time.perf_counter()
     device = _device()
 
-    data = prepare_data(
-        load_records(corpus, profile, root, progress),
-        setup,
-        profile,
-        seed,
-        progress,
-        **split_options,
-    )
-    train, val, test = data.train, data.val, data.test
-    rhemo = None
-    if model == "quaternion":
-        rhemo = pretrain_rhemo(corpus, setup, profile, seed, root, progress, **split_options)
-        train, val, test = (embed(rhemo, d) for d in (train, val, test))
+    with _rank_zero_first():
+        data = prepare_data(
+            load_records(corpus, profile, root, progress), setup, profile, seed, progress,
+            **split_options,
+        )  # fmt: skip
+        train, val, test = data.train, data.val, data.test
+        rhemo = orth_net = None
+        if model == "quaternion":
+            rhemo = pretrain_rhemo(corpus, setup, profile, seed, root, progress, **split_options)
+            train, val, test = (embed(rhemo, d) for d in (train, val, test))
+        if uses_at or init_from_orthogonal:
+            orth_net = pretrain_orthogonal(orthogonal, model, profile, 0, rhemo, progress)
     num_classes = len(data.label_space.emotions)
     torch.manual_seed(seed)
     net = vgg16(
@@ -468,20 +492,16 @@ def train_ser(
     )
 
     anti_transfer = adversary = None
-    if uses_at or init_from_orthogonal:
-        orth_net = pretrain_orthogonal(
-            orthogonal, model, profile, seed=0, rhemo=rhemo, progress=progress
+    if init_from_orthogonal:
+        init_from(net, orth_net)
+    if uses_at:
+        anti_transfer = AntiTransfer(
+            orth_net,
+            taps,
+            distance="cos2" if method == "at" else "cka",
+            gram=gram,
+            cache_budget_mb=p.get("cache_budget_mb", 512) if gram == "sample" else 0,
         )
-        if init_from_orthogonal:
-            init_from(net, orth_net)
-        if uses_at:
-            anti_transfer = AntiTransfer(
-                orth_net,
-                taps,
-                distance="cos2" if method == "at" else "cka",
-                gram=gram,
-                cache_budget_mb=p.get("cache_budget_mb", 512) if gram == "sample" else 0,
-            )
     if method.endswith("dann"):
         num_domains = len(getattr(data.label_space, f"{orthogonal}s"))
         hidden = net.embed(train.x[:2]).shape[1]
@@ -559,13 +579,14 @@ def train_ser(
         "device": device,
         "wall_time_s": time.perf_counter() - t_start,
     }
-    runs.write_json_once(
-        target
-        if not target.exists()
-        else target.with_name(f"{target.stem}-{int(time.time())}.json"),
-        record,
-    )
-    ckpt.unlink(missing_ok=True)  # the record is safe; the resume point is no longer needed
+    if rank == 0:
+        runs.write_json_once(
+            target
+            if not target.exists()
+            else target.with_name(f"{target.stem}-{time.time_ns()}.json"),
+            record,
+        )
+        ckpt.unlink(missing_ok=True)  # the record is safe; the resume point is no longer needed
     return record
 
 

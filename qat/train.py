@@ -58,6 +58,16 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    if distributed():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits in eval mode, batched."""
@@ -88,12 +98,19 @@ class Step:
         self.taps = list(anti_transfer.taps) if anti_transfer is not None else []
         if adversary is not None:
             self.taps.append("penultimate")
+        # Under torchrun, forwards go through DistributedDataParallel wrappers (which average
+        # the gradients across ranks); the hooks stay on the wrapped modules.
+        self.forward, self.adversary_forward = model, adversary
+        if distributed():
+            ddp = torch.nn.parallel.DistributedDataParallel
+            self.forward = ddp(model)
+            self.adversary_forward = ddp(adversary) if adversary is not None else None
 
     def __call__(self, x, labels: dict, keys: torch.Tensor | None = None, lam: float = 0.0) -> dict:
         config, device = self.config, x.device
         y = labels[config.target].to(device)
         with capture(self.model, self.taps) as acts:
-            logits = self.model(x)  # the one forward of the trained network
+            logits = self.forward(x)  # the one forward of the trained network
         task = F.cross_entropy(logits, y)
         loss, out = task, {"task": task}
         if self.anti_transfer is not None:
@@ -101,7 +118,7 @@ class Step:
             loss = loss + config.beta * out["at"]
         if self.adversary is not None:
             emotion = y if self.adversary.conditional else None
-            adv_logits = self.adversary(acts["penultimate"], lam, emotion=emotion)
+            adv_logits = self.adversary_forward(acts["penultimate"], lam, emotion=emotion)
             out["adversary"] = F.cross_entropy(
                 adv_logits, labels[config.adversary_target].to(device)
             )
@@ -171,7 +188,9 @@ def fit(
         torch.manual_seed(seed)  # dropout and anything else random in the step
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         batches = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
-        batches = [b for b in batches if len(b) > 1]  # batch norm needs two items
+        # Under torchrun each rank takes its share of every batch (same effective batch).
+        rank, world = rank_and_world()
+        batches = [b[rank::world] for b in batches if len(b) >= 2 * world]  # BN needs two
         model.train()
         sums: dict[str, float] = {}
         bar = tqdm(
@@ -194,6 +213,11 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{losses['task']:.3f}")
 
+        if distributed():  # log the mean over ranks
+            names = sorted(sums)
+            total = torch.tensor([sums[k] for k in names], dtype=torch.float64)
+            torch.distributed.all_reduce(total)
+            sums = {k: float(v) / world for k, v in zip(names, total, strict=True)}
         logits = predict(model, val.x)
         y_val = val.labels[config.target]
         val_loss = float(F.cross_entropy(logits, y_val))
@@ -208,7 +232,7 @@ def fit(
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        if ckpt_path is not None:
+        if ckpt_path is not None and rank == 0:
             saved = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -218,7 +242,7 @@ def fit(
             if adversary is not None:
                 saved["adversary"] = adversary.state_dict()
             _atomic_save(saved, ckpt_path)
-        if progress:
+        if progress and rank == 0:
             extras = "".join(f"  {k} {record[k]:.4f}" for k in sums)
             tqdm.write(
                 f"epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val_loss:.4f}  "
@@ -316,3 +340,27 @@ def fit_rhemo(
     for p in rhemo.parameters():
         p.requires_grad_(False)
     return {"history": history}
+
+
+def main(argv=None) -> None:
+    """`python -m qat.train ...`, or data-parallel on N processes:
+    `torchrun --nproc_per_node N -m qat.train --setup confounded --method at --tap conv2_1`
+    (gloo on CPU, nccl on GPUs); the options are those of `qat train`."""
+    import argparse
+
+    from qat.cli import add_train_arguments, train_from_args
+
+    parser = argparse.ArgumentParser(prog="python -m qat.train", description=main.__doc__)
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    if "RANK" in os.environ and not distributed():  # started by torchrun
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        train_from_args(args)
+    finally:
+        if distributed():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -401,3 +401,28 @@ def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
     assert set(calls[0]) <= set(widgets.compare.__code__.co_varnames)
     with pytest.raises(ValueError, match="setup='lab'"):
         widgets.AntiTransferPanel(setup="lab")
+
+
+def test_compare_trains_baseline_ceiling_and_method_with_everything_else_equal(monkeypatch, rng):
+    calls = []
+
+    def fake_train_ser(**kwargs):
+        calls.append(kwargs)
+        method, setup = kwargs["method"], kwargs["setup"]
+        return ser_record(rng, method=method, tap=kwargs.get("tap"), setup=setup)
+
+    monkeypatch.setattr(widgets.experiments, "train_ser", fake_train_ser)
+    runs = widgets.compare(method="at", tap="conv4_1", beta=0.25, seed=3, profile="smoke")
+    assert list(runs) == ["baseline", "ceiling", "at"]
+    shared = {"corpus": "synthemo", "model": "real", "seed": 3, "profile": "smoke", "root": None}
+    for call in calls:
+        assert {k: call[k] for k in shared} == shared
+    assert [(c["method"], c["setup"]) for c in calls] == [
+        ("baseline", "confounded"), ("baseline", "unconfounded"), ("at", "confounded")
+    ]  # fmt: skip
+    assert calls[2]["tap"] == "conv4_1" and calls[2]["beta"] == 0.25
+    widgets.show_comparison(runs)  # every figure and table builds from the records
+
+    calls.clear()
+    runs = widgets.compare(setup="random", method="baseline", profile="smoke")
+    assert list(runs) == ["baseline"] and len(calls) == 1

@@ -1,0 +1,179 @@
+"""Benchmarks: every subcommand runs in quick mode and returns a markdown table without writing
+the report; the pieces that compute numbers (the published AT reference step, FLOP counts,
+fractions of peak, target verdicts, workload shapes) are checked against explicit formulas."""
+
+import copy
+import importlib
+import re
+
+import pytest
+import torch
+
+from qat.antitransfer import AntiTransfer
+from qat.bench import SUBCOMMANDS, antitransfer, efficiency, quaternion, scaling
+from qat.models import vgg16
+from qat.resources import step_flops
+
+TABLE = re.compile(r"^\|.+\|\n\|(---\|)+\n\|.+\|$", re.MULTILINE)
+
+
+@pytest.fixture
+def one_thread():
+    """The CPUs are shared with other jobs: one intra-op thread keeps the smoke runs short and
+    steady (two threads wait on each other whenever one is descheduled)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_runs_quick_and_returns_a_table_without_writing(
+    name, one_thread, monkeypatch
+):
+    module = importlib.import_module(f"qat.bench.{name}")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{name}: quick mode must not write reports/benchmarks.md")
+
+    monkeypatch.setattr(module, "write_section", refuse)
+    body = module.run(quick=True)
+    assert TABLE.search(body), f"{name}: no markdown table in\n{body}"
+
+
+def test_workload_is_the_cpu_profile_and_quick_is_tiny():
+    cpu = antitransfer.workload(quick=False)
+    assert cpu.width == 1 / 8 and cpu.batch == 32
+    assert cpu.spectrogram_shape == (32, 1, 128, 64)
+    # RH-emo pools (2,2),(2,1),(1,1): time / 4, frequency / 2.
+    assert cpu.embedding_shape == (32, 4, 32, 32)
+    quick = antitransfer.workload(quick=True)
+    assert (quick.width, quick.batch, quick.repeats) == (1 / 16, 4, 1)
+    assert quick.spectrogram_shape == (4, 1, 32, 32)
+    assert quick.embedding_shape == (4, 4, 32, 32)
+
+
+def _batch_gram_cos2_float64(current: torch.Tensor, pretrained: torch.Tensor) -> float:
+    """The published AT value written out: (B*C, H*W) Grams, row cosines, mean |cos|, squared."""
+    b, c, h, w = current.shape
+    grams = []
+    for act in (current, pretrained):
+        flat = act.double().reshape(b * c, h * w)
+        grams.append(flat @ flat.T / (h * w))
+    g1, g2 = grams
+    cos = (g1 * g2).sum(1) / (g1.norm(dim=1) * g2.norm(dim=1))
+    return float(cos.abs().mean() ** 2)
+
+
+def test_reference_step_computes_the_published_term_with_its_costs():
+    torch.manual_seed(3)
+    tap = "conv2_1"
+    model = vgg16(5, 1, width=1 / 16)
+    frozen = vgg16(40, 1, width=1 / 16)
+    x = torch.randn(3, 1, 32, 32)
+    # Independent expectation, float64, from copies in train mode (batch statistics, as the
+    # published code runs both networks).
+    m64, f64 = copy.deepcopy(model).double().train(), copy.deepcopy(frozen).double().train()
+    with torch.no_grad():
+        expected = _batch_gram_cos2_float64(
+            m64.truncated(tap)(x.double()), f64.truncated(tap)(x.double())
+        )
+
+    calls = []
+    model.tap_module(tap).register_forward_hook(lambda *_: calls.append(1))
+    out = antitransfer.reference_step(model, frozen, tap, x)()
+
+    assert out["at"] == pytest.approx(expected, rel=1e-4)
+    assert 0 < out["at"] < 1
+    assert len(calls) == 2, "the published step runs the trained network twice up to the tap"
+    assert frozen.training, "the published frozen network stays in train mode"
+    front = list(frozen.truncated(tap).parameters())
+    assert front and all(p.grad is not None and p.grad.abs().sum() > 0 for p in front), (
+        "autograd on: the frozen network accumulates gradients"
+    )
+
+
+def test_training_step_with_a_warm_cache_skips_the_frozen_network():
+    torch.manual_seed(0)
+    model, orthogonal = vgg16(5, 1, width=1 / 16), vgg16(40, 1, width=1 / 16)
+    at = AntiTransfer(orthogonal, "conv1_1", cache_budget_mb=1)
+    step = antitransfer.training_step(model, torch.randn(4, 1, 32, 32), at, torch.arange(4))
+    first, second = step(), step()
+    assert at.cache_stats["misses"] == 4 and at.cache_stats["hits"] == 4
+    assert set(first) == set(second) == {"task", "at"}
+
+
+def _at_row(tap, ref_t, qat_t, cached_t, ref_m=2.0, qat_m=1.0, cached_m=1.0):
+    return {
+        "model": "m", "tap": tap,
+        "reference time": ref_t, "qat time": qat_t, "qat cached time": cached_t,
+        "reference memory": ref_m, "qat memory": qat_m, "qat cached memory": cached_m,
+    }  # fmt: skip
+
+
+def test_antitransfer_verdicts_follow_the_ratios_and_name_the_worst_tap():
+    good = [_at_row("conv1_1", 2.0, 1.5, 1.05), _at_row("conv5_3", 3.0, 1.2, 1.10)]
+    assert all(": met" in line for line in antitransfer.verdicts(good))
+    bad = [_at_row("conv1_1", 2.0, 1.5, 1.05), _at_row("conv5_3", 1.1, 1.2, 1.3)]
+    lines = antitransfer.verdicts(bad)
+    time_vs_ref, memory_vs_ref, cached_time, cached_memory = lines
+    assert "NOT met" in time_vs_ref and "conv5_3" in time_vs_ref and "1.09" in time_vs_ref
+    assert ": met" in memory_vs_ref
+    assert "NOT met" in cached_time and "1.30x" in cached_time
+    assert ": met" in cached_memory
+
+
+def test_quaternion_verdicts_use_quaternion_over_real():
+    results = {
+        "real": {"seconds": 2.0, "bytes": 400},
+        "quaternion, cached embeddings": {"seconds": 0.4, "bytes": 120},
+        "quaternion + RH-emo encoder": {"seconds": 0.6, "bytes": 100},
+    }
+    lines = quaternion.verdict_lines(results)
+    assert lines == [
+        "- quaternion, cached embeddings, time: 0.200x real (target <= 0.25: met)",
+        "- quaternion, cached embeddings, memory: 0.300x real (target <= 0.25: NOT met)",
+        "- quaternion + RH-emo encoder, time: 0.300x real (target <= 0.25: NOT met)",
+        "- quaternion + RH-emo encoder, memory: 0.250x real (target <= 0.25: met)",
+    ]
+
+
+def test_matmul_flops_agree_with_torch_flop_counter():
+    n = 7
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    assert efficiency.matmul_flops(n) == 2 * 343 == step_flops(lambda: torch.mm(a, b))
+
+
+def test_fraction_of_peak_is_achieved_over_matmul_rate_at_each_thread_count():
+    m = {
+        "threads": 2,
+        "step_flops": 6e9,
+        "matmul_flops": 8e9,
+        "seconds": {"step": 0.5, "matmul": 0.2, "step, 1 thread": 0.8, "matmul, 1 thread": 0.4},
+    }
+    rows, fractions = efficiency._fraction_rows(m)
+    # 2 threads: 6e9 / 0.5 s = 12 GFLOP/s vs 8e9 / 0.2 s = 40 GFLOP/s -> 0.3.
+    # 1 thread: 7.5 GFLOP/s vs 20 GFLOP/s -> 0.375.
+    assert fractions == pytest.approx({2: 0.3, 1: 0.375})
+    assert rows[0] == pytest.approx([2, 500.0, 12.0, 40.0, 0.3])
+    assert rows[1] == pytest.approx([1, 800.0, 7.5, 20.0, 0.375])
+
+
+def test_torch_threads_restores_the_callers_count():
+    before = torch.get_num_threads()
+    with efficiency.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_scaling_configurations_cover_both_sweeps_at_the_profile_frame_rate():
+    configs = scaling.configurations(quick=False)
+    assert configs == {
+        (8, 1.0): (8, 1, 128, 64),
+        (16, 1.0): (16, 1, 128, 64),
+        (32, 1.0): (32, 1, 128, 64),
+        (64, 1.0): (64, 1, 128, 64),
+        (32, 0.5): (32, 1, 64, 64),
+        (32, 2.0): (32, 1, 256, 64),
+        (32, 4.0): (32, 1, 512, 64),
+    }
