@@ -36,7 +36,7 @@ def run_notebook(
         suffix = "".join(f"-{k}_{v}" for k, v in sorted(parameters.items()) if k != "profile")
         output = paths.REPORTS / f"{notebook.stem}{suffix}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
+    tmp = output.with_name(f".{output.stem}.partial.ipynb")
     # Executed into a temporary name first: an interrupted run leaves no half-written report.
     papermill.execute_notebook(
         str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL, cwd=str(notebook.parent)

@@ -183,6 +183,11 @@ def prepare_data(
     return Data(kept, split, label_space, *datasets, dropped_silent=len(records) - len(kept))
 
 
+def split_options_for(setup: str, rho: float = 0.9, factor: str = "word") -> dict:
+    """rho and factor only shape the confounded setup and its unconfounded control."""
+    return {"rho": rho, "factor": factor} if setup in ("confounded", "unconfounded") else {}
+
+
 def with_inputs(dataset: SERDataset, x: torch.Tensor) -> SERDataset:
     """The same items and labels with other network inputs (e.g. RH-emo embeddings)."""
     out = copy.copy(dataset)
@@ -439,9 +444,7 @@ def train_ser(
     for t in taps:
         check_choice("tap", t, TAPS)
     p = PROFILES[profile]
-    split_options = (
-        {"rho": rho, "factor": factor} if setup in ("confounded", "unconfounded") else {}
-    )
+    split_options = split_options_for(setup, rho, factor)
     config = dict(
         corpus=corpus,
         root=str(root) if root else None,
