@@ -1,0 +1,692 @@
+"""Bad inputs and what the kit does with each: the case table, its runner and its report.
+
+Every case builds one input in a scratch folder (a broken or unusual WAV, a faulty manifest,
+a corpus tree with stray files, an invalid parameter), calls the public entry point a user's
+data would go through, and classifies what happened:
+
+- handled: the input was used, converted where needed; the note says how, and converted
+  audio has been checked against an analytic reference (a wrong conversion is "wrong");
+- rejected: a ValueError / FileNotFoundError whose message names the file or parameter;
+- crashed: any other exception (an error a user cannot act on);
+- wrong: handled, but the result disagrees with the reference.
+
+The table is defined once, here: tests/test_bad_input.py parametrizes over CASES and asserts
+each outcome and the text each message must contain; `python -m qat.robustness` runs the same
+cases and writes reports/robustness.md. Nothing here trains: train_ser cases stop where the
+corpus would be synthesised or the features extracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import struct
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from qat import paths
+
+HANDLED, REJECTED, CRASHED, WRONG = "handled", "rejected", "crashed", "wrong"
+OUTCOMES = (HANDLED, REJECTED, CRASHED, WRONG)
+# The errors a user is told to act on. AudioError and CorpusEntryError are ValueErrors.
+REJECTIONS = (ValueError, FileNotFoundError)
+TARGET_RATE = 16000
+
+
+class WrongResult(Exception):
+    """A handled input whose result disagrees with its independent reference (deliberately
+    not a ValueError, so it can never pass for a rejection)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input. `action(folder)` builds the input under `folder`, makes the call, and
+    returns a note on what was done with it (or raises)."""
+
+    name: str  # short id, the test id
+    group: str  # "audio", "manifest", "corpus tree", "train_ser", "AntiTransfer"
+    input: str  # the input, as a user would describe it
+    tried: str  # the call made
+    expect: str  # HANDLED or REJECTED
+    mentions: tuple[str, ...]  # text the message must contain: the file or parameter, the fix
+    action: Callable[[Path], str] = field(repr=False)
+
+
+def run_case(case: Case, folder: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Run one case in `folder` (a fresh temporary folder if None); return (outcome, message).
+
+    The message is the note (handled) or "ErrorType: text" (otherwise), with the scratch
+    folder's path replaced by <tmp> and user warnings appended, on one line."""
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="qat-robustness-"))
+        folder = Path(folder)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome, message = _classify(case.action, folder)
+        shown = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        if shown:
+            message += " | warning: " + " | warning: ".join(shown)
+        return outcome, _clean(message, folder)
+
+
+def _classify(action: Callable[[Path], str], folder: Path) -> tuple[str, str]:
+    try:
+        return HANDLED, action(folder)
+    except WrongResult as err:
+        return WRONG, str(err)
+    except REJECTIONS as err:
+        return REJECTED, f"{type(err).__name__}: {err}"
+    except Exception as err:  # whatever else escapes is, by definition, not a clear rejection
+        return CRASHED, f"{type(err).__name__}: {err}"
+
+
+def _clean(message: str, folder: Path) -> str:
+    for spelling in {str(folder.resolve()), str(folder), os.path.abspath(folder)}:
+        message = message.replace(spelling, "<tmp>")
+    return re.sub(r"\s+", " ", message).strip()
+
+
+# ------------------------------------------------------------------------------------ audio
+
+SINE_HZ, SINE_SECONDS, SINE_AMPLITUDE = 440.0, 0.25, 0.5
+EDGE = 200  # samples at each end where the resampler's filter transients are not the point
+
+
+def _sine(rate: int, n: int | None = None) -> np.ndarray:
+    """The analytic test signal, 0.5 sin(2 pi 440 t), float64: n samples (default 0.25 s)."""
+    n = round(rate * SINE_SECONDS) if n is None else n
+    return SINE_AMPLITUDE * np.sin(2 * np.pi * SINE_HZ * np.arange(n) / rate)
+
+
+def check_signal(y: np.ndarray, reference: np.ndarray, tolerance: float, what: str) -> float:
+    """Raise WrongResult unless `y` is a 1-D float32 signal of the reference's length that
+    matches it within `tolerance` away from the edges; return the largest deviation."""
+    if y.dtype != np.float32 or y.ndim != 1:
+        raise WrongResult(f"{what}: expected a 1-D float32 signal, got {y.dtype} {y.shape}")
+    if len(y) != len(reference):
+        raise WrongResult(f"{what}: expected {len(reference)} samples, got {len(y)}")
+    inner = slice(EDGE, len(y) - EDGE) if len(y) > 4 * EDGE else slice(None)
+    error = float(np.max(np.abs(y[inner] - reference[inner])))
+    if not error <= tolerance:
+        raise WrongResult(f"{what}: deviates from the analytic signal by {error:.3g}")
+    return error
+
+
+def _converted(
+    folder: Path, *, rate: int = TARGET_RATE, subtype: str = "PCM_16", channels: int = 1,
+    tolerance: float = 2e-3,
+) -> str:  # fmt: skip
+    """A valid sine WAV in an unusual format must come out mono float32 at 16 kHz."""
+    from qat.data.audio import load_audio
+
+    path = folder / f"sine_{rate}Hz_{subtype}_{channels}ch.wav"
+    gains = (1.0, 0.5)[:channels]  # a quieter right channel: the mono mix is their mean
+    left = _sine(rate)
+    sf.write(path, np.stack([g * left for g in gains], axis=1), rate, subtype=subtype)
+    y = load_audio(path, TARGET_RATE)
+    n_out = math.ceil(len(left) * TARGET_RATE / rate)  # librosa's length convention
+    reference = float(np.mean(gains)) * _sine(TARGET_RATE, n_out)
+    error = check_signal(y, reference, tolerance, path.name)
+    return (
+        f"{path.name}: {subtype}, {channels} channel(s), {rate} Hz, {len(left)} frames -> "
+        f"mono float32 at {TARGET_RATE} Hz, {len(y)} samples; max deviation from the "
+        f"analytic signal {error:.1e}"
+    )
+
+
+def _bad_audio(folder: Path, name: str, write: Callable[[Path], None]) -> str:
+    from qat.data.audio import load_audio
+
+    path = folder / name
+    write(path)
+    y = load_audio(path, TARGET_RATE)
+    return f"{name}: loaded {len(y)} samples"
+
+
+def _valid_wav_bytes(folder: Path) -> bytes:
+    """A plain 16-bit mono WAV of the test sine: 44-byte header, then the data chunk."""
+    scratch = folder / ".valid.wav"
+    sf.write(scratch, _sine(TARGET_RATE), TARGET_RATE, subtype="PCM_16")
+    data = scratch.read_bytes()
+    scratch.unlink()
+    return data
+
+
+def _write_prefix(path: Path, n_bytes: int | None = None, data_fraction: float | None = None):
+    """The first bytes of a valid WAV, as after an interrupted copy or download."""
+    data = _valid_wav_bytes(path.parent)
+    if data_fraction is not None:
+        n_bytes = 44 + int((len(data) - 44) * data_fraction)
+    path.write_bytes(data[:n_bytes])
+
+
+def _write_non_finite(path: Path, value: float) -> None:
+    signal = _sine(TARGET_RATE)
+    signal[17] = value
+    sf.write(path, signal, TARGET_RATE, subtype="FLOAT")
+
+
+def _silent(folder: Path) -> str:
+    from qat.data.audio import is_near_silent, load_audio
+
+    path = folder / "silence.wav"
+    sf.write(path, np.zeros(4000), TARGET_RATE, subtype="PCM_16")
+    y = load_audio(path, TARGET_RATE)
+    if not is_near_silent(y):
+        raise WrongResult(f"{path.name}: all-zero file not flagged as near-silent")
+    return (
+        f"{path.name}: loaded {len(y)} samples, flagged near-silent (peak below 1e-3); "
+        "extract_features marks it and prepare_data drops it, counting it in the run "
+        "record's dropped_silent"
+    )
+
+
+def _over_range(folder: Path) -> str:
+    """Float WAVs may hold samples beyond [-1, 1]; they are kept, not clipped."""
+    from qat.data.audio import load_audio
+
+    path = folder / "loud_float.wav"
+    signal = 4 * _sine(TARGET_RATE)
+    sf.write(path, signal, TARGET_RATE, subtype="FLOAT")
+    y = load_audio(path, TARGET_RATE)
+    error = check_signal(y, signal, 1e-6, path.name)
+    return (
+        f"{path.name}: peak {np.abs(y).max():.2f} kept as written (max deviation {error:.1e}); "
+        "not clipped: the per-bin normalisation from training statistics absorbs the scale"
+    )
+
+
+def _streaming_header(folder: Path) -> str:
+    """Recorders that stream to disk write 0xFFFFFFFF as the data size and never patch it."""
+    from qat.data.audio import load_audio
+
+    path = folder / "streamed.wav"
+    data = bytearray(_valid_wav_bytes(folder))
+    at = data.find(b"data")
+    data[4:8] = data[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    y = load_audio(path, TARGET_RATE)
+    error = check_signal(y, _sine(TARGET_RATE), 1e-4, path.name)
+    return (
+        f"{path.name}: {len(y)} samples read up to the end of the file (max deviation {error:.1e})"
+    )
+
+
+# --------------------------------------------------------------------------------- manifest
+
+HEADER = ("path", "emotion", "speaker", "text", "valence")
+GOOD_ROWS = (("a.wav", "happy", "s1", "yes", "0.7"), ("b.wav", "sad", "s2", "no", ""))
+
+
+def _manifest(
+    folder: Path, rows: Sequence[Sequence[str]] = GOOD_ROWS, header: Sequence[str] = HEADER, *,
+    on_error: str = "raise", encoding: str = "utf-8", newline: str = "\n",
+    expect_uids: Sequence[str] | None = None,
+) -> str:  # fmt: skip
+    """Write a.wav, b.wav and manifest.csv (rows joined as given), then load the manifest."""
+    from qat.data.corpora import load_corpus
+
+    for name in ("a.wav", "b.wav"):
+        sf.write(folder / name, _sine(TARGET_RATE), TARGET_RATE, subtype="PCM_16")
+    lines = [",".join(header), *(",".join(row) for row in rows)]
+    csv_path = folder / "manifest.csv"
+    csv_path.write_bytes((newline.join(lines) + newline).encode(encoding))
+    corpus = load_corpus("manifest", csv_path, on_error=on_error)
+    uids = [r.uid for r in corpus]
+    if expect_uids is not None and uids != list(expect_uids):
+        raise WrongResult(f"manifest.csv: expected records {list(expect_uids)}, got {uids}")
+    return f"manifest.csv: {len(corpus)} record(s) {uids}, {len(corpus.skipped)} skipped"
+
+
+def _no_manifest(folder: Path) -> str:
+    from qat.data.corpora import load_corpus
+
+    (folder / "data").mkdir()
+    sf.write(folder / "data" / "a.wav", _sine(TARGET_RATE), TARGET_RATE)
+    corpus = load_corpus("manifest", folder / "data")
+    return f"{len(corpus)} records"
+
+
+# ------------------------------------------------------------------------------ corpus trees
+
+STRAYS = {
+    "README.md": b"corpus readme\n",
+    ".DS_Store": b"\x00\x00\x00\x01Bud1",
+    "._03a01Fa.wav": b"\x00\x05\x16\x07 macOS resource fork",
+    "notes.txt": b"not audio\n",
+    "03a01Fa.mp3": b"ID3 not wav",
+}
+EMODB_WAVS = ("03a01Fa.wav", "03a01Wa.wav", "08b10Lc.wav")
+
+
+def _emodb_tree(root: Path, extra: dict[str, Callable[[Path], None]] | None = None) -> None:
+    """A small EmoDB tree (root/wav/*.wav) with the stray files of real downloads."""
+    for i, name in enumerate(EMODB_WAVS):
+        (root / "wav").mkdir(parents=True, exist_ok=True)
+        sf.write(root / "wav" / name, _sine(TARGET_RATE)[: 1000 + 100 * i], TARGET_RATE)
+    for name, content in STRAYS.items():
+        (root / "wav" / name).write_bytes(content)
+        (root / name).write_bytes(content)
+    (root / "lablaut").mkdir(exist_ok=True)
+    (root / "lablaut" / "03a01Fa.lab").write_text("label file\n")
+    (root / "silb").mkdir(exist_ok=True)  # syllable cuts: audio, but not the corpus
+    sf.write(root / "silb" / "03a01Fa.wav", _sine(TARGET_RATE)[:300], TARGET_RATE)
+    for rel, write in (extra or {}).items():
+        write(root / rel)
+
+
+def _load_tree(
+    folder: Path, corpus: str, build: Callable[[Path], None], expect_uids: Sequence[str] = (),
+    on_error: str = "raise",
+) -> str:  # fmt: skip
+    from qat.data.corpora import load_corpus
+
+    root = folder / corpus
+    root.mkdir()
+    build(root)
+    loaded = load_corpus(corpus, root, on_error=on_error)
+    uids = [r.uid for r in loaded]
+    if expect_uids and uids != list(expect_uids):
+        raise WrongResult(f"{corpus}: expected records {list(expect_uids)}, got {uids}")
+    skipped = "; ".join(f"{Path(p).name}: {why}" for p, why in loaded.skipped)
+    return f"{corpus}: {len(loaded)} record(s) {uids}" + (f"; skipped {skipped}" if skipped else "")
+
+
+def _tess_tree(root: Path) -> None:
+    """TESS with an unzipped macOS archive's __MACOSX twin folder and an upper-case .WAV."""
+    (root / "OAF_angry").mkdir()
+    (root / "YAF_sad").mkdir()
+    sf.write(root / "OAF_angry" / "OAF_back_angry.wav", _sine(24414), 24414)
+    sf.write(root / "YAF_sad" / "YAF_bite_sad.WAV", _sine(24414), 24414)
+    twin = root / "__MACOSX" / "OAF_angry"
+    twin.mkdir(parents=True)
+    (twin / "._OAF_back_angry.wav").write_bytes(b"\x00\x05\x16\x07")
+    (root / "__MACOSX" / "._OAF_angry").write_bytes(b"\x00\x05\x16\x07")
+    (root / "TESS Toronto emotional speech set data.txt").write_text("readme\n")
+
+
+def _write_wav(path: Path) -> None:
+    sf.write(path, _sine(TARGET_RATE)[:800], TARGET_RATE)
+
+
+def _strays_only(root: Path) -> None:
+    (root / "wav").mkdir()
+    for name, content in STRAYS.items():
+        (root / "wav" / name).write_bytes(content)
+
+
+# -------------------------------------------------------------------------------- train_ser
+
+
+class _ValidationPassed(Exception):
+    """Raised by the stubs that stand in for corpus synthesis and feature extraction."""
+
+
+@contextlib.contextmanager
+def _no_training(folder: Path) -> Iterator[None]:
+    """train_ser up to its first expensive step: synthesising SynthEmo or extracting
+    features stops the call; run records are looked up under `folder`, not reports/."""
+    from qat import experiments, runs
+
+    def stop(*_args, **_kwargs):
+        raise _ValidationPassed
+
+    record_path = partial(runs.record_path, reports=folder)
+    with (
+        mock.patch.object(experiments.synth, "make_synthemo", stop),
+        mock.patch.object(experiments, "prepare_data", stop),
+        mock.patch.object(runs, "record_path", lambda kind, config: record_path(kind, config)),
+    ):
+        yield
+
+
+def _train_ser(folder: Path, root: str | None = None, make_root: bool = False, **kwargs) -> str:
+    """train_ser(profile="smoke", **kwargs); `root` is a folder name inside the scratch
+    folder, created (empty) when make_root is set."""
+    from qat.experiments import train_ser
+
+    if root is not None:
+        root = folder / root
+        if make_root:
+            root.mkdir()
+    kwargs.setdefault("profile", "smoke")
+    with _no_training(folder):
+        try:
+            train_ser(root=root, progress=False, **kwargs)
+        except _ValidationPassed:
+            return "parameters accepted; training would start (stopped before any data work)"
+    raise WrongResult("train_ser returned without reaching the data step")
+
+
+# ----------------------------------------------------------------------------- AntiTransfer
+
+
+def _small_vgg(quaternion: bool = False, width: float = 1 / 16):
+    from qat.models import vgg16
+
+    return vgg16(3, in_channels=4 if quaternion else 1, quaternion=quaternion, width=width)
+
+
+def _anti_transfer(folder: Path, orthogonal: str = "vgg", **kwargs) -> str:
+    import torch
+
+    from qat.antitransfer import AntiTransfer
+
+    net = torch.nn.Linear(4, 3) if orthogonal == "linear" else _small_vgg()
+    at = AntiTransfer(net, **kwargs)
+    return f"accepted: taps {list(at.taps)}, distance {at.distance}, gram {at.gram}"
+
+
+def _compatibility(folder: Path, model: str) -> str:
+    from qat.antitransfer import AntiTransfer
+
+    trained = _small_vgg(quaternion=True) if model == "quaternion" else _small_vgg(width=1 / 8)
+    AntiTransfer(_small_vgg(), "conv2_1").check_compatible(trained)
+    return "compatible"
+
+
+# ------------------------------------------------------------------------------- the table
+
+
+def _case(name, group, input, tried, expect, mentions, action) -> Case:
+    return Case(name, group, input, tried, expect, tuple(mentions), action)
+
+
+LOAD = "load_audio(path, 16000)"
+MANIFEST = 'load_corpus("manifest", csv)'
+EMODB = 'load_corpus("emodb", root)'
+VALID_EMODB = ("wav/03a01Fa", "wav/03a01Wa", "wav/08b10Lc")
+TRAIN = 'train_ser(profile="smoke", ...)'
+AT = "AntiTransfer(vgg16, ...)"
+
+CASES: tuple[Case, ...] = (
+    # --- audio: broken files are rejected naming the file; unusual formats are converted
+    _case("wav-header-cut", "audio", "WAV cut inside its header (first 20 bytes)", LOAD,
+          REJECTED, ["cut_header.wav", "not a readable audio file"],
+          partial(_bad_audio, name="cut_header.wav", write=partial(_write_prefix, n_bytes=20))),
+    _case("wav-header-without-data", "audio", "WAV header only: data chunk declared, no bytes",
+          LOAD, REJECTED, ["header_only.wav", "no audio frames"],
+          partial(_bad_audio, name="header_only.wav", write=partial(_write_prefix, n_bytes=44))),
+    _case("wav-data-cut", "audio", "WAV cut halfway through its data chunk", LOAD, REJECTED,
+          ["cut_data.wav", "truncated WAV", "declares"],
+          partial(_bad_audio, name="cut_data.wav",
+                  write=partial(_write_prefix, data_fraction=0.5))),
+    _case("wav-zero-length", "audio", "zero-length file (0 bytes)", LOAD, REJECTED,
+          ["empty.wav", "empty file (0 bytes)"],
+          partial(_bad_audio, name="empty.wav", write=lambda p: p.write_bytes(b""))),
+    _case("wav-text", "audio", "a text file renamed .wav", LOAD, REJECTED,
+          ["readme.wav", "not a readable audio file"],
+          partial(_bad_audio, name="readme.wav", write=lambda p: p.write_text("README\n" * 9))),
+    _case("wav-missing", "audio", "a path with no file", LOAD, REJECTED,
+          ["ghost.wav", "does not exist"],
+          partial(_bad_audio, name="ghost.wav", write=lambda p: None)),
+    _case("wav-nan", "audio", "32-bit float WAV with a NaN sample", LOAD, REJECTED,
+          ["nan.wav", "1 of 4000 samples are NaN or infinite"],
+          partial(_bad_audio, name="nan.wav", write=partial(_write_non_finite, value=math.nan))),
+    _case("wav-inf", "audio", "32-bit float WAV with an infinite sample", LOAD, REJECTED,
+          ["inf.wav", "1 of 4000 samples are NaN or infinite"],
+          partial(_bad_audio, name="inf.wav", write=partial(_write_non_finite, value=-math.inf))),
+    _case("wav-pcm8", "audio", "8-bit unsigned PCM", LOAD, HANDLED, ["PCM_U8", "16000 Hz"],
+          partial(_converted, subtype="PCM_U8", tolerance=1e-2)),
+    _case("wav-pcm24", "audio", "24-bit PCM", LOAD, HANDLED, ["PCM_24", "16000 Hz"],
+          partial(_converted, subtype="PCM_24")),
+    _case("wav-pcm32", "audio", "32-bit integer PCM", LOAD, HANDLED, ["PCM_32", "16000 Hz"],
+          partial(_converted, subtype="PCM_32")),
+    _case("wav-float32", "audio", "32-bit float", LOAD, HANDLED, ["FLOAT", "16000 Hz"],
+          partial(_converted, subtype="FLOAT")),
+    _case("wav-stereo", "audio", "stereo (right channel at half level)", LOAD, HANDLED,
+          ["2 channel(s)", "mono"], partial(_converted, channels=2)),
+    _case("wav-8k", "audio", "8 kHz", LOAD, HANDLED, ["8000 Hz", "16000 Hz"],
+          partial(_converted, rate=8000)),
+    _case("wav-22k", "audio", "22.05 kHz", LOAD, HANDLED, ["22050 Hz", "16000 Hz"],
+          partial(_converted, rate=22050)),
+    _case("wav-44k", "audio", "44.1 kHz", LOAD, HANDLED, ["44100 Hz", "16000 Hz"],
+          partial(_converted, rate=44100)),
+    _case("wav-48k", "audio", "48 kHz stereo 24-bit", LOAD, HANDLED,
+          ["48000 Hz", "2 channel(s)", "PCM_24"],
+          partial(_converted, rate=48000, channels=2, subtype="PCM_24")),
+    _case("wav-silent", "audio", "all-zero (silent) file", f"{LOAD}, is_near_silent", HANDLED,
+          ["near-silent", "dropped_silent"], _silent),
+    _case("wav-over-range", "audio", "float WAV with samples beyond [-1, 1]", LOAD, HANDLED,
+          ["not clipped"], _over_range),
+    _case("wav-streaming-header", "audio", "WAV whose sizes were never patched (0xFFFFFFFF)",
+          LOAD, HANDLED, ["4000 samples"], _streaming_header),
+    # --- manifests
+    _case("manifest-missing-column", "manifest", "manifest without a speaker column", MANIFEST,
+          REJECTED, ["manifest.csv", "missing required column(s) ['speaker']", "expected"],
+          partial(_manifest, rows=[("a.wav", "happy", "yes")],
+                  header=("path", "emotion", "text"))),
+    _case("manifest-unknown-label", "manifest", "emotion 'joyful' (not in the vocabulary)",
+          MANIFEST, REJECTED, ["manifest.csv line 3", "'joyful'", "'neutral'"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("b.wav", "joyful", "s2", "no", "")])),
+    _case("manifest-unknown-label-skip", "manifest", "emotion 'joyful', on_error='skip'",
+          f'{MANIFEST[:-1]}, on_error="skip")', HANDLED, ["1 skipped", "'joyful'"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("b.wav", "joyful", "s2", "no", "")],
+                  on_error="skip", expect_uids=["a"])),
+    _case("manifest-nonexistent-path", "manifest", "a row whose audio file does not exist",
+          MANIFEST, REJECTED, ["ghost.wav", "does not exist"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("ghost.wav", "sad", "s2", "no", "")])),
+    _case("manifest-duplicate-path", "manifest", "the same file twice (a.wav and ./a.wav)",
+          MANIFEST, REJECTED, ["a.wav", "listed more than once", "lines [2, 3]"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("./a.wav", "sad", "s2", "no", "")])),
+    _case("manifest-empty-path", "manifest", "a row with an empty path", MANIFEST, REJECTED,
+          ["manifest.csv line 3", "empty path"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("", "sad", "s2", "no", "")])),
+    _case("manifest-empty-speaker", "manifest", "a row with an empty speaker", MANIFEST,
+          REJECTED, ["manifest.csv line 3", "b.wav", "empty speaker"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("b.wav", "sad", "", "no", "")])),
+    _case("manifest-bad-rating", "manifest", "valence 'high' (not a number)", MANIFEST, REJECTED,
+          ["manifest.csv line 3", "valence", "'high'", "not a number"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("b.wav", "sad", "s2", "no", "high")])),
+    _case("manifest-no-rows", "manifest", "a header and no rows", MANIFEST, REJECTED,
+          ["manifest.csv", "no rows"], partial(_manifest, rows=[])),
+    _case("manifest-excel", "manifest", "Excel export: UTF-8 BOM, CRLF, an extra column",
+          MANIFEST, HANDLED, ["2 record(s)", "'a', 'b'"],
+          partial(_manifest, rows=[(*row, "x") for row in GOOD_ROWS],
+                  header=(*HEADER, "comment"), encoding="utf-8-sig", newline="\r\n",
+                  expect_uids=["a", "b"])),
+    _case("manifest-folder-without-csv", "manifest", "a folder with audio but no manifest.csv",
+          'load_corpus("manifest", folder)', REJECTED, ["manifest.csv", "does not exist",
+          "columns"], _no_manifest),
+    # --- corpus trees
+    _case("tree-strays", "corpus tree",
+          "EmoDB with README, .DS_Store, ._ twins, notes, .mp3, lablaut/, silb/", EMODB,
+          HANDLED, ["3 record(s)"],
+          partial(_load_tree, corpus="emodb", build=_emodb_tree, expect_uids=VALID_EMODB)),
+    _case("tree-macos-zip", "corpus tree", "TESS unzipped on macOS (__MACOSX/), a .WAV file",
+          'load_corpus("tess", root)', HANDLED, ["2 record(s)"],
+          partial(_load_tree, corpus="tess", build=_tess_tree,
+                  expect_uids=["OAF_angry/OAF_back_angry", "YAF_sad/YAF_bite_sad"])),
+    _case("tree-misnamed-wav", "corpus tree", "a stray wav/recording1.wav (not EmoDB naming)",
+          EMODB, REJECTED, ["recording1.wav", "naming convention", "03a01Fa.wav"],
+          partial(_load_tree, corpus="emodb",
+                  build=partial(_emodb_tree, extra={"wav/recording1.wav": _write_wav}))),
+    _case("tree-misnamed-wav-skip", "corpus tree", "the same, on_error='skip'",
+          f'{EMODB[:-1]}, on_error="skip")', HANDLED, ["3 record(s)", "skipped recording1.wav"],
+          partial(_load_tree, corpus="emodb", on_error="skip", expect_uids=VALID_EMODB,
+                  build=partial(_emodb_tree, extra={"wav/recording1.wav": _write_wav}))),
+    _case("tree-unknown-code", "corpus tree", "wav/03a01Xa.wav: emotion letter X", EMODB,
+          REJECTED, ["03a01Xa.wav", "unknown EmoDB emotion code 'X'", "expected one of"],
+          partial(_load_tree, corpus="emodb",
+                  build=partial(_emodb_tree, extra={"wav/03a01Xa.wav": _write_wav}))),
+    _case("tree-empty-wav", "corpus tree", "a zero-length wav/09b02Nd.wav among good files",
+          EMODB, REJECTED, ["09b02Nd.wav", "empty file"],
+          partial(_load_tree, corpus="emodb", build=partial(
+              _emodb_tree, extra={"wav/09b02Nd.wav": lambda p: p.write_bytes(b"")}))),
+    _case("tree-strays-only", "corpus tree", "only stray files, no corpus audio", EMODB,
+          REJECTED, ["no emodb audio found", "expected the official layout"],
+          partial(_load_tree, corpus="emodb", build=_strays_only)),
+    # --- train_ser parameters (nothing is trained)
+    _case("train-tap-unknown", "train_ser", "tap='conv9_9', method='at'", TRAIN, REJECTED,
+          ["tap='conv9_9'", "conv1_1", "penultimate"],
+          partial(_train_ser, tap="conv9_9", method="at")),
+    _case("train-tap-none", "train_ser", "tap=None, method='at'", TRAIN, REJECTED,
+          ["method='at' needs tap="], partial(_train_ser, tap=None, method="at")),
+    _case("train-tap-empty-list", "train_ser", "tap=[], method='cka'", TRAIN, REJECTED,
+          ["method='cka' needs tap="], partial(_train_ser, tap=[], method="cka")),
+    _case("train-tap-baseline", "train_ser", "tap='conv9_9', method='baseline'", TRAIN, HANDLED,
+          ["accepted"], partial(_train_ser, tap="conv9_9", method="baseline")),
+    _case("train-beta-negative", "train_ser", "beta=-1.0", TRAIN, REJECTED,
+          ["beta=-1.0", ">= 0"], partial(_train_ser, beta=-1.0, method="at")),
+    _case("train-beta-nan", "train_ser", "beta=nan", TRAIN, REJECTED,
+          ["beta=nan", "finite"], partial(_train_ser, beta=math.nan, method="at")),
+    _case("train-beta-inf", "train_ser", "beta=inf", TRAIN, REJECTED,
+          ["beta=inf", "finite"], partial(_train_ser, beta=math.inf, method="at")),
+    _case("train-beta-string", "train_ser", "beta='0.5' (text from a widget or a CSV)", TRAIN,
+          REJECTED, ["beta='0.5'", "number"], partial(_train_ser, beta="0.5", method="at")),
+    _case("train-corpus-unknown", "train_ser", "corpus='nosuch'", TRAIN, REJECTED,
+          ["corpus='nosuch'", "iemocap", "synthemo"], partial(_train_ser, corpus="nosuch")),
+    _case("train-corpus-unknown-root", "train_ser", "corpus='nosuch' with a root", TRAIN,
+          REJECTED, ["corpus='nosuch'", "iemocap"],
+          partial(_train_ser, corpus="nosuch", root="empty", make_root=True)),
+    _case("train-corpus-no-root", "train_ser", "corpus='iemocap' without root", TRAIN, REJECTED,
+          ["corpus='iemocap'", "root="], partial(_train_ser, corpus="iemocap")),
+    _case("train-corpus-missing-root", "train_ser", "corpus='iemocap', root does not exist",
+          TRAIN, REJECTED, ["iemocap root", "does not exist", "Session{1..5}"],
+          partial(_train_ser, corpus="iemocap", root="nowhere")),
+    _case("train-corpus-empty-root", "train_ser", "corpus='emodb', root is an empty folder",
+          TRAIN, REJECTED, ["no emodb audio found", "expected the official layout"],
+          partial(_train_ser, corpus="emodb", root="empty", make_root=True)),
+    _case("train-setup", "train_ser", "setup='shuffled'", TRAIN, REJECTED,
+          ["setup='shuffled'", "speaker"], partial(_train_ser, setup="shuffled")),
+    _case("train-model", "train_ser", "model='complex'", TRAIN, REJECTED,
+          ["model='complex'", "quaternion"], partial(_train_ser, model="complex")),
+    _case("train-profile", "train_ser", "profile='gpu'", "train_ser(profile='gpu')", REJECTED,
+          ["profile='gpu'", "paper"], partial(_train_ser, profile="gpu")),
+    _case("train-method", "train_ser", "method='finetune'", TRAIN, REJECTED,
+          ["method='finetune'", "dann"], partial(_train_ser, method="finetune")),
+    _case("train-orthogonal", "train_ser", "orthogonal='music'", TRAIN, REJECTED,
+          ["orthogonal='music'", "speaker"], partial(_train_ser, orthogonal="music", method="at")),
+    _case("train-gram", "train_ser", "gram='row'", TRAIN, REJECTED,
+          ["gram='row'", "sample"], partial(_train_ser, gram="row", method="at")),
+    # --- AntiTransfer parameters
+    _case("at-tap-unknown", "AntiTransfer", "taps='conv9_9'", AT, REJECTED,
+          ["'conv9_9'", "valid taps", "conv5_3"], partial(_anti_transfer, taps="conv9_9")),
+    _case("at-tap-none", "AntiTransfer", "taps=None", AT, REJECTED,
+          ["taps", "None", "conv1_1"], partial(_anti_transfer, taps=None)),
+    _case("at-tap-empty", "AntiTransfer", "taps=[]", AT, REJECTED,
+          ["taps must name at least one tap"], partial(_anti_transfer, taps=[])),
+    _case("at-tap-repeated", "AntiTransfer", "taps=['conv1_1', 'conv1_1']", AT, REJECTED,
+          ["taps must not repeat"], partial(_anti_transfer, taps=["conv1_1", "conv1_1"])),
+    _case("at-gram", "AntiTransfer", "gram='row'", AT, REJECTED,
+          ["gram must be one of", "'row'", "sample"],
+          partial(_anti_transfer, taps="conv1_1", gram="row")),
+    _case("at-distance", "AntiTransfer", "distance='l2'", AT, REJECTED,
+          ["distance must be one of", "'l2'", "cka"],
+          partial(_anti_transfer, taps="conv1_1", distance="l2")),
+    _case("at-budget-negative", "AntiTransfer", "cache_budget_mb=-1", AT, REJECTED,
+          ["cache_budget_mb", ">= 0"], partial(_anti_transfer, taps="conv1_1", cache_budget_mb=-1)),
+    _case("at-budget-inf", "AntiTransfer", "cache_budget_mb=inf", AT, REJECTED,
+          ["cache_budget_mb", "inf"],
+          partial(_anti_transfer, taps="conv1_1", cache_budget_mb=math.inf)),
+    _case("at-budget-batch-gram", "AntiTransfer", "cache_budget_mb=64 with gram='batch'", AT,
+          REJECTED, ["gram='batch'", "cannot be stored per item"],
+          partial(_anti_transfer, taps="conv1_1", gram="batch", cache_budget_mb=64)),
+    _case("at-not-a-qat-model", "AntiTransfer", "orthogonal network = torch.nn.Linear",
+          "AntiTransfer(nn.Linear, 'conv1_1')", REJECTED, ["Linear", "'taps'", "qat.models"],
+          partial(_anti_transfer, orthogonal="linear", taps="conv1_1")),
+    _case("at-real-vs-quaternion", "AntiTransfer", "quaternion model, real orthogonal network",
+          "AntiTransfer(real).check_compatible(quaternion)", REJECTED,
+          ["quaternion", "real"], partial(_compatibility, model="quaternion")),
+    _case("at-width-mismatch", "AntiTransfer", "cos2 between widths 1/8 and 1/16",
+          "AntiTransfer(width 1/16).check_compatible(width 1/8)", REJECTED,
+          ["tap 'conv2_1'", "channels", "distance='cka'"], partial(_compatibility, model="wider")),
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- the report
+
+
+def run_all(cases: Sequence[Case] = CASES, progress: bool = True) -> list[tuple[Case, str, str]]:
+    """(case, outcome, message) for every case, each in its own temporary folder."""
+    return [(case, *run_case(case)) for case in tqdm(cases, desc="cases", disable=not progress)]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render(results: Sequence[tuple[Case, str, str]]) -> str:
+    """The markdown report: a summary, then one table per group."""
+    unexpected = [(c, o) for c, o, _ in results if o != c.expect]
+    counts = {o: sum(1 for _, out, _ in results if out == o) for o in OUTCOMES}
+    lines = [
+        "# Robustness: bad inputs and what qat does with them",
+        "",
+        "Generated by `python -m qat.robustness` from the case table in `qat/robustness.py`; "
+        "`tests/test_bad_input.py` runs the same cases and checks each outcome and message. "
+        "Do not edit by hand. Fault tolerance (killed training, corrupted caches, full disk, "
+        "concurrent writers, failed notebooks) is covered by `tests/test_faults.py`.",
+        "",
+        "Outcomes: **handled** = used, converted where needed (converted audio is compared "
+        "with the analytic signal it was written from); **rejected** = a ValueError or "
+        "FileNotFoundError whose message names the file or parameter and what is expected; "
+        "**crashed** = any other error; **wrong** = handled but not as the reference says.",
+        "",
+        f"{len(results)} cases: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES) + ".",
+    ]
+    if unexpected:
+        shown = ", ".join(f"`{c.name}` ({o}, expected {c.expect})" for c, o in unexpected)
+        lines.append(f"Not as expected ({len(unexpected)}): {shown}.")
+    else:
+        lines.append("Every case behaves as expected.")
+    for group in dict.fromkeys(c.group for c, _, _ in results):
+        lines += [
+            "",
+            f"## {group}",
+            "",
+            "| Input | Tried | Outcome | Message |",
+            "|---|---|---|---|",
+        ]
+        for case, outcome, message in results:
+            if case.group != group:
+                continue
+            shown = outcome if outcome == case.expect else f"**{outcome}** (expected {case.expect})"
+            lines.append(
+                f"| {_cell(case.input)} | `{_cell(case.tried)}` | {shown} | {_cell(message)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: Sequence[tuple[Case, str, str]], path: str | os.PathLike) -> Path:
+    """Write the report atomically (a temporary file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(render(results))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qat.robustness", description=__doc__)
+    parser.add_argument("--out", type=Path, default=paths.REPORTS / "robustness.md")
+    args = parser.parse_args(argv)
+    results = run_all()
+    print(write_report(results, args.out))
+    bad = [c.name for c, outcome, _ in results if outcome != c.expect]
+    if bad:
+        print(f"{len(bad)} case(s) not as expected: {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
