@@ -78,7 +78,8 @@ STATUS_JS = """
 (() => {
   const app = window.jupyterapp;
   if (!app || !app.shell) return {state: "loading"};
-  const panel = app.shell.currentWidget;
+  // Not currentWidget: that follows focus, which a headless window may never get.
+  const panel = Array.from(app.shell.widgets("main")).find((w) => w.content && w.sessionContext);
   if (!panel || !panel.content || !panel.sessionContext || !panel.context
       || !panel.context.isReady) return {state: "opening"};
   const errors = [];
@@ -89,27 +90,56 @@ STATUS_JS = """
     }
   }
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
-  const node = panel.content.node;
+  // Count in the panel's cell only (the first cell showing a dropdown): later cells add
+  // widgets of their own (tqdm progress bars) while the screenshot is taken.
+  const first = panel.content.node.querySelector(".widget-dropdown");
+  const cell = first ? first.closest(".jp-Cell") : null;
+  const count = (selector) => (cell ? cell.querySelectorAll(selector).length : 0);
   return {
     state: "open",
     kernel: kernel ? kernel.status : null,
-    widgets: node.querySelectorAll(".jupyter-widgets").length,
-    dropdowns: node.querySelectorAll(".widget-dropdown").length,
-    buttons: node.querySelectorAll(".widget-button").length,
+    widgets: count(".jupyter-widgets"),
+    dropdowns: count(".widget-dropdown"),
+    buttons: count(".widget-button"),
     errors: errors,
   };
 })()
 """
 
-RUN_ALL_JS = 'void window.jupyterapp.commands.execute("notebook:run-all-cells"); true'
-
-# Bring the parameters and the panel into view: scroll so the panel's cell ends near the bottom.
-SCROLL_JS = """
+# "Run All Cells" acts on the active notebook, so activate it first.
+RUN_ALL_JS = """
 (() => {
+  const app = window.jupyterapp;
+  const panel = Array.from(app.shell.widgets("main")).find((w) => w.content && w.sessionContext);
+  app.shell.activateById(panel.id);
+  void app.commands.execute("notebook:run-all-cells");
+  return true;
+})()
+"""
+
+# Frame the picture: hide the file browser (the panel gets the width) and scroll so the
+# panel's cell ends at the bottom, with the parameters cell above it.
+FRAME_JS = """
+(() => {
+  window.jupyterapp.shell.collapseLeft();
   const widget = document.querySelector(".jp-Notebook .widget-dropdown");
   const cell = widget && widget.closest(".jp-Cell");
   if (cell) cell.scrollIntoView({block: "end"});
   return Boolean(cell);
+})()
+"""
+
+# How many of the panel's widget views lie wholly inside the window: what the picture shows.
+IN_VIEW_JS = """
+(() => {
+  const first = document.querySelector(".jp-Notebook .widget-dropdown");
+  const cell = first ? first.closest(".jp-Cell") : null;
+  if (!cell) return 0;
+  // No size test: the panel's empty output area is a widget of height 0.
+  const inside = (r) => r.left >= 0 && r.top >= 0
+    && r.right <= window.innerWidth && r.bottom <= window.innerHeight;
+  return Array.from(cell.querySelectorAll(".jupyter-widgets"))
+    .filter((el) => inside(el.getBoundingClientRect())).length;
 })()
 """
 
@@ -252,6 +282,9 @@ def start_jupyterlab(workdir: Path, env: dict[str, str], port: int, token: str, 
         f"--IdentityProvider.token={token}",
         "--LabApp.expose_app_in_browser=True",
         "--ServerApp.terminals_enabled=False",
+        # Trust signatures go to memory and the temporary folder, not the user's data folder.
+        "--NotebookNotary.db_file=:memory:",
+        f"--NotebookNotary.secret_file={workdir.parent / 'notebook_secret'}",
     ]
     if os.geteuid() == 0:  # containers often run as root; JupyterLab refuses without this
         command.append("--allow-root")
@@ -404,6 +437,7 @@ def capture(
         "Emulation.setDeviceMetricsOverride",
         width=size[0], height=size[1], deviceScaleFactor=1, mobile=False,
     )  # fmt: skip
+    devtools.call("Emulation.setFocusEmulationEnabled", enabled=True)
     devtools.call("Page.navigate", url=lab_url)
     poll(devtools, lambda s: s.get("kernel") == "idle", "the notebook and its kernel", deadline)
     devtools.evaluate(RUN_ALL_JS)
@@ -414,9 +448,10 @@ def capture(
         deadline,
     )
     status = wait_until_stable(devtools, deadline)
-    devtools.evaluate(SCROLL_JS)
+    devtools.evaluate(FRAME_JS)
     time.sleep(1.0)  # let scrolling and fonts settle before the capture
     shot = devtools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    status["widgets_in_view"] = devtools.evaluate(IN_VIEW_JS) or 0
     return base64.b64decode(shot["data"]), status
 
 
@@ -426,6 +461,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -464,7 +500,9 @@ def screenshot(
             finally:
                 lab_children = set(descendants(lab.pid))  # the kernel, before it is shut down
         except ScreenshotError as error:
-            raise ScreenshotError(f"{error}\n--- JupyterLab log (tail) ---\n{_tail(lab_log)}") from None
+            raise ScreenshotError(
+                f"{error}\n--- JupyterLab log (tail) ---\n{_tail(lab_log)}"
+            ) from None
         finally:
             if devtools is not None:
                 devtools.close()
@@ -478,6 +516,7 @@ def screenshot(
         "widgets": status.get("widgets", 0),
         "dropdowns": status.get("dropdowns", 0),
         "buttons": status.get("buttons", 0),
+        "widgets_in_view": status["widgets_in_view"],
         "seconds": round(time.monotonic() - start, 1),
         "leftover_processes": leftovers,
     }
@@ -507,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"{summary['screenshot']}: {summary['widgets']} widget elements "
-        f"({summary['dropdowns']} dropdowns) in {summary['seconds']} s"
+        f"({summary['dropdowns']} dropdowns, {summary['widgets_in_view']} in view) "
+        f"in {summary['seconds']} s"
     )
     if summary["leftover_processes"]:
         print(f"processes left running: {summary['leftover_processes']}", file=sys.stderr)

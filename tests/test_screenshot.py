@@ -1,0 +1,88 @@
+"""scripts/screenshot_widgets.py: the anti-transfer widget panel as a browser renders it.
+
+The end-to-end test needs Chromium (Debian: apt-get install chromium chromium-driver) and is
+skipped without it; the missing-Chromium message is checked everywhere."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "screenshot_widgets.py"
+NOTEBOOK = ROOT / "notebooks" / "04_anti_transfer.ipynb"
+CHROMIUM = Path("/usr/bin/chromium")
+SIZE = (1400, 1000)  # the script's default viewport (width, height)
+# JupyterLab's brand blue, the fill of the panel's primary "Run" button (#1976d2).
+RUN_BUTTON_RGB = (25, 118, 210)
+
+
+def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _brand_blue_pixels(rgb: np.ndarray) -> int:
+    """Pixels within a small tolerance of the Run button's fill colour."""
+    distance = np.abs(rgb.astype(int) - np.array(RUN_BUTTON_RGB)).max(axis=-1)
+    return int((distance <= 12).sum())
+
+
+def test_brand_blue_pixel_count_on_a_hand_made_image():
+    image = np.full((40, 60, 3), 255, dtype=np.uint8)
+    image[5:15, 10:30] = RUN_BUTTON_RGB  # 200 pixels of the colour
+    image[20:22, 0:5] = (30, 110, 200)  # 10 pixels within tolerance
+    image[30:32, 0:5] = (25, 118, 150)  # blue channel too far off: not counted
+    assert _brand_blue_pixels(image) == 210
+
+
+def test_missing_chromium_exits_with_the_install_hint(tmp_path):
+    out = tmp_path / "shot.png"
+    done = _run("--chromium", str(tmp_path / "no-chromium"), "--out", str(out), timeout=60)
+    assert done.returncode == 2
+    assert "Chromium not found" in done.stderr
+    assert "apt-get install chromium chromium-driver" in done.stderr
+    assert not out.exists()
+
+
+def test_bad_viewport_is_rejected_with_its_value(tmp_path):
+    done = _run("--width", "10", "--out", str(tmp_path / "shot.png"), timeout=60)
+    assert done.returncode != 0
+    assert "--width=10" in done.stderr
+
+
+@pytest.mark.slow
+def test_screenshot_shows_the_rendered_widget_panel(tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip("Chromium not installed: apt-get install chromium chromium-driver")
+    from PIL import Image
+
+    source_before = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
+    out = tmp_path / "widgets.png"
+    done = _run("--out", str(out), "--timeout", "300", timeout=420)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert summary["screenshot"] == str(out)
+    assert summary["widgets"] > 3
+    assert summary["dropdowns"] >= 1 and summary["buttons"] >= 1
+    assert summary["widgets_in_view"] == summary["widgets"], "panel not wholly in the picture"
+    assert summary["leftover_processes"] == []
+
+    assert out.stat().st_size > 20_000
+    rgb = np.asarray(Image.open(out).convert("RGB"))
+    assert rgb.shape == (SIZE[1], SIZE[0], 3)
+    assert rgb.astype(float).std() > 10, "screenshot is (nearly) blank"
+    # The Run button (~150 x 30 px) must be drawn, not just JupyterLab's thin blue tab marks.
+    assert _brand_blue_pixels(rgb) > 2500
+
+    assert hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest() == source_before
