@@ -24,6 +24,7 @@ at the deepest tap, in eval mode, under no_grad, and beta is left to the caller 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -175,6 +176,10 @@ def _ordered_taps(network: nn.Module) -> list[str]:
 
 
 def _validate_taps(taps: str | Sequence[str], valid: list[str]) -> tuple[str, ...]:
+    if not isinstance(taps, str | list | tuple):
+        raise ValueError(
+            f"taps={taps!r}: expected a tap name or a list of them; valid taps: {valid}"
+        )
     chosen = (taps,) if isinstance(taps, str) else tuple(taps)
     if not chosen:
         raise ValueError(f"taps must name at least one tap, valid taps: {valid}")
@@ -271,7 +276,11 @@ class AntiTransfer:
         _check_choice(gram, "gram", GRAM_MODES)
         ordered = _ordered_taps(orthogonal)
         self.taps = _validate_taps(taps, ordered)
-        if not cache_budget_mb >= 0:
+        if (
+            isinstance(cache_budget_mb, bool)
+            or not isinstance(cache_budget_mb, int | float)
+            or not 0 <= cache_budget_mb < math.inf
+        ):
             raise ValueError(f"cache_budget_mb must be >= 0, got {cache_budget_mb!r}")
         if cache_budget_mb > 0 and distance == "cos2" and gram == "batch":
             raise ValueError(

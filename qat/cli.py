@@ -38,9 +38,17 @@ def run_notebook(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.partial.ipynb")
     # Executed into a temporary name first: an interrupted run leaves no half-written report.
-    papermill.execute_notebook(
-        str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL, cwd=str(notebook.parent)
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(tmp),
+            parameters=parameters,
+            kernel_name=KERNEL,
+            cwd=str(notebook.parent),
+        )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(output)
     return output
 

@@ -425,6 +425,7 @@ def train_ser(
     a new record beside it.
     """
     for name, value, valid in [
+        ("corpus", corpus, corpora.CORPORA),
         ("model", model, MODELS),
         ("method", method, METHODS),
         ("orthogonal", orthogonal, ORTHOGONAL_TASKS),
@@ -433,10 +434,9 @@ def train_ser(
         ("gram", gram, ("sample", "batch")),
     ]:
         check_choice(name, value, valid)
-    if not (beta >= 0) or not np.isfinite(beta):
-        raise ValueError(f"beta={beta!r} must be a finite number >= 0")
-    if not (lam >= 0):
-        raise ValueError(f"lam={lam!r} must be >= 0")
+    for name, value in (("beta", beta), ("lam", lam)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < np.inf:
+            raise ValueError(f"{name}={value!r} must be a finite number >= 0")
     uses_at = method in ("at", "cka")
     taps = ([tap] if isinstance(tap, str) else list(tap or [])) if uses_at else []
     if uses_at and not taps:
@@ -583,12 +583,7 @@ def train_ser(
         "wall_time_s": time.perf_counter() - t_start,
     }
     if rank == 0:
-        runs.write_json_once(
-            target
-            if not target.exists()
-            else target.with_name(f"{target.stem}-{time.time_ns()}.json"),
-            record,
-        )
+        runs.write_json_beside(target, record)
         ckpt.unlink(missing_ok=True)  # the record is safe; the resume point is no longer needed
     return record
 

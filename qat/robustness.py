@@ -95,7 +95,9 @@ def _classify(action: Callable[[Path], str], folder: Path) -> tuple[str, str]:
 
 
 def _clean(message: str, folder: Path) -> str:
-    for spelling in {str(folder.resolve()), str(folder), os.path.abspath(folder)}:
+    # Longest first, so that a symlinked spelling never leaves half a path behind.
+    spellings = {str(folder.resolve()), str(folder), os.path.abspath(folder)}
+    for spelling in sorted(spellings, key=len, reverse=True):
         message = message.replace(spelling, "<tmp>")
     return re.sub(r"\s+", " ", message).strip()
 
@@ -275,8 +277,8 @@ EMODB_WAVS = ("03a01Fa.wav", "03a01Wa.wav", "08b10Lc.wav")
 
 def _emodb_tree(root: Path, extra: dict[str, Callable[[Path], None]] | None = None) -> None:
     """A small EmoDB tree (root/wav/*.wav) with the stray files of real downloads."""
+    (root / "wav").mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(EMODB_WAVS):
-        (root / "wav").mkdir(parents=True, exist_ok=True)
         sf.write(root / "wav" / name, _sine(TARGET_RATE)[: 1000 + 100 * i], TARGET_RATE)
     for name, content in STRAYS.items():
         (root / "wav" / name).write_bytes(content)
@@ -337,21 +339,28 @@ class _ValidationPassed(Exception):
 
 
 @contextlib.contextmanager
-def _no_training(folder: Path) -> Iterator[None]:
+def _no_training(folder: Path) -> Iterator[dict]:
     """train_ser up to its first expensive step: synthesising SynthEmo or extracting
-    features stops the call; run records are looked up under `folder`, not reports/."""
+    features stops the call; run records are looked up under `folder`, not reports/. Yields
+    the run configuration train_ser would record, once it has built it."""
     from qat import experiments, runs
 
     def stop(*_args, **_kwargs):
         raise _ValidationPassed
 
-    record_path = partial(runs.record_path, reports=folder)
+    recorded: dict = {}
+    original = runs.record_path
+
+    def record_path(kind, config, reports=None):
+        recorded.update(config)
+        return original(kind, config, reports=folder)
+
     with (
         mock.patch.object(experiments.synth, "make_synthemo", stop),
         mock.patch.object(experiments, "prepare_data", stop),
-        mock.patch.object(runs, "record_path", lambda kind, config: record_path(kind, config)),
+        mock.patch.object(runs, "record_path", record_path),
     ):
-        yield
+        yield recorded
 
 
 def _train_ser(folder: Path, root: str | None = None, make_root: bool = False, **kwargs) -> str:
@@ -364,11 +373,14 @@ def _train_ser(folder: Path, root: str | None = None, make_root: bool = False, *
         if make_root:
             root.mkdir()
     kwargs.setdefault("profile", "smoke")
-    with _no_training(folder):
+    with _no_training(folder) as config:
         try:
             train_ser(root=root, progress=False, **kwargs)
         except _ValidationPassed:
-            return "parameters accepted; training would start (stopped before any data work)"
+            return (
+                f"parameters accepted, recorded as method={config['method']!r}, "
+                f"taps={config['taps']}, beta={config['beta']}; training would start here"
+            )
     raise WrongResult("train_ser returned without reaching the data step")
 
 
@@ -611,6 +623,14 @@ CASES: tuple[Case, ...] = (
 # --------------------------------------------------------------------------------- the report
 
 
+def verdict(case: Case, outcome: str, message: str) -> str | None:
+    """None when the case behaved as expected, else what is wrong (the tests' two checks)."""
+    if outcome != case.expect:
+        return f"expected {case.expect}"
+    missing = [text for text in case.mentions if text not in message]
+    return f"message lacks {missing}" if missing else None
+
+
 def run_all(cases: Sequence[Case] = CASES, progress: bool = True) -> list[tuple[Case, str, str]]:
     """(case, outcome, message) for every case, each in its own temporary folder."""
     return [(case, *run_case(case)) for case in tqdm(cases, desc="cases", disable=not progress)]
@@ -622,7 +642,7 @@ def _cell(text: str) -> str:
 
 def render(results: Sequence[tuple[Case, str, str]]) -> str:
     """The markdown report: a summary, then one table per group."""
-    unexpected = [(c, o) for c, o, _ in results if o != c.expect]
+    unexpected = [(c, o, why) for c, o, m in results if (why := verdict(c, o, m))]
     counts = {o: sum(1 for _, out, _ in results if out == o) for o in OUTCOMES}
     lines = [
         "# Robustness: bad inputs and what qat does with them",
@@ -640,7 +660,7 @@ def render(results: Sequence[tuple[Case, str, str]]) -> str:
         f"{len(results)} cases: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES) + ".",
     ]
     if unexpected:
-        shown = ", ".join(f"`{c.name}` ({o}, expected {c.expect})" for c, o in unexpected)
+        shown = "; ".join(f"`{c.name}` {o}: {why}" for c, o, why in unexpected)
         lines.append(f"Not as expected ({len(unexpected)}): {shown}.")
     else:
         lines.append("Every case behaves as expected.")
@@ -655,7 +675,8 @@ def render(results: Sequence[tuple[Case, str, str]]) -> str:
         for case, outcome, message in results:
             if case.group != group:
                 continue
-            shown = outcome if outcome == case.expect else f"**{outcome}** (expected {case.expect})"
+            why = verdict(case, outcome, message)
+            shown = f"**{outcome}**: {why}" if why else outcome
             lines.append(
                 f"| {_cell(case.input)} | `{_cell(case.tried)}` | {shown} | {_cell(message)} |"
             )
@@ -666,13 +687,12 @@ def write_report(results: Sequence[tuple[Case, str, str]], path: str | os.PathLi
     """Write the report atomically (a temporary file in the same folder, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(), unlike mkstemp, honours umask
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(render(results))
+        tmp.write_text(render(results))
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -682,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run_all()
     print(write_report(results, args.out))
-    bad = [c.name for c, outcome, _ in results if outcome != c.expect]
+    bad = [c.name for c, outcome, message in results if verdict(c, outcome, message)]
     if bad:
         print(f"{len(bad)} case(s) not as expected: {', '.join(bad)}", file=sys.stderr)
     return 1 if bad else 0

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import qat
@@ -71,6 +72,16 @@ def write_json_once(path: Path, payload: dict) -> Path:
     finally:
         os.unlink(tmp)
     return path
+
+
+def write_json_beside(path: Path, payload: dict) -> Path:
+    """Write to `path`, or, if a record is already there (a forced rerun, or a parallel run
+    that finished first), beside it under a unique name: a finished run is never lost."""
+    try:
+        return write_json_once(path, payload)
+    except FileExistsError:
+        unique = path.with_name(f"{path.stem}-{time.time_ns()}-{os.getpid()}.json")
+        return write_json_once(unique, payload)
 
 
 def _jsonable(value):

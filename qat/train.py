@@ -80,8 +80,14 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> to
 
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise OSError(
+            f"could not write checkpoint {path}: {err}; the previous one is kept"
+        ) from err
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -11,6 +11,7 @@ import torch
 
 from qat.antitransfer import AntiTransfer
 from qat.bench import SUBCOMMANDS, antitransfer, efficiency, quaternion, scaling
+from qat.experiments import PROFILES
 from qat.models import vgg16
 from qat.resources import step_flops
 
@@ -43,7 +44,7 @@ def test_every_subcommand_runs_quick_and_returns_a_table_without_writing(
 
 def test_workload_is_the_cpu_profile_and_quick_is_tiny():
     cpu = antitransfer.workload(quick=False)
-    assert cpu.width == 1 / 8 and cpu.batch == 32
+    assert cpu.width == PROFILES["cpu"]["width"] and cpu.batch == 32
     assert cpu.spectrogram_shape == (32, 1, 128, 64)
     # RH-emo pools (2,2),(2,1),(1,1): time / 4, frequency / 2.
     assert cpu.embedding_shape == (32, 4, 32, 32)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from qat.antitransfer import AntiTransfer, at_loss
 from qat.bench.common import interleaved_medians, markdown_table, write_section
@@ -88,7 +89,7 @@ class Workload:
 
 
 def workload(quick: bool = False) -> Workload:
-    """The "cpu" profile's sizes (width 1/8, batch 32, 1 s of 64-bin log-mel = 128 x 64,
+    """The "cpu" profile's sizes (its width, batch 32, 1 s of 64-bin log-mel = 128 x 64,
     embedding 4x32x32) or, with quick, width 1/16, batch 4, 32x32 inputs, 1 repetition."""
     if quick:
         # Pools of 1 keep the embedding at 32x32, the smallest input VGG16's five pools accept.
@@ -206,7 +207,7 @@ def measure_tap(model: nn.Module, orthogonal: nn.Module, x: Tensor, tap: str, re
 def _model_rows(label: str, quaternion: bool, load: Workload, taps) -> list[dict]:
     model, orthogonal, x = _networks(quaternion, load)
     rows = []
-    for tap in taps:
+    for tap in tqdm(taps, desc=f"AT overhead, {label}", leave=False, disable=load.quick):
         seconds, memory = measure_tap(model, orthogonal, x, tap, load.repeats)
         row = {"model": label, "tap": tap, "no AT ms": seconds["no AT"] * 1e3}
         for variant in ("reference", "qat", "qat cached"):

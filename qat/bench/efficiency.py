@@ -12,11 +12,19 @@ decides whether the target can be met:
 - torch.profiler self CPU time by op category (convolutions, batch norm, pooling, elementwise,
   Adam, ...): the work step_flops does not count;
 - the thread count: the step and the matmul at 1 thread and at the default count, because
-  on a shared machine each OpenMP region waits for its slowest (descheduled) thread.
+  on a shared machine each OpenMP region waits for its slowest (descheduled) thread;
+- the OpenMP wait policy: the step and matmul again in a fresh process with the other
+  OMP_WAIT_POLICY (PASSIVE if this process spins, the default otherwise). The OpenMP runtime
+  reads it once, when torch loads, so it can only be switched in a new process. Spinning
+  workers burn the CPU time that the other threads and processes on a shared machine need.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -32,6 +40,7 @@ from qat.resources import step_flops
 TARGET = 0.6
 MATMUL_N, QUICK_MATMUL_N = 1536, 256
 TOP_OPS = 8
+WAIT_POLICY = "OMP_WAIT_POLICY"
 
 # Profiler op names -> category; the first matching keyword wins.
 _CATEGORIES = (
@@ -182,7 +191,10 @@ def measure(load, matmul_n: int) -> dict:
     fns.update({f"block {tap}": fn for tap, fn in blocks.items()})
     seconds = interleaved_medians(fns, load.repeats, warmup=1)
     top, categories = profile_step(step, load.repeats)
+    policy = other_wait_policy()
     return {
+        "other_policy": policy,
+        "other_policy_probe": probe_in_subprocess(policy, load.quick),
         "threads": threads,
         "seconds": seconds,
         "step_flops": step_flops(step),
@@ -195,6 +207,55 @@ def measure(load, matmul_n: int) -> dict:
         "top_ops": top,
         "categories": categories,
     }
+
+
+# ------------------------------------------------------------------ OpenMP wait policy
+
+
+def fraction_probe(quick: bool) -> dict[str, float]:
+    """Median step and matmul seconds and the fraction of peak, in this process; what the
+    wait-policy comparison runs in a fresh process."""
+    load = workload(quick)
+    matmul_n = QUICK_MATMUL_N if quick else MATMUL_N
+    torch.manual_seed(0)
+    step = training_step(
+        vgg16(NUM_EMOTIONS, 1, width=load.width), random_batch(load.spectrogram_shape)
+    )
+    step()
+    seconds = interleaved_medians({"step": step, "matmul": _matmul(matmul_n)}, load.repeats, 1)
+    achieved = gflops_per_second(step_flops(step), seconds["step"])
+    peak = gflops_per_second(matmul_flops(matmul_n), seconds["matmul"])
+    return {**seconds, "fraction": achieved / peak}
+
+
+def current_wait_policy() -> str | None:
+    return os.environ.get(WAIT_POLICY)
+
+
+def other_wait_policy() -> str | None:
+    """PASSIVE unless this process already uses it; then the runtime default (unset)."""
+    return None if (current_wait_policy() or "").upper() == "PASSIVE" else "PASSIVE"
+
+
+def probe_in_subprocess(policy: str | None, quick: bool, timeout: float = 300) -> dict:
+    """fraction_probe in a fresh Python with OMP_WAIT_POLICY=policy (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != WAIT_POLICY}
+    if policy is not None:
+        env[WAIT_POLICY] = policy
+    code = (
+        "import json; from qat.bench.efficiency import fraction_probe; "
+        f"print(json.dumps(fraction_probe({quick!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wait-policy probe ({WAIT_POLICY}={policy}) failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _policy_name(policy: str | None) -> str:
+    return f"{WAIT_POLICY}={policy}" if policy else f"{WAIT_POLICY} unset (runtime default)"
 
 
 def _fraction_rows(m: dict) -> tuple[list[list], dict[str, float]]:
@@ -257,6 +318,14 @@ def _findings(m: dict, fractions: dict[int, float], block_total: float) -> list[
             f"1-thread time, matmul {s['matmul'] / s['matmul, 1 thread']:.2f}x (with the "
             "CPUs shared, a parallel region waits for its slowest thread)."
         )
+    probe, other = m["other_policy_probe"], _policy_name(m["other_policy"])
+    lines.append(
+        f"- OpenMP wait policy: here ({_policy_name(current_wait_policy())}) the fraction is "
+        f"{fractions[threads]:.2f} with a {s['step'] * 1e3:.0f} ms step; a fresh process with "
+        f"{other} measured {probe['fraction']:.2f} with a {probe['step'] * 1e3:.0f} ms step "
+        f"(matmul {probe['matmul'] * 1e3:.0f} ms vs {s['matmul'] * 1e3:.0f} ms here; measured "
+        "one after the other, so compare the fractions, each taken within one process)."
+    )
     return lines
 
 

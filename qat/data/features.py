@@ -10,6 +10,7 @@ sha256 checksum of the array so that a stale or corrupted cache is rebuilt, neve
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -334,6 +335,27 @@ def _extract_into(out: np.ndarray, paths: Sequence[str], config, workers: int, p
     return silent
 
 
+def _reserve(path: Path, config: FeatureConfig, n: int) -> None:
+    """Claim the cache file's disk space up front: writing through a memory map to a full disk
+    kills the process with SIGBUS instead of raising an error."""
+    size = os.path.getsize(path)
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except AttributeError:
+        return  # no posix_fallocate on this platform
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the filesystem cannot reserve; nothing better to do
+        raise OSError(
+            f"cannot write the feature cache in {path.parent}: {err.strerror} "
+            f"({size} bytes needed for {n} items of shape {config.shape})"
+        ) from err
+
+
 def _build_cache(paths, config, array_path: Path, sidecar_path: Path, key: str, workers, progress):
     """Extract, then write the array and its sidecar, each atomically. The old sidecar goes
     first, so a crash part-way leaves an array without a sidecar: rebuilt on the next call."""
@@ -344,6 +366,7 @@ def _build_cache(paths, config, array_path: Path, sidecar_path: Path, key: str, 
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float32, shape=(len(paths), *config.shape)
         )
+        _reserve(tmp, config, len(paths))
         silent = _extract_into(out, paths, config, workers, progress)
         out.flush()
         del out

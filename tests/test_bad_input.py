@@ -1,0 +1,216 @@
+"""Bad inputs: every case of qat.robustness.CASES is handled (converted, with a note) or
+rejected with a message naming the file or parameter and what is expected. The harness itself
+is checked too, so that a crash, a wrong conversion or a vague message cannot pass unseen.
+No training happens here."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from qat import robustness
+from qat.robustness import (
+    CASES,
+    CRASHED,
+    HANDLED,
+    REJECTED,
+    WRONG,
+    Case,
+    WrongResult,
+    check_signal,
+    render,
+    run_case,
+    verdict,
+    write_report,
+)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_bad_input_is_handled_or_rejected_with_a_message_naming_it(case, tmp_path):
+    outcome, message = run_case(case, tmp_path)
+    problem = verdict(case, outcome, message)
+    assert problem is None, f"{case.name}: {outcome}: {problem}: {message}"
+
+
+def test_verdict_checks_outcome_then_every_mention():
+    case = Case("c", "g", "input", "call()", REJECTED, ("beta", "'0.5'"), lambda f: "")
+    assert verdict(case, REJECTED, "ValueError: beta='0.5' must be a number") is None
+    assert verdict(case, CRASHED, "TypeError: beta='0.5'") == "expected rejected"
+    assert verdict(case, REJECTED, "ValueError: beta is bad") == "message lacks [\"'0.5'\"]"
+
+
+def test_the_table_covers_every_input_the_issue_lists():
+    names = [case.name for case in CASES]
+    assert len(names) == len(set(names))
+    required = {
+        "wav-header-cut", "wav-data-cut", "wav-zero-length", "wav-nan", "wav-inf",
+        "wav-pcm8", "wav-pcm24", "wav-pcm32", "wav-stereo",
+        "wav-8k", "wav-22k", "wav-44k", "wav-48k",
+        "manifest-missing-column", "manifest-unknown-label", "manifest-nonexistent-path",
+        "manifest-duplicate-path", "tree-strays",
+        "train-tap-unknown", "train-beta-negative", "train-corpus-unknown", "train-setup",
+        "train-model", "train-profile", "at-tap-unknown", "at-gram", "at-distance",
+    }  # fmt: skip
+    assert required <= set(names), sorted(required - set(names))
+    for case in CASES:
+        assert case.expect in (HANDLED, REJECTED) and case.mentions, case.name
+        assert case.input and case.tried and case.group, case.name
+
+
+# ------------------------------------------------------------------ the harness can fail
+
+
+def _case(action, expect=REJECTED) -> Case:
+    return Case("probe", "harness", "input", "call()", expect, ("x",), action)
+
+
+def _raise(error):
+    def action(folder):
+        raise error
+
+    return action
+
+
+@pytest.mark.parametrize(
+    ("action", "outcome", "prefix"),
+    [
+        (lambda folder: "used as is", HANDLED, "used as is"),
+        (_raise(ValueError("beta=-1 must be >= 0")), REJECTED, "ValueError: beta=-1"),
+        (_raise(FileNotFoundError("no such corpus")), REJECTED, "FileNotFoundError: no such"),
+        (_raise(TypeError("'>=' not supported")), CRASHED, "TypeError: '>='"),
+        (_raise(KeyError("emotion")), CRASHED, "KeyError: 'emotion'"),
+        (_raise(OverflowError("too big")), CRASHED, "OverflowError: too big"),
+        (_raise(WrongResult("off by 0.1")), WRONG, "off by 0.1"),
+    ],
+)
+def test_run_case_classifies_outcomes(tmp_path, action, outcome, prefix):
+    got, message = run_case(_case(action), tmp_path)
+    assert got == outcome
+    assert message.startswith(prefix)
+
+
+def test_run_case_hides_the_scratch_folder_and_appends_warnings(tmp_path):
+    def action(folder):
+        warnings.warn(f"skipped {folder}/bad.wav", UserWarning, stacklevel=1)
+        raise ValueError(f"{folder}/x.wav:\n  unreadable")
+
+    outcome, message = run_case(_case(action), tmp_path)
+    assert outcome == REJECTED
+    assert message == "ValueError: <tmp>/x.wav: unreadable | warning: skipped <tmp>/bad.wav"
+    assert str(tmp_path) not in message
+
+
+def test_check_signal_rejects_wrong_length_type_and_values():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(-0.5, 0.5, 1000)
+    y = reference.astype(np.float32)
+    assert check_signal(y, reference, 1e-6, "y") <= 1e-7
+    bad = y.copy()
+    bad[500] += 0.01  # one interior sample off
+    with pytest.raises(WrongResult, match=r"y: deviates from the analytic signal by 0\.01"):
+        check_signal(bad, reference, 2e-3, "y")
+    with pytest.raises(WrongResult, match="expected 1000 samples, got 999"):
+        check_signal(y[:-1], reference, 1e-3, "y")
+    with pytest.raises(WrongResult, match="float32"):
+        check_signal(reference, reference, 1e-3, "y")
+    with pytest.raises(WrongResult, match="deviates"):
+        check_signal(np.full(1000, np.nan, dtype=np.float32), reference, 1e-3, "y")
+
+
+def _left_channel_only(path, sample_rate=16000):
+    data, _rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return data[:, 0]
+
+
+def _not_resampled(path, sample_rate=16000):
+    data, _rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return data.mean(axis=1).astype(np.float32)
+
+
+def _misscaled(path, sample_rate=16000):
+    data, _rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return (1.01 * data.mean(axis=1)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("name", "broken"),
+    [("wav-stereo", _left_channel_only), ("wav-44k", _not_resampled), ("wav-pcm24", _misscaled)],
+)
+def test_a_wrong_conversion_is_reported_as_wrong(tmp_path, monkeypatch, name, broken):
+    """If load_audio kept one channel, skipped resampling or misscaled, the case must fail."""
+    import qat.data.audio as audio
+
+    monkeypatch.setattr(audio, "load_audio", broken)
+    case = next(c for c in CASES if c.name == name)
+    outcome, message = run_case(case, tmp_path)
+    assert outcome == WRONG, message
+
+
+def test_train_ser_cases_stop_before_any_data_work(tmp_path, monkeypatch):
+    """A valid configuration reaches the stub, not SynthEmo synthesis or training."""
+    from qat import experiments
+
+    def fail(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(experiments, "fit", fail)
+    monkeypatch.setattr(experiments, "extract_features", fail)
+    outcome, message = run_case(
+        _case(lambda folder: robustness._train_ser(folder, method="at", tap="conv2_1", beta=0.5)),
+        tmp_path,
+    )
+    assert outcome == HANDLED and message.startswith("parameters accepted"), message
+    assert not (tmp_path / "runs").exists()
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def _results():
+    cases = [
+        Case("a", "audio", "pipe | in input", "load()", HANDLED, ("no",), lambda f: "note"),
+        Case("b", "audio", "nan", "load()", REJECTED, ("x",), lambda f: "note"),
+        Case("c", "train_ser", "beta='1'", "train()", REJECTED, ("x",), lambda f: "note"),
+    ]
+    return [(cases[0], HANDLED, "note"), (cases[1], HANDLED, "loaded"),
+            (cases[2], REJECTED, "ValueError: beta='1' | y")]  # fmt: skip
+
+
+def test_report_has_one_row_per_case_flags_surprises_and_escapes_pipes():
+    text = render(_results())
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 3 + 2  # three cases, two table headers (audio, train_ser)
+    assert "## audio" in text and "## train_ser" in text
+    assert "3 cases: 2 handled, 1 rejected, 0 crashed, 0 wrong." in text
+    assert (
+        "Not as expected (2): `b` handled: expected rejected; `c` rejected: message lacks" in text
+    )
+    assert "| **handled**: expected rejected |" in text
+    assert "| **rejected**: message lacks ['x'] |" in text
+    assert "pipe \\| in input" in text and "beta='1' \\| y" in text
+
+
+def test_report_is_written_atomically(tmp_path, monkeypatch):
+    path = write_report(_results(), tmp_path / "reports" / "robustness.md")
+    assert path.read_text() == render(_results())
+
+    def broken(results):
+        raise RuntimeError("interrupted while rendering")
+
+    monkeypatch.setattr(robustness, "render", broken)
+    path.write_text("previous report")
+    with pytest.raises(RuntimeError):
+        write_report(_results(), path)
+    assert path.read_text() == "previous report"
+    assert [p.name for p in path.parent.iterdir()] == ["robustness.md"]
+
+
+def test_sine_reference_is_the_formula():
+    y = robustness._sine(8000, 9)
+    expected = [0.5 * math.sin(2 * math.pi * 440 * n / 8000) for n in range(9)]
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-15)
+    assert len(robustness._sine(22050)) == round(22050 * 0.25)
