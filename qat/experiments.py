@@ -58,8 +58,8 @@ PROFILES = {
         orthogonal_corpus=dict(),
         features=dict(kind="logmel", segment_seconds=1.0, n_mels=64),
         rhemo_pools=((2, 2), (2, 1), (1, 1)),
-        width=1 / 16, epochs=12, batch_size=32, lr=5e-4, patience=4, val_fraction=0.2,
-        rhemo_epochs=(4, 4), orthogonal_epochs=8, n_test_speakers=3,
+        width=1 / 8, epochs=10, batch_size=32, lr=2e-3, patience=4, val_fraction=0.2,
+        rhemo_epochs=(8, 8), orthogonal_epochs=8, n_test_speakers=3,
     ),
     "paper": dict(
         corpus=dict(),

@@ -126,9 +126,9 @@ def test_antitransfer_verdicts_follow_the_ratios_and_name_the_worst_tap():
 
 def test_quaternion_verdicts_use_quaternion_over_real():
     results = {
-        "real": {"seconds": 2.0, "bytes": 400},
-        "quaternion, cached embeddings": {"seconds": 0.4, "bytes": 120},
-        "quaternion + RH-emo encoder": {"seconds": 0.6, "bytes": 100},
+        "real": {"time ratio": 1.0, "bytes": 400},
+        "quaternion, cached embeddings": {"time ratio": 0.2, "bytes": 120},
+        "quaternion + RH-emo encoder": {"time ratio": 0.3, "bytes": 100},
     }
     lines = quaternion.verdict_lines(results)
     assert lines == [
@@ -178,3 +178,45 @@ def test_scaling_configurations_cover_both_sweeps_at_the_profile_frame_rate():
         (32, 2.0): (32, 1, 256, 64),
         (32, 4.0): (32, 1, 512, 64),
     }
+
+
+def test_memory_notes_scale_the_overhead_by_the_largest_tap_and_isolate_the_frozen_forward():
+    rows = [
+        {"model": "m", "tap": "conv1_1", "qat memory": 1.5, "qat cached memory": 1.25,
+         "no AT MiB": 40.0, "tap MiB": 4.0},
+        {"model": "m", "tap": "conv5_3", "qat memory": 1.6, "qat cached memory": 1.05,
+         "no AT MiB": 40.0, "tap MiB": 0.1},
+        # A larger ratio gap on a smaller step is fewer MiB: 0.9 * 10 = 9 MiB < 22 MiB.
+        {"model": "q", "tap": "conv3_1", "qat memory": 2.0, "qat cached memory": 1.1,
+         "no AT MiB": 10.0, "tap MiB": 0.1},
+    ]  # fmt: skip
+    cached, frozen = antitransfer.memory_notes(rows)
+    # Largest tap conv1_1: (1.25 - 1) * 40 MiB / 4 MiB = 2.5x; frozen: (1.6 - 1.05) * 40 = 22.
+    assert "m conv1_1: 2.5x" in cached and "conv5_3" not in cached
+    assert "q conv3_1: 10.0x" in cached  # (1.1 - 1) * 10 MiB / 0.1 MiB
+    assert "adds up to 22.0 MiB (m conv5_3)" in frozen
+
+
+def test_paired_ratios_divide_within_each_round(monkeypatch):
+    # Scripted per-round times: the warm-up round, then three rounds in which the load drifts.
+    script = iter(
+        [{"a": 9.0, "b": 9.0}, {"a": 1.0, "b": 2.0}, {"a": 10.0, "b": 10.0}, {"a": 2.0, "b": 6.0}]
+    )
+    monkeypatch.setattr(antitransfer, "interleaved_medians", lambda *a, **k: next(script))
+    medians, ratios = antitransfer.paired_ratios({"a": None, "b": None}, "a", rounds=3)
+    assert medians == {"a": 2.0, "b": 6.0}  # a ratio of medians would say 3
+    assert ratios == {"a": 1.0, "b": 2.0}  # per-round b/a = 2, 1, 3
+
+
+def test_quaternion_category_rows_are_share_times_step_time():
+    results = {
+        "real": {"seconds": 0.2, "categories": {"convolution": 0.5, "batch norm": 0.5}},
+        "quaternion, cached embeddings": {
+            "seconds": 0.1,
+            "categories": {"convolution": 0.6, "other": 0.4},
+        },
+    }
+    rows = {r[0]: r[1:] for r in quaternion.category_rows(results)}
+    assert rows["convolution"] == pytest.approx([100.0, 60.0, 0.6])
+    assert rows["batch norm"] == pytest.approx([100.0, 0.0, 0.0])
+    assert rows["other"][:2] == pytest.approx([0.0, 40.0]) and rows["other"][2] == "-"

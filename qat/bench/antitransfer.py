@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,8 +84,9 @@ class Workload:
         return (
             f"width {self.width:g}, batch {self.batch}, spectrogram 1x{self.frames}x{self.bins}, "
             f"RH-emo embedding {'x'.join(map(str, self.embedding_shape[1:]))}, "
-            f"{torch.get_num_threads()} torch threads, median of {self.repeats} rounds "
-            f"(1 warm-up round; each round runs every variant once, in a fresh random order)"
+            f"{torch.get_num_threads()} torch threads, {self.repeats} rounds after a warm-up "
+            "round, each running every variant once in a fresh random order; times are "
+            "medians over rounds, ratios medians of the per-round ratios"
         )
 
 
@@ -97,7 +99,7 @@ def workload(quick: bool = False) -> Workload:
     profile = PROFILES["cpu"]
     frames, bins = FeatureConfig(**profile["features"]).shape
     pools = tuple(tuple(pair) for pair in profile["rhemo_pools"])
-    return Workload(profile["width"], profile["batch_size"], frames, bins, pools, 5, False)
+    return Workload(profile["width"], profile["batch_size"], frames, bins, pools, 9, False)
 
 
 def random_batch(shape: tuple[int, ...], seed: int = 0) -> Tensor:
@@ -130,6 +132,23 @@ def training_step(
         return step(inputs, labels, keys)
 
     return run
+
+
+def paired_ratios(
+    fns: dict[str, Callable[[], object]], baseline: str, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds of each callable and the median over rounds of its time divided by the
+    baseline's time IN THE SAME ROUND.
+
+    One warm-up round, then `rounds` rounds of interleaved_medians(repeats=1), each in its own
+    random order. On a shared machine the load drifts between rounds; a ratio taken within
+    one round cancels that drift, a ratio of two medians does not.
+    """
+    interleaved_medians(fns, repeats=1, warmup=0, seed=-1)  # warm-up, discarded
+    per_round = [interleaved_medians(fns, repeats=1, warmup=0, seed=i) for i in range(rounds)]
+    medians = {name: statistics.median(r[name] for r in per_round) for name in fns}
+    ratios = {name: statistics.median(r[name] / r[baseline] for r in per_round) for name in fns}
+    return medians, ratios
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -182,7 +201,8 @@ def _networks(quaternion: bool, load: Workload) -> tuple[nn.Module, nn.Module, T
 
 
 def measure_tap(model: nn.Module, orthogonal: nn.Module, x: Tensor, tap: str, repeats: int):
-    """Median step time and peak step memory of the four variants at one tap.
+    """Median step time, per-round time ratio to "no AT" and peak step memory of the four
+    variants at one tap.
 
     Every variant trains its own copy of the model, so their Adam updates do not interact.
     """
@@ -198,24 +218,58 @@ def measure_tap(model: nn.Module, orthogonal: nn.Module, x: Tensor, tap: str, re
             keys=keys,
         ),
     }
-    seconds = interleaved_medians(steps, repeats, warmup=1)
+    seconds, ratios = paired_ratios(steps, "no AT", repeats)
     # Every step has run (warm-up round): optimizer state exists and the cache is warm.
     memory = {name: peak_step_memory(step) for name, step in steps.items()}
-    return seconds, memory
+    return seconds, ratios, memory
 
 
 def _model_rows(label: str, quaternion: bool, load: Workload, taps) -> list[dict]:
     model, orthogonal, x = _networks(quaternion, load)
     rows = []
     for tap in tqdm(taps, desc=f"AT overhead, {label}", leave=False, disable=load.quick):
-        seconds, memory = measure_tap(model, orthogonal, x, tap, load.repeats)
+        seconds, ratios, memory = measure_tap(model, orthogonal, x, tap, load.repeats)
         row = {"model": label, "tap": tap, "no AT ms": seconds["no AT"] * 1e3}
         for variant in ("reference", "qat", "qat cached"):
-            row[f"{variant} time"] = seconds[variant] / seconds["no AT"]
+            row[f"{variant} time"] = ratios[variant]
             row[f"{variant} memory"] = memory[variant] / memory["no AT"]
         row["no AT MiB"] = memory["no AT"] / 2**20
+        row["tap MiB"] = _activation_bytes(model, tap, x) / 2**20
         rows.append(row)
     return rows
+
+
+def _activation_bytes(model: nn.Module, tap: str, x: Tensor) -> int:
+    with torch.no_grad():
+        act = copy.deepcopy(model).truncated(tap)(x)
+    return act.numel() * act.element_size()
+
+
+def memory_notes(rows: list[dict]) -> list[str]:
+    """Where the extra memory of qat's AT step comes from, in units the reader can check: at
+    each model's largest tap activation, the cached step's extra bytes per byte of that
+    activation; and the frozen forward's share (uncached minus cached)."""
+    shallow = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        r = max((r for r in rows if r["model"] == model), key=lambda r: r["tap MiB"])
+        extra = (r["qat cached memory"] - 1) * r["no AT MiB"]
+        shallow.append(f"{model} {r['tap']}: {extra / r['tap MiB']:.1f}x")
+
+    def frozen_mib(r: dict) -> float:
+        return (r["qat memory"] - r["qat cached memory"]) * r["no AT MiB"]
+
+    frozen = max(rows, key=frozen_mib)
+    return [
+        "- qat cached, extra peak over no AT, in units of the tap activation's size (column "
+        f"tap MiB) at the largest tap: {'; '.join(shallow)}. The Gram term's gradient on the "
+        "tap is computed first in the backward and held until the backward reaches the tap's "
+        "layer, so this overhead shrinks with the depth of the tap.",
+        f"- Running the frozen network (qat uncached minus cached) adds up to "
+        f"{frozen_mib(frozen):.1f} MiB ({frozen['model']} {frozen['tap']}): its no_grad "
+        "forward runs after the trained network's forward, while all the activations saved "
+        "for backward are alive, so its largest transient activations stack on the step's "
+        "peak.",
+    ]
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -252,6 +306,7 @@ def run(quick: bool = False) -> str:
         "tap",
         "no AT (ms)",
         "no AT peak (MiB)",
+        "tap MiB",
         "reference time",
         "qat time",
         "qat cached time",
@@ -260,7 +315,7 @@ def run(quick: bool = False) -> str:
         "qat cached memory",
     ]
     table = [
-        [r["model"], r["tap"], r["no AT ms"], r["no AT MiB"]]
+        [r["model"], r["tap"], r["no AT ms"], r["no AT MiB"], r["tap MiB"]]
         + [r[f"{v} time"] for v in ("reference", "qat", "qat cached")]
         + [r[f"{v} memory"] for v in ("reference", "qat", "qat cached")]
         for r in rows
@@ -278,6 +333,8 @@ def run(quick: bool = False) -> str:
         + markdown_table(header, table)
         + "\n\nTargets, from the ratios above:\n\n"
         + "\n".join(verdicts(rows))
+        + "\n\nMemory, from the same numbers:\n\n"
+        + "\n".join(memory_notes(rows))
     )
     print(body)
     if not quick:
