@@ -457,11 +457,27 @@ class AntiTransfer:
         self._cache_bytes += size
 
     # -------------------------------------------------------------------------- term
-    def term(self, captured: dict[str, Tensor], x: Tensor, keys: Tensor | None = None) -> Tensor:
+    def targets(self, x: Tensor, keys: Tensor | None = None) -> dict[str, Tensor]:
+        """The frozen side for a batch: per-tap Grams (or features for CKA), from the cache
+        when ``keys`` (a 1-D integer tensor of dataset positions) are given and it is on.
+        Computing them BEFORE the trained network's forward keeps the frozen activations out
+        of the step's peak memory (they are gone before the trained side's are saved)."""
+        if keys is not None and self._budget_bytes > 0:
+            return self._cached_representations(x, keys)
+        return self._frozen_representations(x)
+
+    def term(
+        self,
+        captured: dict[str, Tensor],
+        x: Tensor | None = None,
+        keys: Tensor | None = None,
+        targets: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """The AT value summed over taps, without beta (the caller multiplies by beta once).
 
-        ``captured`` comes from :meth:`capture`; ``x`` is the same input batch the model saw;
-        ``keys`` (a 1-D integer tensor of dataset positions, one per item) enables the cache.
+        ``captured`` comes from :meth:`capture`; pass either ``targets`` (from
+        :meth:`targets`, computed before the forward) or the batch ``x`` the model saw (and
+        optionally its ``keys``).
         """
         missing = [tap for tap in self.taps if tap not in captured]
         if missing:
@@ -469,10 +485,7 @@ class AntiTransfer:
                 f"captured has no activation for tap(s) {missing} (has {sorted(captured)}): "
                 "run the model's forward inside AntiTransfer.capture(model)"
             )
-        if keys is not None and self._budget_bytes > 0:
-            frozen = self._cached_representations(x, keys)
-        else:
-            frozen = self._frozen_representations(x)
+        frozen = targets if targets is not None else self.targets(x, keys)
         values = [self._tap_value(captured[tap], frozen[tap]) for tap in self.taps]
         return torch.stack(values).sum()
 

@@ -115,12 +115,14 @@ class Step:
     def __call__(self, x, labels: dict, keys: torch.Tensor | None = None, lam: float = 0.0) -> dict:
         config, device = self.config, x.device
         y = labels[config.target].to(device)
+        at = self.anti_transfer
+        targets = at.targets(x, keys) if at is not None else None  # frozen side first: less memory
         with capture(self.model, self.taps) as acts:
             logits = self.forward(x)  # the one forward of the trained network
         task = F.cross_entropy(logits, y)
         loss, out = task, {"task": task}
         if self.anti_transfer is not None:
-            out["at"] = self.anti_transfer.term(acts, x, keys)
+            out["at"] = at.term(acts, targets=targets)
             loss = loss + config.beta * out["at"]
         if self.adversary is not None:
             emotion = y if self.adversary.conditional else None
