@@ -229,10 +229,32 @@ def write_report(reports=None) -> Path:
             lines += ["", f"![{name}](figures/{name}.png)"]
     text = "\n".join(lines + tables) + "\n"
     target = reports / "demonstration.md"
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    _write_atomic(target, text)
+    targets_start = lines.index("## Targets") + 2
+    summary = [ln for ln in lines[targets_start:] if ln.startswith("- ")]
+    if reports.resolve() == (paths.ROOT / "reports").resolve():  # the committed results
+        _update_readme(summary)
     return target
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _update_readme(summary: list[str]) -> None:
+    """Replace the block between the results markers of the top-level README.md."""
+    from qat import paths
+
+    readme = paths.ROOT / "README.md"
+    start, end = "<!-- demonstration:start -->", "<!-- demonstration:end -->"
+    text = readme.read_text() if readme.exists() else ""
+    if start not in text or end not in text:
+        return
+    block = "\n".join([start, "", *summary, "", end])
+    before, rest = text.split(start, 1)
+    _write_atomic(readme, before + block + rest.split(end, 1)[1])
 
 
 def _best_per_method(records: list[dict]) -> list[dict]:
