@@ -183,6 +183,13 @@ def prepare_data(
     return Data(kept, split, label_space, *datasets, dropped_silent=len(records) - len(kept))
 
 
+def train_config(profile: str, seed: int, **overrides) -> TrainConfig:
+    """The training settings of a profile, with per-run overrides."""
+    p = PROFILES[profile]
+    base = dict(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], patience=p["patience"])
+    return TrainConfig(**{**base, "seed": seed, "device": _device(), **overrides})
+
+
 def split_options_for(setup: str, rho: float = 0.9, factor: str = "word") -> dict:
     """rho and factor only shape the confounded setup and its unconfounded control."""
     return {"rho": rho, "factor": factor} if setup in ("confounded", "unconfounded") else {}
@@ -317,15 +324,7 @@ def pretrain_orthogonal(
         )
 
     def train_fn(net):
-        cfg = TrainConfig(
-            epochs=p["orthogonal_epochs"],
-            batch_size=p["batch_size"],
-            lr=p["lr"],
-            patience=p["patience"],
-            seed=seed,
-            target=task,
-            device=_device(),
-        )
+        cfg = train_config(profile, seed, epochs=p["orthogonal_epochs"], target=task)
         result = fit(net, train, val, cfg, progress=progress)
         return {
             "history": result["history"],
@@ -512,17 +511,7 @@ def train_ser(
             hidden, num_domains, num_classes=num_classes if method == "cdann" else None
         )
 
-    tcfg = TrainConfig(
-        epochs=p["epochs"],
-        batch_size=p["batch_size"],
-        lr=p["lr"],
-        patience=p["patience"],
-        seed=seed,
-        beta=beta,
-        adversary_lambda=lam,
-        adversary_target=orthogonal,
-        device=device,
-    )
+    tcfg = train_config(profile, seed, beta=beta, adversary_lambda=lam, adversary_target=orthogonal)
     ckpt = paths.CACHE / "checkpoints" / f"ser-{runs.config_key(config)}.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     t_train = time.perf_counter()
