@@ -188,10 +188,14 @@ def write_report(reports=None) -> Path:
         "records in reports/runs/ without training). SynthEmo, word-confounded setup (rho 0.9, "
         "held-out test speakers, words and emotions independent in test), profile cpu. "
         "UA = unweighted accuracy on the decorrelated test set. Stage 1: every configuration "
-        "with seed 0; stage 2: seeds 1 and 2 for baseline, ceiling and the two best stage-1 "
-        "configurations of each method (ranked by their seed-0 test UA, so those means are "
-        "mildly optimistic). 'follows word' = share of incongruent test items predicted as "
-        "the emotion their word was paired with in training. Probe = linear word probe on "
+        "with seed 0; stage 2: seeds 1 and 2 for baseline, ceiling and the best stage-1 "
+        "configuration of each method (ranked by its seed-0 test UA, so those means are "
+        "mildly optimistic). The grid is trimmed to the knobs below (AT_GRID, CKA_GRID, "
+        "ADVERSARY_GRID in qat/demonstration.py) so that it finishes in about an hour on two "
+        "CPU cores. Step time and peak memory are those recorded by each run (two runs in "
+        "parallel, one thread each, on a shared machine): use reports/benchmarks.md, measured "
+        "side by side, for cost ratios. 'follows word' = share of incongruent test items "
+        "predicted as the emotion their word was paired with in training. Probe = linear word probe on "
         "mean-pooled penultimate features, held-out speakers (chance = 1/40).",
         "",
         "## Targets",
