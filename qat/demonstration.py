@@ -195,8 +195,8 @@ def write_report(reports=None) -> Path:
         "CPU cores. Step time and peak memory are those recorded by each run (two runs in "
         "parallel, one thread each, on a shared machine): use reports/benchmarks.md, measured "
         "side by side, for cost ratios. 'follows word' = share of incongruent test items "
-        "predicted as the emotion their word was paired with in training. Probe = linear word probe on "
-        "mean-pooled penultimate features, held-out speakers (chance = 1/40).",
+        "predicted as the emotion their word was paired with in training. Probe = linear "
+        "word probe on mean-pooled penultimate features, held-out speakers (chance = 1/40).",
         "",
         "## Targets",
         "",
