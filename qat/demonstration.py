@@ -138,6 +138,14 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _in_se(run: dict, base: dict) -> str:
+    """The UA difference in standard errors of the difference of two seed means."""
+    se = (run["ua_sd"] ** 2 / run["seeds"] + base["ua_sd"] ** 2 / base["seeds"]) ** 0.5
+    if se == 0:
+        return "not measurable against the seed spread (one seed)"
+    return f"{(run['ua'] - base['ua']) / se:.1f} standard errors of the difference"
+
+
 def _targets(rows: list[dict], model: str) -> list[str]:
     """The issue's targets, checked on 3-seed means (rows with all seeds)."""
     by_name = {r["configuration"]: r for r in rows}
@@ -157,7 +165,7 @@ def _targets(rows: list[dict], model: str) -> list[str]:
     out.append(
         f"- {model}: best method {best['configuration']} UA {_fmt(best['ua'])} "
         f"(sd {_fmt(best['ua_sd'])}) closes {closed:.0%} of the gap: target (>= 50%) "
-        f"{'met' if closed >= 0.5 else 'NOT met'}."
+        f"{'met' if closed >= 0.5 else 'NOT met'}; the gain is {_in_se(best, base)}."
     )
     at_rows = [r for r in seeded if r["method"] in ("at", "cka")]
     if at_rows:
@@ -166,7 +174,8 @@ def _targets(rows: list[dict], model: str) -> list[str]:
         probe_down = (best_at["probe_penultimate"] or 1) < (base["probe_penultimate"] or 0)
         out.append(
             f"- {model}: best AT variant {best_at['configuration']}: UA {gain * 100:+.1f} points "
-            f"over the baseline (target +3: {'met' if gain >= 0.03 else 'NOT met'}); "
+            f"over the baseline ({_in_se(best_at, base)}; target +3: "
+            f"{'met' if gain >= 0.03 else 'NOT met'}); "
             f"penultimate word probe {_fmt(base['probe_penultimate'])} -> "
             f"{_fmt(best_at['probe_penultimate'])} ({'lower' if probe_down else 'NOT lower'})."
         )
