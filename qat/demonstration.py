@@ -244,7 +244,10 @@ def write_report(reports=None) -> Path:
     target = reports / "demonstration.md"
     _write_atomic(target, text)
     targets_start = lines.index("## Targets") + 2
-    summary = [ln for ln in lines[targets_start:] if ln.startswith("- ")]
+    summary = [ln for ln in lines[targets_start:] if ln.startswith(("- real", "- quaternion"))]
+    costs = [ln[2:] for ln in lines[targets_start:] if ln.startswith("- ") and "x, peak" in ln]
+    if costs:
+        summary.append(f"- quaternion / real train-step cost (run records): {'; '.join(costs)}.")
     if reports.resolve() == (paths.ROOT / "reports").resolve():  # the committed results
         _update_readme(summary)
     return target
