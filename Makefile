@@ -26,6 +26,6 @@ TEST_OUT := $(CURDIR)/.test-output
 test: $(STAMP)
 	$(BIN)/ruff check qat tests scripts
 	$(BIN)/ruff format --check qat tests scripts
-	rm -rf $(TEST_OUT)/reports
+	rm -rf $(TEST_OUT)/reports $(TEST_OUT)/cache  # records and networks are built afresh
 	QAT_PROFILE=smoke QAT_REPORTS=$(TEST_OUT)/reports QAT_DATA=$(TEST_OUT)/data \
 	QAT_CACHE=$(TEST_OUT)/cache $(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider
