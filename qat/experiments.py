@@ -214,7 +214,7 @@ def embed(rhemo: RHEmo, dataset: SERDataset, batch_size: int = 256) -> SERDatase
 # ---------------------------------------------------------------- cached networks
 
 
-def _cached_network(kind: str, config: dict, build, train_fn, progress: bool):
+def _cached_network(kind: str, config: dict, build, train_fn):
     """Load a trained network from the cache, or build, train, save and record it."""
     key = runs.config_key(config)
     path = paths.CACHE / "networks" / f"{kind}-{key}.pt"
@@ -284,7 +284,7 @@ def pretrain_rhemo(
             progress=progress,
         )
 
-    return _cached_network("rhemo", config, build, train_fn, progress)[0]
+    return _cached_network("rhemo", config, build, train_fn)[0]
 
 
 def pretrain_orthogonal(
@@ -296,8 +296,7 @@ def pretrain_orthogonal(
     check_choice("model", model, MODELS)
     p = PROFILES[profile]
     records = load_orthogonal_records(profile, progress)
-    setup = "random"
-    data = prepare_data(records, setup, profile, seed, progress)
+    data = prepare_data(records, "random", profile, seed, progress)
     train, val, test = data.train, data.val, data.test
     rhemo_key = None
     if model == "quaternion":
@@ -331,7 +330,7 @@ def pretrain_orthogonal(
             "metrics": evaluate(net, test, target=task, num_classes=num_classes),
         }
 
-    return _cached_network(f"orthogonal-{task}-{model}", config, build, train_fn, progress)[0]
+    return _cached_network(f"orthogonal-{task}-{model}", config, build, train_fn)[0]
 
 
 # ---------------------------------------------------------------- SER runs
