@@ -13,6 +13,9 @@ import traceback
 
 from tqdm.auto import tqdm
 
+# What the prerequisites (split, RH-emo, orthogonal network) of a configuration depend on.
+GROUP_KEYS = ("model", "setup", "orthogonal", "seed", "corpus", "rho", "factor")
+
 
 def _run_one(kwargs: dict, threads: int) -> tuple[dict, dict | None, str | None]:
     import torch
@@ -41,7 +44,7 @@ def run_grid(configs: list[dict], jobs: int = 1, threads: int | None = None) -> 
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     records, failures, first, rest = [], [], {}, []
     for kw in configs:
-        group = tuple(kw.get(k) for k in ("model", "setup", "orthogonal", "seed", "corpus"))
+        group = tuple(kw.get(k) for k in GROUP_KEYS)
         if group in first:
             rest.append(kw)
         else:
