@@ -139,12 +139,13 @@ def run(models=("real", "quaternion"), jobs: int = 2, best: int = 2) -> None:
 def summarise(records: list[dict], model: str, variant: tuple[float, str] = MAIN) -> list[dict]:
     """One row per configuration label: mean and spread over the seeds present."""
     factor = variant[1]
-    groups: dict[str, list[dict]] = {}
-    for r in records:
+    groups: dict[str, dict[int, dict]] = {}
+    for r in records:  # one record per seed: a forced rerun beside a record is not a new seed
         if _matches(r, model, variant):
-            groups.setdefault(label(r["config"]), []).append(r)
+            groups.setdefault(label(r["config"]), {}).setdefault(r["config"]["seed"], r)
     rows = []
-    for name, rs in groups.items():
+    for name, by_seed in groups.items():
+        rs = list(by_seed.values())
 
         def stat(f, rs=rs):
             values = [v for v in (f(r) for r in rs) if v is not None]

@@ -170,3 +170,10 @@ def test_write_report_from_records(tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
         assert f"figures/{name}.png" in text
     assert (paths.ROOT / "README.md").read_text() == readme_before
+
+
+def test_a_rerun_beside_a_record_is_not_counted_as_another_seed():
+    rng = np.random.default_rng(5)
+    records = [*seeds(rng, [0.3, 0.4]), record(rng, 0.9, seed=1)]
+    (row,) = demo.summarise(records, "real")
+    assert row["seeds"] == 2 and row["ua"] == pytest.approx(0.35)
