@@ -177,3 +177,15 @@ def test_a_rerun_beside_a_record_is_not_counted_as_another_seed():
     records = [*seeds(rng, [0.3, 0.4]), record(rng, 0.9, seed=1)]
     (row,) = demo.summarise(records, "real")
     assert row["seeds"] == 2 and row["ua"] == pytest.approx(0.35)
+
+
+def test_targets_say_so_when_the_ceiling_is_not_above_the_baseline():
+    rng = np.random.default_rng(6)
+    records = [
+        *seeds(rng, [0.40, 0.42, 0.38]),
+        *seeds(rng, [0.35, 0.37, 0.33], setup="unconfounded"),
+        *seeds(rng, [0.45, 0.45, 0.45], method="dann"),
+    ]
+    text = "\n".join(demo._targets(demo.summarise(records, "real"), "real"))
+    assert "gap -0.050" in text and "no measurable gap to close" in text
+    assert "nan" not in text
