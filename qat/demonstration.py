@@ -279,13 +279,15 @@ def write_report(reports=None) -> Path:
     figures = reports / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     lines = ["# Which invariance method removes the word shortcut?", "", INTRO, ""]
-    summary, tables, main_rows = [], [], {}
+    summary, tables = [], []
     for variant in (MAIN, *VARIANTS):
         factor = variant[1]
+        by_model = {m: summarise(records, m, variant) for m in ("real", "quaternion")}
+        if not any(by_model.values()):
+            continue
         section = [f"## {variant_name(variant)}" + (" (the main grid)" if variant == MAIN else "")]
         section.append("")
-        for model in ("real", "quaternion"):
-            rows = summarise(records, model, variant)
+        for model, rows in by_model.items():
             if not rows:
                 continue
             who = model if variant == MAIN else f"{model}, {variant_name(variant)}"
@@ -293,16 +295,13 @@ def write_report(reports=None) -> Path:
             section += targets
             summary += targets
             if variant == MAIN:
-                main_rows[model] = rows
                 tables += [f"\n## {model} VGG16, {variant_name(variant)}: every configuration\n"]
                 tables += _table(rows, factor)
             else:
                 section += ["", *_table(rows, factor), ""]
-        mine = [r for r in records if any(_matches(r, m, variant) for m in ("real", "quaternion"))]
-        if not mine:
-            continue
-        figs = [("ua", plots.method_comparison(mine, setup="confounded"))]
+        figs = [("ua", plots.ranked_configurations(by_model, variant_name(variant)))]
         if variant == MAIN:
+            mine = [r for r in records if any(_matches(r, m) for m in by_model)]
             figs.append(("probe", plots.probe_by_tap(_best_per_method(mine))))
         suffix = "" if variant == MAIN else f"_{factor}_rho{variant[0]:g}"
         for kind, fig in figs:
@@ -310,8 +309,8 @@ def write_report(reports=None) -> Path:
             fig.savefig(figures / f"{name}.png", dpi=110)
             section += ["", f"![{name}](figures/{name}.png)"]
         lines += [*section, ""]
-        if variant == MAIN and {"real", "quaternion"} <= main_rows.keys():
-            costs = _cost_ratios(main_rows)
+        if variant == MAIN and all(by_model.values()):
+            costs = _cost_ratios(by_model)
             lines += costs
             summary.append(
                 "- quaternion / real train-step cost (run records): "
@@ -359,17 +358,22 @@ def _best_per_method(records: list[dict]) -> list[dict]:
 
 
 def _cost_ratios(rows: dict[str, list[dict]]) -> list[str]:
-    """Quaternion over real train-step time and peak memory, per method (means over configs)."""
+    """Quaternion over real train-step time and peak memory per method: the ratio of the means
+    over the configurations that both models ran (so it compares the same taps and knobs), and
+    the range of the per-configuration ratios."""
     out = ["Quaternion / real train-step cost per method (target <= 0.25):", ""]
+    by_label = {model: {r["configuration"]: r for r in rows[model]} for model in rows}
+    real, quaternion = by_label["real"], by_label["quaternion"]
     for method in ("baseline", *METHODS):
-
-        def mean(model, key, method=method):
-            values = [r[key] for r in rows[model] if r["method"] == method and r[key]]
-            return statistics.fmean(values) if values else None
-
-        t_q, t_r = mean("quaternion", "step_time_s"), mean("real", "step_time_s")
-        m_q, m_r = mean("quaternion", "peak_memory_mb"), mean("real", "peak_memory_mb")
-        if None in (t_q, t_r, m_q, m_r):
+        both = [n for n, r in real.items() if r["method"] == method and n in quaternion]
+        if not both:
             continue
-        out.append(f"- {method}: time {t_q / t_r:.2f}x, peak memory {m_q / m_r:.2f}x")
-    return out
+        parts = []
+        for key, what in (("step_time_s", "time"), ("peak_memory_mb", "peak memory")):
+            mean = statistics.fmean(quaternion[n][key] for n in both) / statistics.fmean(
+                real[n][key] for n in both
+            )
+            each = [quaternion[n][key] / real[n][key] for n in both]
+            parts.append(f"{what} {mean:.2f}x (per configuration {min(each):.2f}-{max(each):.2f}x)")
+        out.append(f"- {method}: {', '.join(parts)}, {len(both)} configurations")
+    return [*out, ""]

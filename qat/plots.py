@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 # The configuration fields a method run shares with its matching baseline.
@@ -631,6 +633,44 @@ def method_comparison(
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
+    return fig
+
+
+METHOD_COLORS = {"baseline": "0.55", "at": "C0", "cka": "C2", "dann": "C1", "cdann": "C3"}
+
+
+def ranked_configurations(rows: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
+    """Horizontal bars of mean test UA per configuration (error bar = SD over seeds), best at
+    the top, coloured by method, one panel per model; dashed line: the baseline, dotted: the
+    ceiling. `rows` maps a model name to summary rows with "configuration", "method", "ua",
+    "ua_sd" and "seeds" (qat.demonstration.summarise)."""
+    panels = {model: list(r) for model, r in rows.items() if r}
+    if not panels:
+        raise ValueError("rows: no configuration to plot")
+    height = max(len(r) for r in panels.values())
+    fig = Figure(figsize=(6.5 * len(panels), 1.5 + 0.22 * height), layout="constrained")
+    for ax, (model, mine) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items(),
+                                 strict=True):  # fmt: skip
+        mine = sorted(mine, key=lambda r: r["ua"])
+        names = [f"{r['configuration']} ({r['seeds']})" for r in mine]
+        colors = [METHOD_COLORS.get(r["method"], "C7") for r in mine]
+        ax.barh(names, [r["ua"] for r in mine], xerr=[r["ua_sd"] or 0 for r in mine],
+                color=colors, capsize=2)  # fmt: skip
+        for r in mine:
+            if r["method"] == "baseline":
+                style = ":" if r["configuration"].startswith("ceiling") else "--"
+                ax.axvline(r["ua"], color="k", linestyle=style, linewidth=1)
+        ax.tick_params(axis="y", labelsize="x-small")
+        ax.set_xlabel("decorrelated-test UA (fraction, mean ± SD over seeds)")
+        ax.set_ylabel("configuration (number of seeds)")
+        ax.set_title(f"{model} VGG16 {title}".strip())
+    handles = [
+        Patch(color=color, label="baseline, ceiling" if method == "baseline" else method)
+        for method, color in METHOD_COLORS.items()
+    ]
+    handles += [Line2D([], [], color="k", linestyle="--", label="baseline"),
+                Line2D([], [], color="k", linestyle=":", label="ceiling")]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
     return fig
 
 

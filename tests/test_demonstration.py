@@ -189,3 +189,41 @@ def test_targets_say_so_when_the_ceiling_is_not_above_the_baseline():
     text = "\n".join(demo._targets(demo.summarise(records, "real"), "real"))
     assert "gap -0.050" in text and "no measurable gap to close" in text
     assert "nan" not in text
+
+
+def test_cost_ratios_compare_the_configurations_both_models_ran():
+    def row(name, time, memory, method="at"):
+        return {"configuration": name, "method": method, "step_time_s": time,
+                "peak_memory_mb": memory}  # fmt: skip
+
+    rows = {
+        "real": [row("a", 1.0, 100.0), row("b", 3.0, 300.0), row("only real", 9.0, 9.0)],
+        "quaternion": [row("a", 0.5, 10.0), row("b", 0.5, 90.0), row("only q", 9.0, 9.0)],
+    }
+    (line,) = [ln for ln in demo._cost_ratios(rows) if ln.startswith("- at")]
+    # time (0.5 + 0.5) / (1 + 3) = 0.25, per configuration 0.5 and 0.17; memory 100 / 400
+    assert line == (
+        "- at: time 0.25x (per configuration 0.17-0.50x), "
+        "peak memory 0.25x (per configuration 0.10-0.30x), 2 configurations"
+    )
+
+
+def test_ranked_configurations_draws_one_bar_per_configuration_best_on_top():
+    from qat import plots
+
+    rng = np.random.default_rng(7)
+    records = [
+        *seeds(rng, [0.3, 0.32]),
+        record(rng, 0.5, method="dann"),
+        record(rng, 0.2, tap="conv2_1", method="at"),
+    ]
+    rows = {"real": demo.summarise(records, "real"), "quaternion": []}
+    fig = plots.ranked_configurations(rows, "test")
+    (ax,) = fig.axes
+    widths = [p.get_width() for p in ax.patches]
+    assert widths == pytest.approx([0.2, 0.31, 0.5])  # ascending: the best is drawn on top
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["at conv2_1 b=1 (1)", "baseline (2)", "dann lam=1 (1)"]
+    assert "UA" in ax.get_xlabel() and ax.get_ylabel()
+    with pytest.raises(ValueError, match="rows"):
+        plots.ranked_configurations({"real": []})
