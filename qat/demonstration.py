@@ -112,12 +112,7 @@ def stage2(model: str, records: list[dict], best: int = 2) -> list[dict]:
 def stage3(model: str, records: list[dict]) -> list[dict]:
     """Baseline, ceiling and each method's best configuration (by its 3-seed mean on the main
     grid), all seeds, on each variant; the orthogonal network follows the confounding factor."""
-    rows = [r for r in summarise(records, model) if r["seeds"] >= len(SEEDS)]
-    chosen = [r["config"] for r in rows if r["method"] == "baseline"]
-    for method in METHODS:
-        mine = [r for r in rows if r["method"] == method]
-        if mine:
-            chosen.append(max(mine, key=lambda r: r["ua"])["config"])
+    chosen = [r["config"] for r in _best_per_method(summarise(records, model))]
     out = []
     for rho, factor in VARIANTS:
         for config in chosen:
@@ -168,6 +163,10 @@ def summarise(records: list[dict], model: str, variant: tuple[float, str] = MAIN
             "incongruent_ua": stat(lambda r: r["confound"].get("incongruent_ua"))[0],
             "follows_shortcut": stat(lambda r: r["confound"].get("follows_shortcut"))[0],
             "probe_penultimate": stat(lambda r: r["probe"].get(factor, {}).get("penultimate"))[0],
+            "probe": {
+                tap: stat(lambda r, tap=tap: r["probe"].get(factor, {}).get(tap))[0]
+                for tap in rs[0]["probe"].get(factor, {})
+            },
             "step_time_s": stat(lambda r: r["resources"]["step_time_s"])[0],
             "peak_memory_mb": stat(lambda r: r["resources"]["peak_memory_bytes"] / 2**20)[0],
         })  # fmt: skip
@@ -301,8 +300,8 @@ def write_report(reports=None) -> Path:
                 section += ["", *_table(rows, factor), ""]
         figs = [("ua", plots.ranked_configurations(by_model, variant_name(variant)))]
         if variant == MAIN:
-            mine = [r for r in records if any(_matches(r, m) for m in by_model)]
-            figs.append(("probe", plots.probe_by_tap(_best_per_method(mine))))
+            best = {m: _best_per_method(rows) for m, rows in by_model.items()}
+            figs.append(("probe", plots.probe_profiles(best, f"{factor} probe")))
         suffix = "" if variant == MAIN else f"_{factor}_rho{variant[0]:g}"
         for kind, fig in figs:
             name = f"demonstration_{kind}{suffix}"
@@ -344,17 +343,14 @@ def _update_readme(summary: list[str]) -> None:
     _write_atomic(readme, before + block + rest.split(end, 1)[1])
 
 
-def _best_per_method(records: list[dict]) -> list[dict]:
-    """Seed-0 records: baseline, ceiling and each method's best configuration, per model."""
-    best: dict[tuple, dict] = {}
-    for r in records:
-        c = r["config"]
-        if c["seed"] != 0:
-            continue
-        key = (c["model"], c["method"], c["setup"])
-        if key not in best or r["metrics"]["ua"] > best[key]["metrics"]["ua"]:
-            best[key] = r
-    return list(best.values())
+def _best_per_method(rows: list[dict]) -> list[dict]:
+    """Baseline, ceiling and each method's best configuration with all seeds (summary rows)."""
+    seeded = [r for r in rows if r["seeds"] >= len(SEEDS)]
+    best = [r for r in seeded if r["method"] == "baseline"]
+    for method in METHODS:
+        mine = [r for r in seeded if r["method"] == method]
+        best += [max(mine, key=lambda r: r["ua"])] if mine else []
+    return best
 
 
 def _cost_ratios(rows: dict[str, list[dict]]) -> list[str]:

@@ -674,6 +674,31 @@ def ranked_configurations(rows: Mapping[str, Sequence[Mapping]], title: str = ""
     return fig
 
 
+def probe_profiles(rows: Mapping[str, Sequence[Mapping]], what: str = "word probe") -> Figure:
+    """Mean linear-probe accuracy per probed tap (over seeds), one line per configuration,
+    coloured by method, one panel per model. `rows` maps a model name to summary rows with
+    "configuration", "method", "seeds" and "probe" = {tap: accuracy} (demonstration.summarise).
+    Lower means the confounding factor is less decodable there."""
+    panels = {model: list(r) for model, r in rows.items() if r}
+    if not panels:
+        raise ValueError("rows: no configuration to plot")
+    fig = Figure(figsize=(6.0 * len(panels), 4.2), layout="constrained")
+    for ax, (model, mine) in zip(fig.subplots(1, len(panels), squeeze=False, sharey=True)[0],
+                                 panels.items(), strict=True):  # fmt: skip
+        for r in mine:
+            taps = sorted((t for t, v in r["probe"].items() if v is not None), key=tap_order)
+            style = ":" if r["configuration"].startswith("ceiling") else "-"
+            ax.plot(taps, [r["probe"][t] for t in taps], marker="o", linestyle=style,
+                    color=METHOD_COLORS.get(r["method"], "C7"),
+                    label=f"{r['configuration']} ({r['seeds']})")  # fmt: skip
+        ax.set_title(f"{model} VGG16")
+        ax.set_xlabel("probed tap")
+        ax.set_ylabel(f"{what} accuracy (fraction, mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    return fig
+
+
 def configuration_order(record: Mapping) -> tuple:
     """Sort key for runs: by setup and model, baseline first, then by method, by tap in
     network order, and by seed."""

@@ -227,3 +227,19 @@ def test_ranked_configurations_draws_one_bar_per_configuration_best_on_top():
     assert "UA" in ax.get_xlabel() and ax.get_ylabel()
     with pytest.raises(ValueError, match="rows"):
         plots.ranked_configurations({"real": []})
+
+
+def test_probe_profiles_plot_the_seed_mean_per_tap():
+    from qat import plots
+
+    rng = np.random.default_rng(8)
+    records = seeds(rng, [0.3, 0.32, 0.34])
+    rows = {"real": demo.summarise(records, "real")}
+    fig = plots.probe_profiles(rows)
+    (line,) = fig.axes[0].get_lines()
+    expected = [
+        np.mean([r["probe"]["word"][t] for r in records]) for t in ("conv5_3", "penultimate")
+    ]
+    assert list(line.get_xdata()) == ["conv5_3", "penultimate"]
+    assert line.get_ydata() == pytest.approx(expected)
+    assert line.get_label() == "baseline (3)"
