@@ -12,7 +12,6 @@ from run records.
 
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 
@@ -162,7 +161,6 @@ def summarise(records: list[dict], model: str, variant: tuple[float, str] = MAIN
             "congruent_ua": stat(lambda r: r["confound"].get("congruent_ua"))[0],
             "incongruent_ua": stat(lambda r: r["confound"].get("incongruent_ua"))[0],
             "follows_shortcut": stat(lambda r: r["confound"].get("follows_shortcut"))[0],
-            "probe_penultimate": stat(lambda r: r["probe"].get(factor, {}).get("penultimate"))[0],
             "probe": {
                 tap: stat(lambda r, tap=tap: r["probe"].get(factor, {}).get(tap))[0]
                 for tap in rs[0]["probe"].get(factor, {})
@@ -219,13 +217,14 @@ def _targets(rows: list[dict], who: str, factor: str = "word") -> list[str]:
     if at_rows:
         best_at = max(at_rows, key=lambda r: r["ua"])
         gain = best_at["ua"] - base["ua"]
-        probe_down = (best_at["probe_penultimate"] or 1) < (base["probe_penultimate"] or 0)
+        base_probe, at_probe = (r["probe"].get("penultimate") for r in (base, best_at))
+        probe_down = (at_probe or 1) < (base_probe or 0)
         out.append(
             f"- {who}: best AT variant {best_at['configuration']}: UA {gain * 100:+.1f} points "
             f"over the baseline ({_in_se(best_at, base)}; target +3: "
             f"{'met' if gain >= 0.03 else 'NOT met'}); "
-            f"penultimate {factor} probe {_fmt(base['probe_penultimate'])} -> "
-            f"{_fmt(best_at['probe_penultimate'])} ({'lower' if probe_down else 'NOT lower'})."
+            f"penultimate {factor} probe {_fmt(base_probe)} -> "
+            f"{_fmt(at_probe)} ({'lower' if probe_down else 'NOT lower'})."
         )
     return out
 
@@ -240,7 +239,7 @@ def _table(rows: list[dict], factor: str) -> list[str]:
         out.append(
             f"| {r['configuration']} | {r['seeds']} | {_fmt(r['ua'])} | {_fmt(r['ua_sd'])} "
             f"| {_fmt(r['ua_fresh'])} | {_fmt(r['congruent_ua'])} | {_fmt(r['incongruent_ua'])} "
-            f"| {_fmt(r['follows_shortcut'])} | {_fmt(r['probe_penultimate'])} "
+            f"| {_fmt(r['follows_shortcut'])} | {_fmt(r['probe'].get('penultimate'))} "
             f"| {_fmt(r['step_time_s'])} | {_fmt(r['peak_memory_mb'], 1)} |"
         )
     return out
@@ -271,7 +270,7 @@ INTRO = (
 
 def write_report(reports=None) -> Path:
     """reports/demonstration.md and its figures, from the run records only."""
-    from qat import paths, plots
+    from qat import paths, plots, report
 
     reports = Path(reports or paths.REPORTS)
     records = runs.load_records(reports, kind="ser")
@@ -305,8 +304,7 @@ def write_report(reports=None) -> Path:
         suffix = "" if variant == MAIN else f"_{factor}_rho{variant[0]:g}"
         for kind, fig in figs:
             name = f"demonstration_{kind}{suffix}"
-            fig.savefig(figures / f"{name}.png", dpi=110)
-            section += ["", f"![{name}](figures/{name}.png)"]
+            section += ["", f"![{name}]({report._save_figure(fig, figures, name)})"]
         lines += [*section, ""]
         if variant == MAIN and all(by_model.values()):
             costs = _cost_ratios(by_model)
@@ -317,21 +315,16 @@ def write_report(reports=None) -> Path:
                 + "."
             )
     target = reports / "demonstration.md"
-    _write_atomic(target, "\n".join(lines + tables) + "\n")
+    text = "\n".join(lines + tables) + "\n"
+    report._write_atomic(target, lambda tmp: Path(tmp).write_text(text))
     if reports.resolve() == (paths.ROOT / "reports").resolve():  # the committed results
         _update_readme(summary)
     return target
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _update_readme(summary: list[str]) -> None:
     """Replace the block between the results markers of the top-level README.md."""
-    from qat import paths
+    from qat import paths, report
 
     readme = paths.ROOT / "README.md"
     start, end = "<!-- demonstration:start -->", "<!-- demonstration:end -->"
@@ -340,7 +333,8 @@ def _update_readme(summary: list[str]) -> None:
         return
     block = "\n".join([start, "", *summary, "", end])
     before, rest = text.split(start, 1)
-    _write_atomic(readme, before + block + rest.split(end, 1)[1])
+    text = before + block + rest.split(end, 1)[1]
+    report._write_atomic(readme, lambda tmp: Path(tmp).write_text(text))
 
 
 def _best_per_method(rows: list[dict]) -> list[dict]:

@@ -69,9 +69,9 @@ def test_summarise_means_spreads_fresh_seeds_and_variant_filter():
     assert row["ua_sd"] == pytest.approx(statistics.stdev(uas))
     assert row["ua_fresh"] == pytest.approx((uas[1] + uas[2]) / 2)
     expected = np.mean([r["probe"]["word"]["penultimate"] for r in main])
-    assert row["probe_penultimate"] == pytest.approx(expected)
+    assert row["probe"]["penultimate"] == pytest.approx(expected)
     (speaker,) = demo.summarise(main + others, "real", (0.9, "speaker"))
-    assert speaker["ua"] == 0.9 and speaker["probe_penultimate"] == pytest.approx(
+    assert speaker["ua"] == 0.9 and speaker["probe"]["penultimate"] == pytest.approx(
         others[1]["probe"]["speaker"]["penultimate"]
     )
 
