@@ -1,17 +1,24 @@
 """`qat ...` (also `python -m qat`): run notebooks headless, the report pipeline, one training
-run, a sweep, or build SynthEmo."""
+run, a sweep, the demonstration, or build SynthEmo.
+
+The options of a run are built from qat.config.RunConfig: every field is an option with its
+choices and help line, and the same validation (and message) as the notebooks and the panel.
+A user error prints one line, `qat: error: ...`, without a traceback (QAT_DEBUG=1 shows it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
-from qat import paths
+from qat import config as cfg
+from qat.config import RunConfig
 
-NOTEBOOKS = paths.ROOT / "notebooks"
-KERNEL = "qat"
+USER_ERRORS = (ValueError, OSError)  # FileNotFoundError, NotADirectoryError, PermissionError...
 
 
 def _value(text: str):
@@ -22,122 +29,169 @@ def _value(text: str):
         return text
 
 
-def run_notebook(
-    notebook: str | Path, parameters: dict | None = None, output: Path | None = None
-) -> Path:
-    """Execute a notebook with papermill into reports/ (the source stays output-free)."""
-    import papermill
-
-    notebook = Path(notebook)
-    if not notebook.exists():
-        raise FileNotFoundError(f"notebook {notebook} does not exist; see {NOTEBOOKS}")
-    parameters = parameters or {}
-    if output is None:
-        suffix = "".join(f"-{k}_{v}" for k, v in sorted(parameters.items()) if k != "profile")
-        output = paths.REPORTS / f"{notebook.stem}{suffix}.ipynb"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.partial.ipynb")
-    # Executed into a temporary name first: an interrupted run leaves no half-written report.
-    try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(tmp),
-            parameters=parameters,
-            kernel_name=KERNEL,
-            cwd=str(notebook.parent),
-        )
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(output)
-    return output
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of one train_ser run (shared by `qat train` and `python -m qat.train`)."""
-    for name, default in [("corpus", "synthemo"), ("setup", "confounded"), ("model", "real"),
-                          ("method", "baseline"), ("orthogonal", "word"), ("tap", "conv2_1"),
-                          ("gram", "sample"), ("profile", "cpu"), ("root", None)]:  # fmt: skip
-        parser.add_argument(f"--{name}", default=default)
-    parser.add_argument("--beta", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+def _taps(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def train_from_args(args: argparse.Namespace) -> dict:
+def _nonempty_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return Path(text)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
+    """One option per RunConfig field, with its type, choices and help line. Defaults are
+    left to RunConfig (so $QAT_PROFILE applies); only the options given are passed on."""
+    for field in cfg.fields():
+        if field.name in exclude:
+            continue
+        meta, kw = field.metadata, {"default": None, "help": field.metadata["help"]}
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if field.type == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif field.name == "tap":
+            kw.update(type=_taps, metavar="TAP[,TAP...]")
+            kw["help"] += f"; one of {', '.join(meta['choices'])}"
+            default = ",".join(default)
+        elif meta["choices"] is not None:
+            kw["choices"] = meta["choices"]
+        else:
+            kw["type"] = {"float": float, "int": int}.get(field.type, str)
+        if default is not None:
+            kw["help"] += f" (default {default})"
+        parser.add_argument(_option(field.name), **kw)
+
+
+def config_from_args(args: argparse.Namespace, **fixed) -> RunConfig:
+    names = {f.name for f in cfg.fields()}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return RunConfig(**{**given, **fixed})
+
+
+def _train(args) -> None:
+    import torch
+
     from qat.experiments import train_ser
 
-    kwargs = {k: v for k, v in vars(args).items() if k != "command"}
-    kwargs["tap"] = kwargs["tap"].split(",")
-    record = train_ser(**kwargs)
-    print({k: record["metrics"][k] for k in ("ua", "wa", "macro_f1")})
-    return record
+    config = config_from_args(args)
+    if "RANK" in os.environ and not torch.distributed.is_initialized():  # started by torchrun
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        record = train_ser(config, force=args.force)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    metrics = {k: round(record["metrics"][k], 4) for k in ("ua", "wa", "macro_f1")}
+    print(f"{config.label()}: {metrics}")
+    for note in record.get("warnings") or []:
+        print(f"warning: {note}")
+
+
+def _sweep(args) -> None:
+    from qat.config import VGG16_TAPS
+    from qat.experiments import run_configs, sweep_configs
+
+    taps = VGG16_TAPS if args.taps == "all" else _taps(args.taps)
+    for tap in taps:
+        cfg.validate_field("tap", tap)
+    models = args.models.split(",")
+    for model in models:
+        cfg.validate_field("model", model)
+    cfg.check_number("seeds", args.seeds, 1, integer=True)
+    cfg.check_number("jobs", args.jobs, 1, integer=True)
+    fixed = {k: v for k, v in vars(args).items() if k in {f.name for f in cfg.fields()}}
+    settings = {k: v for k, v in fixed.items() if v is not None}
+    settings.setdefault("method", "at")
+    configs = sweep_configs(taps, models, range(args.seeds), **settings)
+    print(f"{len(run_configs(configs, jobs=args.jobs))} run records under reports/runs/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qat", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a notebook headless (papermill) into reports/")
+    run.add_argument("notebook", type=_nonempty_path)
+    run.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="a value for the notebook's parameters cell (Python literal or plain text)",
+    )  # fmt: skip
+    run.add_argument("-o", "--output", type=_nonempty_path, help="the executed copy's path")
+
+    report = sub.add_parser("report", help="run notebooks 01-05, then write reports/README.md")
+    report.add_argument("--profile", choices=tuple(cfg.PROFILES), default=None,
+                        help="default $QAT_PROFILE or cpu")  # fmt: skip
+
+    train = sub.add_parser("train", help="one SER run; writes reports/runs/ser-<hash>.json")
+    add_config_arguments(train)
+    train.add_argument("--force", action="store_true",
+                       help="train again even if a record exists (written beside it)")  # fmt: skip
+
+    sweep = sub.add_parser("sweep", help="a method at many taps x models x seeds, in parallel")
+    add_config_arguments(sweep, exclude=("tap", "model", "seed"))
+    sweep.add_argument("--taps", default="all", help="comma-separated taps, or all (13)")
+    sweep.add_argument("--models", default="real,quaternion", help="comma-separated models")
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    sweep.add_argument("--jobs", type=int, default=2, help="parallel processes")
+
+    demo = sub.add_parser(
+        "demonstration",
+        help="compare the invariance methods on the confounded SynthEmo grid (it resumes), "
+        "then write reports/demonstration.md",
+    )
+    demo.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    demo.add_argument("--report-only", action="store_true",
+                      help="rebuild the page from the records without training")  # fmt: skip
+
+    synth = sub.add_parser("synth", help="build a SynthEmo corpus into a new folder")
+    synth.add_argument("out_dir", type=_nonempty_path)
+    synth.add_argument("--seed", type=int, default=0)
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="qat", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt as err:
+        print(f"qat: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if os.environ.get("QAT_DEBUG"):
+            raise
+        print(f"qat: error: {err}", file=sys.stderr)
+        return 2
 
-    run = sub.add_parser("run", help="run a notebook headless (papermill)")
-    run.add_argument("notebook")
-    run.add_argument(
-        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
-    )
-    run.add_argument("-o", "--output", type=Path)
 
-    report = sub.add_parser("report", help="run notebooks 01-05 and write reports/README.md")
-    report.add_argument("--profile", default="cpu")
-
-    add_train_arguments(sub.add_parser("train", help="one SER run; writes reports/runs/ser-*.json"))
-
-    sweep = sub.add_parser("sweep", help="AT at many taps x models x seeds, in parallel jobs")
-    for name, default in [("corpus", "synthemo"), ("setup", "confounded"), ("method", "at"),
-                          ("orthogonal", "word"), ("profile", "cpu"), ("taps", "all"),
-                          ("models", "real,quaternion")]:  # fmt: skip
-        sweep.add_argument(f"--{name}", default=default)
-    sweep.add_argument("--beta", type=float, default=1.0)
-    sweep.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
-    sweep.add_argument("--jobs", type=int, default=2)
-
-    demo = sub.add_parser("demonstration", help="issue 5's grid on SynthEmo, then its report")
-    demo.add_argument("--jobs", type=int, default=2)
-    demo.add_argument("--report-only", action="store_true")
-
-    synth = sub.add_parser("synth", help="build a SynthEmo corpus")
-    synth.add_argument("out_dir", type=Path)
-    synth.add_argument("--seed", type=int, default=0)
-
-    args = parser.parse_args(argv)
+def _dispatch(args) -> int:
     if args.command == "run":
+        from qat.notebooks import run_notebook
+
         params = {name: _value(value) for name, value in args.parameter}
         print(run_notebook(args.notebook, params, args.output))
     elif args.command == "report":
         from qat.report import run_pipeline
 
-        print(run_pipeline(profile=args.profile))
+        print(run_pipeline(profile=args.profile or cfg.default_profile()))
     elif args.command == "train":
-        train_from_args(args)
+        _train(args)
     elif args.command == "sweep":
-        from qat.experiments import sweep_configs
-        from qat.sweep import run_grid
-
-        configs = sweep_configs(
-            taps=None if args.taps == "all" else args.taps.split(","),
-            models=args.models.split(","),
-            seeds=range(args.seeds),
-            corpus=args.corpus, setup=args.setup, method=args.method,
-            orthogonal=args.orthogonal, profile=args.profile, beta=args.beta,
-        )  # fmt: skip
-        print(f"{len(run_grid(configs, jobs=args.jobs))} run records under reports/runs/")
+        _sweep(args)
     elif args.command == "demonstration":
         from qat import demonstration
 
+        cfg.check_number("jobs", args.jobs, 1, integer=True)
         if not args.report_only:
             demonstration.run(jobs=args.jobs)
         print(demonstration.write_report())
     elif args.command == "synth":
         from qat.data.synth import make_synthemo
 
+        cfg.check_number("seed", args.seed, 0, cfg.MAX_SEED, integer=True)
         print(f"{len(make_synthemo(args.out_dir, seed=args.seed))} utterances in {args.out_dir}")
     return 0
 

@@ -2,9 +2,8 @@
 orthogonal networks and RH-emo, train SER with or without an invariance method, and write one
 run record per run.
 
-Everything a recipe needs is named by a flat set of values (corpus, setup, model, method,
-orthogonal, tap, beta, seed, profile); the profile sets the sizes. Trained networks are cached
-under qat.paths.CACHE, keyed by the hash of everything that determines them.
+A run's settings are one qat.config.RunConfig; its profile sets the sizes. Trained networks
+are cached under qat.paths.CACHE, keyed by the hash of everything that determines them.
 """
 
 from __future__ import annotations
@@ -12,19 +11,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import pickle
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from qat import paths, resources, runs
+from qat import io, paths, resources, runs
 from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
+from qat.config import MODELS, ORTHOGONAL_TASKS, PROFILES, TAPS, RunConfig, check_choice
 from qat.data import corpora, splits, synth
 from qat.data.features import FeatureConfig, LabelSpace, Normalizer, SERDataset, extract_features
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
+from qat.sweep import run_grid
 from qat.train import (
     Step,
     TrainConfig,
@@ -35,51 +38,7 @@ from qat.train import (
     rank_and_world,
 )
 
-MODELS = ("real", "quaternion")
-METHODS = ("baseline", "at", "cka", "dann", "cdann")
-ORTHOGONAL_TASKS = ("word", "speaker")
-SETUPS = ("random", "speaker", "word", "confounded", "unconfounded")
-TAPS = (*VGG16_TAPS, "penultimate")  # where anti-transfer can act
 PROBE_TAPS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3", "penultimate")
-
-# Sizes per profile. "cpu" runs on this machine in minutes; "paper" is the WASPAA 2023 setting
-# (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20, patience 20).
-PROFILES = {
-    "smoke": dict(
-        corpus=dict(n_speakers=4, n_words=10, repetitions=1),
-        orthogonal_corpus=dict(n_speakers=4, n_words=10, repetitions=2),
-        features=dict(kind="logmel", segment_seconds=0.5, n_mels=32),
-        rhemo_pools=((2, 1), (1, 1), (1, 1)),
-        width=1 / 16, epochs=1, batch_size=16, lr=1e-3, patience=1,
-        rhemo_epochs=(1, 1), orthogonal_epochs=1, n_test_speakers=1,
-    ),
-    "cpu": dict(
-        corpus=dict(),  # make_synthemo's defaults
-        orthogonal_corpus=dict(),
-        features=dict(kind="logmel", segment_seconds=1.0, n_mels=64),
-        rhemo_pools=((2, 2), (2, 1), (1, 1)),
-        width=1 / 8, epochs=10, batch_size=32, lr=2e-3, patience=4, val_fraction=0.2,
-        rhemo_epochs=(8, 8), orthogonal_epochs=8, n_test_speakers=3,
-    ),
-    "paper": dict(
-        corpus=dict(),
-        orthogonal_corpus=dict(),
-        features=dict(kind="stft", segment_seconds=4.0),
-        rhemo_pools=((2, 2), (2, 1), (2, 1)),
-        width=1.0, epochs=200, batch_size=20, lr=2e-5, patience=20,
-        rhemo_epochs=(50, 50), orthogonal_epochs=100, n_test_speakers=3,
-    ),
-}  # fmt: skip
-
-
-def default_profile() -> str:
-    """The profile notebooks start from: $QAT_PROFILE (the test suite sets "smoke") or "cpu"."""
-    return os.environ.get("QAT_PROFILE", "cpu")
-
-
-def check_choice(name: str, value, valid) -> None:
-    if value not in valid:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {tuple(valid)}")
 
 
 def _device() -> str:
@@ -153,6 +112,50 @@ class Data:
     val: SERDataset
     test: SERDataset
     dropped_silent: int
+    warnings: list[str]
+
+
+MIN_TEST_PER_EMOTION = 5  # below this a test class's recall moves in steps of 20 points or more
+
+
+def _check_task(records, kept, split, test_idx, x) -> list[str]:
+    """Refuse a degenerate task; return the warnings a run record carries."""
+    lost = sorted({r.emotion for r in records} - {r.emotion for r in kept})
+    if lost:
+        raise ValueError(
+            f"emotion(s) {lost}: every file is near-silent (peak below the silence threshold); "
+            "the task would silently lose the class. Check those files or leave the class out"
+        )
+    emotions = sorted({r.emotion for r in kept})
+    if len(emotions) < 2:
+        raise ValueError(f"emotions {emotions}: a classification task needs at least two")
+    test_emotions = {kept[i].emotion for i in test_idx}
+    if len(test_idx) < 2 or len(test_emotions) < 2:
+        raise ValueError(
+            f"the {split.setup} split's test set holds {len(test_idx)} item(s) of "
+            f"{len(test_emotions)} emotion(s) (test speakers/words "
+            f"{split.meta.get('test_speakers') or split.meta.get('test_words')}); a score on it "
+            "would mean nothing. Choose another setup or a corpus with more test items"
+        )
+    bad = [
+        kept[start + i].uid
+        for start in range(0, len(kept), 512)
+        for i in np.flatnonzero(~np.isfinite(np.asarray(x[start : start + 512])).all(axis=(1, 2)))
+    ]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} item(s) have NaN or infinite features, e.g. {bad[:3]}; check their "
+            "audio files, or delete the feature cache under QAT_CACHE/features"
+        )
+    counts = {e: sum(kept[i].emotion == e for i in test_idx) for e in emotions}
+    few = {e: n for e, n in counts.items() if n < MIN_TEST_PER_EMOTION}
+    out = []
+    if few:
+        out.append(f"test set: fewer than {MIN_TEST_PER_EMOTION} items for {few}; per-class "
+                   "recall, and so UA, is coarse")  # fmt: skip
+    if len(kept) < len(records):
+        out.append(f"{len(records) - len(kept)} near-silent file(s) dropped")
+    return out
 
 
 def prepare_data(
@@ -163,7 +166,7 @@ def prepare_data(
     progress: bool = True,
     **split_options,
 ) -> Data:
-    check_choice("setup", setup, SETUPS)
+    check_choice("setup", setup, splits.SETUPS)
     config = feature_config(profile)
     feats = extract_features(records, config, paths.CACHE / "features", progress=progress)
     keep = np.flatnonzero(~feats.silent)
@@ -175,12 +178,14 @@ def prepare_data(
         split_options.pop("n_test_speakers")
     split = splits.make_split(kept, setup, seed=seed, **split_options)
     train_idx, val_idx, test_idx = split.indices(kept)
+    notes = _check_task(records, kept, split, test_idx, x)
     label_space = LabelSpace.from_records(kept)
     normalizer = Normalizer.fit(np.asarray(x[train_idx]))
     datasets = [
         SERDataset(x, kept, idx, label_space, normalizer) for idx in (train_idx, val_idx, test_idx)
     ]
-    return Data(kept, split, label_space, *datasets, dropped_silent=len(records) - len(kept))
+    dropped = len(records) - len(kept)
+    return Data(kept, split, label_space, *datasets, dropped_silent=dropped, warnings=notes)
 
 
 def train_config(profile: str, seed: int, **overrides) -> TrainConfig:
@@ -188,11 +193,6 @@ def train_config(profile: str, seed: int, **overrides) -> TrainConfig:
     p = PROFILES[profile]
     base = dict(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], patience=p["patience"])
     return TrainConfig(**{**base, "seed": seed, "device": _device(), **overrides})
-
-
-def split_options_for(setup: str, rho: float = 0.9, factor: str = "word") -> dict:
-    """rho and factor only shape the confounded setup and its unconfounded control."""
-    return {"rho": rho, "factor": factor} if setup in ("confounded", "unconfounded") else {}
 
 
 def with_inputs(dataset: SERDataset, x: torch.Tensor) -> SERDataset:
@@ -220,14 +220,17 @@ def _cached_network(kind: str, config: dict, build, train_fn):
     path = paths.CACHE / "networks" / f"{kind}-{key}.pt"
     net = build()
     if path.exists():
-        net.load_state_dict(torch.load(path, weights_only=True))
-        return net.eval(), path
-    path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            net.load_state_dict(torch.load(path, weights_only=True))
+            return net.eval(), path
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+            # The kit's own cache file, truncated or from other code: retrain it.
+            warnings.warn(f"{path}: unreadable cached network ({err}); retraining", stacklevel=2)
+            net = build()
+    io.ensure_folder(path.parent, "network cache")
     t0 = time.perf_counter()
     info = train_fn(net)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
+    io.write_atomic(path, lambda tmp: torch.save(net.state_dict(), tmp))
     record = {
         "kind": kind,
         "config": config,
@@ -239,7 +242,7 @@ def _cached_network(kind: str, config: dict, build, train_fn):
         **info,
     }
     with contextlib.suppress(FileExistsError):  # another process trained the same network
-        runs.write_json_once(runs.record_path(kind, config), record)
+        io.write_json_once(runs.record_path(kind, config), record)
     return net.eval(), path
 
 
@@ -341,7 +344,7 @@ def _save_split(split: splits.Split) -> str:
     target = paths.REPORTS / "splits" / f"{digest}.json"
     if not target.exists():
         try:
-            runs.write_json_once(target, split.to_dict())
+            io.write_json_once(target, split.to_dict())
         except FileExistsError:
             pass  # a parallel run saved the same split first
     return digest
@@ -394,136 +397,105 @@ def invariance_probes(
     return out
 
 
+def _check_writable() -> None:
+    """Fail before training, not after, if results could not be saved."""
+    io.ensure_folder(paths.REPORTS / "runs", "run records (QAT_REPORTS)")
+    io.ensure_folder(paths.CACHE, "cache (QAT_CACHE)")
+    io.ensure_folder(paths.DATA, "data (QAT_DATA)")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message names the checkpoint a rerun resumes from."""
+
+
 def train_ser(
-    corpus: str = "synthemo",
-    setup: str = "confounded",
-    model: str = "real",
-    method: str = "baseline",
-    orthogonal: str = "word",
-    tap: str | list[str] | None = "conv2_1",
-    beta: float = 1.0,
-    gram: str = "sample",
-    lam: float = 1.0,
-    init_from_orthogonal: bool = False,
-    seed: int = 0,
-    profile: str = "cpu",
-    root: str | None = None,
-    rho: float = 0.9,
-    factor: str = "word",
-    force: bool = False,
-    progress: bool = True,
+    config: RunConfig | None = None, *, force: bool = False, progress: bool = True, **settings
 ) -> dict:
     """Train one SER network and write its run record (reports/runs/ser-<hash>.json).
 
-    method: "baseline"; "at" (the published Gram/cos^2 anti-transfer at `tap`); "cka" (linear
-    CKA anti-transfer; `tap` may be a list: the sum over taps, "penultimate" allowed); "dann"
-    (gradient-reversal `orthogonal`-label adversary on the penultimate features, peak weight
-    `lam`); "cdann" (the same adversary, class-conditional). If a record with the same
-    configuration exists it is returned as is (sweeps resume), unless force=True, which adds
-    a new record beside it.
+    `config` is a RunConfig, or its fields are given as keywords (`method="at", tap="conv2_1"`).
+    method: "baseline"; "at" (the published Gram/cos^2 anti-transfer at the taps); "cka"
+    (linear CKA anti-transfer; several taps sum); "dann" (gradient-reversal adversary of the
+    orthogonal label on the penultimate features, peak weight `lam`); "cdann" (the same,
+    class-conditional). If a record with the same configuration exists it is returned as is
+    (sweeps resume), unless force=True, which adds a new record beside it.
     """
-    for name, value, valid in [
-        ("corpus", corpus, corpora.CORPORA),
-        ("model", model, MODELS),
-        ("method", method, METHODS),
-        ("orthogonal", orthogonal, ORTHOGONAL_TASKS),
-        ("profile", profile, PROFILES),
-        ("setup", setup, SETUPS),
-        ("gram", gram, ("sample", "batch")),
-    ]:
-        check_choice(name, value, valid)
-    for name, value in (("beta", beta), ("lam", lam)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < np.inf:
-            raise ValueError(f"{name}={value!r} must be a finite number >= 0")
-    uses_at = method in ("at", "cka")
-    taps = ([tap] if isinstance(tap, str) else list(tap or [])) if uses_at else []
-    if uses_at and not taps:
-        raise ValueError(f"method={method!r} needs tap=<one of {TAPS} or a list of them>")
-    for t in taps:
-        check_choice("tap", t, TAPS)
-    p = PROFILES[profile]
-    split_options = split_options_for(setup, rho, factor)
-    config = dict(
-        corpus=corpus,
-        root=str(root) if root else None,
-        setup=setup,
-        model=model,
-        method=method,
-        orthogonal=orthogonal
-        if (uses_at or method.endswith("dann") or init_from_orthogonal)
-        else None,
-        taps=taps,
-        beta=beta if uses_at else None,
-        gram=gram if method == "at" else None,
-        lam=lam if method.endswith("dann") else None,
-        init_from_orthogonal=init_from_orthogonal,
-        seed=seed,
-        profile=profile,
-        profile_settings=runs.config_key(PROFILES[profile]),  # editing a profile reruns
-        split=split_options,
-    )
+    if config is None:
+        config = RunConfig(**settings)
+    elif settings:
+        config = config.replace(**settings)
+    p = PROFILES[config.profile]
     rank, world = rank_and_world()
-    if world > 1:
-        config["world_size"] = world
-    target = runs.record_path("ser", config)
+    key = config.key_dict(**({"world_size": world} if world > 1 else {}))
+    target = runs.record_path("ser", key)
     if target.exists() and not force:
         return runs.load_record(target)
+    _check_writable()
     t_start = time.perf_counter()
     device = _device()
+    name = config.label()
 
     with _rank_zero_first():
         data = prepare_data(
-            load_records(corpus, profile, root, progress), setup, profile, seed, progress,
-            **split_options,
+            load_records(config.corpus, config.profile, config.root, progress), config.setup,
+            config.profile, config.seed, progress, **config.split_options,
         )  # fmt: skip
         train, val, test = data.train, data.val, data.test
         rhemo = orth_net = None
-        if model == "quaternion":
-            rhemo = pretrain_rhemo(corpus, setup, profile, seed, root, progress, **split_options)
+        if config.model == "quaternion":
+            rhemo = pretrain_rhemo(
+                config.corpus, config.setup, config.profile, config.seed, config.root, progress,
+                **config.split_options,
+            )  # fmt: skip
             train, val, test = (embed(rhemo, d) for d in (train, val, test))
-        if uses_at or init_from_orthogonal:
-            orth_net = pretrain_orthogonal(orthogonal, model, profile, 0, rhemo, progress)
+        if config.uses_taps or config.init_from_orthogonal:
+            orth_net = pretrain_orthogonal(
+                config.orthogonal, config.model, config.profile, 0, rhemo, progress
+            )
     num_classes = len(data.label_space.emotions)
-    torch.manual_seed(seed)
+    torch.manual_seed(config.seed)
     net = vgg16(
         num_classes,
         in_channels=train.x.shape[1],
-        quaternion=model == "quaternion",
+        quaternion=config.model == "quaternion",
         width=p["width"],
     )
 
     anti_transfer = adversary = None
-    if init_from_orthogonal:
+    if config.init_from_orthogonal:
         init_from(net, orth_net)
-    if uses_at:
+    if config.uses_taps:
         anti_transfer = AntiTransfer(
             orth_net,
-            taps,
-            distance="cos2" if method == "at" else "cka",
-            gram=gram,
-            cache_budget_mb=p.get("cache_budget_mb", 512) if gram == "sample" else 0,
+            config.taps,
+            distance="cos2" if config.method == "at" else "cka",
+            gram=config.gram,
+            cache_budget_mb=p.get("cache_budget_mb", 512) if config.gram == "sample" else 0,
         )
-    if method.endswith("dann"):
-        num_domains = len(getattr(data.label_space, f"{orthogonal}s"))
+    if config.uses_adversary:
+        num_domains = len(getattr(data.label_space, f"{config.orthogonal}s"))
         hidden = net.embed(train.x[:2]).shape[1]
         adversary = Adversary(
-            hidden, num_domains, num_classes=num_classes if method == "cdann" else None
+            hidden, num_domains, num_classes=num_classes if config.method == "cdann" else None
         )
 
-    tcfg = train_config(profile, seed, beta=beta, adversary_lambda=lam, adversary_target=orthogonal)
-    ckpt = paths.CACHE / "checkpoints" / f"ser-{runs.config_key(config)}.ckpt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tcfg = train_config(
+        config.profile, config.seed, beta=config.beta, adversary_lambda=config.lam,
+        adversary_target=config.orthogonal,
+    )  # fmt: skip
+    ckpt = paths.CACHE / "checkpoints" / f"ser-{runs.config_key(key)}.ckpt"
+    io.ensure_folder(ckpt.parent, "checkpoint")
     t_train = time.perf_counter()
-    result = fit(
-        net,
-        train,
-        val,
-        tcfg,
-        anti_transfer=anti_transfer,
-        adversary=adversary,
-        checkpoint=ckpt,
-        progress=progress,
-    )
+    try:
+        result = fit(
+            net, train, val, tcfg, anti_transfer=anti_transfer, adversary=adversary,
+            checkpoint=ckpt, progress=progress, name=name,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        saved = f"checkpoint {ckpt}" if ckpt.exists() else "no checkpoint yet (first epoch)"
+        raise Interrupted(
+            f"interrupted: {name}; {saved}; the same command resumes from it"
+        ) from None
     train_time = time.perf_counter() - t_train
     test_metrics = evaluate(net, test, num_classes=num_classes)
     pred = np.asarray(test_metrics["predictions"])
@@ -537,28 +509,28 @@ def train_ser(
     keys = torch.as_tensor(np.asarray(train.indices))[idx]
     probe_net.train()
     cost = resources.measure(
-        probe_net, lambda: step(train.x[idx], batch_labels, keys, lam), device=device
+        probe_net, lambda: step(train.x[idx], batch_labels, keys, config.lam), device=device
     )
     cost["train_time_s"] = train_time
 
+    target_label = config.probe_target
+    probe_taps = sorted({*PROBE_TAPS, *config.taps}, key=TAPS.index)
     record = {
         "kind": "ser",
-        "config": config,
+        "config": key,
         "split": {
             "digest": _save_split(data.split),
-            "setup": setup,
-            "seed": seed,
+            "setup": config.setup,
+            "seed": config.seed,
             "sizes": {"train": len(train.x), "val": len(val.x), "test": len(test.x)},
             **data.split.meta,
         },
         "labels": {"emotions": list(data.label_space.emotions)},
         "metrics": test_metrics,
-        "confound": confound_metrics(data, pred, factor)
-        if setup in ("confounded", "unconfounded")
-        else {},
+        "confound": confound_metrics(data, pred, config.factor) if config.confounded else {},
         "probe": {
-            orthogonal: invariance_probes(
-                net, train, test if orthogonal == "word" else val, orthogonal
+            target_label: invariance_probes(
+                net, train, test if target_label == "word" else val, target_label, probe_taps
             )
         },
         "history": result["history"],
@@ -566,33 +538,46 @@ def train_ser(
         "resources": cost,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
         "dropped_silent": data.dropped_silent,
+        "warnings": data.warnings,
         "code_version": runs.code_version(),
         "device": device,
         "wall_time_s": time.perf_counter() - t_start,
     }
     if rank == 0:
-        runs.write_json_beside(target, record)
+        io.write_json_beside(target, record)
         ckpt.unlink(missing_ok=True)  # the record is safe; the resume point is no longer needed
     return record
 
 
-def sweep_configs(taps=None, models=MODELS, seeds=(0,), **kwargs) -> list[dict]:
-    """train_ser keyword sets for taps x models x seeds (all 13 taps by default), each
-    model's baseline included so gains can be computed."""
+def sweep_configs(taps=None, models=MODELS, seeds=(0,), **settings) -> list[RunConfig]:
+    """RunConfigs for taps x models x seeds (all 13 taps by default), each model's baseline
+    included so gains can be computed."""
     configs = []
     for model in models:
         for seed in seeds:
-            base = dict(kwargs, model=model, seed=seed)
-            configs += [dict(base, tap=tap) for tap in taps or VGG16_TAPS]
-            configs.append(dict(base, method="baseline"))
+            base = RunConfig(**dict(settings, model=model, seed=seed))
+            configs += [base.replace(tap=tap) for tap in taps or VGG16_TAPS]
+            configs.append(base.replace(method="baseline"))
     return configs
 
 
-def sweep(taps=None, models=MODELS, seeds=(0,), jobs: int = 1, **kwargs) -> list[dict]:
-    """Run (or reuse) train_ser over taps x models x seeds in `jobs` parallel processes;
-    configurations whose record exists are not run again."""
-    from qat.sweep import run_grid
+def _train_quietly(config: RunConfig) -> dict:
+    return train_ser(config, progress=False)
 
-    kwargs.setdefault("method", "at")
-    kwargs.pop("progress", None)  # workers run quietly; the sweep shows one bar
-    return run_grid(sweep_configs(taps, models, seeds, **kwargs), jobs=jobs)
+
+def run_configs(configs: list[RunConfig], jobs: int = 1) -> list[dict]:
+    """Run (or reuse) train_ser over `configs` in `jobs` parallel processes; the first
+    configuration of each prerequisite group runs here first (with progress), building the
+    split, RH-emo and orthogonal network the others then read from the cache."""
+    return run_grid(
+        configs, _train_quietly, jobs=jobs, group=RunConfig.prerequisites,
+        first=lambda c: train_ser(c, progress=True), name=RunConfig.label,
+    )  # fmt: skip
+
+
+def sweep(taps=None, models=MODELS, seeds=(0,), jobs: int = 1, **settings) -> list[dict]:
+    """Run (or reuse) train_ser over taps x models x seeds in `jobs` parallel processes;
+    configurations whose record exists are not run again. Returns method runs and baselines."""
+    settings.setdefault("method", "at")
+    settings.pop("progress", None)  # workers run quietly; the sweep shows one bar
+    return run_configs(sweep_configs(taps, models, seeds, **settings), jobs=jobs)

@@ -1,6 +1,7 @@
-"""Run many independent train_ser configurations in parallel processes.
+"""Run many independent configurations in parallel processes.
 
-Each configuration's record name is the hash of its configuration, so a sweep skips what
+The sweep knows nothing of what a run is: it takes the configurations and the function that
+runs one. Each run's record name is the hash of its configuration, so a sweep skips what
 already exists (a killed sweep resumes where it stopped) and parallel sweeps never overwrite
 each other's records.
 """
@@ -9,61 +10,67 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 import traceback
+from collections.abc import Callable, Hashable, Sequence
 
 from tqdm.auto import tqdm
 
-# What the prerequisites (split, RH-emo, orthogonal network) of a configuration depend on.
-GROUP_KEYS = ("model", "setup", "orthogonal", "seed", "corpus", "rho", "factor")
 
-
-def _run_one(kwargs: dict, threads: int) -> tuple[dict, dict | None, str | None]:
+def _run_one(run: Callable, config, threads: int):
     import torch
-
-    from qat.experiments import train_ser
 
     torch.set_num_threads(threads)  # N jobs share the cores instead of oversubscribing them
     try:
-        return kwargs, train_ser(progress=False, **kwargs), None
+        return config, run(config), None
     except Exception:  # a failed configuration is reported, the others go on
-        return kwargs, None, traceback.format_exc()
+        return config, None, traceback.format_exc()
 
 
-def run_grid(configs: list[dict], jobs: int = 1, threads: int | None = None) -> list[dict]:
-    """Run every configuration (kwargs of qat.experiments.train_ser); return the records.
+def run_grid(
+    configs: Sequence,
+    run: Callable,
+    jobs: int = 1,
+    group: Callable[[object], Hashable] | None = None,
+    first: Callable | None = None,
+    name: Callable[[object], str] = str,
+    threads: int | None = None,
+) -> list:
+    """Run `run(config)` for every configuration in `jobs` spawned processes; return the
+    results. `run` must be importable by name (a module-level function).
 
-    Shared prerequisites (corpus, features, orthogonal networks, RH-emo) are built in this
-    process first, by one configuration of each (model, setup, orthogonal task, seed) group,
-    so the workers only read them."""
-    import os
-
-    from qat.experiments import train_ser
-
+    With `group`, the first configuration of each group runs in this process first (through
+    `first`, default `run`), so that what a group shares (data, pretrained networks) is built
+    once and the workers only read it."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: expected an integer >= 1")
     if not configs:
         return []
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    records, failures, first, rest = [], [], {}, []
-    for kw in configs:
-        group = tuple(kw.get(k) for k in GROUP_KEYS)
-        if group in first:
-            rest.append(kw)
+    leaders, rest = {}, []
+    for config in configs:
+        key = group(config) if group else id(config)
+        if group and key not in leaders:
+            leaders[key] = config
         else:
-            first[group] = kw
-    records += [train_ser(progress=True, **kw) for kw in first.values()]
+            rest.append(config)
+    results, failures = [(first or run)(c) for c in leaders.values()], []
     bar = tqdm(total=len(rest), desc=f"sweep ({jobs} jobs)")
     with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one, kw, threads) for kw in rest]
+        futures = [pool.submit(_run_one, run, c, threads) for c in rest]
         for future in cf.as_completed(futures):
-            kwargs, record, error = future.result()
+            config, result, error = future.result()
             bar.update()
             if error:
-                failures.append((kwargs, error))
-                tqdm.write(f"FAILED {kwargs}:\n{error}")
+                failures.append((config, error))
+                tqdm.write(f"FAILED {name(config)}:\n{error}")
             else:
-                records.append(record)
+                results.append(result)
+                bar.set_postfix_str(f"done: {name(config)}")
     bar.close()
     if failures:
         raise RuntimeError(
-            f"{len(failures)} of {len(configs)} runs failed; first: {failures[0][1]}"
+            f"{len(failures)} of {len(configs)} runs failed; first ({name(failures[0][0])}): "
+            f"{failures[0][1]}"
         )
-    return records
+    return results

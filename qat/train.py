@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from qat import metrics
+from qat import io, metrics
 from qat.adversarial import ganin_lambda
 from qat.antitransfer import capture
 
@@ -78,16 +80,27 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> to
     )
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _load_checkpoint(path: Path) -> dict | None:
+    """The saved training state, or None (with a warning) if the file is unreadable: a
+    checkpoint is the kit's own resume point, so a truncated one means starting afresh."""
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise OSError(
-            f"could not write checkpoint {path}: {err}; the previous one is kept"
-        ) from err
+        return torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        warnings.warn(
+            f"{path}: unreadable checkpoint ({err}); training from the start", stacklevel=3
+        )
+        return None
+
+
+def _non_finite_items(data, logits: torch.Tensor) -> str:
+    bad = (~torch.isfinite(data.x.reshape(len(data.x), -1)).all(1)).nonzero().flatten()
+    if len(bad) == 0:
+        bad = (~torch.isfinite(logits).all(1)).nonzero().flatten()
+        return f"the network's outputs are not finite for {len(bad)} item(s)"
+    indices = getattr(data, "indices", range(len(data.x)))
+    return (
+        f"{len(bad)} item(s) have NaN/inf inputs (positions {[int(indices[i]) for i in bad[:5]]})"
+    )
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -154,9 +167,11 @@ def fit(
     adversary=None,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    name: str = "",
 ) -> dict:
     """Train `model` on `train` (anything with `.x`, a `.labels` dict and `.indices`), select on
     `val`'s task loss, restore the best weights, and return the history and best epoch.
+    `name` (the run's label) heads the progress bars and epoch lines.
 
     anti_transfer: a qat.antitransfer.AntiTransfer (frozen orthogonal network and taps);
     adversary: a qat.adversarial.Adversary trained on the penultimate features.
@@ -177,8 +192,8 @@ def fit(
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0}
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     best_weights = None
-    if ckpt_path is not None and ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False)
+    saved = _load_checkpoint(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if adversary is not None:
@@ -187,6 +202,7 @@ def fit(
         best_weights = state.pop("best_weights")
     best_weights = best_weights or copy.deepcopy(model.state_dict())
 
+    prefix = f"{name}: " if name else ""
     batches_per_epoch = max(1, n // config.batch_size)
     total_steps = config.epochs * batches_per_epoch
     for epoch in range(state["epoch"], config.epochs):
@@ -202,7 +218,10 @@ def fit(
         model.train()
         sums: dict[str, float] = {}
         bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress
+            batches,
+            desc=f"{prefix}epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=not progress,
         )
         for step, idx in enumerate(bar):
             lam = ganin_lambda(
@@ -229,6 +248,11 @@ def fit(
         logits = predict(model, val.x)
         y_val = val.labels[config.target]
         val_loss = float(F.cross_entropy(logits, y_val))
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(
+                f"validation loss is {val_loss} at epoch {epoch + 1}: "
+                f"{_non_finite_items(val, logits)}; check the inputs for NaN/inf"
+            )
         val_ua = metrics.unweighted_accuracy(y_val.numpy(), logits.argmax(1).numpy())
         record = {"epoch": epoch + 1, "train_loss": sums.pop("task") / len(batches)}
         record.update({k: v / len(batches) for k, v in sums.items()})
@@ -249,11 +273,11 @@ def fit(
             }
             if adversary is not None:
                 saved["adversary"] = adversary.state_dict()
-            _atomic_save(saved, ckpt_path)
+            io.write_atomic(ckpt_path, lambda tmp, saved=saved: torch.save(saved, tmp))
         if progress and rank == 0:
             extras = "".join(f"  {k} {record[k]:.4f}" for k in sums)
             tqdm.write(
-                f"epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val_loss:.4f}  "
+                f"{prefix}epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val_loss:.4f}  "
                 f"val UA {val_ua:.3f}{extras}"
             )
 
@@ -348,27 +372,3 @@ def fit_rhemo(
     for p in rhemo.parameters():
         p.requires_grad_(False)
     return {"history": history}
-
-
-def main(argv=None) -> None:
-    """`python -m qat.train ...`, or data-parallel on N processes:
-    `torchrun --nproc_per_node N -m qat.train --setup confounded --method at --tap conv2_1`
-    (gloo on CPU, nccl on GPUs); the options are those of `qat train`."""
-    import argparse
-
-    from qat.cli import add_train_arguments, train_from_args
-
-    parser = argparse.ArgumentParser(prog="python -m qat.train", description=main.__doc__)
-    add_train_arguments(parser)
-    args = parser.parse_args(argv)
-    if "RANK" in os.environ and not distributed():  # started by torchrun
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        train_from_args(args)
-    finally:
-        if distributed():
-            torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

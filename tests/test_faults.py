@@ -25,7 +25,7 @@ from corpus_fixtures import build_emodb
 from papermill.exceptions import PapermillExecutionError
 from test_train import small_net, toy_data, weights_equal
 
-from qat import cli, runs
+from qat import cli, io, runs
 from qat.data import features as F
 from qat.data.corpora import load_corpus
 from qat.data.features import FeatureConfig, extract_features
@@ -299,8 +299,8 @@ def test_a_file_where_the_reports_folder_should_be_is_named_and_nothing_is_writt
     (tmp_path / blocked).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / blocked).write_text("a file, not a folder")
     path = runs.record_path("ser", CONFIG, reports=tmp_path / "reports")
-    with pytest.raises(OSError, match=rf"cannot write run records to .*{re.escape(blocked)}"):
-        runs.write_json_once(path, {"ua": 0.5})
+    with pytest.raises(OSError, match=rf"{re.escape(blocked)} is a file; expected a folder"):
+        io.write_json_once(path, {"ua": 0.5})
     assert (tmp_path / blocked).read_text() == "a file, not a folder"
     assert not path.exists()
 
@@ -350,9 +350,9 @@ def test_full_disk_gives_a_clear_error_and_no_partial_run_record(tmp_path, monke
     with monkeypatch.context() as patch:
         fail(patch)
         with pytest.raises(OSError, match=rf"{re.escape(str(path))}: No space left on device"):
-            runs.write_json_once(path, payload)
+            io.write_json_once(path, payload)
     assert os.listdir(path.parent) == []  # neither the record nor a temporary file
-    runs.write_json_once(path, payload)  # space is back: the same record can now be written
+    io.write_json_once(path, payload)  # space is back: the same record can now be written
     assert runs.load_record(path) == payload
 
 
@@ -362,7 +362,7 @@ WRITER_CHILD = """
 import json, sys, time
 from pathlib import Path
 
-from qat import runs
+from qat import io, runs
 
 reports, go, me, n = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 Path(f"{go}.ready-{me}").touch()
@@ -372,7 +372,7 @@ won = []
 for k in range(n):
     path = runs.record_path("ser", {"k": k}, reports=reports)
     try:
-        runs.write_json_once(path, {"writer": me, "k": k, "payload": [me] * 20000})
+        io.write_json_once(path, {"config": {"k": k}, "writer": me, "payload": [me] * 20000})
         won.append(k)
     except FileExistsError:
         pass
@@ -408,7 +408,7 @@ def test_concurrent_writers_of_the_same_records_never_overwrite_each_other(tmp_p
     for me, keys in won.items():
         for k in keys:
             record = runs.load_record(runs.record_path("ser", {"k": k}, reports=reports))
-            assert record == {"writer": me, "k": k, "payload": [me] * 20000}  # whole, and its own
+            assert record == {"config": {"k": k}, "writer": me, "payload": [me] * 20000}  # whole, and its own
     assert len(os.listdir(reports / "runs")) == n  # no temporary files left
 
 

@@ -5,14 +5,14 @@ import os
 
 import pytest
 
-from qat import runs
+from qat import io, runs
 
 
 def test_record_written_once_and_never_overwritten(tmp_path):
     path = runs.record_path("ser", {"beta": 1.0, "tap": "conv2_1"}, reports=tmp_path)
-    runs.write_json_once(path, {"ua": 0.5})
+    io.write_json_once(path, {"ua": 0.5})
     with pytest.raises(FileExistsError, match="never overwritten"):
-        runs.write_json_once(path, {"ua": 0.9})
+        io.write_json_once(path, {"ua": 0.9})
     assert json.loads(path.read_text()) == {"ua": 0.5}
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
 
@@ -26,12 +26,24 @@ def test_key_depends_on_every_value_not_order():
 def test_unserialisable_payload_leaves_nothing(tmp_path):
     path = tmp_path / "runs" / "x.json"
     with pytest.raises(TypeError, match="not JSON serialisable"):
-        runs.write_json_once(path, {"bad": object()})
+        io.write_json_once(path, {"bad": object()})
     assert not path.parent.exists() or os.listdir(path.parent) == []
 
 
 def test_unwritable_folder_names_the_folder(tmp_path):
     blocker = tmp_path / "reports"
     blocker.write_text("a file where the reports folder should be")
-    with pytest.raises(OSError, match=r"cannot write run records to .*reports"):
-        runs.write_json_once(blocker / "runs" / "x.json", {})
+    with pytest.raises(OSError, match=r"reports is a file; expected a folder"):
+        io.write_json_once(blocker / "runs" / "x.json", {})
+
+
+def test_unreadable_records_are_skipped_with_one_warning_naming_them(tmp_path):
+    good = runs.record_path("ser", {"seed": 0}, reports=tmp_path)
+    io.write_json_once(good, {"config": {"seed": 0}, "metrics": {"ua": 0.5}})
+    (tmp_path / "runs" / "ser-truncated.json").write_text('{"config": {"se')
+    (tmp_path / "runs" / "ser-list.json").write_text("[1, 2]")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable.*ser-list.json.*ser-truncated"):
+        records = runs.load_records(tmp_path, kind="ser")
+    assert [r["metrics"]["ua"] for r in records] == [0.5]
+    with pytest.raises(runs.RecordError, match="ser-truncated.json"):
+        runs.load_record(tmp_path / "runs" / "ser-truncated.json")

@@ -1,0 +1,323 @@
+"""One home for a run's settings: `RunConfig`, the profiles, and the choices of every field.
+
+A run is named by a flat set of values (corpus, setup, model, method, ...). `RunConfig` holds
+them with their types, defaults, valid choices and help lines; validates them with one message
+style ("<field>=<value>: expected <what is valid>"); gives the normalised dict that is hashed
+into the record key (settings a method ignores are left out, so two spellings of the same run
+share one record); gives the run's human label; and reads a config back from a record.
+The CLI's options, the widget panel's controls, notebook checks, sweeps and report labels are
+all derived from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qat.data.corpora import CORPORA
+from qat.data.splits import FACTORS, SETUPS
+from qat.models import PENULTIMATE, VGG16_TAPS
+from qat.runs import config_key
+
+MODELS = ("real", "quaternion")
+METHODS = ("baseline", "at", "cka", "dann", "cdann")
+TAP_METHODS = ("at", "cka")  # methods that act at taps, with weight beta
+ADVERSARY_METHODS = ("dann", "cdann")  # methods with an adversary of weight lam
+ORTHOGONAL_TASKS = ("word", "speaker")
+GRAMS = ("sample", "batch")
+TAPS = (*VGG16_TAPS, PENULTIMATE)  # where anti-transfer can act
+SER_CORPORA = ("synthemo", *(c for c in CORPORA if c not in ("synthemo", "speechcommands")))
+MAX_SEED = 2**31 - 1
+
+# Sizes per profile. "cpu" runs on this machine in minutes; "paper" is the WASPAA 2023 setting
+# (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20, patience 20).
+# A profile's settings are hashed into every record key: editing one reruns its runs.
+PROFILES = {
+    "smoke": dict(
+        corpus=dict(n_speakers=4, n_words=10, repetitions=1),
+        orthogonal_corpus=dict(n_speakers=4, n_words=10, repetitions=2),
+        features=dict(kind="logmel", segment_seconds=0.5, n_mels=32),
+        rhemo_pools=((2, 1), (1, 1), (1, 1)),
+        width=1 / 16, epochs=1, batch_size=16, lr=1e-3, patience=1,
+        rhemo_epochs=(1, 1), orthogonal_epochs=1, n_test_speakers=1,
+    ),
+    "cpu": dict(
+        corpus=dict(),  # make_synthemo's defaults
+        orthogonal_corpus=dict(),
+        features=dict(kind="logmel", segment_seconds=1.0, n_mels=64),
+        rhemo_pools=((2, 2), (2, 1), (1, 1)),
+        width=1 / 8, epochs=10, batch_size=32, lr=2e-3, patience=4, val_fraction=0.2,
+        rhemo_epochs=(8, 8), orthogonal_epochs=8, n_test_speakers=3,
+    ),
+    "paper": dict(
+        corpus=dict(),
+        orthogonal_corpus=dict(),
+        features=dict(kind="stft", segment_seconds=4.0),
+        rhemo_pools=((2, 2), (2, 1), (2, 1)),
+        width=1.0, epochs=200, batch_size=20, lr=2e-5, patience=20,
+        rhemo_epochs=(50, 50), orthogonal_epochs=100, n_test_speakers=3,
+    ),
+}  # fmt: skip
+
+
+def default_profile() -> str:
+    """$QAT_PROFILE (the test suite sets "smoke") or "cpu": notebooks and `qat` start here."""
+    return os.environ.get("QAT_PROFILE", "cpu")
+
+
+def check_choice(name: str, value, valid) -> None:
+    """The one message style for a value outside a fixed set of choices."""
+    valid = tuple(valid)
+    if isinstance(value, bool | list | dict) or value not in valid:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(map(str, valid))}")
+
+
+def check_number(name: str, value, low=0.0, high=math.inf, *, integer=False, open_low=False):
+    """A finite number (an int if `integer`) in [low, high] ((low, high] if `open_low`)."""
+    kind = "an integer" if integer else "a number"
+    bracket = "(" if open_low else "["
+    span = f"{bracket}{low:g}, {high:g}]" if high < math.inf else None
+    what = f"{kind} in {span}" if span else f"{kind} {'>' if open_low else '>='} {low:g}"
+    ok_type = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        raise ValueError(f"{name}={value!r}: expected {what}")
+    if not math.isfinite(value) or value > high or value < low or (open_low and value == low):
+        raise ValueError(f"{name}={value!r}: expected {what}")
+
+
+def _spec(help: str, choices=None, **kw):
+    return field(metadata={"help": help, "choices": choices, **kw}, **_default(kw))
+
+
+def _default(kw: dict) -> dict:
+    if "factory" in kw:
+        return {"default_factory": kw.pop("factory")}
+    return {"default": kw.pop("default")}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one SER run. Build with keywords (`RunConfig(method="at", tap="conv2_1")`);
+    invalid values raise ValueError naming the field, the value and what is valid."""
+
+    corpus: str = _spec("SER corpus: synthemo is built by the kit; the others are read "
+                        "from --root", SER_CORPORA, default="synthemo")  # fmt: skip
+    root: str | None = _spec("folder of a real corpus in its official layout (or a manifest "
+                             "CSV); empty for synthemo", default=None)  # fmt: skip
+    setup: str = _spec("task split", SETUPS, default="confounded")
+    model: str = _spec("real VGG16 on spectrograms, or quaternion VGG16 on RH-emo embeddings",
+                       MODELS, default="real")  # fmt: skip
+    method: str = _spec("invariance method", METHODS, default="baseline")
+    orthogonal: str = _spec("what the method removes: the orthogonal task",
+                            ORTHOGONAL_TASKS, default="word")  # fmt: skip
+    tap: tuple[str, ...] = _spec("tap(s) where at/cka act; several (comma-separated) sum the "
+                                 "terms", TAPS, default=("conv2_1",))  # fmt: skip
+    beta: float = _spec("weight of the at/cka term (applied once)", default=1.0)
+    gram: str = _spec("at: Gram per item (sample) or batch-folded as published (batch)",
+                      GRAMS, default="sample")  # fmt: skip
+    lam: float = _spec("peak weight of the dann/cdann adversary", default=1.0)
+    init_from_orthogonal: bool = _spec("start from the orthogonal network's weights",
+                                       default=False)  # fmt: skip
+    rho: float = _spec("confounded setups: share of congruent training items", default=0.9)
+    factor: str = _spec("confounded setups: the factor tied to emotion in training", FACTORS,
+                        default="word")  # fmt: skip
+    seed: int = _spec("seed of the split, initialisation and batch order", default=0)
+    profile: str = _spec("sizes and recipe (smoke: tests, cpu: this machine, paper: a GPU); "
+                         "default $QAT_PROFILE or cpu", tuple(PROFILES),
+                         factory=default_profile)  # fmt: skip
+
+    def __post_init__(self):
+        tap = self.tap
+        if isinstance(tap, str):
+            tap = tuple(t.strip() for t in tap.split(",")) if "," in tap else (tap,)
+        elif tap is None:
+            tap = ()
+        elif isinstance(tap, Sequence):
+            tap = tuple(tap)
+        object.__setattr__(self, "tap", tap)
+        if isinstance(self.root, os.PathLike):
+            object.__setattr__(self, "root", os.fspath(self.root))
+        if self.root == "":
+            raise ValueError("root='': expected a folder path, or None for synthemo")
+        for f in dataclasses.fields(self):
+            validate_field(f.name, getattr(self, f.name))
+        if self.uses_taps and not self.tap:
+            raise ValueError(
+                f"tap=(): expected at least one of {', '.join(TAPS)} (method={self.method!r})"
+            )
+        if self.corpus != "synthemo" and self.root is None:
+            raise ValueError(
+                f"root=None: expected the folder of corpus={self.corpus!r} in its official "
+                "layout; or use corpus='synthemo', which the kit builds itself"
+            )
+
+    # ------------------------------------------------------------ what applies
+
+    @property
+    def uses_taps(self) -> bool:
+        return self.method in TAP_METHODS
+
+    @property
+    def uses_adversary(self) -> bool:
+        return self.method in ADVERSARY_METHODS
+
+    @property
+    def uses_orthogonal(self) -> bool:
+        """The run reads a pretrained orthogonal network or orthogonal labels."""
+        return self.uses_taps or self.uses_adversary or self.init_from_orthogonal
+
+    @property
+    def confounded(self) -> bool:
+        return self.setup in ("confounded", "unconfounded")
+
+    @property
+    def taps(self) -> list[str]:
+        return list(self.tap) if self.uses_taps else []
+
+    @property
+    def probe_target(self) -> str:
+        """The orthogonal label the invariance probe decodes: the method's, else the
+        confounding factor's, else words."""
+        if self.uses_orthogonal:
+            return self.orthogonal
+        return self.factor if self.confounded else "word"
+
+    @property
+    def split_options(self) -> dict:
+        """rho and factor only shape the confounded setup and its unconfounded control."""
+        return {"rho": self.rho, "factor": self.factor} if self.confounded else {}
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------ keys and labels
+
+    def key_dict(self, **extra) -> dict:
+        """The normalised configuration hashed into the record key and stored in the record.
+        Settings the method ignores are None (so a baseline's beta never makes a new run)."""
+        return dict(
+            corpus=self.corpus,
+            root=str(Path(self.root).resolve()) if self.root else None,
+            setup=self.setup,
+            model=self.model,
+            method=self.method,
+            orthogonal=self.orthogonal if self.uses_orthogonal else None,
+            taps=self.taps,
+            beta=self.beta if self.uses_taps else None,
+            gram=self.gram if self.method == "at" else None,
+            lam=self.lam if self.uses_adversary else None,
+            init_from_orthogonal=self.init_from_orthogonal,
+            seed=self.seed,
+            profile=self.profile,
+            profile_settings=config_key(PROFILES[self.profile]),  # editing a profile reruns
+            split=self.split_options,
+            **extra,
+        )
+
+    def key(self) -> str:
+        return config_key(self.key_dict())
+
+    def prerequisites(self) -> tuple:
+        """What the shared inputs of a run (split, RH-emo, orthogonal network) depend on: runs
+        with equal prerequisites can share them."""
+        orthogonal = self.orthogonal if self.uses_orthogonal else None
+        return (self.corpus, self.root, self.setup, self.model, self.seed, self.profile,
+                orthogonal, *self.split_options.values())  # fmt: skip
+
+    def label(self, without: Sequence[str] = ()) -> str:
+        """A short human name, e.g. "[confounded] quaternion at word@conv2_1 β=1 seed 1".
+        `without` drops parts every compared run shares: "setup", "model", "taps", "seed"."""
+        return label_of(self.key_dict(), without)
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> RunConfig:
+        """The configuration of a run record (or of its "config" dict)."""
+        c = record.get("config", record)
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in c.items() if k in names and v is not None}
+        if c.get("taps"):
+            kw["tap"] = tuple(c["taps"])
+        kw.update(c.get("split") or {})
+        return cls(**kw)
+
+
+def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
+    """The label of a normalised config dict (a record's "config")."""
+    parts = []
+    if "setup" not in without:
+        parts.append(f"[{config.get('setup')}]")
+    if "model" not in without:
+        parts.append(str(config.get("model")))
+    method = str(config.get("method"))
+    if config.get("orthogonal") and method != "baseline":
+        method += f" {config['orthogonal']}"
+    taps = config.get("taps") or []
+    if taps and "taps" not in without:
+        method += "@" + "+".join(taps)
+    parts.append(method)
+    if config.get("beta") is not None:
+        parts.append(f"β={config['beta']:g}")
+    if config.get("gram") not in (None, "sample"):
+        parts.append(f"gram={config['gram']}")
+    if config.get("lam") is not None:
+        parts.append(f"λ={config['lam']:g}")
+    if config.get("init_from_orthogonal"):
+        parts.append("+init")
+    if config.get("seed") and "seed" not in without:
+        parts.append(f"seed {config['seed']}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- per-field validation
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _check_root(name: str, value) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name}={value!r}: expected a folder path or None")
+
+
+def _check_taps(name: str, value) -> None:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Sequence):
+        raise ValueError(f"{name}={value!r}: expected a tap or a list of taps")
+    for tap in value:
+        check_choice(name, tap, TAPS)
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: expected True or False")
+
+
+_CHECKS = {
+    "root": _check_root,
+    "tap": _check_taps,
+    "beta": lambda n, v: check_number(n, v),
+    "lam": lambda n, v: check_number(n, v),
+    "rho": lambda n, v: check_number(n, v, 0.0, 1.0),
+    "seed": lambda n, v: check_number(n, v, 0, MAX_SEED, integer=True),
+    "init_from_orthogonal": _check_flag,
+}
+
+
+def validate_field(name: str, value) -> None:
+    """Check one RunConfig field's value; ValueError "<name>=<value>: expected ..."."""
+    if name not in _FIELDS:
+        raise ValueError(f"unknown setting {name!r}; expected one of {', '.join(_FIELDS)}")
+    check = _CHECKS.get(name)
+    if check is not None:
+        check(name, value)
+    elif _FIELDS[name].metadata.get("choices") is not None:
+        check_choice(name, value, _FIELDS[name].metadata["choices"])
+
+
+def fields() -> tuple[dataclasses.Field, ...]:
+    """RunConfig's fields, each with metadata "help" and "choices" (None when free)."""
+    return dataclasses.fields(RunConfig)
