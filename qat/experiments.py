@@ -24,7 +24,8 @@ from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
 from qat.config import MODELS, ORTHOGONAL_TASKS, PROFILES, TAPS, RunConfig, check_choice
 from qat.data import corpora, splits, synth
-from qat.data.features import FeatureConfig, LabelSpace, Normalizer, SERDataset, extract_features
+from qat.data.dataset import LabelSpace, Normalizer, SERDataset
+from qat.data.features import FeatureConfig, extract_features
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
 from qat.sweep import run_grid

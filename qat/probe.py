@@ -17,7 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from qat.progress import tqdm
 
 
 def _pool(act: Tensor, tap: str) -> Tensor:

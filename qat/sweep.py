@@ -14,7 +14,7 @@ import os
 import traceback
 from collections.abc import Callable, Hashable, Sequence
 
-from tqdm.auto import tqdm
+from qat.progress import tqdm
 
 
 def _run_one(run: Callable, config, threads: int):

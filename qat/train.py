@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from qat import io, metrics
 from qat.adversarial import ganin_lambda
 from qat.antitransfer import capture
+from qat.progress import tqdm
 
 
 @dataclass

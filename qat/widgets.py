@@ -1,44 +1,26 @@
 """The anti-transfer notebook's controls, and the functions both its Run button and its
 headless (papermill) path call.
 
-The panel holds no experiment logic: its Run button collects the chosen values and calls
-`run_and_show(**values)`, the very function the notebook's next cell calls with the parameters
-cell's values. So a headless run and a click with the same values train (or reuse) the same
-run records and show the same figures.
+The panel holds no experiment logic and no settings of its own: its controls are built from
+qat.config.RunConfig's fields (choices, defaults, help), its values are validated by
+RunConfig (the same message as the CLI), and its Run button calls `run_and_show(**values)`,
+the very function the notebook's next cell calls with the parameters cell's values.
 """
 
 from __future__ import annotations
 
-import math
-import os
+import dataclasses
 from collections.abc import Callable
 
-from qat import experiments, plots
-from qat.experiments import check_choice
+from qat import config as cfg
+from qat import experiments, plots, tables
+from qat.config import RunConfig, check_choice, check_number
+from qat.models import VGG16_TAPS
 
 
 def vgg16_taps() -> tuple[str, ...]:
     """The 13 conv-layer taps of VGG16 in network order."""
-    from qat.models import VGG16_TAPS
-
     return tuple(VGG16_TAPS)
-
-
-def tap_choices() -> tuple[str, ...]:
-    """Every tap anti-transfer may use: the 13 conv taps and the penultimate features."""
-    return tuple(experiments.TAPS)
-
-
-def corpus_choices() -> tuple[str, ...]:
-    """SER corpora: SynthEmo (built by the kit) and the real corpora read from a user's disk.
-    Speech Commands is left out: it has no emotions (it trains word networks only)."""
-    from qat.data import corpora
-
-    return ("synthemo", *(c for c in corpora.CORPORA if c != "speechcommands"))
-
-
-def _choice(valid: Callable[[], object]) -> Callable[[str, object], None]:
-    return lambda name, value: check_choice(name, value, valid())
 
 
 def _each(check: Callable[[str, object], None], item_name: str) -> Callable[[str, object], None]:
@@ -53,123 +35,59 @@ def _each(check: Callable[[str, object], None], item_name: str) -> Callable[[str
     return check_list
 
 
-def _tap(name: str, value) -> None:
-    """One tap, or a list of taps (CKA anti-transfer sums over several)."""
-    if isinstance(value, str):
-        check_choice(name, value, tap_choices())
-    else:
-        _each(_choice(tap_choices), name)(name, value)
-
-
-def _non_negative(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}={value!r}: expected a number >= 0")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}={value!r}: expected a finite number >= 0")
-
-
-def _integer(minimum: int) -> Callable[[str, object], None]:
-    def check(name: str, value) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
-
-    return check
-
-
 def _flag(name: str, value) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name}={value!r}: expected True or False")
 
 
-def _root(name: str, value) -> None:
-    if value is not None and not isinstance(value, str | os.PathLike):
-        raise ValueError(f"{name}={value!r}: expected a folder path or None")
-
-
-_CHECKS: dict[str, Callable[[str, object], None]] = {
-    "profile": _choice(lambda: experiments.PROFILES),
-    "corpus": _choice(corpus_choices),
-    "root": _root,
-    "setup": _choice(lambda: experiments.SETUPS),
-    "model": _choice(lambda: experiments.MODELS),
-    "models": _each(_choice(lambda: experiments.MODELS), "model"),
-    "method": _choice(lambda: experiments.METHODS),
-    "orthogonal": _choice(lambda: experiments.ORTHOGONAL_TASKS),
-    "tasks": _each(_choice(lambda: experiments.ORTHOGONAL_TASKS), "task"),
-    "tap": _tap,
-    "taps": _each(_choice(tap_choices), "tap"),
-    "beta": _non_negative,
-    "lam": _non_negative,
-    "rho": _non_negative,
-    "factor": _choice(lambda: ("word", "speaker")),
-    "init_from_orthogonal": _flag,
-    "progress": _flag,
+# Notebook parameters that are not a single run's settings (lists of them, display options).
+_NOTEBOOK_CHECKS: dict[str, Callable[[str, object], None]] = {
+    "models": _each(cfg.validate_field, "model"),
+    "tasks": _each(lambda n, v: check_choice(n, v, cfg.ORTHOGONAL_TASKS), "task"),
+    "taps": _each(lambda n, v: check_choice(n, v, cfg.TAPS), "tap"),
+    "seeds": _each(cfg.validate_field, "seed"),
     "ceiling": _flag,
-    "seed": _integer(0),
-    "seeds": _each(_integer(0), "seed"),
-    "orthogonal_seed": _integer(0),
-    "examples_per_emotion": _integer(1),
-    "audio_examples": _integer(0),
+    "progress": _flag,
+    "orthogonal_seed": lambda n, v: check_number(n, v, 0, cfg.MAX_SEED, integer=True),
+    "examples_per_emotion": lambda n, v: check_number(n, v, 1, integer=True),
+    "audio_examples": lambda n, v: check_number(n, v, 0, integer=True),
 }
 
 
 def check_parameters(**params) -> None:
     """Validate notebook parameters before anything runs, so a typo fails at once with the
-    parameter's name and its valid choices rather than minutes into a run."""
+    parameter's name and what is valid rather than minutes into a run. A run's settings are
+    checked by RunConfig; list-valued and display parameters here."""
+    run_fields = {f.name for f in cfg.fields()}
     for name, value in params.items():
-        if name not in _CHECKS:
-            raise ValueError(f"unknown parameter {name!r}; expected one of {sorted(_CHECKS)}")
-        _CHECKS[name](name, value)
+        if name in run_fields:
+            cfg.validate_field(name, value)
+        elif name in _NOTEBOOK_CHECKS:
+            _NOTEBOOK_CHECKS[name](name, value)
+        else:
+            known = sorted(run_fields | set(_NOTEBOOK_CHECKS))
+            raise ValueError(f"unknown parameter {name!r}; expected one of {', '.join(known)}")
 
 
 # ---------------------------------------------------------------- the shared path
 
 
-def compare(
-    corpus: str = "synthemo",
-    setup: str = "confounded",
-    model: str = "real",
-    method: str = "at",
-    orthogonal: str = "word",
-    tap: str | list[str] = "conv2_1",
-    beta: float = 1.0,
-    lam: float = 1.0,
-    init_from_orthogonal: bool = False,
-    seed: int = 0,
-    profile: str | None = None,
-    root: str | None = None,
-    ceiling: bool = True,
-    progress: bool = True,
-) -> dict[str, dict]:
-    """Train (or reuse the records of) the baseline and `method` with everything else equal;
-    returns {"baseline": record, method: record} ({"baseline": record} for the baseline).
+def compare(ceiling: bool = True, progress: bool = True, **settings) -> dict[str, dict]:
+    """Train (or reuse the records of) the baseline and the configured method with everything
+    else equal; returns {"baseline": record, method: record} ({"baseline": record} for the
+    baseline). `settings` are RunConfig fields.
 
     On a confounded setup, `ceiling` adds "ceiling": the baseline trained on the unconfounded
     control split (same test set, no shortcut in training), the UA an invariance method could
     hope to recover."""
-    common = dict(
-        corpus=corpus,
-        setup=setup,
-        model=model,
-        seed=seed,
-        profile=profile or experiments.default_profile(),
-        root=root,
-        progress=progress,
-    )
-    runs = {"baseline": experiments.train_ser(method="baseline", **common)}
-    if ceiling and setup == "confounded":
-        control = dict(common, setup="unconfounded")
-        runs["ceiling"] = experiments.train_ser(method="baseline", **control)
-    if method != "baseline":
-        runs[method] = experiments.train_ser(
-            method=method,
-            orthogonal=orthogonal,
-            tap=tap,
-            beta=beta,
-            lam=lam,
-            init_from_orthogonal=init_from_orthogonal,
-            **common,
-        )
+    config = RunConfig(**settings)
+    baseline = config.replace(method="baseline")
+    runs = {"baseline": experiments.train_ser(baseline, progress=progress)}
+    if ceiling and config.setup == "confounded":
+        control = baseline.replace(setup="unconfounded")
+        runs["ceiling"] = experiments.train_ser(control, progress=progress)
+    if config.method != "baseline":
+        runs[config.method] = experiments.train_ser(config, progress=progress)
     return runs
 
 
@@ -179,23 +97,23 @@ def show_comparison(runs: dict[str, dict]) -> None:
     from IPython.display import Markdown, display
 
     records = list(runs.values())
-    table = plots.results_table(records).set_index("run")
+    table = tables.results_table(records).set_index("run")
     display(Markdown("### Learning curves (test metrics use the selected epoch)"))
     display(plots.learning_curves(records))
     display(Markdown("### Test confusion matrices"))
     display(plots.confusion_matrices(records))
     display(Markdown("### Test metrics (fractions)"))
-    display(table[list(plots.METRIC_COLUMNS)].round(3))
+    display(table[list(tables.METRIC_COLUMNS)].round(3))
     display(plots.method_comparison(records, setup=records[0]["config"]["setup"]))
-    confound = table[list(plots.CONFOUND_COLUMNS)]
+    confound = table[list(tables.CONFOUND_COLUMNS)]
     if confound.notna().any().any():
         display(Markdown("### Confound: congruent vs incongruent test items"))
         display(confound.round(3))
     display(Markdown("### Cost of one training step and of training"))
-    display(table[list(plots.RESOURCE_COLUMNS)].round(3))
+    display(table[list(tables.RESOURCE_COLUMNS)].round(3))
     if any(r.get("probe") for r in records):
         display(Markdown("### Invariance probe (orthogonal label decoded from each tap)"))
-        display(plots.probe_table(records).set_index("run").round(3))
+        display(tables.probe_table(records).set_index("run").round(3))
         display(plots.probe_by_tap(records))
 
 
@@ -208,62 +126,81 @@ def run_and_show(**params) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- the panel
 
+# Which methods use which control (the others are greyed out).
+_RELEVANT = {
+    "tap": cfg.TAP_METHODS,
+    "beta": cfg.TAP_METHODS,
+    "gram": ("at",),
+    "lam": cfg.ADVERSARY_METHODS,
+    "orthogonal": tuple(m for m in cfg.METHODS if m != "baseline"),
+    "init_from_orthogonal": tuple(m for m in cfg.METHODS if m != "baseline"),
+    "rho": cfg.METHODS,
+    "factor": cfg.METHODS,
+}
+
+
+def _control(field: dataclasses.Field, value):
+    """The ipywidget for one RunConfig field: a dropdown of its choices, a checkbox, or a text
+    box. Number boxes are unbounded on purpose: an out-of-range value is refused with
+    RunConfig's message when Run is pressed, never silently clamped."""
+    import ipywidgets as w
+
+    common = dict(description=field.name.replace("_", " "), tooltip=field.metadata["help"],
+                  style={"description_width": "initial"})  # fmt: skip
+    if field.name == "tap":
+        return w.Dropdown(options=cfg.TAPS, value=value[0] if value else cfg.TAPS[2], **common)
+    if field.metadata["choices"] is not None:
+        return w.Dropdown(options=field.metadata["choices"], value=value, **common)
+    if field.type == "bool":
+        return w.Checkbox(value=bool(value), indent=False, **common)
+    if field.type == "float":
+        return w.FloatText(value=value, **common)
+    if field.type == "int":
+        return w.IntText(value=value, **common)
+    return w.Text(value=value or "", placeholder="folder of a real corpus", **common)
+
+
+def _red(text: str) -> str:
+    import html
+
+    return f"<span style='color:#c62828'>{html.escape(text)}</span>"
+
 
 class AntiTransferPanel:
-    """Controls for corpus, setup, model, method, orthogonal task, tap, beta / lambda, seed and
-    profile, and a Run button calling `on_run(**values)` (default `run_and_show`). Displaying
-    the panel shows the controls; results appear in its output area."""
+    """One control per RunConfig field and a Run button calling `on_run(**values)` (default
+    `run_and_show`). While a run trains, the button is disabled and says which run; a bad value
+    shows one line naming the field instead of a traceback."""
 
     def __init__(self, on_run: Callable[..., object] = run_and_show, **values) -> None:
         import ipywidgets as w
 
         check_parameters(**values)
-        v = {**_defaults_of(compare), **values}
-        tap = v["tap"] if isinstance(v["tap"], str) else v["tap"][0]  # one tap per click
+        run_fields = {f.name for f in cfg.fields()}
+        start = RunConfig(**{k: v for k, v in values.items() if k in run_fields})
         self.on_run = on_run
-        self.controls = {
-            "corpus": w.Dropdown(options=corpus_choices(), value=v["corpus"], description="corpus"),
-            "root": w.Text(value=v["root"] or "", description="root",
-                           placeholder="folder of a real corpus (synthemo: leave empty)"),
-            "setup": w.Dropdown(options=experiments.SETUPS, value=v["setup"], description="setup"),
-            "model": w.Dropdown(options=experiments.MODELS, value=v["model"], description="model"),
-            "method": w.Dropdown(options=experiments.METHODS, value=v["method"],
-                                 description="method"),
-            "orthogonal": w.Dropdown(options=experiments.ORTHOGONAL_TASKS, value=v["orthogonal"],
-                                     description="orthogonal"),
-            "tap": w.Dropdown(options=tap_choices(), value=tap, description="tap"),
-            "beta": w.BoundedFloatText(value=v["beta"], min=0, max=1e6, description="beta"),
-            "lam": w.BoundedFloatText(value=v["lam"], min=0, max=1e6, description="lambda"),
-            "init_from_orthogonal": w.Checkbox(value=bool(v["init_from_orthogonal"]),
-                                               description="init from orthogonal"),
-            "seed": w.BoundedIntText(value=v["seed"], min=0, max=2**31 - 1, description="seed"),
-            "profile": w.Dropdown(options=tuple(experiments.PROFILES),
-                                  value=v["profile"] or experiments.default_profile(),
-                                  description="profile"),
-        }  # fmt: skip
+        self.controls = {f.name: _control(f, getattr(start, f.name)) for f in cfg.fields()}
         # Values without a control (e.g. ceiling, progress) are passed through unchanged.
         self.fixed = {k: v for k, v in values.items() if k not in self.controls}
         self.button = w.Button(description="Run", button_style="primary", icon="play")
+        self.status = w.HTML()
         self.output = w.Output()
         self.button.on_click(lambda _button: self.run())
-        self.controls["method"].observe(lambda _change: self._enable_relevant(), names="value")
+        for name in ("method", "setup"):
+            self.controls[name].observe(lambda _change: self._enable_relevant(), names="value")
         self._enable_relevant()
+        rows = list(self.controls.values())
         self.widget = w.VBox(
-            [
-                w.HBox(list(self.controls.values())[i : i + 4])
-                for i in range(0, len(self.controls), 4)
-            ]
-            + [self.button, self.output]
+            [w.HBox(rows[i : i + 4]) for i in range(0, len(rows), 4)]
+            + [w.HBox([self.button, self.status]), self.output]
         )
 
     def _enable_relevant(self) -> None:
-        """Grey out what the chosen method ignores (beta and tap: AT/CKA; lambda: adversaries)."""
+        """Grey out what the chosen method (or setup) ignores."""
         method = self.controls["method"].value
-        self.controls["beta"].disabled = method not in ("at", "cka")
-        self.controls["tap"].disabled = method not in ("at", "cka")
-        self.controls["lam"].disabled = not method.endswith("dann")
-        self.controls["orthogonal"].disabled = method == "baseline"
-        self.controls["init_from_orthogonal"].disabled = method == "baseline"
+        for name, methods in _RELEVANT.items():
+            self.controls[name].disabled = method not in methods
+        confounded = self.controls["setup"].value in ("confounded", "unconfounded")
+        self.controls["rho"].disabled = self.controls["factor"].disabled = not confounded
 
     def values(self) -> dict:
         """The chosen values, as keyword arguments of `compare` / `run_and_show`."""
@@ -272,22 +209,33 @@ class AntiTransferPanel:
         return {**self.fixed, **out}
 
     def run(self):
-        """What the Run button does: clear the output area, then `on_run(**self.values())`."""
+        """What the Run button does: validate, then `on_run(**values)` with the button
+        disabled and the run named beside it; a bad value gives one line, no traceback."""
+        import html
+
+        values = self.values()
         self.output.clear_output()
-        with self.output:
-            return self.on_run(**self.values())
+        try:
+            config = RunConfig(**{k: v for k, v in values.items() if k in self.controls})
+        except ValueError as err:
+            self.status.value = _red(str(err))
+            return None
+        self.button.disabled, self.button.description = True, "Running…"
+        self.status.value = f"running {html.escape(config.label())}"
+        result = error = None
+        try:
+            with self.output:  # in IPython, Output shows and swallows what escapes it
+                try:
+                    result = self.on_run(**values)
+                except (ValueError, OSError) as err:  # a user error: one line, no traceback
+                    error = err
+        finally:
+            self.button.disabled, self.button.description = False, "Run"
+        done = f"done: {html.escape(config.label())}"
+        self.status.value = done if error is None else _red(str(error))
+        return result
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         display(self.widget)
-
-
-def _defaults_of(fn) -> dict:
-    import inspect
-
-    return {
-        name: p.default
-        for name, p in inspect.signature(fn).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }

@@ -1,0 +1,135 @@
+"""The notebook panel and checks: built from RunConfig, same messages as the CLI, no silent
+clamping, the Run button disabled while a run trains; progress bars leave text, not widgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+
+import numpy as np
+import pytest
+from test_plots import ser_record
+
+from qat import config as cfg
+from qat import widgets
+from qat.config import RunConfig
+
+
+def test_check_parameters_names_the_parameter_and_what_is_valid():
+    widgets.check_parameters(setup="confounded", tap="conv5_3", beta=0.5, seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"tap='conv6_1': expected one of conv1_1.*penultimate"):
+        widgets.check_parameters(tap="conv6_1")
+    with pytest.raises(ValueError, match=r"model='complex': expected one of real, quaternion"):
+        widgets.check_parameters(models=["real", "complex"])
+    with pytest.raises(ValueError, match=r"beta=-1\.0: expected a number >= 0"):
+        widgets.check_parameters(beta=-1.0)
+    with pytest.raises(ValueError, match="unknown parameter 'layer'"):
+        widgets.check_parameters(layer="conv2_1")
+    assert len(widgets.vgg16_taps()) == 13
+
+
+def test_panel_has_one_control_per_run_setting_with_its_choices():
+    panel = widgets.AntiTransferPanel(on_run=lambda **kw: None, profile="smoke")
+    assert list(panel.controls) == [f.name for f in dataclasses.fields(RunConfig)]
+    assert tuple(panel.controls["method"].options) == cfg.METHODS
+    assert tuple(panel.controls["setup"].options) == cfg.SETUPS
+
+
+def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
+    calls = []
+    panel = widgets.AntiTransferPanel(on_run=lambda **kw: calls.append(kw), method="at",
+                                      tap="conv3_2", beta=0.5, profile="smoke",
+                                      ceiling=False)  # fmt: skip
+    panel.controls["model"].value = "quaternion"
+    panel.controls["method"].value = "dann"
+    assert panel.controls["beta"].disabled and not panel.controls["lam"].disabled
+    panel.button.click()
+    assert calls == [
+        {"corpus": "synthemo", "root": None, "setup": "confounded", "model": "quaternion",
+         "method": "dann", "orthogonal": "word", "tap": "conv3_2", "beta": 0.5, "gram": "sample",
+         "lam": 1.0, "init_from_orthogonal": False, "rho": 0.9, "factor": "word", "seed": 0,
+         "profile": "smoke", "ceiling": False}
+    ]  # fmt: skip
+    assert RunConfig(**{k: v for k, v in calls[0].items() if k != "ceiling"}).method == "dann"
+    assert "done: [confounded] quaternion dann word λ=1" in panel.status.value
+    with pytest.raises(ValueError, match="setup='lab'"):
+        widgets.AntiTransferPanel(setup="lab")
+
+
+@pytest.mark.parametrize(
+    ("control", "value", "named"),
+    [("beta", -1.0, "beta=-1.0"), ("lam", float("inf"), "lam=inf"), ("seed", -3, "seed=-3"),
+     ("rho", 1.5, "rho=1.5")],
+)  # fmt: skip
+def test_panel_refuses_out_of_range_values_with_the_cli_message(control, value, named):
+    calls = []
+    panel = widgets.AntiTransferPanel(on_run=lambda **kw: calls.append(kw), method="at",
+                                      profile="smoke")  # fmt: skip
+    panel.controls[control].value = value
+    assert panel.controls[control].value == value  # never clamped
+    panel.button.click()
+    assert calls == []
+    assert named in panel.status.value and "expected" in panel.status.value
+    with pytest.raises(ValueError) as cli_error:
+        RunConfig(method="at", profile="smoke", **{control: value})
+    assert html.escape(str(cli_error.value)) in panel.status.value
+
+
+def test_panel_disables_run_while_training_and_shows_a_user_error_in_one_line():
+    seen = []
+
+    def slow_run(**kw):
+        seen.append((panel.button.disabled, panel.status.value))
+        raise FileNotFoundError("root='/nowhere': folder not found")
+
+    panel = widgets.AntiTransferPanel(on_run=slow_run, method="baseline", profile="smoke")
+    panel.button.click()
+    assert seen == [(True, "running [confounded] real baseline")]
+    assert not panel.button.disabled and panel.button.description == "Run"
+    assert "/nowhere" in panel.status.value and "Traceback" not in panel.status.value
+
+
+def test_compare_trains_baseline_ceiling_and_method_with_everything_else_equal(monkeypatch):
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def fake_train_ser(config, progress=True):
+        calls.append(config)
+        return ser_record(rng, method=config.method, tap=config.tap[0], setup=config.setup)
+
+    monkeypatch.setattr(widgets.experiments, "train_ser", fake_train_ser)
+    runs = widgets.compare(method="at", tap="conv4_1", beta=0.25, seed=3, profile="smoke")
+    assert list(runs) == ["baseline", "ceiling", "at"]
+    for call in calls:
+        assert (call.corpus, call.model, call.seed, call.profile) == ("synthemo", "real", 3, "smoke")
+    assert [(c.method, c.setup) for c in calls] == [
+        ("baseline", "confounded"), ("baseline", "unconfounded"), ("at", "confounded")
+    ]  # fmt: skip
+    assert calls[2].tap == ("conv4_1",) and calls[2].beta == 0.25
+    widgets.show_comparison(runs)  # every figure and table builds from the records
+
+    calls.clear()
+    runs = widgets.compare(setup="random", method="baseline", profile="smoke")
+    assert list(runs) == ["baseline"] and len(calls) == 1
+
+
+def test_a_finished_notebook_bar_leaves_text_not_a_widget(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    papermill = pytest.importorskip("papermill")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "from qat.progress import tqdm\n"
+        "for _ in tqdm(range(3), desc='baseline: epoch 1/1'): pass\n"
+        "for _ in tqdm(range(3), desc='gone', leave=False): pass\n"
+    )]  # fmt: skip
+    nb.metadata["kernelspec"] = {"name": "qat", "display_name": "qat", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill.execute_notebook(
+        str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="qat",
+        progress_bar=False,
+    )  # fmt: skip
+    outputs = nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs
+    kinds = [set(o.get("data", {})) for o in outputs]
+    assert all("application/vnd.jupyter.widget-view+json" not in k for k in kinds)
+    texts = [o["data"]["text/plain"] for o in outputs if "data" in o]
+    assert texts[0].startswith("baseline: epoch 1/1: 100%") and texts[1] == ""
