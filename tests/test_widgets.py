@@ -101,7 +101,8 @@ def test_compare_trains_baseline_ceiling_and_method_with_everything_else_equal(m
     runs = widgets.compare(method="at", tap="conv4_1", beta=0.25, seed=3, profile="smoke")
     assert list(runs) == ["baseline", "ceiling", "at"]
     for call in calls:
-        assert (call.corpus, call.model, call.seed, call.profile) == ("synthemo", "real", 3, "smoke")
+        assert (call.corpus, call.model, call.seed) == ("synthemo", "real", 3)
+        assert call.profile == "smoke"
     assert [(c.method, c.setup) for c in calls] == [
         ("baseline", "confounded"), ("baseline", "unconfounded"), ("at", "confounded")
     ]  # fmt: skip
