@@ -30,30 +30,48 @@ from qat.adversarial import ganin_lambda
 from qat.antitransfer import capture
 from qat.progress import tqdm
 
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "onecycle")
+SELECTIONS = ("best_val_loss", "final", "ema")
+
 
 @dataclass
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 5
+    lr: float = 1e-3  # the peak learning rate under "onecycle"
+    patience: int = 5  # epochs without a better validation loss (selection "best_val_loss")
     seed: int = 0
     target: str = "emotion"  # which label the network is trained on
     beta: float = 1.0  # weight of the anti-transfer term, applied once
     adversary_lambda: float = 1.0  # peak gradient-reversal weight (ramped as in Ganin & Lempitsky)
     adversary_target: str = "word"
     device: str = "cpu"
+    optimizer: str = "adam"  # "adamw": decoupled weight decay
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "onecycle": linear warm-up then cosine decay, per step
+    warmup: float = 0.1  # share of the steps spent warming up ("onecycle")
+    selection: str = "best_val_loss"  # or the final weights, or an EMA of the weights
+    ema_decay: float = 0.99  # per step ("ema")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not (self.beta >= 0) or not math.isfinite(self.beta):
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
-        if not (self.adversary_lambda >= 0):
-            raise ValueError(f"adversary_lambda must be >= 0, got {self.adversary_lambda}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+        for name, low, high in (("lr", 0.0, math.inf), ("beta", 0.0, math.inf),
+                                ("adversary_lambda", 0.0, math.inf),
+                                ("weight_decay", 0.0, math.inf), ("warmup", 0.0, 1.0),
+                                ("ema_decay", 0.0, 1.0)):  # fmt: skip
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and low <= value):
+                raise ValueError(f"{name}={value!r}: expected a finite number >= {low:g}")
+            if value > high or (name == "lr" and value == 0):
+                raise ValueError(f"{name}={value!r}: expected a number in ({low:g}, {high:g}]")
+        for name, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                            ("selection", SELECTIONS)):  # fmt: skip
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {valid}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -109,11 +127,19 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 class Step:
     """One training step on a batch. `fit` calls it for every batch; qat.resources times and
-    measures it on a fixed batch, so the figures in a run record are those of this code."""
+    measures it on a fixed batch, so the figures in a run record are those of this code.
 
-    def __init__(self, model, optimizer, config: TrainConfig, anti_transfer=None, adversary=None):
+    Its pieces are swapped by configuration, not by copying the loop: the task loss is the
+    mean per-item cross-entropy unless `objective(per_item_loss, labels, keys)` says otherwise
+    (group weighting, GroupDRO, JTT's upweighting); the invariance term and the adversary are
+    optional."""
+
+    def __init__(
+        self, model, optimizer, config: TrainConfig, anti_transfer=None, adversary=None,
+        objective=None,
+    ):  # fmt: skip
         self.model, self.optimizer, self.config = model, optimizer, config
-        self.anti_transfer, self.adversary = anti_transfer, adversary
+        self.anti_transfer, self.adversary, self.objective = anti_transfer, adversary, objective
         self.taps = list(anti_transfer.taps) if anti_transfer is not None else []
         if adversary is not None:
             self.taps.append("penultimate")
@@ -132,8 +158,10 @@ class Step:
         targets = at.targets(x, keys) if at is not None else None  # frozen side first: less memory
         with capture(self.model, self.taps) as acts:
             logits = self.forward(x)  # the one forward of the trained network
-        task = F.cross_entropy(logits, y)
-        loss, out = task, {"task": task}
+        per_item = F.cross_entropy(logits, y, reduction="none")
+        task = per_item.mean()
+        loss = task if self.objective is None else self.objective(per_item, labels, keys)
+        out = {"task": task, "train_acc": (logits.argmax(1) == y).float().mean()}
         if self.anti_transfer is not None:
             out["at"] = at.term(acts, targets=targets)
             loss = loss + config.beta * out["at"]
@@ -154,7 +182,39 @@ class Step:
 
 def make_optimizer(model, config: TrainConfig, adversary=None) -> torch.optim.Optimizer:
     params = list(model.parameters()) + (list(adversary.parameters()) if adversary else [])
-    return torch.optim.Adam(params, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_schedule(optimizer, config: TrainConfig, total_steps: int):
+    """None (constant lr) or torch's OneCycleLR: linear warm-up to lr, then cosine decay."""
+    if config.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=max(total_steps, 2),
+        pct_start=max(config.warmup, 1e-6), anneal_strategy="cos",
+        three_phase=False, cycle_momentum=False, div_factor=25.0, final_div_factor=1e3,
+    )  # fmt: skip
+
+
+def _ema(model, config: TrainConfig):
+    if config.selection != "ema":
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                         use_buffers=True)  # fmt: skip
+
+
+def _scores(model, data, target: str) -> tuple[float, float]:
+    """(mean cross-entropy, UA) of `model` on a dataset, in eval mode."""
+    logits = predict(model, data.x)
+    y = data.labels[target]
+    loss = float(F.cross_entropy(logits, y))
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"loss is {loss}: {_non_finite_items(data, logits)}")
+    return loss, metrics.unweighted_accuracy(y.numpy(), logits.argmax(1).numpy())
 
 
 def fit(
@@ -165,16 +225,22 @@ def fit(
     *,
     anti_transfer=None,
     adversary=None,
+    objective=None,
+    monitor=None,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
     name: str = "",
 ) -> dict:
-    """Train `model` on `train` (anything with `.x`, a `.labels` dict and `.indices`), select on
-    `val`'s task loss, restore the best weights, and return the history and best epoch.
-    `name` (the run's label) heads the progress bars and epoch lines.
+    """Train `model` on `train` (anything with `.x`, a `.labels` dict and `.indices`) and leave
+    it with the selected weights: the best validation task loss (early stopping with
+    `patience`), the final weights, or an exponential moving average of the weights
+    (`config.selection`). Returns the per-epoch history and the selected epoch.
 
     anti_transfer: a qat.antitransfer.AntiTransfer (frozen orthogonal network and taps);
-    adversary: a qat.adversarial.Adversary trained on the penultimate features.
+    adversary: a qat.adversarial.Adversary trained on the penultimate features; objective: the
+    task loss from per-item losses (see Step); monitor: a dataset scored every epoch for the
+    history only (e.g. the test set, for analysis: it never selects anything). `name` (the
+    run's label) heads the progress bars and epoch lines.
     """
     device = torch.device(config.device)
     model.to(device)
@@ -182,11 +248,17 @@ def fit(
         adversary.to(device)
     if anti_transfer is not None:
         anti_transfer.check_compatible(model)
-    optimizer = make_optimizer(model, config, adversary)
-    step_fn = Step(model, optimizer, config, anti_transfer, adversary)
     n, n_val = len(train.x), len(val.x)
     if n < 2 or n_val < 1:
         raise ValueError(f"empty split: {n} training and {n_val} validation items")
+    rank, world = rank_and_world()
+    batches_per_epoch = len([i for i in range(0, n, config.batch_size)
+                             if min(config.batch_size, n - i) >= 2 * world])  # fmt: skip
+    total_steps = config.epochs * max(batches_per_epoch, 1)
+    optimizer = make_optimizer(model, config, adversary)
+    schedule = make_schedule(optimizer, config, total_steps)
+    ema = _ema(model, config)
+    step_fn = Step(model, optimizer, config, anti_transfer, adversary, objective)
     keys = torch.as_tensor(np.asarray(train.indices), dtype=torch.long)
 
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0}
@@ -196,33 +268,28 @@ def fit(
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        if adversary is not None:
-            adversary.load_state_dict(saved["adversary"])
+        for part, key in ((adversary, "adversary"), (schedule, "schedule"), (ema, "ema")):
+            if part is not None:
+                part.load_state_dict(saved[key])
         state = saved["state"]
         best_weights = state.pop("best_weights")
     best_weights = best_weights or copy.deepcopy(model.state_dict())
 
     prefix = f"{name}: " if name else ""
-    batches_per_epoch = max(1, n // config.batch_size)
-    total_steps = config.epochs * batches_per_epoch
+    early_stopping = config.selection == "best_val_loss"
     for epoch in range(state["epoch"], config.epochs):
-        if state["bad_epochs"] >= config.patience:
+        if early_stopping and state["bad_epochs"] >= config.patience:
             break
         seed = _epoch_seed(config.seed, epoch)
         torch.manual_seed(seed)  # dropout and anything else random in the step
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         batches = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
         # Under torchrun each rank takes its share of every batch (same effective batch).
-        rank, world = rank_and_world()
         batches = [b[rank::world] for b in batches if len(b) >= 2 * world]  # BN needs two
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(
-            batches,
-            desc=f"{prefix}epoch {epoch + 1}/{config.epochs}",
-            leave=False,
-            disable=not progress,
-        )
+        bar = tqdm(batches, desc=f"{prefix}epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not progress)  # fmt: skip
         for step, idx in enumerate(bar):
             lam = ganin_lambda(
                 (epoch * batches_per_epoch + step) / total_steps, config.adversary_lambda
@@ -236,6 +303,10 @@ def fit(
                     f"{err} at epoch {epoch + 1}, step {step + 1}; training stopped, last good "
                     f"checkpoint: {kept}. Lower lr or beta, or check the inputs for NaN/inf."
                 ) from None
+            if schedule is not None:
+                schedule.step()
+            if ema is not None:
+                ema.update_parameters(model)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{losses['task']:.3f}")
@@ -245,20 +316,22 @@ def fit(
             total = torch.tensor([sums[k] for k in names], dtype=torch.float64)
             torch.distributed.all_reduce(total)
             sums = {k: float(v) / world for k, v in zip(names, total, strict=True)}
-        logits = predict(model, val.x)
-        y_val = val.labels[config.target]
-        val_loss = float(F.cross_entropy(logits, y_val))
-        if not math.isfinite(val_loss):
-            raise NonFiniteLossError(
-                f"validation loss is {val_loss} at epoch {epoch + 1}: "
-                f"{_non_finite_items(val, logits)}; check the inputs for NaN/inf"
-            )
-        val_ua = metrics.unweighted_accuracy(y_val.numpy(), logits.argmax(1).numpy())
+        selected = ema.module if ema is not None else model
+        try:
+            val_loss, val_ua = _scores(selected, val, config.target)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"validation at epoch {epoch + 1}: {err}") from None
         record = {"epoch": epoch + 1, "train_loss": sums.pop("task") / len(batches)}
         record.update({k: v / len(batches) for k, v in sums.items()})
         record.update(val_loss=val_loss, val_ua=val_ua)
+        if schedule is not None:
+            record["lr"] = schedule.get_last_lr()[0]
+        if monitor is not None:  # for analysis only: never used to select anything
+            record["test_loss"], record["test_ua"] = _scores(selected, monitor, config.target)
         state["history"].append(record)
-        if val_loss < state["best_val"]:
+        if not early_stopping:
+            state.update(best_val=val_loss, best_epoch=epoch + 1)
+        elif val_loss < state["best_val"]:
             state.update(best_val=val_loss, best_epoch=epoch + 1, bad_epochs=0)
             best_weights = copy.deepcopy(model.state_dict())
         else:
@@ -268,11 +341,12 @@ def fit(
             saved = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "state": {**state, "best_weights": best_weights},
+                "state": {**state, "best_weights": best_weights if early_stopping else None},
                 "config": asdict(config),
             }
-            if adversary is not None:
-                saved["adversary"] = adversary.state_dict()
+            for part, key in ((adversary, "adversary"), (schedule, "schedule"), (ema, "ema")):
+                if part is not None:
+                    saved[key] = part.state_dict()
             io.write_atomic(ckpt_path, lambda tmp, saved=saved: torch.save(saved, tmp))
         if progress and rank == 0:
             extras = "".join(f"  {k} {record[k]:.4f}" for k in sums)
@@ -281,7 +355,10 @@ def fit(
                 f"val UA {val_ua:.3f}{extras}"
             )
 
-    model.load_state_dict(best_weights)
+    if early_stopping:
+        model.load_state_dict(best_weights)
+    elif ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return {
         "history": state["history"],
         "best_epoch": state["best_epoch"],
