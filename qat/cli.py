@@ -60,7 +60,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
         elif meta["choices"] is not None:
             kw["choices"] = meta["choices"]
         else:
-            kw["type"] = {"float": float, "int": int}.get(field.type, str)
+            kw["type"] = {"float": float, "int": int}.get(field.type.removesuffix(" | None"), str)
         if default is not None:
             kw["help"] += f" (default {default})"
         parser.add_argument(_option(field.name), **kw)

@@ -33,9 +33,11 @@ TAPS = (*VGG16_TAPS, PENULTIMATE)  # where anti-transfer can act
 SER_CORPORA = ("synthemo", *(c for c in CORPORA if c not in ("synthemo", "speechcommands")))
 MAX_SEED = 2**31 - 1
 
-# Sizes per profile. "cpu" runs on this machine in minutes; "paper" is the WASPAA 2023 setting
-# (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20, patience 20).
-# A profile's settings are hashed into every record key: editing one reruns its runs.
+# Sizes and recipe per profile. "cpu" runs on this machine in minutes; "paper" is the WASPAA
+# 2023 setting (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20,
+# patience 20). A profile's settings are hashed into every record key: editing one reruns its
+# runs. Keys a TrainConfig field names (epochs, lr, optimizer, schedule, selection, ...) are
+# the training recipe.
 PROFILES = {
     "smoke": dict(
         corpus=dict(n_speakers=4, n_words=10, repetitions=1),
@@ -62,6 +64,29 @@ PROFILES = {
         rhemo_epochs=(50, 50), orthogonal_epochs=100, n_test_speakers=3,
     ),
 }  # fmt: skip
+
+# The instrument pilot (reports/instrument.md): the same data at the new size (10 repetitions:
+# a word-confounded training split of more than 3,000 items), speaker folds, larger upstream
+# budgets, and candidate recipes compared on baseline and ceiling runs only.
+INSTRUMENT_DATA = dict(
+    corpus=dict(repetitions=10),
+    orthogonal_corpus=dict(repetitions=8),
+    orthogonal_setup="speaker",  # word/speaker networks scored on held-out speakers
+    features=dict(kind="logmel", segment_seconds=1.0, n_mels=64),
+    rhemo_pools=((2, 2), (2, 1), (1, 1)),
+    width=1 / 8, batch_size=32, val_fraction=0.2, folds=4, n_test_speakers=3,
+    rhemo_epochs=(15, 15), orthogonal_epochs=15, monitor_items=1000, probe_items=2000,
+)  # fmt: skip
+RECIPES = {
+    # The v1 recipe: Adam at a constant lr, early stopping on the validation loss.
+    "adam-es": dict(optimizer="adam", lr=2e-3, schedule="constant", selection="best_val_loss",
+                    epochs=12, patience=4),
+    # AdamW with warm-up and cosine decay; the EMA of the weights is the model.
+    "adamw-onecycle-ema": dict(optimizer="adamw", weight_decay=0.05, lr=3e-3,
+                               schedule="onecycle", warmup=0.15, selection="ema",
+                               ema_decay=0.99, epochs=12, patience=12),
+}  # fmt: skip
+PROFILES.update({f"pilot-{name}": {**INSTRUMENT_DATA, **r} for name, r in RECIPES.items()})
 
 
 def default_profile() -> str:
@@ -126,6 +151,9 @@ class RunConfig:
     factor: str = _spec("confounded setups: the factor tied to emotion in training", FACTORS,
                         default="word")  # fmt: skip
     seed: int = _spec("seed of the split, initialisation and batch order", default=0)
+    fold: int | None = _spec("held-out setups: test on the fold-th of the profile's fixed "
+                             "speaker (or word) folds; empty: a seeded held-out set",
+                             default=None)  # fmt: skip
     profile: str = _spec("sizes and recipe (smoke: tests, cpu: this machine, paper: a GPU); "
                          "default $QAT_PROFILE or cpu", tuple(PROFILES),
                          factory=default_profile)  # fmt: skip
@@ -149,6 +177,12 @@ class RunConfig:
             raise ValueError(
                 f"tap=(): expected at least one of {', '.join(TAPS)} (method={self.method!r})"
             )
+        if self.fold is not None:
+            folds = PROFILES[self.profile].get("folds")
+            if self.setup == "random" or not folds:
+                raise ValueError(f"fold={self.fold!r}: expected None (setup {self.setup!r}, "
+                                 f"profile {self.profile!r} has no folds)")  # fmt: skip
+            check_number("fold", self.fold, 0, folds - 1, integer=True)
         if self.corpus != "synthemo" and self.root is None:
             raise ValueError(
                 f"root=None: expected the folder of corpus={self.corpus!r} in its official "
@@ -188,8 +222,12 @@ class RunConfig:
 
     @property
     def split_options(self) -> dict:
-        """rho and factor only shape the confounded setup and its unconfounded control."""
-        return {"rho": self.rho, "factor": self.factor} if self.confounded else {}
+        """rho and factor only shape the confounded setup and its unconfounded control; fold
+        only the held-out setups."""
+        out = {"rho": self.rho, "factor": self.factor} if self.confounded else {}
+        if self.fold is not None:
+            out["fold"] = self.fold
+        return out
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -303,6 +341,7 @@ _CHECKS = {
     "lam": lambda n, v: check_number(n, v),
     "rho": lambda n, v: check_number(n, v, 0.0, 1.0),
     "seed": lambda n, v: check_number(n, v, 0, MAX_SEED, integer=True),
+    "fold": lambda n, v: None if v is None else check_number(n, v, 0, 10**6, integer=True),
     "init_from_orthogonal": _check_flag,
 }
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from qat import runs
+import pandas as pd
+
+from qat import runs, tables
 
 BASE = dict(corpus="synthemo", setup="confounded", orthogonal="word", profile="cpu")
 SEEDS = (0, 1, 2)
@@ -230,19 +232,28 @@ def _targets(rows: list[dict], who: str, factor: str = "word") -> list[str]:
 
 
 def _table(rows: list[dict], factor: str) -> list[str]:
-    out = [
-        f"| configuration | seeds | UA | sd | UA seeds 1-2 | congruent UA | incongruent UA "
-        f"| follows {factor} | {factor} probe (penult.) | step time (s) | peak memory (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['configuration']} | {r['seeds']} | {_fmt(r['ua'])} | {_fmt(r['ua_sd'])} "
-            f"| {_fmt(r['ua_fresh'])} | {_fmt(r['congruent_ua'])} | {_fmt(r['incongruent_ua'])} "
-            f"| {_fmt(r['follows_shortcut'])} | {_fmt(r['probe'].get('penultimate'))} "
-            f"| {_fmt(r['step_time_s'])} | {_fmt(r['peak_memory_mb'], 1)} |"
-        )
-    return out
+    table = pd.DataFrame(
+        [
+            {
+                "configuration": r["configuration"],
+                "seeds": r["seeds"],
+                "UA": r["ua"],
+                "sd": r["ua_sd"],
+                "UA seeds 1-2": r["ua_fresh"],
+                "congruent UA": r["congruent_ua"],
+                "incongruent UA": r["incongruent_ua"],
+                f"follows {factor}": r["follows_shortcut"],
+                f"{factor} probe (penult.)": r["probe"].get("penultimate"),
+                "step time (s)": r["step_time_s"],
+                "peak memory (MiB)": r["peak_memory_mb"],
+            }
+            for r in rows
+        ]
+    )
+    text = tables.markdown_table(
+        table, float_format=".3f", formats={"peak memory (MiB)": ".1f"}, missing="n/a"
+    )
+    return text.splitlines()
 
 
 INTRO = (
@@ -270,7 +281,7 @@ INTRO = (
 
 def write_report(reports=None) -> Path:
     """reports/demonstration.md and its figures, from the run records only."""
-    from qat import paths, plots, report
+    from qat import io, paths, plots
 
     reports = Path(reports or paths.REPORTS)
     records = runs.load_records(reports, kind="ser")
@@ -304,7 +315,8 @@ def write_report(reports=None) -> Path:
         suffix = "" if variant == MAIN else f"_{factor}_rho{variant[0]:g}"
         for kind, fig in figs:
             name = f"demonstration_{kind}{suffix}"
-            section += ["", f"![{name}]({report._save_figure(fig, figures, name)})"]
+            io.save_figure(fig, figures, name)
+            section += ["", f"![{name}](figures/{name}.png)"]
         lines += [*section, ""]
         if variant == MAIN and all(by_model.values()):
             costs = _cost_ratios(by_model)
@@ -316,7 +328,7 @@ def write_report(reports=None) -> Path:
             )
     target = reports / "demonstration.md"
     text = "\n".join(lines + tables) + "\n"
-    report._write_atomic(target, lambda tmp: Path(tmp).write_text(text))
+    io.write_text(target, text)
     if reports.resolve() == (paths.ROOT / "reports").resolve():  # the committed results
         _update_readme(summary)
     return target
@@ -324,7 +336,7 @@ def write_report(reports=None) -> Path:
 
 def _update_readme(summary: list[str]) -> None:
     """Replace the block between the results markers of the top-level README.md."""
-    from qat import paths, report
+    from qat import io, paths
 
     readme = paths.ROOT / "README.md"
     start, end = "<!-- demonstration:start -->", "<!-- demonstration:end -->"
@@ -334,7 +346,7 @@ def _update_readme(summary: list[str]) -> None:
     block = "\n".join([start, "", *summary, "", end])
     before, rest = text.split(start, 1)
     text = before + block + rest.split(end, 1)[1]
-    report._write_atomic(readme, lambda tmp: Path(tmp).write_text(text))
+    io.write_text(readme, text)
 
 
 def _best_per_method(rows: list[dict]) -> list[dict]:

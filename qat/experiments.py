@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import pickle
 import time
@@ -116,25 +117,26 @@ class Data:
     warnings: list[str]
 
 
-MIN_TEST_PER_EMOTION = 5  # below this a test class's recall moves in steps of 20 points or more
+MIN_TEST_PER_CLASS = 5  # below this a test class's recall moves in steps of 20 points or more
 
 
-def _check_task(records, kept, split, test_idx, x) -> list[str]:
+def _check_task(records, kept, split, test_idx, x, target: str = "emotion") -> list[str]:
     """Refuse a degenerate task; return the warnings a run record carries."""
-    lost = sorted({r.emotion for r in records} - {r.emotion for r in kept})
+    attr = {"emotion": "emotion", "word": "text", "speaker": "speaker"}[target]
+    lost = sorted({getattr(r, attr) for r in records} - {getattr(r, attr) for r in kept})
     if lost:
         raise ValueError(
-            f"emotion(s) {lost}: every file is near-silent (peak below the silence threshold); "
+            f"{target}(s) {lost}: every file is near-silent (peak below the silence threshold); "
             "the task would silently lose the class. Check those files or leave the class out"
         )
-    emotions = sorted({r.emotion for r in kept})
-    if len(emotions) < 2:
-        raise ValueError(f"emotions {emotions}: a classification task needs at least two")
-    test_emotions = {kept[i].emotion for i in test_idx}
-    if len(test_idx) < 2 or len(test_emotions) < 2:
+    classes = sorted({getattr(r, attr) for r in kept})
+    if len(classes) < 2:
+        raise ValueError(f"{target} classes {classes}: a classification task needs at least two")
+    test_classes = {getattr(kept[i], attr) for i in test_idx}
+    if len(test_idx) < 2 or len(test_classes) < 2:
         raise ValueError(
             f"the {split.setup} split's test set holds {len(test_idx)} item(s) of "
-            f"{len(test_emotions)} emotion(s) (test speakers/words "
+            f"{len(test_classes)} {target} class(es) (test speakers/words "
             f"{split.meta.get('test_speakers') or split.meta.get('test_words')}); a score on it "
             "would mean nothing. Choose another setup or a corpus with more test items"
         )
@@ -148,11 +150,11 @@ def _check_task(records, kept, split, test_idx, x) -> list[str]:
             f"{len(bad)} item(s) have NaN or infinite features, e.g. {bad[:3]}; check their "
             "audio files, or delete the feature cache under QAT_CACHE/features"
         )
-    counts = {e: sum(kept[i].emotion == e for i in test_idx) for e in emotions}
-    few = {e: n for e, n in counts.items() if n < MIN_TEST_PER_EMOTION}
+    counts = {c: sum(getattr(kept[i], attr) == c for i in test_idx) for c in classes}
+    few = {c: n for c, n in counts.items() if n < MIN_TEST_PER_CLASS}
     out = []
-    if few:
-        out.append(f"test set: fewer than {MIN_TEST_PER_EMOTION} items for {few}; per-class "
+    if few and target == "emotion":
+        out.append(f"test set: fewer than {MIN_TEST_PER_CLASS} items for {few}; per-class "
                    "recall, and so UA, is coarse")  # fmt: skip
     if len(kept) < len(records):
         out.append(f"{len(records) - len(kept)} near-silent file(s) dropped")
@@ -165,6 +167,7 @@ def prepare_data(
     profile: str,
     seed: int = 0,
     progress: bool = True,
+    target: str = "emotion",
     **split_options,
 ) -> Data:
     check_choice("setup", setup, splits.SETUPS)
@@ -175,11 +178,13 @@ def prepare_data(
     x = feats.x[keep] if len(keep) < len(records) else feats.x
     split_options.setdefault("n_test_speakers", PROFILES[profile]["n_test_speakers"])
     split_options.setdefault("val_fraction", PROFILES[profile].get("val_fraction", 0.1))
-    if setup in ("random", "word"):
+    if setup in ("random", "word") or "fold" in split_options:
         split_options.pop("n_test_speakers")
+    if "fold" in split_options:
+        split_options.setdefault("folds", PROFILES[profile]["folds"])
     split = splits.make_split(kept, setup, seed=seed, **split_options)
     train_idx, val_idx, test_idx = split.indices(kept)
-    notes = _check_task(records, kept, split, test_idx, x)
+    notes = _check_task(records, kept, split, test_idx, x, target)
     label_space = LabelSpace.from_records(kept)
     normalizer = Normalizer.fit(np.asarray(x[train_idx]))
     datasets = [
@@ -189,17 +194,31 @@ def prepare_data(
     return Data(kept, split, label_space, *datasets, dropped_silent=dropped, warnings=notes)
 
 
+RECIPE = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "device"}
+
+
 def train_config(profile: str, seed: int, **overrides) -> TrainConfig:
-    """The training settings of a profile, with per-run overrides."""
-    p = PROFILES[profile]
-    base = dict(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], patience=p["patience"])
-    return TrainConfig(**{**base, "seed": seed, "device": _device(), **overrides})
+    """The training recipe of a profile (every TrainConfig field it names), with per-run
+    overrides."""
+    recipe = {k: v for k, v in PROFILES[profile].items() if k in RECIPE}
+    return TrainConfig(**{**recipe, "seed": seed, "device": _device(), **overrides})
 
 
 def with_inputs(dataset: SERDataset, x: torch.Tensor) -> SERDataset:
     """The same items and labels with other network inputs (e.g. RH-emo embeddings)."""
     out = copy.copy(dataset)
     out.x = x
+    return out
+
+
+def subset(dataset: SERDataset, n: int | None, seed: int = 0) -> SERDataset:
+    """At most `n` items of a dataset, drawn once with a fixed seed (all of them if n is None)."""
+    if n is None or n >= len(dataset.x):
+        return dataset
+    keep = torch.as_tensor(np.sort(np.random.default_rng(seed).permutation(len(dataset.x))[:n]))
+    out = with_inputs(dataset, dataset.x[keep])
+    out.labels = {k: v[keep] for k, v in dataset.labels.items()}
+    out.indices = np.asarray(dataset.indices)[keep.numpy()]
     return out
 
 
@@ -300,7 +319,9 @@ def pretrain_orthogonal(
     check_choice("model", model, MODELS)
     p = PROFILES[profile]
     records = load_orthogonal_records(profile, progress)
-    data = prepare_data(records, "random", profile, seed, progress)
+    # Words are scored on held-out speakers when the profile says so; speakers cannot be.
+    setup = p.get("orthogonal_setup", "random") if task == "word" else "random"
+    data = prepare_data(records, setup, profile, seed, progress, target=task)
     train, val, test = data.train, data.val, data.test
     rhemo_key = None
     if model == "quaternion":
@@ -385,11 +406,13 @@ def confound_metrics(data: Data, pred: np.ndarray, target: str = "word") -> dict
 
 
 def invariance_probes(
-    net, train: SERDataset, held_out: SERDataset, label: str, taps=PROBE_TAPS
+    net, train: SERDataset, held_out: SERDataset, label: str, taps=PROBE_TAPS, items=None
 ) -> dict:
     """Linear-probe accuracy of the orthogonal label at several taps of the trained (frozen)
     network, fitted on `train` and scored on `held_out` (held-out speakers for words; for
-    speakers, which the test set does not share with training, the validation items)."""
+    speakers, which the test set does not share with training, the validation items), each
+    at most `items` items (a fixed subsample: the probe is a measurement, not the run)."""
+    train, held_out = subset(train, items, 1), subset(held_out, items, 2)
     out = {}
     for tap in taps:
         a = pooled_activations(net, tap, train.x)
@@ -407,6 +430,31 @@ def _check_writable() -> None:
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message names the checkpoint a rerun resumes from."""
+
+
+def step_cost(config: RunConfig, net, tcfg, anti_transfer, adversary, train, device) -> dict:
+    """Cost of one training step of this configuration (parameters, FLOPs, peak memory, time),
+    measured on a copy of the network (which stays as trained). The cost does not depend on the
+    seed or fold, so it is measured once per configuration and machine and reused from the
+    cache; the record says whether it was."""
+    shared = config.replace(seed=0, fold=None).key_dict()
+    key = runs.config_key({**shared, "device": device, "in_shape": list(train.x.shape[1:])})
+    path = paths.CACHE / "step_costs" / f"{key}.json"
+    if path.exists():
+        with contextlib.suppress(runs.RecordError, KeyError):
+            return {**runs.load_record(path)["cost"], "cost_reused": True}
+    probe_net, adv_copy = copy.deepcopy(net), copy.deepcopy(adversary)
+    step = Step(probe_net, make_optimizer(probe_net, tcfg, adv_copy), tcfg, anti_transfer, adv_copy)
+    idx = torch.arange(min(tcfg.batch_size, len(train.x)))
+    batch_labels = {k: v[idx] for k, v in train.labels.items()}
+    keys = torch.as_tensor(np.asarray(train.indices))[idx]
+    probe_net.train()
+    cost = resources.measure(
+        probe_net, lambda: step(train.x[idx], batch_labels, keys, config.lam), device=device
+    )
+    with contextlib.suppress(OSError):  # a cache, not a result: a failed write costs nothing
+        io.write_json(path, {"config": {"key": key}, "cost": cost})
+    return {**cost, "cost_reused": False}
 
 
 def train_ser(
@@ -486,33 +534,24 @@ def train_ser(
     )  # fmt: skip
     ckpt = paths.CACHE / "checkpoints" / f"ser-{runs.config_key(key)}.ckpt"
     io.ensure_folder(ckpt.parent, "checkpoint")
-    t_train = time.perf_counter()
+    monitor = subset(test, p["monitor_items"]) if p.get("monitor_items") else None
+    t_prepared = time.perf_counter()
     try:
         result = fit(
             net, train, val, tcfg, anti_transfer=anti_transfer, adversary=adversary,
-            checkpoint=ckpt, progress=progress, name=name,
+            monitor=monitor, checkpoint=ckpt, progress=progress, name=name,
         )  # fmt: skip
     except KeyboardInterrupt:
         saved = f"checkpoint {ckpt}" if ckpt.exists() else "no checkpoint yet (first epoch)"
         raise Interrupted(
             f"interrupted: {name}; {saved}; the same command resumes from it"
         ) from None
-    train_time = time.perf_counter() - t_train
+    train_time = time.perf_counter() - t_prepared
     test_metrics = evaluate(net, test, num_classes=num_classes)
     pred = np.asarray(test_metrics["predictions"])
 
-    # Cost of one training step of this exact configuration, on a copy (the model stays as trained).
-    probe_net = copy.deepcopy(net)
-    adv_copy = copy.deepcopy(adversary)
-    step = Step(probe_net, make_optimizer(probe_net, tcfg, adv_copy), tcfg, anti_transfer, adv_copy)
-    idx = torch.arange(min(p["batch_size"], len(train.x)))
-    batch_labels = {k: v[idx] for k, v in train.labels.items()}
-    keys = torch.as_tensor(np.asarray(train.indices))[idx]
-    probe_net.train()
-    cost = resources.measure(
-        probe_net, lambda: step(train.x[idx], batch_labels, keys, config.lam), device=device
-    )
-    cost["train_time_s"] = train_time
+    cost = {**step_cost(config, net, tcfg, anti_transfer, adversary, train, device),
+            "train_time_s": train_time}  # fmt: skip
 
     target_label = config.probe_target
     probe_taps = sorted({*PROBE_TAPS, *config.taps}, key=TAPS.index)
@@ -531,7 +570,12 @@ def train_ser(
         "confound": confound_metrics(data, pred, config.factor) if config.confounded else {},
         "probe": {
             target_label: invariance_probes(
-                net, train, test if target_label == "word" else val, target_label, probe_taps
+                net,
+                train,
+                test if target_label == "word" else val,
+                target_label,
+                probe_taps,
+                p.get("probe_items"),
             )
         },
         "history": result["history"],
@@ -543,6 +587,11 @@ def train_ser(
         "code_version": runs.code_version(),
         "device": device,
         "wall_time_s": time.perf_counter() - t_start,
+        "timings_s": {
+            "prepare": t_prepared - t_start,
+            "train": train_time,
+            "after": time.perf_counter() - t_prepared - train_time,
+        },
     }
     if rank == 0:
         io.write_json_beside(target, record)

@@ -1,10 +1,11 @@
-"""Figures and tables built from run records (the JSON dicts under reports/runs/).
+"""Figures built from run records (the JSON dicts under reports/runs/): figures only.
 
 Every function takes records (or utterance records / arrays for the corpus figures) and returns
-a matplotlib Figure with labelled axes and units, or a pandas DataFrame. Figures are made with
-matplotlib.figure.Figure, not pyplot, so nothing accumulates in pyplot's global figure list and
-a notebook shows each figure once (as the value of the cell). Numbers are never typed in: what a
-figure or table shows is read from the records.
+a matplotlib Figure with labelled axes and units; the records -> DataFrame code, run labels and
+matching baselines live in qat.tables. Figures are made with matplotlib.figure.Figure, not
+pyplot, so nothing accumulates in pyplot's global figure list and a notebook shows each figure
+once (as the value of the cell). Numbers are never typed in: what a figure shows is read from
+the records.
 
 UA, WA and macro-F1 are fractions in [0, 1]; "UA gain" is the difference of two UAs (same
 units). A run's matching baseline is the baseline record with the same corpus, setup, model,
@@ -13,9 +14,7 @@ seed, profile and split options.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -27,322 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-# The configuration fields a method run shares with its matching baseline.
-PAIR_FIELDS = ("corpus", "root", "setup", "model", "seed", "profile", "split")
-
-METRIC_COLUMNS = ("UA", "WA", "macro-F1")
-CONFOUND_COLUMNS = ("congruent UA", "incongruent UA", "follows shortcut", "congruent share (test)")
-RESOURCE_COLUMNS = (
-    "params",
-    "GFLOPs/step",
-    "step time (ms)",
-    "peak memory (MiB)",
-    "train time (s)",
-    "best epoch",
-    "epochs",
-)
-RHEMO_AXES = ("r: emotion", "i: valence", "j: arousal", "k: dominance")
-RHEMO_HEAD_KEYS = ("val_emotion_ua", "val_valence_acc", "val_arousal_acc", "val_dominance_acc")
-
-MIB = 2**20
-METRIC_NAMES = {
-    "ua": "UA",
-    "wa": "WA",
-    "macro_f1": "macro-F1",
-    "congruent_ua": "UA on congruent items",
-    "incongruent_ua": "UA on incongruent items",
-    "follows_shortcut": "share following the shortcut",
-}
-
-
-# ---------------------------------------------------------------- record helpers
-
-
-def _check_records(records, what: str = "run records") -> list[dict]:
-    if isinstance(records, Mapping):
-        records = [records]
-    records = list(records)
-    if not records:
-        raise ValueError(f"records: expected at least one of the {what}, got none")
-    for r in records:
-        if not isinstance(r, Mapping) or "config" not in r:
-            raise ValueError(f"records: expected run record dicts with a 'config', got {r!r:.80}")
-    return records
-
-
-def ser_records(records) -> list[dict]:
-    """The SER runs (kind "ser") among `records`."""
-    return [r for r in records if r.get("kind") == "ser"]
-
-
-def _ser_only(records, who: str) -> list[dict]:
-    ser = ser_records(_check_records(records))
-    if not ser:
-        kinds = sorted({str(r.get("kind")) for r in records})
-        raise ValueError(f"{who}: expected SER run records (kind 'ser'), got kinds {kinds}")
-    return ser
-
-
-def _number(value) -> float:
-    return math.nan if value is None else float(value)
-
-
-def tap_order(tap: str) -> tuple[int, int]:
-    """Sort key putting taps in network order: conv1_1 < conv1_2 < ... < conv5_3 < penultimate."""
-    match = re.fullmatch(r"conv(\d+)_(\d+)", tap)
-    if match:
-        return int(match[1]), int(match[2])
-    return (10**6, 0) if tap == "penultimate" else (10**6 + 1, 0)
-
-
-def _fmt_value(value: float) -> str:
-    return f"{value:g}"
-
-
-def run_label(record: Mapping, without: Sequence[str] = ()) -> str:
-    """A short human name for a run, e.g. "quaternion at word@conv2_1 β=1" or "real baseline".
-
-    `without` drops parts that every compared run shares ("model", "taps", "seed", "setup")."""
-    config = record["config"]
-    kind = record.get("kind", "?")
-    if kind != "ser":
-        parts = [kind]
-        if config.get("setup") and "setup" not in without:
-            parts.append(config["setup"])
-        if "seed" not in without and config.get("seed"):
-            parts.append(f"seed {config['seed']}")
-        return " ".join(parts)
-    parts = []
-    if "setup" not in without:
-        parts.append(f"[{config.get('setup')}]")
-    if "model" not in without:
-        parts.append(str(config.get("model")))
-    method = str(config.get("method"))
-    if config.get("orthogonal") and method != "baseline":
-        method += f" {config['orthogonal']}"
-    taps = config.get("taps") or []
-    if taps and "taps" not in without:
-        method += "@" + "+".join(taps)
-    parts.append(method)
-    if config.get("beta") is not None:
-        parts.append(f"β={_fmt_value(config['beta'])}")
-    if config.get("gram") not in (None, "sample"):
-        parts.append(f"gram={config['gram']}")
-    if config.get("lam") is not None:
-        parts.append(f"λ={_fmt_value(config['lam'])}")
-    if config.get("init_from_orthogonal"):
-        parts.append("+init")
-    if config.get("seed") and "seed" not in without:
-        parts.append(f"seed {config['seed']}")
-    return " ".join(parts)
-
-
-def _pair_key(config: Mapping) -> str:
-    return json.dumps({k: config.get(k) for k in PAIR_FIELDS}, sort_keys=True, default=str)
-
-
-def _baselines(records: Sequence[Mapping]) -> dict[str, list[Mapping]]:
-    out: dict[str, list[Mapping]] = defaultdict(list)
-    for r in records:
-        if r["config"].get("method") == "baseline":
-            out[_pair_key(r["config"])].append(r)
-    return out
-
-
-def metric_value(record: Mapping, name: str) -> float:
-    """A test metric of an SER record: "ua", "wa", "macro_f1" or a confound metric
-    ("congruent_ua", "incongruent_ua", "follows_shortcut"); NaN when the record lacks it."""
-    if name in ("ua", "wa", "macro_f1"):
-        return _number(record["metrics"].get(name))
-    return _number((record.get("confound") or {}).get(name))
-
-
-# ---------------------------------------------------------------- tables
-
-
-def results_table(records) -> pd.DataFrame:
-    """One row per SER run: configuration, test UA/WA/macro-F1, the confound metrics (NaN when
-    the setup is not confounded) and the cost of training (resources)."""
-    rows = []
-    for r in _ser_only(records, "results_table"):
-        c, m, res = r["config"], r["metrics"], r.get("resources") or {}
-        confound = r.get("confound") or {}
-        rows.append(
-            {
-                "run": run_label(r),
-                "setup": c.get("setup"),
-                "model": c.get("model"),
-                "method": c.get("method"),
-                "orthogonal": c.get("orthogonal"),
-                "taps": "+".join(c.get("taps") or []),
-                "beta": _number(c.get("beta")),
-                "lam": _number(c.get("lam")),
-                "seed": c.get("seed"),
-                "UA": _number(m.get("ua")),
-                "WA": _number(m.get("wa")),
-                "macro-F1": _number(m.get("macro_f1")),
-                "congruent UA": _number(confound.get("congruent_ua")),
-                "incongruent UA": _number(confound.get("incongruent_ua")),
-                "follows shortcut": _number(confound.get("follows_shortcut")),
-                "congruent share (test)": _number(confound.get("congruent_share_test")),
-                "params": res.get("params"),
-                "GFLOPs/step": _number(res.get("flops_per_step")) / 1e9,
-                "step time (ms)": _number(res.get("step_time_s")) * 1e3,
-                "peak memory (MiB)": _number(res.get("peak_memory_bytes")) / MIB,
-                "train time (s)": _number(res.get("train_time_s")),
-                "best epoch": r.get("best_epoch"),
-                "epochs": len(r.get("history") or []),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def sweep_table(records) -> pd.DataFrame:
-    """One row per single-tap method run (AT at one tap), beside its matching baseline: UA,
-    baseline UA, UA gain, and the step time / peak memory of both. A run without a baseline
-    record gets NaN baseline columns. `group` names the configuration without tap and seed."""
-    ser = _ser_only(records, "sweep_table")
-    baselines = _baselines(ser)
-    rows = []
-    for r in ser:
-        c = r["config"]
-        taps = c.get("taps") or []
-        if c.get("method") == "baseline" or len(taps) != 1:
-            continue
-        base = baselines.get(_pair_key(c), [])
-        res = r.get("resources") or {}
-        base_ua = np.mean([b["metrics"]["ua"] for b in base]) if base else math.nan
-        base_time = _mean_resource(base, "step_time_s")
-        base_mem = _mean_resource(base, "peak_memory_bytes")
-        rows.append(
-            {
-                "group": run_label(r, without=("taps", "seed", "setup")),
-                "model": c.get("model"),
-                "method": c.get("method"),
-                "tap": taps[0],
-                "seed": c.get("seed"),
-                "UA": _number(r["metrics"].get("ua")),
-                "baseline UA": float(base_ua),
-                "UA gain": _number(r["metrics"].get("ua")) - float(base_ua),
-                "step time (ms)": _number(res.get("step_time_s")) * 1e3,
-                "baseline step time (ms)": base_time * 1e3,
-                "peak memory (MiB)": _number(res.get("peak_memory_bytes")) / MIB,
-                "baseline peak memory (MiB)": base_mem / MIB,
-                "GFLOPs/step": _number(res.get("flops_per_step")) / 1e9,
-            }
-        )
-    columns = ["group", "model", "method", "tap", "seed", "UA", "baseline UA", "UA gain"]
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    table = pd.DataFrame(rows)
-    table["_order"] = table["tap"].map(tap_order)
-    return (
-        table.sort_values(["group", "_order", "seed"]).drop(columns="_order").reset_index(drop=True)
-    )
-
-
-def _mean_resource(records: Sequence[Mapping], key: str) -> float:
-    values = [(r.get("resources") or {}).get(key) for r in records]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else math.nan
-
-
-def probe_table(records) -> pd.DataFrame:
-    """Linear-probe accuracy of the orthogonal label (word or speaker) at each probed tap of
-    each SER run: rows are runs, columns "<label> @ <tap>" in network order."""
-    rows = []
-    for r in _ser_only(records, "probe_table"):
-        row = {"run": run_label(r)}
-        for label, by_tap in (r.get("probe") or {}).items():
-            for tap in sorted(by_tap, key=tap_order):
-                row[f"{label} @ {tap}"] = _number(by_tap[tap])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def pretrained_table(records) -> pd.DataFrame:
-    """One row per pretrained orthogonal network (records of kind "orthogonal-<task>-<model>"):
-    task, model, epochs, its own test UA/WA/macro-F1 on the orthogonal task, training time."""
-    rows = []
-    for r in _check_records(records, "pretrained-network records"):
-        if not str(r.get("kind", "")).startswith("orthogonal-"):
-            continue
-        c, m = r["config"], r.get("metrics") or {}
-        rows.append(
-            {
-                "network": r["kind"],
-                "task": c.get("task"),
-                "model": c.get("model"),
-                "seed": c.get("seed"),
-                "epochs": len(r.get("history") or []),
-                "test UA": _number(m.get("ua")),
-                "test WA": _number(m.get("wa")),
-                "test macro-F1": _number(m.get("macro_f1")),
-                "train time (s)": _number(r.get("wall_time_s")),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def rhemo_table(records) -> pd.DataFrame:
-    """One row per RH-emo record: its split, epochs, and the last epoch's validation
-    reconstruction MSE and head accuracies (emotion UA on r; valence/arousal/dominance on
-    i/j/k)."""
-    rows = []
-    for r in _check_records(records, "RH-emo records"):
-        if r.get("kind") != "rhemo":
-            continue
-        last = (r.get("history") or [{}])[-1]
-        row = {
-            "corpus": r["config"].get("corpus"),
-            "setup": r["config"].get("setup"),
-            "seed": r["config"].get("seed"),
-            "epochs": len(r.get("history") or []),
-            "val reconstruction MSE": _number(last.get("val_reconstruction_mse")),
-        }
-        for axis, key in zip(RHEMO_AXES, RHEMO_HEAD_KEYS, strict=True):
-            row[f"{axis} accuracy"] = _number(last.get(key))
-        row["train time (s)"] = _number(r.get("wall_time_s"))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def pick_examples(utterances, per_emotion: int = 1) -> list[int]:
-    """Positions of the first `per_emotion` utterances of each emotion (emotions in the
-    common vocabulary's order): a small deterministic set of examples to look at."""
-    if per_emotion < 1:
-        raise ValueError(f"per_emotion={per_emotion!r}: expected an integer >= 1")
-    by_emotion: dict[str, list[int]] = defaultdict(list)
-    for i, u in enumerate(utterances):
-        if len(by_emotion[u.emotion]) < per_emotion:
-            by_emotion[u.emotion].append(i)
-    return [i for e in _ordered_values(by_emotion, "emotion") for i in by_emotion[e]]
-
-
-def cooccurrence_table(utterances, column: str = "text", row: str = "emotion") -> pd.DataFrame:
-    """Counts of utterances per (row value, column value), e.g. emotion x word ("text") or
-    emotion x speaker. Emotions keep the common vocabulary's order, other values are sorted."""
-    utterances = list(utterances)
-    if not utterances:
-        raise ValueError("utterances: expected at least one utterance record, got none")
-    for name in (row, column):
-        if not hasattr(utterances[0], name):
-            raise ValueError(f"{name!r} is not an utterance field; expected e.g. emotion, text")
-    table = pd.crosstab(
-        pd.Series([getattr(u, row) for u in utterances], name=row),
-        pd.Series([getattr(u, column) for u in utterances], name=column),
-    )
-    return table.reindex(index=_ordered_values(table.index, row), columns=sorted(table.columns))
-
-
-def _ordered_values(values, field: str) -> list:
-    if field != "emotion":
-        return sorted(values)
-    from qat.data.records import EMOTIONS
-
-    rank = {e: i for i, e in enumerate(EMOTIONS)}
-    return sorted(values, key=lambda v: (rank.get(v, len(rank)), v))
-
+from qat import tables
 
 # ---------------------------------------------------------------- training curves
 
@@ -366,7 +50,7 @@ def learning_curves(records, title: str | None = None) -> Figure:
     """Per-epoch history of one or more runs (SER, orthogonal networks or RH-emo): one panel per
     kind of quantity (loss, AT term, accuracy, reconstruction error), one colour per run, one
     line style per quantity; a dotted vertical line marks each SER run's selected epoch."""
-    records = _check_records(records)
+    records = tables.check_records(records)
     panels: dict[str, list[str]] = {}
     for r in records:
         for row in r.get("history") or []:
@@ -381,7 +65,7 @@ def learning_curves(records, title: str | None = None) -> Figure:
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     styles = ("-", "--", ":", "-.")
-    labels = _unique_labels(records)
+    labels = tables.unique_labels(records)
     for ax, (panel, keys) in zip(axes, panels.items(), strict=True):
         for i, (r, label) in enumerate(zip(records, labels, strict=True)):
             history = r.get("history") or []
@@ -403,28 +87,18 @@ def learning_curves(records, title: str | None = None) -> Figure:
     return fig
 
 
-def _unique_labels(records: Sequence[Mapping]) -> list[str]:
-    labels = [run_label(r) for r in records]
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for label in labels:
-        seen[label] += 1
-        out.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
-    return out
-
-
 # ---------------------------------------------------------------- confusion matrices
 
 
 def confusion_matrix(record: Mapping, normalize: bool = True, ax=None) -> Figure:
     """Test confusion matrix of one SER run (rows: true emotion, columns: predicted), as the
     share of each true class (normalize=True, rows sum to 1) or as counts."""
-    (record,) = _ser_only([record], "confusion_matrix")
+    (record,) = tables.ser_only([record], "confusion_matrix")
     counts = np.asarray(record["metrics"]["confusion"], dtype=float)
     emotions = record["labels"]["emotions"]
     if counts.shape != (len(emotions), len(emotions)):
         raise ValueError(
-            f"record {run_label(record)!r}: confusion shape {counts.shape} does not match "
+            f"record {tables.run_label(record)!r}: confusion shape {counts.shape} does not match "
             f"{len(emotions)} emotions"
         )
     if normalize:
@@ -445,13 +119,13 @@ def confusion_matrix(record: Mapping, normalize: bool = True, ax=None) -> Figure
     )  # fmt: skip
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("true emotion")
-    ax.set_title(f"{run_label(record)}\nUA {record['metrics']['ua']:.3f}", fontsize="small")
+    ax.set_title(f"{tables.run_label(record)}\nUA {record['metrics']['ua']:.3f}", fontsize="small")
     return fig
 
 
 def confusion_matrices(records, normalize: bool = True) -> Figure:
     """Confusion matrices of several SER runs side by side."""
-    ser = _ser_only(records, "confusion_matrices")
+    ser = tables.ser_only(records, "confusion_matrices")
     fig = Figure(figsize=(4.6 * len(ser), 4.0), layout="constrained")
     for ax, r in zip(fig.subplots(1, len(ser), squeeze=False)[0], ser, strict=True):
         confusion_matrix(r, normalize=normalize, ax=ax)
@@ -474,7 +148,7 @@ def class_balance(groups) -> Figure:
     ).fillna(0)
     if counts.empty:
         raise ValueError("groups: expected utterance records, got none")
-    counts = counts.reindex(_ordered_values(counts.index, "emotion"))
+    counts = counts.reindex(tables.ordered_values(counts.index, "emotion"))
     fig = Figure(figsize=(1.2 * len(counts) + 2, 3.4), layout="constrained")
     ax = fig.subplots()
     counts.plot.bar(ax=ax, rot=0)
@@ -488,7 +162,7 @@ def class_balance(groups) -> Figure:
 def cooccurrence_heatmap(utterances, column: str = "text", title: str | None = None) -> Figure:
     """Heatmap of emotion x `column` counts ("text" = word/sentence, or "speaker"): in a
     confounded training split each emotion's row concentrates on its own subset."""
-    table = cooccurrence_table(utterances, column=column)
+    table = tables.cooccurrence_table(utterances, column=column)
     name = {"text": "word (text)", "speaker": "speaker"}.get(column, column)
     fig = Figure(figsize=(max(4.5, 0.22 * table.shape[1] + 2.5), 0.45 * table.shape[0] + 1.8),
                  layout="constrained")  # fmt: skip
@@ -550,7 +224,7 @@ def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
         raise ValueError(f"titles: expected {len(z)} (one per embedding), got {len(titles)}")
     fig = Figure(figsize=(11, 1.9 * len(z) + 1.4), layout="constrained")
     axes = fig.subplots(len(z), 4, squeeze=False, sharex=True, sharey=True)
-    for col, axis_name in enumerate(RHEMO_AXES):
+    for col, axis_name in enumerate(tables.RHEMO_AXES):
         lo, hi = float(z[:, col].min()), float(z[:, col].max())
         for row in range(len(z)):
             ax = axes[row, col]
@@ -568,15 +242,15 @@ def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
 def rhemo_heads(record: Mapping) -> Figure:
     """Validation accuracy of RH-emo's four heads at the last epoch, one bar per embedding
     axis: emotion UA on r, binarised valence/arousal/dominance accuracy on i, j, k."""
-    (record,) = _check_records([record])
+    (record,) = tables.check_records([record])
     history = record.get("history") or []
     if not history:
-        raise ValueError(f"record {run_label(record)!r}: no history to read head accuracies")
+        raise ValueError(f"record {tables.run_label(record)!r}: no history to read head accuracies")
     last = history[-1]
-    values = [_number(last.get(k)) for k in RHEMO_HEAD_KEYS]
+    values = [tables.as_float(last.get(k)) for k in tables.RHEMO_HEAD_KEYS]
     fig = Figure(figsize=(5.5, 3.4), layout="constrained")
     ax = fig.subplots()
-    bars = ax.bar(RHEMO_AXES, values, color=["C0", "C1", "C2", "C3"])
+    bars = ax.bar(tables.RHEMO_AXES, values, color=["C0", "C1", "C2", "C3"])
     ax.bar_label(bars, fmt="%.2f")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("embedding axis: head")
@@ -598,9 +272,9 @@ def method_comparison(
     setup (default: the most common setup of the records). Dashed line: that model's baseline
     on the setup; dotted line: the ceiling, the baseline trained on `ceiling_setup` (e.g. the
     unconfounded control of a confounded split), when such a record exists."""
-    ser = _ser_only(records, "method_comparison")
-    if metric not in METRIC_NAMES:
-        raise ValueError(f"metric={metric!r}: expected one of {tuple(METRIC_NAMES)}")
+    ser = tables.ser_only(records, "method_comparison")
+    if metric not in tables.METRIC_NAMES:
+        raise ValueError(f"metric={metric!r}: expected one of {tuple(tables.METRIC_NAMES)}")
     if setup is None:
         setups = pd.Series([r["config"].get("setup") for r in ser])
         setup = setups.value_counts().index[0]
@@ -613,8 +287,10 @@ def method_comparison(
     for ax, model in zip(fig.subplots(len(models), 1, squeeze=False)[:, 0], models, strict=True):
         mine = [r for r in on_setup if r["config"].get("model") == model]
         groups: dict[str, list[float]] = defaultdict(list)
-        for r in sorted(mine, key=configuration_order):
-            groups[run_label(r, without=("model", "seed", "setup"))].append(metric_value(r, metric))
+        for r in sorted(mine, key=tables.configuration_order):
+            groups[tables.run_label(r, without=("model", "seed", "setup"))].append(
+                tables.metric_value(r, metric)
+            )
         names = list(groups)
         means = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in groups.values()]
         errors = [np.nanstd(v) if len(v) > 1 else 0.0 for v in groups.values()]
@@ -627,7 +303,7 @@ def method_comparison(
         ]  # fmt: skip
         _reference_line(ax, ceiling, metric, f"ceiling (baseline on {ceiling_setup})", "C3", ":")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
-        ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} (fraction)")
+        ax.set_ylabel(f"test {tables.METRIC_NAMES.get(metric, metric)} (fraction)")
         ax.set_xlabel("configuration")
         ax.set_title(f"{model} model, {setup} setup")
         ax.grid(axis="y", alpha=0.3)
@@ -686,7 +362,7 @@ def probe_profiles(rows: Mapping[str, Sequence[Mapping]], what: str = "word prob
     for ax, (model, mine) in zip(fig.subplots(1, len(panels), squeeze=False, sharey=True)[0],
                                  panels.items(), strict=True):  # fmt: skip
         for r in mine:
-            taps = sorted((t for t, v in r["probe"].items() if v is not None), key=tap_order)
+            taps = sorted((t for t, v in r["probe"].items() if v is not None), key=tables.tap_order)
             style = ":" if r["configuration"].startswith("ceiling") else "-"
             ax.plot(taps, [r["probe"][t] for t in taps], marker="o", linestyle=style,
                     color=METHOD_COLORS.get(r["method"], "C7"),
@@ -699,44 +375,22 @@ def probe_profiles(rows: Mapping[str, Sequence[Mapping]], what: str = "word prob
     return fig
 
 
-def configuration_order(record: Mapping) -> tuple:
-    """Sort key for runs: by setup and model, baseline first, then by method, by tap in
-    network order, and by seed."""
-    c = record["config"]
-    taps = [tap_order(t) for t in c.get("taps") or []]
-    method = str(c.get("method"))
-    return (str(c.get("setup")), str(c.get("model")), method != "baseline", method, taps,
-            json.dumps(c, sort_keys=True, default=str))  # fmt: skip
-
-
 def _reference_line(ax, records, metric: str, label: str, color: str, style: str) -> None:
-    values = [metric_value(r, metric) for r in records if r["config"].get("method") == "baseline"]
+    values = [
+        tables.metric_value(r, metric) for r in records if r["config"].get("method") == "baseline"
+    ]
     values = [v for v in values if np.isfinite(v)]
     if values:
         ax.axhline(float(np.mean(values)), color=color, linestyle=style,
                    label=f"{label}: {np.mean(values):.3f}")  # fmt: skip
 
 
-def _sweep_summary(records) -> pd.DataFrame:
-    """sweep_table averaged over seeds per (group, tap): mean and SD of the gain, mean costs."""
-    table = sweep_table(records)
-    if table.empty:
-        raise ValueError(
-            "records: no single-tap method run (e.g. AT at one tap) to plot against its tap"
-        )
-    numeric = [c for c in table.columns if c not in ("group", "model", "method", "tap", "seed")]
-    summary = table.groupby(["group", "tap"], sort=False)[numeric].mean().reset_index()
-    spread = table.groupby(["group", "tap"], sort=False)["UA gain"].std().fillna(0.0)
-    summary["UA gain SD"] = spread.to_numpy()
-    return summary
-
-
 def tap_sweep(records) -> Figure:
     """Layer sweep: UA gain over the matching baseline, training-step time and peak memory
     against the tap, one line per configuration (e.g. real and quaternion AT). Dashed lines:
     the baselines' step time and memory (the cost without anti-transfer)."""
-    summary = _sweep_summary(records)
-    taps = sorted(summary["tap"].unique(), key=tap_order)
+    summary = tables.sweep_summary(records)
+    taps = sorted(summary["tap"].unique(), key=tables.tap_order)
     position = {t: i for i, t in enumerate(taps)}
     fig = Figure(figsize=(max(10.0, 0.6 * len(taps) * 3), 3.8), layout="constrained")
     gain_ax, time_ax, mem_ax = fig.subplots(1, 3)
@@ -781,7 +435,7 @@ def tradeoff(records, cost: str = "step_time") -> Figure:
     if cost not in COSTS:
         raise ValueError(f"cost={cost!r}: expected one of {tuple(COSTS)}")
     column, xlabel = COSTS[cost]
-    summary = _sweep_summary(records)
+    summary = tables.sweep_summary(records)
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
@@ -803,19 +457,19 @@ def probe_by_tap(records) -> Figure:
     """Invariance probe: accuracy of a linear probe decoding the orthogonal label (word or
     speaker, held-out items) from each probed tap, one line per run, one panel per label. Lower
     is more invariant; anti-transfer should push the curve down."""
-    ser = [r for r in _ser_only(records, "probe_by_tap") if r.get("probe")]
+    ser = [r for r in tables.ser_only(records, "probe_by_tap") if r.get("probe")]
     if not ser:
         raise ValueError("records: no SER record has probe accuracies")
     labels = sorted({label for r in ser for label in r["probe"]})
     fig = Figure(figsize=(6.0 * len(labels), 4.0), layout="constrained")
-    names = _unique_labels(ser)
+    names = tables.unique_labels(ser)
     for ax, label in zip(fig.subplots(1, len(labels), squeeze=False)[0], labels, strict=True):
-        taps = sorted({t for r in ser for t in r["probe"].get(label, {})}, key=tap_order)
+        taps = sorted({t for r in ser for t in r["probe"].get(label, {})}, key=tables.tap_order)
         for i, (r, name) in enumerate(zip(ser, names, strict=True)):
             by_tap = r["probe"].get(label)
             if by_tap:
-                x = [taps.index(t) for t in sorted(by_tap, key=tap_order)]
-                y = [_number(by_tap[t]) for t in sorted(by_tap, key=tap_order)]
+                x = [taps.index(t) for t in sorted(by_tap, key=tables.tap_order)]
+                y = [tables.as_float(by_tap[t]) for t in sorted(by_tap, key=tables.tap_order)]
                 ax.plot(x, y, marker="o", color=f"C{i % 10}", label=name)
         ax.set_xticks(range(len(taps)), taps, rotation=30, ha="right")
         ax.set_xlabel("probed tap")

@@ -2,108 +2,46 @@
 
 The README's tables and figures are built from the run records under reports/runs/ only, so
 every number in it can be traced to a record (and to the command that made it); nothing is
-typed by hand. Figures are saved as PNG under reports/figures/; every file is written
-atomically (temporary file, then os.replace), so an interrupted report never leaves a
-half-written README or image.
+typed by hand. Tables come from qat.tables, figures from qat.plots, saved as PNG under
+reports/figures/; every file is written atomically (qat.io), so an interrupted report never
+leaves a half-written README or image.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from qat import paths, plots, runs
+from qat import io, notebooks, paths, plots, runs, tables
 
-NOTEBOOKS = (
-    "01_corpus",
-    "02_orthogonal_networks",
-    "03_quaternion_embeddings",
-    "04_anti_transfer",
-    "05_layer_sweep",
-)
 README = "README.md"
 FIGURES = "figures"
 
 
-def run_pipeline(profile: str = "cpu", notebooks: Sequence[str] = NOTEBOOKS) -> Path:
-    """Execute the notebooks in order with papermill (parameters {"profile": profile}) into
-    reports/, then write reports/README.md from the run records of that profile."""
-    from qat import cli
-    from qat.experiments import PROFILES, check_choice
+def run_pipeline(profile: str = "cpu", names: Sequence[str] = notebooks.PIPELINE) -> Path:
+    """Execute the notebooks `names` (default: qat.notebooks.PIPELINE) in order with papermill
+    (parameters {"profile": profile}) into reports/, then write reports/README.md from the run
+    records of that profile."""
+    from qat.config import PROFILES, check_choice
 
     check_choice("profile", profile, PROFILES)
-    for name in tqdm(notebooks, desc=f"notebooks ({profile} profile)"):
-        cli.run_notebook(cli.NOTEBOOKS / f"{name}.ipynb", {"profile": profile})
+    for name in tqdm(names, desc=f"notebooks ({profile} profile)"):
+        notebooks.run_notebook(notebooks.notebook_path(name), {"profile": profile})
     return write_readme(paths.REPORTS, profile=profile)
 
 
-# ---------------------------------------------------------------- atomic files
-
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call write(temporary path) in the target's folder, then rename it onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _save_figure(fig: Figure, figures: Path, name: str) -> str:
-    """Save `fig` as figures/<name>.png; returns the README-relative path."""
-    _write_atomic(figures / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+def _figure(fig: Figure, figures: Path, name: str) -> str:
+    """Save `fig` as figures/<name>.png (qat.io.save_figure); the README-relative path."""
+    io.save_figure(fig, figures, name)
     return f"{FIGURES}/{name}.png"
 
 
 # ---------------------------------------------------------------- markdown
-
-
-def _is_metric(column: str) -> bool:
-    """Columns holding fractions (UA, accuracy, shares): printed with 3 decimals."""
-    keys = ("UA", "WA", "F1", "accuracy", "share", "shortcut", " @ ")
-    return any(k in column for k in keys)
-
-
-def _cell(value, column: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, bool | np.bool_):
-        return str(bool(value))
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        if column == "UA gain":
-            return f"{value:+.3f}"
-        return f"{value:.3f}" if _is_metric(column) else f"{value:.4g}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table: fractions with 3 decimals, gains signed, other
-    numbers with 4 significant digits, missing values as a dash."""
-    if table.empty:
-        return "_(no rows)_"
-    columns = [str(c) for c in table.columns]
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-    ]
-    for row in table.itertuples(index=False):
-        lines.append(
-            "| " + " | ".join(_cell(v, c) for v, c in zip(row, columns, strict=True)) + " |"
-        )
-    return "\n".join(lines)
 
 
 def _image(path: str, caption: str) -> str:
@@ -155,9 +93,9 @@ def _orthogonal_section(records: list[dict], figures: Path, profile: str) -> str
     lines.append(_command(f"qat run notebooks/02_orthogonal_networks.ipynb -p profile {profile}"))
     if not networks:
         return "\n".join([*lines, "", "_No orthogonal-network records yet._"])
-    lines += ["", markdown_table(plots.pretrained_table(networks))]
+    lines += ["", tables.markdown_table(tables.pretrained_table(networks))]
     fig = plots.learning_curves(networks, title="orthogonal networks")
-    lines += ["", _image(_save_figure(fig, figures, "orthogonal_learning_curves"), "curves")]
+    lines += ["", _image(_figure(fig, figures, "orthogonal_learning_curves"), "curves")]
     return "\n".join(lines)
 
 
@@ -167,12 +105,12 @@ def _rhemo_section(records: list[dict], figures: Path, profile: str) -> str:
     lines.append(_command(f"qat run notebooks/03_quaternion_embeddings.ipynb -p profile {profile}"))
     if not rhemo:
         return "\n".join([*lines, "", "_No RH-emo records yet._"])
-    lines += ["", markdown_table(plots.rhemo_table(rhemo))]
+    lines += ["", tables.markdown_table(tables.rhemo_table(rhemo))]
     fig = plots.learning_curves(rhemo, title="RH-emo: reconstruction and heads (validation)")
-    lines += ["", _image(_save_figure(fig, figures, "rhemo_history"), "RH-emo history")]
+    lines += ["", _image(_figure(fig, figures, "rhemo_history"), "RH-emo history")]
     for i, r in enumerate(rhemo):
-        path = _save_figure(plots.rhemo_heads(r), figures, f"rhemo_heads_{i}")
-        lines += ["", _image(path, f"RH-emo heads: {plots.run_label(r)}")]
+        path = _figure(plots.rhemo_heads(r), figures, f"rhemo_heads_{i}")
+        lines += ["", _image(path, f"RH-emo heads: {tables.run_label(r)}")]
     return "\n".join(lines)
 
 
@@ -221,15 +159,15 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     )
     if not ser:
         return "\n".join([*lines, "", "_No SER run records yet._"])
-    table = plots.results_table(sorted(ser, key=plots.configuration_order))
-    confound = [c for c in plots.CONFOUND_COLUMNS if table[c].notna().any()]
+    table = tables.results_table(sorted(ser, key=tables.configuration_order))
+    confound = [c for c in tables.CONFOUND_COLUMNS if table[c].notna().any()]
     lines += ["", "Test metrics (fractions; UA is the headline):", ""]
-    lines.append(markdown_table(table[["run", *plots.METRIC_COLUMNS, *confound]]))
+    lines.append(tables.markdown_table(table[["run", *tables.METRIC_COLUMNS, *confound]]))
     lines += ["", "Cost of training (one step on one batch, and the whole run):", ""]
-    lines.append(markdown_table(table[["run", *plots.RESOURCE_COLUMNS]]))
+    lines.append(tables.markdown_table(table[["run", *tables.RESOURCE_COLUMNS]]))
     for setup in _compared_setups(ser):
         fig = plots.method_comparison(ser, setup=setup)
-        lines += ["", _image(_save_figure(fig, figures, f"method_comparison_{setup}"), setup)]
+        lines += ["", _image(_figure(fig, figures, f"method_comparison_{setup}"), setup)]
     for pair in _showcase_pairs(ser):
         if pair[0]["config"].get("setup") not in _compared_setups(ser):
             continue
@@ -237,11 +175,11 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
         name = f"{setup}_{model}"
         lines += ["", f"### {model} model, {setup} setup: baseline vs the best method run", ""]
         lines.append(
-            _image(_save_figure(plots.learning_curves(pair), figures, f"curves_{name}"), "curves")
+            _image(_figure(plots.learning_curves(pair), figures, f"curves_{name}"), "curves")
         )
         lines.append(
             _image(
-                _save_figure(plots.confusion_matrices(pair), figures, f"confusion_{name}"),
+                _figure(plots.confusion_matrices(pair), figures, f"confusion_{name}"),
                 "confusion matrices",
             )
         )
@@ -251,16 +189,16 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
 def _sweep_section(ser: list[dict], figures: Path, profile: str) -> str:
     lines = ["## 5. Layer sweep: anti-transfer at each tap, real vs quaternion", ""]
     lines.append(_command(f"qat run notebooks/05_layer_sweep.ipynb -p profile {profile}"))
-    table = plots.sweep_table(ser) if ser else pd.DataFrame()
+    table = tables.sweep_table(ser) if ser else pd.DataFrame()
     if table.empty:
         return "\n".join([*lines, "", "_No single-tap anti-transfer records yet._"])
     columns = [
         "group", "tap", "seed", "UA", "baseline UA", "UA gain", "step time (ms)",
         "baseline step time (ms)", "peak memory (MiB)", "baseline peak memory (MiB)",
     ]  # fmt: skip
-    lines += ["", markdown_table(table[columns])]
-    lines += ["", _image(_save_figure(plots.tap_sweep(ser), figures, "tap_sweep"), "sweep")]
-    lines += ["", _image(_save_figure(plots.tradeoff(ser), figures, "tradeoff"), "trade-off")]
+    lines += ["", tables.markdown_table(table[columns])]
+    lines += ["", _image(_figure(plots.tap_sweep(ser), figures, "tap_sweep"), "sweep")]
+    lines += ["", _image(_figure(plots.tradeoff(ser), figures, "tradeoff"), "trade-off")]
     return "\n".join(lines)
 
 
@@ -274,10 +212,10 @@ def _probe_section(ser: list[dict], figures: Path, profile: str) -> str:
     probed = [r for r in ser if r.get("probe")]
     if not probed:
         return "\n".join([*lines, "", "_No probe accuracies recorded yet._"])
-    probed = sorted(probed, key=plots.configuration_order)
-    lines += ["", markdown_table(plots.probe_table(probed))]
+    probed = sorted(probed, key=tables.configuration_order)
+    lines += ["", tables.markdown_table(tables.probe_table(probed))]
     shown = [r for pair in _showcase_pairs(probed) for r in pair]
-    lines += ["", _image(_save_figure(plots.probe_by_tap(shown), figures, "probe_by_tap"), "probe")]
+    lines += ["", _image(_figure(plots.probe_by_tap(shown), figures, "probe_by_tap"), "probe")]
     return "\n".join(lines)
 
 
@@ -296,7 +234,7 @@ def write_readme(reports_dir: str | os.PathLike | None = None, profile: str | No
     figures = reports_dir / FIGURES
     figures.mkdir(exist_ok=True)
     shown = profile or "cpu"
-    ser = plots.ser_records(records)
+    ser = tables.ser_records(records)
     sections = [
         _header(records, profile, reports_dir),
         _corpus_section(shown),
@@ -308,5 +246,5 @@ def write_readme(reports_dir: str | os.PathLike | None = None, profile: str | No
     ]
     target = reports_dir / README
     text = "\n\n".join(sections) + "\n"
-    _write_atomic(target, lambda tmp: Path(tmp).write_text(text))
+    io.write_text(target, text)
     return target

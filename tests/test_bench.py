@@ -220,3 +220,19 @@ def test_quaternion_category_rows_are_share_times_step_time():
     assert rows["convolution"] == pytest.approx([100.0, 60.0, 0.6])
     assert rows["batch norm"] == pytest.approx([100.0, 0.0, 0.0])
     assert rows["other"][:2] == pytest.approx([0.0, 40.0]) and rows["other"][2] == "-"
+
+
+def test_write_section_writes_benchmarks_md_under_the_reports_folder(tmp_path, monkeypatch):
+    from qat import paths
+    from qat.bench import common
+
+    monkeypatch.setattr(paths, "REPORTS", tmp_path / "elsewhere")  # what $QAT_REPORTS sets
+    assert common.write_section("layers", "body 1") == tmp_path / "elsewhere" / "benchmarks.md"
+    common.write_section("data", common.markdown_table(["step", "s"], [["read", 0.012345]]))
+    common.write_section("layers", "body 2")  # replaces its own section, keeps the others
+    text = (tmp_path / "elsewhere" / "benchmarks.md").read_text()
+    assert text.startswith("# Benchmarks\n") and text.count("\n## ") == 2
+    assert "body 2" in text and "body 1" not in text
+    assert "| read | 0.0123 |" in text  # 3 significant digits
+    assert "Command: `python -m qat.bench data`" in text
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["benchmarks.md"]

@@ -27,7 +27,8 @@ def test_baseline_and_anti_transfer_write_complete_records(model):
             "follows_shortcut",
             "congruent_share_test",
         }
-        assert set(record["probe"]["word"]) == set(experiments.PROBE_TAPS)
+        # The probe covers the fixed taps and the tap the method acted at.
+        assert set(record["probe"]["word"]) == {*experiments.PROBE_TAPS, *record["config"]["taps"]}
         res = record["resources"]
         assert res["params"] > 0 and res["flops_per_step"] > 0 and res["peak_memory_bytes"] > 0
         assert record["history"] and record["history"][0]["val_loss"] > 0

@@ -25,7 +25,7 @@ from corpus_fixtures import build_emodb
 from papermill.exceptions import PapermillExecutionError
 from test_train import small_net, toy_data, weights_equal
 
-from qat import cli, io, runs
+from qat import io, notebooks, runs
 from qat.data import features as F
 from qat.data.corpora import load_corpus
 from qat.data.features import FeatureConfig, extract_features
@@ -420,7 +420,8 @@ def _notebook(path: Path, body: str) -> Path:
     parameters = nbformat.v4.new_code_cell("x = 1")
     parameters.metadata["tags"] = ["parameters"]
     nb.cells = [parameters, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": cli.KERNEL, "display_name": "qat", "language": "python"}
+    kernel = {"name": notebooks.KERNEL, "display_name": "qat", "language": "python"}
+    nb.metadata["kernelspec"] = kernel
     nbformat.write(nb, path)
     return path
 
@@ -431,17 +432,17 @@ def test_failing_notebook_leaves_no_half_written_executed_notebook(tmp_path):
     with pytest.raises(
         PapermillExecutionError, match="cell failed, x=7"
     ):  # the cell's error reaches the caller
-        cli.run_notebook(failing, {"x": 7}, out)
+        notebooks.run_notebook(failing, {"x": 7}, out)
     assert not out.exists()
     assert list(out.parent.iterdir()) == [], "a partial executed notebook was left behind"
 
     earlier = tmp_path / "reports" / "earlier.ipynb"  # a good report from an earlier run
     earlier.write_text("earlier report")
     with pytest.raises(PapermillExecutionError, match="cell failed"):
-        cli.run_notebook(failing, {"x": 8}, earlier)
+        notebooks.run_notebook(failing, {"x": 8}, earlier)
     assert earlier.read_text() == "earlier report"
 
     working = _notebook(tmp_path / "working.ipynb", "print('x is', x)")
-    done = cli.run_notebook(working, {"x": 9}, tmp_path / "reports" / "working.ipynb")
+    done = notebooks.run_notebook(working, {"x": 9}, tmp_path / "reports" / "working.ipynb")
     outputs = nbformat.read(done, as_version=4).cells[-1].outputs
     assert outputs[0]["text"] == "x is 9\n"

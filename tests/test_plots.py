@@ -1,16 +1,13 @@
-"""Plots and tables from small synthetic run records: labelled axes, and numbers that match an
-independent computation from the records (float64, by hand). Also the anti-transfer panel's
-parameter checks and its Run button."""
+"""Figures from small synthetic run records: labelled axes, and numbers that match an
+independent computation from the records (float64, by hand). The record builders here are
+shared with test_tables, test_widgets and test_demonstration."""
 
 from __future__ import annotations
-
-import math
-from collections import Counter
 
 import numpy as np
 import pytest
 
-from qat import plots, widgets
+from qat import plots, tables
 from qat.data.records import Utterance
 
 EMOTIONS = ["neutral", "happy", "sad", "angry"]
@@ -99,97 +96,11 @@ def assert_labelled(fig):
         assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes: {ax.get_title()!r}"
 
 
-# ---------------------------------------------------------------- tables
+# ---------------------------------------------------------------- figures
 
 
-def test_results_table_reads_metrics_confound_and_resources_with_units(rng):
-    records = [ser_record(rng), ser_record(rng, method="at", tap="conv2_1", confound=False)]
-    table = plots.results_table(records)
-    assert len(table) == 2
-    for (_, row), r in zip(table.iterrows(), records, strict=True):
-        res = r["resources"]
-        assert row["UA"] == r["metrics"]["ua"] and row["WA"] == r["metrics"]["wa"]
-        assert row["macro-F1"] == r["metrics"]["macro_f1"]
-        assert row["step time (ms)"] == pytest.approx(res["step_time_s"] * 1000)
-        assert row["peak memory (MiB)"] == pytest.approx(res["peak_memory_bytes"] / 1048576)
-        assert row["GFLOPs/step"] == pytest.approx(res["flops_per_step"] / 1e9)
-        assert row["params"] == res["params"] and row["epochs"] == 3
-    assert table.loc[0, "incongruent UA"] == records[0]["confound"]["incongruent_ua"]
-    assert math.isnan(table.loc[1, "incongruent UA"])  # not a confounded run
-    assert table.loc[1, "taps"] == "conv2_1" and table.loc[1, "beta"] == 1.0
-
-
-def test_results_table_rejects_records_without_ser_runs(rng):
-    with pytest.raises(ValueError, match="kind 'ser'"):
-        plots.results_table([{"kind": "rhemo", "config": {}}])
-    with pytest.raises(ValueError, match="at least one"):
-        plots.results_table([])
-
-
-def test_sweep_table_pairs_each_run_with_its_own_baseline(rng):
-    base_real = [ser_record(rng, seed=0), ser_record(rng, seed=0)]  # a repeated baseline
-    base_q = ser_record(rng, model="quaternion")
-    base_seed1 = ser_record(rng, seed=1)
-    base_other_setup = ser_record(rng, setup="random")
-    runs = [
-        ser_record(rng, method="at", tap="conv3_1"),
-        ser_record(rng, method="at", tap="conv1_2"),
-        ser_record(rng, method="at", tap="conv1_2", seed=1),
-        ser_record(rng, model="quaternion", method="at", tap="conv1_2"),
-        ser_record(rng, method="at", tap="conv1_2", seed=5),  # no baseline
-    ]
-    table = plots.sweep_table([*base_real, base_q, base_seed1, base_other_setup, *runs])
-    assert len(table) == len(runs)
-    expected_base = {
-        ("real", "conv3_1", 0): np.mean([b["metrics"]["ua"] for b in base_real]),
-        ("real", "conv1_2", 0): np.mean([b["metrics"]["ua"] for b in base_real]),
-        ("real", "conv1_2", 1): base_seed1["metrics"]["ua"],
-        ("quaternion", "conv1_2", 0): base_q["metrics"]["ua"],
-    }
-    for _, row in table.iterrows():
-        run = next(
-            r for r in runs
-            if (r["config"]["model"], r["config"]["taps"][0], r["config"]["seed"])
-            == (row["model"], row["tap"], row["seed"])
-        )  # fmt: skip
-        key = (row["model"], row["tap"], row["seed"])
-        if key in expected_base:
-            assert row["baseline UA"] == pytest.approx(expected_base[key], abs=1e-12)
-            assert row["UA gain"] == pytest.approx(run["metrics"]["ua"] - expected_base[key])
-        else:
-            assert math.isnan(row["baseline UA"]) and math.isnan(row["UA gain"])
-    real = table[table["model"] == "real"]
-    assert list(real["tap"]) == ["conv1_2", "conv1_2", "conv1_2", "conv3_1"]  # network order
-
-
-def test_probe_table_columns_follow_network_order(rng):
-    record = ser_record(rng)
-    table = plots.probe_table([record])
-    assert list(table.columns) == ["run", "word @ conv2_2", "word @ conv5_3"]
-    assert table.loc[0, "word @ conv5_3"] == record["probe"]["word"]["conv5_3"]
-
-
-def test_cooccurrence_table_counts_match_a_hand_count(rng):
-    items = utterances(rng)
-    table = plots.cooccurrence_table(items, column="text")
-    counts = Counter((u.emotion, u.text) for u in items)
-    assert list(table.index) == [e for e in EMOTIONS if any(u.emotion == e for u in items)]
-    for emotion in table.index:
-        for word in table.columns:
-            assert table.loc[emotion, word] == counts[(emotion, word)]
-    with pytest.raises(ValueError, match="'colour' is not an utterance field"):
-        plots.cooccurrence_table(items, column="colour")
-
-
-def test_pretrained_and_rhemo_tables(rng):
-    orth = {
-        "kind": "orthogonal-word-real",
-        "config": {"task": "word", "model": "real", "seed": 0},
-        "history": [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_ua": 0.4}],
-        "metrics": {"ua": 0.91, "wa": 0.92, "macro_f1": 0.9},
-        "wall_time_s": 12.5,
-    }
-    rhemo = {
+def rhemo_record():
+    return {
         "kind": "rhemo",
         "config": {"corpus": "synthemo", "setup": "confounded", "seed": 0},
         "history": [
@@ -199,34 +110,13 @@ def test_pretrained_and_rhemo_tables(rng):
              "val_valence_acc": 0.7, "val_arousal_acc": 0.8, "val_dominance_acc": 0.65},
         ],
     }  # fmt: skip
-    table = plots.pretrained_table([orth, rhemo])
-    assert len(table) == 1 and table.loc[0, "test UA"] == 0.91 and table.loc[0, "epochs"] == 1
-    table = plots.rhemo_table([orth, rhemo])
-    assert len(table) == 1 and table.loc[0, "val reconstruction MSE"] == 0.5
-    assert table.loc[0, "j: arousal accuracy"] == 0.8
-    fig = plots.rhemo_heads(rhemo)
+
+
+def test_rhemo_heads_draws_the_last_epochs_head_accuracies():
+    fig = plots.rhemo_heads(rhemo_record())
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == [0.6, 0.7, 0.8, 0.65]
     assert_labelled(fig)
-
-
-def test_run_label_names_the_configuration(rng):
-    at = ser_record(rng, model="quaternion", method="at", tap="conv2_1", seed=3)
-    assert plots.run_label(at) == "[confounded] quaternion at word@conv2_1 β=1 seed 3"
-    assert plots.run_label(at, without=("setup", "seed", "taps")) == "quaternion at word β=1"
-    assert plots.run_label(ser_record(rng)) == "[confounded] real baseline"
-
-
-def test_pick_examples_takes_the_first_of_each_emotion_in_vocabulary_order(rng):
-    items = utterances(rng, n=40)
-    picked = plots.pick_examples(items, per_emotion=2)
-    expected = []
-    for e in EMOTIONS:
-        expected += [i for i, u in enumerate(items) if u.emotion == e][:2]
-    assert picked == expected
-
-
-# ---------------------------------------------------------------- figures
 
 
 def test_learning_curves_plot_the_history_values(rng):
@@ -285,7 +175,7 @@ def test_embedding_axes_one_column_per_quaternion_component(rng):
     z = rng.normal(size=(2, 4, 8, 6))
     fig = plots.embedding_axes(z, ["happy", "sad"])
     grid = [ax for ax in fig.axes if ax.images]
-    assert [ax.get_title() for ax in grid[:4]] == list(plots.RHEMO_AXES)
+    assert [ax.get_title() for ax in grid[:4]] == list(tables.RHEMO_AXES)
     assert [ax.get_ylabel() for ax in grid[::4]] == [
         "happy\nfrequency (bin)",
         "sad\nfrequency (bin)",
@@ -366,63 +256,3 @@ def test_method_comparison_marks_baseline_and_ceiling(rng):
     assert fig.axes[0].get_ylabel() == "test UA on incongruent items (fraction)"
     with pytest.raises(ValueError, match="metric='accuracy'"):
         plots.method_comparison(base, metric="accuracy")
-
-
-# ---------------------------------------------------------------- widgets
-
-
-def test_check_parameters_names_the_parameter_and_the_choices():
-    widgets.check_parameters(setup="confounded", tap="conv5_3", beta=0.5, seeds=[0, 1])
-    with pytest.raises(ValueError, match=r"tap='conv6_1' is not valid.*'conv1_1'.*'penultimate'"):
-        widgets.check_parameters(tap="conv6_1")
-    with pytest.raises(ValueError, match=r"model='complex'.*\('real', 'quaternion'\)"):
-        widgets.check_parameters(models=["real", "complex"])
-    with pytest.raises(ValueError, match=r"beta=-1\.0: expected a finite number >= 0"):
-        widgets.check_parameters(beta=-1.0)
-    with pytest.raises(ValueError, match="unknown parameter 'layer'"):
-        widgets.check_parameters(layer="conv2_1")
-    assert len(widgets.vgg16_taps()) == 13
-
-
-def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
-    calls = []
-    panel = widgets.AntiTransferPanel(on_run=lambda **kw: calls.append(kw), method="at",
-                                      tap="conv3_2", beta=0.5, profile="smoke",
-                                      ceiling=False)  # fmt: skip
-    panel.controls["model"].value = "quaternion"
-    panel.controls["method"].value = "dann"
-    assert panel.controls["beta"].disabled and not panel.controls["lam"].disabled
-    panel.button.click()
-    assert calls == [
-        {"corpus": "synthemo", "root": None, "setup": "confounded", "model": "quaternion",
-         "method": "dann", "orthogonal": "word", "tap": "conv3_2", "beta": 0.5, "lam": 1.0,
-         "init_from_orthogonal": False, "seed": 0, "profile": "smoke", "ceiling": False}
-    ]  # fmt: skip
-    assert set(calls[0]) <= set(widgets.compare.__code__.co_varnames)
-    with pytest.raises(ValueError, match="setup='lab'"):
-        widgets.AntiTransferPanel(setup="lab")
-
-
-def test_compare_trains_baseline_ceiling_and_method_with_everything_else_equal(monkeypatch, rng):
-    calls = []
-
-    def fake_train_ser(**kwargs):
-        calls.append(kwargs)
-        method, setup = kwargs["method"], kwargs["setup"]
-        return ser_record(rng, method=method, tap=kwargs.get("tap"), setup=setup)
-
-    monkeypatch.setattr(widgets.experiments, "train_ser", fake_train_ser)
-    runs = widgets.compare(method="at", tap="conv4_1", beta=0.25, seed=3, profile="smoke")
-    assert list(runs) == ["baseline", "ceiling", "at"]
-    shared = {"corpus": "synthemo", "model": "real", "seed": 3, "profile": "smoke", "root": None}
-    for call in calls:
-        assert {k: call[k] for k in shared} == shared
-    assert [(c["method"], c["setup"]) for c in calls] == [
-        ("baseline", "confounded"), ("baseline", "unconfounded"), ("at", "confounded")
-    ]  # fmt: skip
-    assert calls[2]["tap"] == "conv4_1" and calls[2]["beta"] == 0.25
-    widgets.show_comparison(runs)  # every figure and table builds from the records
-
-    calls.clear()
-    runs = widgets.compare(setup="random", method="baseline", profile="smoke")
-    assert list(runs) == ["baseline"] and len(calls) == 1

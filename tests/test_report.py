@@ -155,27 +155,19 @@ def test_readme_without_records_says_so(tmp_path):
         report.write_readme(tmp_path / "missing")
 
 
-def test_markdown_table_formats_and_escapes():
-    import pandas as pd
-
-    table = pd.DataFrame({"run": ["a|b"], "UA": [0.12345], "UA gain": [0.5], "n": [3],
-                          "step time (ms)": [1234.567], "beta": [float("nan")]})  # fmt: skip
-    lines = report.markdown_table(table).splitlines()
-    assert lines[0] == "| run | UA | UA gain | n | step time (ms) | beta |"
-    assert lines[2] == "| a\\|b | 0.123 | +0.500 | 3 | 1235 | – |"
-
-
 def test_run_pipeline_runs_the_notebooks_in_order_then_writes_the_readme(monkeypatch, tmp_path):
-    from qat import cli
+    from qat import notebooks
 
     calls = []
-    monkeypatch.setattr(cli, "run_notebook", lambda nb, params: calls.append((nb.name, params)))
+    monkeypatch.setattr(
+        notebooks, "run_notebook", lambda nb, params: calls.append((nb.name, params))
+    )
     monkeypatch.setattr(report.paths, "REPORTS", tmp_path)
     (tmp_path / "runs").mkdir()
     readme = report.run_pipeline(profile="smoke")
-    assert [name for name, _ in calls] == [f"{n}.ipynb" for n in report.NOTEBOOKS]
+    assert [name for name, _ in calls] == [f"{n}.ipynb" for n in notebooks.PIPELINE]
     assert all(params == {"profile": "smoke"} for _, params in calls)
-    assert all((cli.NOTEBOOKS / name).exists() for name, _ in calls)
+    assert all((notebooks.FOLDER / name).exists() for name, _ in calls)
     assert readme == tmp_path / "README.md" and readme.exists()
     with pytest.raises(ValueError, match="profile='laptop'"):
         report.run_pipeline(profile="laptop")

@@ -7,10 +7,13 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-REPORT = Path(__file__).resolve().parents[2] / "reports" / "benchmarks.md"
+from qat import io, paths, tables
+
+REPORT_NAME = "benchmarks.md"  # under qat.paths.REPORTS ($QAT_REPORTS or reports/)
+FLOAT_FORMAT = ".3g"  # timings and ratios: 3 significant digits
 
 
 def interleaved_medians(
@@ -37,19 +40,20 @@ def interleaved_medians(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A benchmark table: qat.tables.markdown_table with floats to 3 significant digits."""
+    return tables.markdown_table(rows, header, float_format=FLOAT_FORMAT)
 
 
-def write_section(name: str, body: str, report: Path = REPORT) -> None:
-    """Replace (or append) the section `## name` of reports/benchmarks.md, atomically, with
-    the command that reproduces it."""
-    report.parent.mkdir(parents=True, exist_ok=True)
+def report_path() -> Path:
+    """benchmarks.md in the reports folder (qat.paths.REPORTS, which $QAT_REPORTS moves)."""
+    return paths.REPORTS / REPORT_NAME
+
+
+def write_section(name: str, body: str, report: Path | None = None) -> Path:
+    """Replace (or append) the section `## name` of benchmarks.md (default: report_path()),
+    atomically, with the command that reproduces it."""
+    report = Path(report) if report is not None else report_path()
     sections: dict[str, str] = {}
     if report.exists():
         chunks = report.read_text().split("\n## ")[1:]
@@ -62,6 +66,4 @@ def write_section(name: str, body: str, report: Path = REPORT) -> None:
     text += f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}.\n"
     for title in sorted(sections):
         text += f"\n## {title}\n\n{sections[title]}\n"
-    tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, report)
+    return io.write_text(report, text)

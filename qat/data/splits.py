@@ -195,12 +195,15 @@ def make_split(
     n_test_words: int | None = None,
     rho: float = 0.9,
     factor: str = "word",
+    folds: int | None = None,
+    fold: int | None = None,
 ) -> Split:
     """Partition `records` for a task setup (see the module docstring).
 
     test_fraction is used by "random" only; the held-out setups take n_test_speakers /
-    n_test_words (default a quarter of them, at least one). rho and factor concern
-    "confounded"/"unconfounded" only.
+    n_test_words (default a quarter of them, at least one), or, with `folds` and `fold`, the
+    fold-th of `folds` fixed groups (`fold_groups`), so that across folds every speaker (or
+    word) is tested once. rho and factor concern "confounded"/"unconfounded" only.
     """
     if setup not in SETUPS:
         raise ValueError(f"setup={setup!r}: expected one of {SETUPS}")
@@ -215,12 +218,41 @@ def make_split(
     _positions_by_uid(records)  # uids must be unique
     seed = int(seed)
     if setup == "random":
+        if fold is not None:
+            raise ValueError(f"fold={fold!r}: the random setup has no folds; expected None")
         return _random_split(records, seed, val_fraction, test_fraction)
+    held = (fold, folds) if fold is not None else None
     if setup in ("speaker", "word"):
-        return _held_out_split(records, setup, seed, val_fraction, n_test_speakers, n_test_words)
+        return _held_out_split(
+            records, setup, seed, val_fraction, n_test_speakers, n_test_words, held
+        )
     return _confounded_split(
-        records, setup, seed, val_fraction, n_test_speakers, n_test_words, rho, factor
+        records, setup, seed, val_fraction, n_test_speakers, n_test_words, rho, factor, held
     )
+
+
+def fold_groups(values: Sequence[str], folds: int, what: str = "speakers") -> list[list[str]]:
+    """`values` (speakers, words, sessions) dealt into `folds` near-equal groups, the same for
+    every run seed (the partition is fixed, so methods compared on (seed, fold) share folds)."""
+    values = sorted(set(values))
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer):
+        raise ValueError(f"folds={folds!r}: expected an integer >= 2")
+    if not 2 <= folds <= len(values):
+        raise ValueError(
+            f"folds={folds}: expected 2 <= folds <= {len(values)} (the number of {what})"
+        )
+    groups = np.array_split(_rng(0, f"folds of {what}").permutation(values), int(folds))
+    return [sorted(g.tolist()) for g in groups]
+
+
+def _fold_held_out(values: list[str], held: tuple[int, int | None], what: str) -> list[str]:
+    fold, folds = held
+    if folds is None:
+        raise ValueError(f"fold={fold!r}: expected folds=<number of folds> with it")
+    groups = fold_groups(values, folds, what)
+    if isinstance(fold, bool) or not isinstance(fold, int | np.integer) or not 0 <= fold < folds:
+        raise ValueError(f"fold={fold!r}: expected an integer in 0..{folds - 1}")
+    return groups[int(fold)]
 
 
 def _random_split(records, seed, val_fraction, test_fraction) -> Split:
@@ -235,7 +267,9 @@ def _random_split(records, seed, val_fraction, test_fraction) -> Split:
     )  # fmt: skip
 
 
-def _held_out_split(records, setup, seed, val_fraction, n_test_speakers, n_test_words) -> Split:
+def _held_out_split(
+    records, setup, seed, val_fraction, n_test_speakers, n_test_words, held=None
+) -> Split:
     """Test = every item of some held-out speakers (or words); val stratified from the rest."""
     attr, name, requested = (
         ("speaker", "n_test_speakers", n_test_speakers)
@@ -244,12 +278,18 @@ def _held_out_split(records, setup, seed, val_fraction, n_test_speakers, n_test_
     )
     what = "speakers" if setup == "speaker" else "words"
     values = sorted({getattr(r, attr) for r in records})
-    n = _n_held_out(requested, values, name, what)
-    held_out = _hold_out(values, n, seed, f"held-out {what}")
+    if held is None:
+        n = _n_held_out(requested, values, name, what)
+        held_out = _hold_out(values, n, seed, f"held-out {what}")
+    else:
+        held_out = _fold_held_out(values, held, what)
+        n = len(held_out)
     in_test = np.isin(np.array([getattr(r, attr) for r in records]), held_out)
     test, pool = np.flatnonzero(in_test), np.flatnonzero(~in_test)
     train, val = _stratified_take(pool, _emotion_array(records), val_fraction, _rng(seed, "val"))
     meta = {f"test_{what}": held_out, "val_fraction": val_fraction}
+    if held is not None:
+        meta.update(fold=int(held[0]), folds=int(held[1]))
     return _make(
         setup, seed, records, train, val, test, meta, **{name: n}, val_fraction=val_fraction
     )
@@ -288,7 +328,7 @@ def kfold_speakers(
 
 
 def _confounded_split(
-    records, setup, seed, val_fraction, n_test_speakers, n_test_words, rho, factor
+    records, setup, seed, val_fraction, n_test_speakers, n_test_words, rho, factor, held=None
 ) -> Split:
     """factor "word": test = all items of held-out speakers; in the training pool each emotion
     owns a disjoint subset of the words. factor "speaker": test = all items of held-out words
@@ -316,8 +356,12 @@ def _confounded_split(
         else ("text", "n_test_words", n_test_words, "words")
     )
     test_values = sorted({getattr(r, test_attr) for r in records})
-    n_test = _n_held_out(requested, test_values, test_name, test_what)
-    held_out = _hold_out(test_values, n_test, seed, f"held-out {test_what}")
+    if held is None:
+        n_test = _n_held_out(requested, test_values, test_name, test_what)
+        held_out = _hold_out(test_values, n_test, seed, f"held-out {test_what}")
+    else:
+        held_out = _fold_held_out(test_values, held, test_what)
+        n_test = len(held_out)
     in_test = np.isin(np.array([getattr(r, test_attr) for r in records]), held_out)
     test, pool = np.flatnonzero(in_test), np.flatnonzero(~in_test)
 
@@ -342,7 +386,10 @@ def _confounded_split(
         "incongruent_keep_share": keep_share,
         "val_fraction": val_fraction,
         "train_congruent_share": float(congruent[train].mean()) if len(train) else float("nan"),
+        "unused_pool": len(pool) - len(kept),
     }
+    if held is not None:
+        meta.update(fold=int(held[0]), folds=int(held[1]))
     return _make(
         setup, seed, records, train, val, test, meta,
         rho=rho, factor=factor, **{test_name: n_test}, val_fraction=val_fraction,

@@ -1,0 +1,466 @@
+"""Records -> tables: DataFrames, run labels, matching baselines, and the Markdown-table writer.
+
+Every function reads run records (the JSON dicts under reports/runs/, or utterance records for
+the corpus tables) and returns a pandas DataFrame, a label or a sort key; nothing here draws.
+Numbers are never typed in: what a table shows is read from the records.
+
+UA, WA and macro-F1 are fractions in [0, 1]; "UA gain" is the difference of two UAs (same
+units). A run's matching baseline is the baseline record with the same corpus, setup, model,
+seed, profile and split options.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from qat.data.records import EMOTIONS
+
+# The configuration fields a method run shares with its matching baseline.
+PAIR_FIELDS = ("corpus", "root", "setup", "model", "seed", "profile", "split")
+
+METRIC_COLUMNS = ("UA", "WA", "macro-F1")
+CONFOUND_COLUMNS = ("congruent UA", "incongruent UA", "follows shortcut", "congruent share (test)")
+RESOURCE_COLUMNS = (
+    "params",
+    "GFLOPs/step",
+    "step time (ms)",
+    "peak memory (MiB)",
+    "train time (s)",
+    "best epoch",
+    "epochs",
+)
+RHEMO_AXES = ("r: emotion", "i: valence", "j: arousal", "k: dominance")
+RHEMO_HEAD_KEYS = ("val_emotion_ua", "val_valence_acc", "val_arousal_acc", "val_dominance_acc")
+
+MIB = 2**20
+METRIC_NAMES = {
+    "ua": "UA",
+    "wa": "WA",
+    "macro_f1": "macro-F1",
+    "congruent_ua": "UA on congruent items",
+    "incongruent_ua": "UA on incongruent items",
+    "follows_shortcut": "share following the shortcut",
+}
+
+
+# ---------------------------------------------------------------- record helpers
+
+
+def check_records(records, what: str = "run records") -> list[dict]:
+    """`records` (one record or several) as a non-empty list of record dicts with a config."""
+    if isinstance(records, Mapping):
+        records = [records]
+    records = list(records)
+    if not records:
+        raise ValueError(f"records: expected at least one of the {what}, got none")
+    for r in records:
+        if not isinstance(r, Mapping) or "config" not in r:
+            raise ValueError(f"records: expected run record dicts with a 'config', got {r!r:.80}")
+    return records
+
+
+def ser_records(records) -> list[dict]:
+    """The SER runs (kind "ser") among `records`."""
+    return [r for r in records if r.get("kind") == "ser"]
+
+
+def ser_only(records, who: str) -> list[dict]:
+    """The SER runs among `records`; an error naming `who` if there is none."""
+    ser = ser_records(check_records(records))
+    if not ser:
+        kinds = sorted({str(r.get("kind")) for r in records})
+        raise ValueError(f"{who}: expected SER run records (kind 'ser'), got kinds {kinds}")
+    return ser
+
+
+def as_float(value) -> float:
+    """A record's number as a float, NaN for a missing (None) value."""
+    return math.nan if value is None else float(value)
+
+
+def tap_order(tap: str) -> tuple[int, int]:
+    """Sort key putting taps in network order: conv1_1 < conv1_2 < ... < conv5_3 < penultimate."""
+    match = re.fullmatch(r"conv(\d+)_(\d+)", tap)
+    if match:
+        return int(match[1]), int(match[2])
+    return (10**6, 0) if tap == "penultimate" else (10**6 + 1, 0)
+
+
+def _fmt_value(value: float) -> str:
+    return f"{value:g}"
+
+
+def run_label(record: Mapping, without: Sequence[str] = ()) -> str:
+    """A short human name for a run, e.g. "quaternion at word@conv2_1 β=1" or "real baseline".
+
+    `without` drops parts that every compared run shares ("model", "taps", "seed", "setup")."""
+    config = record["config"]
+    kind = record.get("kind", "?")
+    if kind != "ser":
+        parts = [kind]
+        if config.get("setup") and "setup" not in without:
+            parts.append(config["setup"])
+        if "seed" not in without and config.get("seed"):
+            parts.append(f"seed {config['seed']}")
+        return " ".join(parts)
+    parts = []
+    if "setup" not in without:
+        parts.append(f"[{config.get('setup')}]")
+    if "model" not in without:
+        parts.append(str(config.get("model")))
+    method = str(config.get("method"))
+    if config.get("orthogonal") and method != "baseline":
+        method += f" {config['orthogonal']}"
+    taps = config.get("taps") or []
+    if taps and "taps" not in without:
+        method += "@" + "+".join(taps)
+    parts.append(method)
+    if config.get("beta") is not None:
+        parts.append(f"β={_fmt_value(config['beta'])}")
+    if config.get("gram") not in (None, "sample"):
+        parts.append(f"gram={config['gram']}")
+    if config.get("lam") is not None:
+        parts.append(f"λ={_fmt_value(config['lam'])}")
+    if config.get("init_from_orthogonal"):
+        parts.append("+init")
+    if config.get("seed") and "seed" not in without:
+        parts.append(f"seed {config['seed']}")
+    return " ".join(parts)
+
+
+def _pair_key(config: Mapping) -> str:
+    return json.dumps({k: config.get(k) for k in PAIR_FIELDS}, sort_keys=True, default=str)
+
+
+def _baselines(records: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    out: dict[str, list[Mapping]] = defaultdict(list)
+    for r in records:
+        if r["config"].get("method") == "baseline":
+            out[_pair_key(r["config"])].append(r)
+    return out
+
+
+def metric_value(record: Mapping, name: str) -> float:
+    """A test metric of an SER record: "ua", "wa", "macro_f1" or a confound metric
+    ("congruent_ua", "incongruent_ua", "follows_shortcut"); NaN when the record lacks it."""
+    if name in ("ua", "wa", "macro_f1"):
+        return as_float(record["metrics"].get(name))
+    return as_float((record.get("confound") or {}).get(name))
+
+
+def unique_labels(records: Sequence[Mapping]) -> list[str]:
+    """run_label of each record, numbered "#1", "#2", ... where two runs share a label."""
+    labels = [run_label(r) for r in records]
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for label in labels:
+        seen[label] += 1
+        out.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
+    return out
+
+
+def configuration_order(record: Mapping) -> tuple:
+    """Sort key for runs: by setup and model, baseline first, then by method, by tap in
+    network order, and by seed."""
+    c = record["config"]
+    taps = [tap_order(t) for t in c.get("taps") or []]
+    method = str(c.get("method"))
+    return (str(c.get("setup")), str(c.get("model")), method != "baseline", method, taps,
+            json.dumps(c, sort_keys=True, default=str))  # fmt: skip
+
+
+# ---------------------------------------------------------------- tables
+
+
+def results_table(records) -> pd.DataFrame:
+    """One row per SER run: configuration, test UA/WA/macro-F1, the confound metrics (NaN when
+    the setup is not confounded) and the cost of training (resources)."""
+    rows = []
+    for r in ser_only(records, "results_table"):
+        c, m, res = r["config"], r["metrics"], r.get("resources") or {}
+        confound = r.get("confound") or {}
+        rows.append(
+            {
+                "run": run_label(r),
+                "setup": c.get("setup"),
+                "model": c.get("model"),
+                "method": c.get("method"),
+                "orthogonal": c.get("orthogonal"),
+                "taps": "+".join(c.get("taps") or []),
+                "beta": as_float(c.get("beta")),
+                "lam": as_float(c.get("lam")),
+                "seed": c.get("seed"),
+                "UA": as_float(m.get("ua")),
+                "WA": as_float(m.get("wa")),
+                "macro-F1": as_float(m.get("macro_f1")),
+                "congruent UA": as_float(confound.get("congruent_ua")),
+                "incongruent UA": as_float(confound.get("incongruent_ua")),
+                "follows shortcut": as_float(confound.get("follows_shortcut")),
+                "congruent share (test)": as_float(confound.get("congruent_share_test")),
+                "params": res.get("params"),
+                "GFLOPs/step": as_float(res.get("flops_per_step")) / 1e9,
+                "step time (ms)": as_float(res.get("step_time_s")) * 1e3,
+                "peak memory (MiB)": as_float(res.get("peak_memory_bytes")) / MIB,
+                "train time (s)": as_float(res.get("train_time_s")),
+                "best epoch": r.get("best_epoch"),
+                "epochs": len(r.get("history") or []),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sweep_table(records) -> pd.DataFrame:
+    """One row per single-tap method run (AT at one tap), beside its matching baseline: UA,
+    baseline UA, UA gain, and the step time / peak memory of both. A run without a baseline
+    record gets NaN baseline columns. `group` names the configuration without tap and seed."""
+    ser = ser_only(records, "sweep_table")
+    baselines = _baselines(ser)
+    rows = []
+    for r in ser:
+        c = r["config"]
+        taps = c.get("taps") or []
+        if c.get("method") == "baseline" or len(taps) != 1:
+            continue
+        base = baselines.get(_pair_key(c), [])
+        res = r.get("resources") or {}
+        base_ua = np.mean([b["metrics"]["ua"] for b in base]) if base else math.nan
+        base_time = _mean_resource(base, "step_time_s")
+        base_mem = _mean_resource(base, "peak_memory_bytes")
+        rows.append(
+            {
+                "group": run_label(r, without=("taps", "seed", "setup")),
+                "model": c.get("model"),
+                "method": c.get("method"),
+                "tap": taps[0],
+                "seed": c.get("seed"),
+                "UA": as_float(r["metrics"].get("ua")),
+                "baseline UA": float(base_ua),
+                "UA gain": as_float(r["metrics"].get("ua")) - float(base_ua),
+                "step time (ms)": as_float(res.get("step_time_s")) * 1e3,
+                "baseline step time (ms)": base_time * 1e3,
+                "peak memory (MiB)": as_float(res.get("peak_memory_bytes")) / MIB,
+                "baseline peak memory (MiB)": base_mem / MIB,
+                "GFLOPs/step": as_float(res.get("flops_per_step")) / 1e9,
+            }
+        )
+    columns = ["group", "model", "method", "tap", "seed", "UA", "baseline UA", "UA gain"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows)
+    table["_order"] = table["tap"].map(tap_order)
+    return (
+        table.sort_values(["group", "_order", "seed"]).drop(columns="_order").reset_index(drop=True)
+    )
+
+
+def _mean_resource(records: Sequence[Mapping], key: str) -> float:
+    values = [(r.get("resources") or {}).get(key) for r in records]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def probe_table(records) -> pd.DataFrame:
+    """Linear-probe accuracy of the orthogonal label (word or speaker) at each probed tap of
+    each SER run: rows are runs, columns "<label> @ <tap>" in network order."""
+    rows = []
+    for r in ser_only(records, "probe_table"):
+        row = {"run": run_label(r)}
+        for label, by_tap in (r.get("probe") or {}).items():
+            for tap in sorted(by_tap, key=tap_order):
+                row[f"{label} @ {tap}"] = as_float(by_tap[tap])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pretrained_table(records) -> pd.DataFrame:
+    """One row per pretrained orthogonal network (records of kind "orthogonal-<task>-<model>"):
+    task, model, epochs, its own test UA/WA/macro-F1 on the orthogonal task, training time."""
+    rows = []
+    for r in check_records(records, "pretrained-network records"):
+        if not str(r.get("kind", "")).startswith("orthogonal-"):
+            continue
+        c, m = r["config"], r.get("metrics") or {}
+        rows.append(
+            {
+                "network": r["kind"],
+                "task": c.get("task"),
+                "model": c.get("model"),
+                "seed": c.get("seed"),
+                "epochs": len(r.get("history") or []),
+                "test UA": as_float(m.get("ua")),
+                "test WA": as_float(m.get("wa")),
+                "test macro-F1": as_float(m.get("macro_f1")),
+                "train time (s)": as_float(r.get("wall_time_s")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def rhemo_table(records) -> pd.DataFrame:
+    """One row per RH-emo record: its split, epochs, and the last epoch's validation
+    reconstruction MSE and head accuracies (emotion UA on r; valence/arousal/dominance on
+    i/j/k)."""
+    rows = []
+    for r in check_records(records, "RH-emo records"):
+        if r.get("kind") != "rhemo":
+            continue
+        last = (r.get("history") or [{}])[-1]
+        row = {
+            "corpus": r["config"].get("corpus"),
+            "setup": r["config"].get("setup"),
+            "seed": r["config"].get("seed"),
+            "epochs": len(r.get("history") or []),
+            "val reconstruction MSE": as_float(last.get("val_reconstruction_mse")),
+        }
+        for axis, key in zip(RHEMO_AXES, RHEMO_HEAD_KEYS, strict=True):
+            row[f"{axis} accuracy"] = as_float(last.get(key))
+        row["train time (s)"] = as_float(r.get("wall_time_s"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pick_examples(utterances, per_emotion: int = 1) -> list[int]:
+    """Positions of the first `per_emotion` utterances of each emotion (emotions in the
+    common vocabulary's order): a small deterministic set of examples to look at."""
+    if per_emotion < 1:
+        raise ValueError(f"per_emotion={per_emotion!r}: expected an integer >= 1")
+    by_emotion: dict[str, list[int]] = defaultdict(list)
+    for i, u in enumerate(utterances):
+        if len(by_emotion[u.emotion]) < per_emotion:
+            by_emotion[u.emotion].append(i)
+    return [i for e in ordered_values(by_emotion, "emotion") for i in by_emotion[e]]
+
+
+def cooccurrence_table(utterances, column: str = "text", row: str = "emotion") -> pd.DataFrame:
+    """Counts of utterances per (row value, column value), e.g. emotion x word ("text") or
+    emotion x speaker. Emotions keep the common vocabulary's order, other values are sorted."""
+    utterances = list(utterances)
+    if not utterances:
+        raise ValueError("utterances: expected at least one utterance record, got none")
+    for name in (row, column):
+        if not hasattr(utterances[0], name):
+            raise ValueError(f"{name!r} is not an utterance field; expected e.g. emotion, text")
+    table = pd.crosstab(
+        pd.Series([getattr(u, row) for u in utterances], name=row),
+        pd.Series([getattr(u, column) for u in utterances], name=column),
+    )
+    return table.reindex(index=ordered_values(table.index, row), columns=sorted(table.columns))
+
+
+def ordered_values(values, field: str) -> list:
+    """Values of an utterance field in display order: emotions in the common vocabulary's
+    order (unknown ones last), anything else sorted."""
+    if field != "emotion":
+        return sorted(values)
+    rank = {e: i for i, e in enumerate(EMOTIONS)}
+    return sorted(values, key=lambda v: (rank.get(v, len(rank)), v))
+
+
+def sweep_summary(records) -> pd.DataFrame:
+    """sweep_table averaged over seeds per (group, tap): mean and SD of the gain, mean costs."""
+    table = sweep_table(records)
+    if table.empty:
+        raise ValueError(
+            "records: no single-tap method run (e.g. AT at one tap) to plot against its tap"
+        )
+    numeric = [c for c in table.columns if c not in ("group", "model", "method", "tap", "seed")]
+    summary = table.groupby(["group", "tap"], sort=False)[numeric].mean().reset_index()
+    spread = table.groupby(["group", "tap"], sort=False)["UA gain"].std().fillna(0.0)
+    summary["UA gain SD"] = spread.to_numpy()
+    return summary
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+# Columns holding fractions (UA, accuracy, shares): printed with 3 decimals by default.
+FRACTION_KEYS = ("UA", "WA", "F1", "accuracy", "share", "shortcut", " @ ")
+
+
+def default_float_format(column: str) -> str:
+    """The report's rule for a float column: a gain signed with 3 decimals ("+0.062"), a
+    fraction with 3 decimals, anything else with 4 significant digits."""
+    if column.endswith("gain"):
+        return "+.3f"
+    if any(key in column for key in FRACTION_KEYS):
+        return ".3f"
+    return ".4g"
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
+def _cell(value, column: str, formats: Mapping[str, str], float_format, missing: str) -> str:
+    if _is_missing(value):
+        return missing
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        spec = formats.get(column) or float_format or default_float_format(column)
+        return format(float(value), spec)
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(
+    table: pd.DataFrame | Sequence[Mapping] | Sequence[Sequence],
+    columns: Sequence[str] | None = None,
+    *,
+    float_format: str | None = None,
+    formats: Mapping[str, str] | None = None,
+    missing: str = "–",
+    empty: str = "_(no rows)_",
+) -> str:
+    """A GitHub-flavoured Markdown table: the kit's one table writer.
+
+    `table` is a DataFrame (its columns, index dropped), a list of dicts (columns: `columns`,
+    else the first row's keys) or a list of row sequences (`columns` required, one name per
+    value). Cells: None and NaN print as `missing`; bools and integers as they are; text with
+    "|" escaped; floats with `formats[column]` if given, else `float_format` for every float
+    column (e.g. ".3g"), else the report's rule (default_float_format: gains "+.3f",
+    fractions ".3f", other numbers ".4g"). Formats are format-spec strings (format(value,
+    spec)). A table without rows prints as `empty`."""
+    formats = dict(formats or {})
+    if isinstance(table, pd.DataFrame):
+        names = [str(c) for c in (columns if columns is not None else table.columns)]
+        frame = table if columns is None else table[list(columns)]
+        rows = [list(row) for row in frame.itertuples(index=False)]
+    else:
+        records = list(table)
+        if not records:
+            return empty
+        if isinstance(records[0], Mapping):
+            names = [str(c) for c in (columns if columns is not None else records[0])]
+            rows = [[r.get(c) for c in names] for r in records]
+        else:
+            if columns is None:
+                raise ValueError("columns: expected the column names for rows given as sequences")
+            names = [str(c) for c in columns]
+            rows = [list(r) for r in records]
+            for row in rows:
+                if len(row) != len(names):
+                    raise ValueError(f"row {row!r:.80}: expected {len(names)} values ({names})")
+    if not rows:
+        return empty
+    unknown = sorted(set(formats) - set(names))
+    if unknown:
+        raise ValueError(f"formats: columns {unknown} are not in the table's columns {names}")
+    lines = [
+        "| " + " | ".join(names) + " |",
+        "|" + "|".join("---" for _ in names) + "|",
+    ]
+    for row in rows:
+        cells = (
+            _cell(v, c, formats, float_format, missing) for v, c in zip(row, names, strict=True)
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
