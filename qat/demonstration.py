@@ -1,4 +1,4 @@
-"""Issue 5's experiment: which invariance method removes the word shortcut on SynthEmo?
+"""The demonstration: which invariance method removes the word shortcut on SynthEmo?
 
 Stage 1 runs every method over its main knobs with seed 0 on the word-confounded setup
 (rho 0.9); stage 2 reruns the best two configurations of each method (ranked by their
@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from qat import runs, tables
+from qat.config import RunConfig, label_of
 
 BASE = dict(corpus="synthemo", setup="confounded", orthogonal="word", profile="cpu")
 SEEDS = (0, 1, 2)
@@ -33,20 +34,16 @@ CKA_BETAS = (0.1, *BETAS)
 LAMBDAS = (0.3, 1.0, 3.0)
 
 
-def stage1(model: str) -> list[dict]:
+def stage1(model: str) -> list[RunConfig]:
     """Each method over its main knobs, one seed. AT comes first: the sweep runs the first
     configuration of a group on its own, and AT's builds the networks the others share."""
-    m = dict(BASE, model=model, seed=0)
-    grid = [dict(m, method="at", tap=tap, beta=beta) for tap in AT_TAPS for beta in BETAS]
-    grid.append(dict(m, method="at", tap="conv2_1", beta=10.0, gram="batch"))
-    grid.append(dict(m, method="at", tap="conv2_1", beta=10.0, init_from_orthogonal=True))
-    grid += [
-        dict(m, method="cka", tap=list(tap) if isinstance(tap, tuple) else tap, beta=beta)
-        for tap in CKA_TAPS
-        for beta in CKA_BETAS
-    ]
-    grid += [dict(m, method=method, lam=lam) for method in ("dann", "cdann") for lam in LAMBDAS]
-    return [*grid, dict(m, method="baseline"), dict(m, method="baseline", setup="unconfounded")]
+    m = RunConfig(**BASE, model=model, seed=0)
+    grid = [m.replace(method="at", tap=tap, beta=beta) for tap in AT_TAPS for beta in BETAS]
+    grid.append(m.replace(method="at", tap="conv2_1", beta=10.0, gram="batch"))
+    grid.append(m.replace(method="at", tap="conv2_1", beta=10.0, init_from_orthogonal=True))
+    grid += [m.replace(method="cka", tap=tap, beta=beta) for tap in CKA_TAPS for beta in CKA_BETAS]
+    grid += [m.replace(method=method, lam=lam) for method in ("dann", "cdann") for lam in LAMBDAS]
+    return [*grid, m.replace(method="baseline"), m.replace(method="baseline", setup="unconfounded")]
 
 
 def variant_name(variant: tuple[float, str]) -> str:
@@ -55,50 +52,25 @@ def variant_name(variant: tuple[float, str]) -> str:
 
 
 def label(config: dict) -> str:
-    """A short human name for a configuration."""
-    method = config["method"]
-    if method == "baseline":
+    """A configuration's name in the page: RunConfig's label without what every row shares."""
+    if config["method"] == "baseline":
         return "ceiling (unconfounded)" if config["setup"] == "unconfounded" else "baseline"
-    if method in ("at", "cka"):
-        knob = f"{'+'.join(config['taps'])} b={config['beta']:g}"
-        if config.get("gram") == "batch":
-            knob += " batch-Gram"
-        if config.get("init_from_orthogonal"):
-            knob += " word-init"
-        return f"{method} {knob}"
-    return f"{method} lam={config['lam']:g}"
+    return label_of(config, without=("setup", "model", "seed"))
 
 
 def _matches(record: dict, model: str, variant: tuple[float, str] = MAIN) -> bool:
-    c = record["config"]
-    rho, factor = variant
+    if record.get("kind") != "ser":
+        return False
+    c = RunConfig.from_record(record)
     return (
-        record.get("kind") == "ser"
-        and c["model"] == model
-        and c["profile"] == BASE["profile"]
-        and c["corpus"] == BASE["corpus"]
-        and c["setup"] in ("confounded", "unconfounded")
-        and c["split"].get("rho", 0.9) == rho
-        and c["split"].get("factor", "word") == factor
-        and c["orthogonal"] in (None, factor)
-    )
+        (c.model, c.profile, c.corpus, c.rho, c.factor) == (model, BASE["profile"],
+                                                            BASE["corpus"], *variant)
+        and c.confounded
+        and (not c.uses_orthogonal or c.orthogonal == c.factor)
+    )  # fmt: skip
 
 
-def _as_kwargs(config: dict) -> dict:
-    kw = {k: config[k] for k in ("corpus", "setup", "model", "method", "seed", "profile")}
-    kw.update(rho=config["split"]["rho"], factor=config["split"]["factor"])
-    # The orthogonal task of the factor also names the probe that a baseline's record holds.
-    kw["orthogonal"] = config["orthogonal"] or kw["factor"]
-    if config["taps"]:
-        kw["tap"] = config["taps"] if len(config["taps"]) > 1 else config["taps"][0]
-    for k in ("beta", "lam", "gram"):
-        if config.get(k) is not None:
-            kw[k] = config[k]
-    kw["init_from_orthogonal"] = config.get("init_from_orthogonal", False)
-    return kw
-
-
-def stage2(model: str, records: list[dict], best: int = 2) -> list[dict]:
+def stage2(model: str, records: list[dict], best: int = 2) -> list[RunConfig]:
     """Seeds 1 and 2 for baseline, ceiling and the `best` stage-1 configurations of each method."""
     seed0 = [r for r in records if _matches(r, model) and r["config"]["seed"] == 0]
     chosen = [r for r in seed0 if r["config"]["method"] == "baseline"]
@@ -107,29 +79,29 @@ def stage2(model: str, records: list[dict], best: int = 2) -> list[dict]:
             (r for r in seed0 if r["config"]["method"] == method), key=lambda r: -r["metrics"]["ua"]
         )
         chosen += ranked[:best]
-    return [dict(_as_kwargs(r["config"]), seed=s) for r in chosen for s in SEEDS[1:]]
+    return [RunConfig.from_record(r).replace(seed=s) for r in chosen for s in SEEDS[1:]]
 
 
-def stage3(model: str, records: list[dict]) -> list[dict]:
+def stage3(model: str, records: list[dict]) -> list[RunConfig]:
     """Baseline, ceiling and each method's best configuration (by its 3-seed mean on the main
     grid), all seeds, on each variant; the orthogonal network follows the confounding factor."""
-    chosen = [r["config"] for r in _best_per_method(summarise(records, model))]
-    out = []
-    for rho, factor in VARIANTS:
-        for config in chosen:
-            kw = dict(_as_kwargs(config), rho=rho, factor=factor, orthogonal=factor)
-            out += [dict(kw, seed=s) for s in SEEDS]
-    return out
+    chosen = [RunConfig.from_record(r) for r in _best_per_method(summarise(records, model))]
+    return [
+        c.replace(rho=rho, factor=factor, orthogonal=factor, seed=s)
+        for rho, factor in VARIANTS
+        for c in chosen
+        for s in SEEDS
+    ]
 
 
 def run(models=("real", "quaternion"), jobs: int = 2, best: int = 2) -> None:
     """All three stages; runs whose record exists are skipped, so this resumes."""
-    from qat.sweep import run_grid
+    from qat.experiments import run_configs
 
     for stage in (lambda m, _: stage1(m), lambda m, rs: stage2(m, rs, best), stage3):
         records = runs.load_records(kind="ser")
         for model in models:
-            run_grid(stage(model, records), jobs=jobs)
+            run_configs(stage(model, records), jobs=jobs)
 
 
 def summarise(records: list[dict], model: str, variant: tuple[float, str] = MAIN) -> list[dict]:

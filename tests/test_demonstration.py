@@ -1,6 +1,6 @@
 """The demonstration's grid, selection and report (qat/demonstration.py), on synthetic records."""
 
-import inspect
+import dataclasses
 import itertools
 import statistics
 
@@ -9,10 +9,25 @@ import pytest
 from test_plots import ser_record
 
 from qat import demonstration as demo
-from qat import paths, runs
-from qat.experiments import train_ser
+from qat import io, paths, runs
+from qat.config import RunConfig
 
-TRAIN_SER_ARGS = set(inspect.signature(train_ser).parameters)
+TRAIN_SER_ARGS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def _kw(c: RunConfig) -> dict:
+    """A grid entry as the settings that matter for its method (what the tests compare)."""
+    kw = {k: getattr(c, k) for k in ("method", "setup", "model", "seed", "rho", "factor",
+                                     "orthogonal")}  # fmt: skip
+    if c.uses_taps:
+        kw.update(tap=c.tap[0] if len(c.tap) == 1 else list(c.tap), beta=c.beta)
+    if c.method == "at" and c.gram != "sample":
+        kw["gram"] = c.gram
+    if c.uses_adversary:
+        kw["lam"] = c.lam
+    if c.init_from_orthogonal:
+        kw["init_from_orthogonal"] = True
+    return kw
 
 
 def record(rng, ua, model="real", method="baseline", seed=0, setup="confounded", tap=None,
@@ -37,7 +52,7 @@ def seeds(rng, uas, **kw):
 
 
 def test_stage1_covers_every_knob_once_with_valid_arguments():
-    grid = demo.stage1("quaternion")
+    grid = [_kw(c) for c in demo.stage1("quaternion")]
     keys = {tuple(sorted((k, str(v)) for k, v in kw.items())) for kw in grid}
     assert len(keys) == len(grid)  # no configuration twice
     assert all(kw["seed"] == 0 and kw["model"] == "quaternion" for kw in grid)
@@ -88,7 +103,7 @@ def test_stage2_reruns_the_best_two_configurations_of_each_method():
         record(rng, 0.20, method="dann", lam=0.3),
         record(rng, 0.99, method="at", tap="conv1_1", variant=(0.9, "speaker")),
     ]
-    grid = demo.stage2("real", records)
+    grid = [_kw(c) for c in demo.stage2("real", records)]
     picked = {(kw["method"], kw["setup"], kw.get("tap"), kw.get("lam")) for kw in grid}
     assert picked == {
         ("baseline", "confounded", None, None), ("baseline", "unconfounded", None, None),
@@ -111,7 +126,7 @@ def test_stage3_takes_each_methods_best_three_seed_mean_to_every_variant():
         record(rng, 0.99, method="at", tap="conv5_3"),  # one seed only: not eligible
         *seeds(rng, [0.40, 0.40, 0.40], method="cdann", lam=3.0),
     ]
-    grid = demo.stage3("real", records)
+    grid = [_kw(c) for c in demo.stage3("real", records)]
     assert len(grid) == len(demo.VARIANTS) * 4 * len(demo.SEEDS)
     for rho, factor in demo.VARIANTS:
         mine = [kw for kw in grid if (kw["rho"], kw["factor"]) == (rho, factor)]
@@ -137,7 +152,9 @@ def test_targets_hand_computed():
     text = "\n".join(lines)
     # gap 0.10; best = AT at 0.36: closes 60%, +6.0 points; seeds 1-2: (0.36 - 0.30) / 0.1
     assert "gap 0.100" in text
-    assert "best method at conv2_1 b=1 UA 0.360 (sd 0.020) closes 60% of the gap: target" in text
+    assert (
+        "best method at word@conv2_1 β=1 UA 0.360 (sd 0.020) closes 60% of the gap: target" in text
+    )
     assert "(>= 50%) met" in text and "closes 60%." in text
     assert "UA +6.0 points" in text and "target +3: met" in text
     assert "penultimate word probe 0.200 -> 0.100 (lower)" in text
@@ -156,7 +173,7 @@ def test_write_report_from_records(tmp_path):
         records += seeds(rng, rng.uniform(0.4, 0.5, 3), setup="unconfounded", **kw)
         records += seeds(rng, rng.uniform(0.3, 0.5, 3), method="cka", tap="conv3_1", **kw)
     for r in records:
-        runs.write_json_beside(runs.record_path("ser", r["config"] | {"n": id(r)}, tmp_path), r)
+        io.write_json_beside(runs.record_path("ser", r["config"] | {"n": id(r)}, tmp_path), r)
     readme_before = (paths.ROOT / "README.md").read_text()
     out = demo.write_report(tmp_path)
     text = out.read_text()
@@ -223,7 +240,7 @@ def test_ranked_configurations_draws_one_bar_per_configuration_best_on_top():
     widths = [p.get_width() for p in ax.patches]
     assert widths == pytest.approx([0.2, 0.31, 0.5])  # ascending: the best is drawn on top
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["at conv2_1 b=1 (1)", "baseline (2)", "dann lam=1 (1)"]
+    assert labels == ["at word@conv2_1 β=1 (1)", "baseline (2)", "dann word λ=1 (1)"]
     assert "UA" in ax.get_xlabel() and ax.get_ylabel()
     with pytest.raises(ValueError, match="rows"):
         plots.ranked_configurations({"real": []})
