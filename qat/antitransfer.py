@@ -35,9 +35,15 @@ GRAM_MODES = ("sample", "batch")
 DISTANCES = ("cos2", "cka")
 PENULTIMATE = "penultimate"
 
-# Norms below this count as zero: a dead channel (all-zero Gram row) then contributes a
-# cosine of 0 instead of 0/0 = NaN, and its gradient is 0 instead of NaN.
+# Gram rows (and CKA kernels) whose norm is below this count as zero: a dead channel (all-zero
+# Gram row) then contributes a cosine of 0 instead of 0/0 = NaN, and its gradient is 0. The AT
+# paths normalise the activations first (below), so there the threshold is relative to the
+# item's (or batch's) largest activation and does not depend on the activations' scale.
 _EPS = 1e-12
+# CKA: a batch whose centred activations are this close to zero, relative to the activations
+# themselves (in units of the compute dtype's epsilon), has no variation to compare: what is
+# left after centring is the rounding error of the mean, and the CKA value is 0 (no signal).
+_CKA_ROUNDING = 64
 
 
 def _check_choice(value: object, name: str, choices: Sequence[str]) -> None:
@@ -58,28 +64,112 @@ def _as_4d(act: Tensor, name: str) -> Tensor:
     )
 
 
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype the AT terms are computed in: float64 stays float64, anything else (float16
+    and bfloat16 activations under mixed precision, float32) is computed in float32, whose
+    range holds the normalised Gram products of any input."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _pow2_scale(peak: Tensor) -> Tensor:
+    """A power of two s with peak * s in [0.5, 1), elementwise (s = 1 for a peak of 0).
+
+    Multiplying by a power of two never rounds, so normalising by s changes nothing but the
+    exponent: the AT values of x and 2^k x are bitwise equal. The exponent is clamped to the
+    dtype's normal range, so s is always finite and non-zero.
+    """
+    info = torch.finfo(peak.dtype)
+    lowest, highest = math.log2(info.tiny), math.floor(math.log2(info.max))
+    exponent = torch.floor(torch.log2(peak)).clamp(lowest, highest)
+    exponent = torch.where(peak > 0, exponent, torch.full_like(exponent, -1.0))
+    return torch.exp2(-exponent - 1)
+
+
+def _require_items(what: str, **tensors: Tensor) -> None:
+    """An AT value needs at least one item with at least one element: say which is empty."""
+    for name, tensor in tensors.items():
+        if tensor.ndim == 0 or tensor.shape[0] == 0:
+            shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in tensors.items())
+            raise ValueError(
+                f"{what} needs a non-empty batch, got batch size 0 ({shapes}); an AT value "
+                "over no items is undefined: skip the term for an empty batch"
+            )
+        if tensor.numel() == 0:
+            raise ValueError(
+                f"{what}: {name} of shape {tuple(tensor.shape)} has no elements (a zero-sized "
+                "channel or spatial dimension)"
+            )
+
+
 def _unit_rows(rows: Tensor) -> Tensor:
-    """Scale each row (last dim) to unit length; rows of (near) zero norm become zero."""
-    squared = (rows * rows).sum(dim=-1, keepdim=True)
-    return rows * torch.rsqrt(squared.clamp_min(_EPS * _EPS))
+    """Scale each row (last dim) to unit length; rows of norm below _EPS become zero.
+
+    Each row is first divided by a power of two near its largest entry, so squaring cannot
+    overflow (rows of 1e20) or underflow (rows of 1e-20) in any dtype. The scale is detached:
+    the unit vector does not depend on it, so the gradient is exact.
+    """
+    scale = _pow2_scale(rows.detach().abs().amax(dim=-1, keepdim=True))
+    scaled = rows * scale  # entries in [-1, 1], the largest at least 0.5 in a non-zero row
+    squared = (scaled * scaled).sum(dim=-1, keepdim=True)  # >= 0.25 unless the row is 0
+    dead = squared.sqrt() < _EPS * scale  # the row's true norm is below _EPS
+    unit = scaled * torch.rsqrt(squared.clamp_min(0.25))
+    return unit.masked_fill(dead, 0.0)
 
 
-def gram_matrix(act: Tensor, mode: str = "sample") -> Tensor:
+class _ScaledGram(torch.autograd.Function):
+    """G = (s F)(s F)^T / positions for F of shape (..., N, positions), computed in a given dtype.
+
+    ``scale`` (broadcastable to (..., 1, 1), no gradient) is the normalisation. A custom
+    function so that only F itself (alive anyway: the tap activation) is saved for backward,
+    not a scaled or float32 copy of it, which would add a tap activation's size to the step's
+    peak memory: the backward recomputes s F.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, scale: Tensor, positions: int) -> Tensor:
+        scaled = flat.to(scale.dtype) * scale
+        ctx.save_for_backward(flat, scale)
+        ctx.positions = positions
+        return (scaled @ scaled.transpose(-1, -2)).div_(positions)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        flat, scale = ctx.saved_tensors
+        scaled = flat.to(scale.dtype) * scale
+        grad_scaled = ((grad + grad.transpose(-1, -2)) @ scaled).div_(ctx.positions)
+        return (grad_scaled * scale).to(flat.dtype), None, None
+
+
+def gram_matrix(act: Tensor, mode: str = "sample", normalize: bool = False) -> Tensor:
     """Channel Gram matrix of an activation, normalised by the number of positions H*W.
 
     ``mode="sample"``: (B, C, C), one Gram per item. ``mode="batch"``: (B*C, B*C), the
     activation reshaped to (B*C, H*W) first, as in the published code. (B, D) features are
-    treated as (B, D, 1, 1).
+    treated as (B, D, 1, 1). Computed in float32 (float64 for float64 input).
+
+    ``normalize=True`` first divides each item's activation (sample) or the whole batch's
+    (batch) by a power of two near its largest absolute value: the Gram rows keep their
+    directions, so every cosine is unchanged, but the entries lie in [-1, 1] whatever the
+    activations' scale (no overflow at 1e20, no underflow at 1e-20, float16 inputs included).
+    The AT terms use this form.
     """
     _check_choice(mode, "gram", GRAM_MODES)
     act = _as_4d(act, "act")
     batch, channels, height, width = act.shape
+    _require_items("gram_matrix", act=act)
     positions = height * width
+    dtype = _compute_dtype(act)
     if mode == "sample":
         flat = act.reshape(batch, channels, positions)
-        return flat @ flat.transpose(1, 2) / positions
-    flat = act.reshape(batch * channels, positions)
-    return flat @ flat.T / positions
+        peak = flat.detach().abs().amax(dim=(1, 2), keepdim=True)
+    else:
+        flat = act.reshape(batch * channels, positions)
+        peak = flat.detach().abs().amax().reshape(1, 1)
+    if normalize:
+        scale = _pow2_scale(peak.to(dtype))
+    else:
+        scale = torch.ones_like(peak, dtype=dtype)
+    return _ScaledGram.apply(flat, scale, positions)
 
 
 def cos2_from_grams(g_cur: Tensor, g_pre: Tensor) -> Tensor:
@@ -87,36 +177,56 @@ def cos2_from_grams(g_cur: Tensor, g_pre: Tensor) -> Tensor:
 
     Takes Grams rather than activations so that the frozen side's per-sample Grams can be
     cached. Rows are the last dimension; every row of every item counts once in the mean.
+    Computed in float32 (float64 for float64 input), with each row normalised before it is
+    squared, so any finite Grams give a value in [0, 1].
     """
     if g_cur.shape != g_pre.shape:
         raise ValueError(
             f"Gram matrices must have the same shape, got current {tuple(g_cur.shape)} and "
             f"pretrained {tuple(g_pre.shape)}"
         )
-    cosine = (_unit_rows(g_cur) * _unit_rows(g_pre)).sum(dim=-1)
+    _require_items("cos2_from_grams", current=g_cur, pretrained=g_pre)
+    dtype = torch.promote_types(_compute_dtype(g_cur), _compute_dtype(g_pre))
+    cosine = (_unit_rows(g_cur.to(dtype)) * _unit_rows(g_pre.to(dtype))).sum(dim=-1)
     return cosine.abs().mean() ** 2
+
+
+def _centred(features: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(B, D) features centred over the batch and normalised by one power of two (CKA is
+    invariant to a common scale, not to per-item scales), and whether any variation is left.
+
+    Scaling before centring keeps the mean's sum finite for any input; scaling again after
+    it brings small variations around a large offset to unit range before the kernel product.
+    """
+    x = features.to(dtype)
+    x = x * _pow2_scale(x.detach().abs().amax())
+    x = x - x.mean(dim=0, keepdim=True)
+    peak = x.detach().abs().amax()
+    varies = peak > _CKA_ROUNDING * torch.finfo(dtype).eps
+    return x * _pow2_scale(peak), varies
 
 
 def _linear_cka(current: Tensor, pretrained: Tensor) -> Tensor:
     """Linear CKA in the B x B kernel form, which costs O(B^2 D) instead of O(D^2).
 
     With column-centred X (B, Dx) and Y (B, Dy): K = X X^T, L = Y Y^T and
-    CKA = <K, L>_F / (||K||_F ||L||_F). A batch of one item has no variance to compare and
-    gives 0 (no signal) rather than NaN.
+    CKA = <K, L>_F / (||K||_F ||L||_F). A batch of one item (or of identical items) has no
+    variance to compare and gives 0 (no signal) rather than NaN. X and Y are normalised
+    before the kernel products and computed in float32 (float64 for float64 input), so the
+    value does not depend on the activations' scale.
     """
+    _require_items("cka", current=current, pretrained=pretrained)
     if current.shape[0] != pretrained.shape[0]:
         raise ValueError(
             f"cka needs the same batch size on both sides, got current {current.shape[0]} and "
             f"pretrained {pretrained.shape[0]}"
         )
-    x = current.reshape(current.shape[0], -1)
-    y = pretrained.reshape(pretrained.shape[0], -1)
-    x = x - x.mean(dim=0, keepdim=True)
-    y = y - y.mean(dim=0, keepdim=True)
-    # Normalising K and L before the inner product avoids overflow for wide taps.
+    dtype = torch.promote_types(_compute_dtype(current), _compute_dtype(pretrained))
+    x, x_varies = _centred(current.reshape(current.shape[0], -1), dtype)
+    y, y_varies = _centred(pretrained.reshape(pretrained.shape[0], -1), dtype)
     k = _unit_rows((x @ x.T).reshape(1, -1))
     ell = _unit_rows((y @ y.T).reshape(1, -1))
-    return (k * ell).sum()
+    return (k * ell).sum() * (x_varies & y_varies)
 
 
 _DIM_NAMES = {2: ("B", "D"), 4: ("B", "C", "H", "W")}
@@ -158,10 +268,14 @@ def at_loss(
     _check_choice(distance, "distance", DISTANCES)
     current_4d = _as_4d(current, "current")
     pretrained_4d = _as_4d(pretrained, "pretrained")
+    _require_items("at_loss", current=current_4d, pretrained=pretrained_4d)
     if distance == "cka":
         return _linear_cka(current_4d, pretrained_4d)
     _require_same_shape(current, pretrained)
-    return cos2_from_grams(gram_matrix(current_4d, gram), gram_matrix(pretrained_4d, gram))
+    return cos2_from_grams(
+        gram_matrix(current_4d, gram, normalize=True),
+        gram_matrix(pretrained_4d, gram, normalize=True),
+    )
 
 
 def _ordered_taps(network: nn.Module) -> list[str]:
@@ -416,7 +530,7 @@ class AntiTransfer:
         if self.distance == "cka":
             return act.reshape(act.shape[0], -1)
         if self.gram == "sample":
-            return gram_matrix(act, "sample")
+            return gram_matrix(act, "sample", normalize=True)
         return act
 
     def _frozen_representations(self, x: Tensor) -> dict[str, Tensor]:
@@ -462,6 +576,7 @@ class AntiTransfer:
         when ``keys`` (a 1-D integer tensor of dataset positions) are given and it is on.
         Computing them BEFORE the trained network's forward keeps the frozen activations out
         of the step's peak memory (they are gone before the trained side's are saved)."""
+        _require_items("AntiTransfer.targets", x=x)
         if keys is not None and self._budget_bytes > 0:
             return self._cached_representations(x, keys)
         return self._frozen_representations(x)
@@ -485,6 +600,8 @@ class AntiTransfer:
                 f"captured has no activation for tap(s) {missing} (has {sorted(captured)}): "
                 "run the model's forward inside AntiTransfer.capture(model)"
             )
+        for tap in self.taps:
+            _require_items(f"AntiTransfer.term at tap {tap!r}", current=captured[tap])
         frozen = targets if targets is not None else self.targets(x, keys)
         values = [self._tap_value(captured[tap], frozen[tap]) for tap in self.taps]
         return torch.stack(values).sum()
@@ -493,7 +610,7 @@ class AntiTransfer:
         if self.distance == "cka":
             return _linear_cka(_as_4d(current, "current"), frozen)
         if self.gram == "sample":
-            return cos2_from_grams(gram_matrix(current, "sample"), frozen)
+            return cos2_from_grams(gram_matrix(current, "sample", normalize=True), frozen)
         return at_loss(current, frozen, gram="batch", distance="cos2")
 
 

@@ -13,6 +13,9 @@ class may be missing from a fold:
 - macro-F1 averages over the classes present in ``y_true`` OR in ``y_pred``: a class the
   model predicts but which never occurs has F1 = 0 (all its predictions are false
   positives) and rightly lowers the score; a class with no true positive has F1 = 0.
+
+The numbers come from scikit-learn, always called with explicit ``labels`` so that these class
+sets, not sklearn's defaults, decide what is averaged; this module owns the input checks.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def _as_labels(values: Any, name: str) -> np.ndarray:
@@ -64,52 +68,41 @@ def _pair(
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     """Counts of (true, predicted) pairs: rows are true classes, columns predicted classes."""
     true, pred = _pair(y_true, y_pred, num_classes)
-    counts = np.bincount(true * num_classes + pred, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+    return _confusion(true, pred, num_classes)
 
 
-def _confusion_auto(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Confusion matrix sized to the largest label seen, for the metrics without num_classes."""
-    size = int(max(true.max(), pred.max())) + 1
-    return confusion_matrix(true, pred, size)
+def _confusion(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    return skm.confusion_matrix(true, pred, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def weighted_accuracy(y_true: Any, y_pred: Any) -> float:
     """WA: the fraction of items classified correctly (plain accuracy)."""
     true, pred = _pair(y_true, y_pred)
-    return float(np.mean(true == pred))
+    return float(skm.accuracy_score(true, pred))
 
 
-def _per_class_recall(confusion: np.ndarray) -> np.ndarray:
-    """Recall per class; NaN for classes with no true item (their recall is undefined)."""
-    support = confusion.sum(axis=1)
-    recall = np.full(confusion.shape[0], np.nan)
-    present = support > 0
-    recall[present] = np.diag(confusion)[present] / support[present]
-    return recall
+def _ua(true: np.ndarray, pred: np.ndarray) -> float:
+    # every class in `labels` has support, so no recall is 0/0
+    return float(skm.recall_score(true, pred, labels=np.unique(true), average="macro"))
 
 
 def unweighted_accuracy(y_true: Any, y_pred: Any) -> float:
     """UA: mean per-class recall over the classes present in ``y_true`` (balanced accuracy)."""
     true, pred = _pair(y_true, y_pred)
-    return float(np.nanmean(_per_class_recall(_confusion_auto(true, pred))))
+    return _ua(true, pred)
 
 
-def _macro_f1_from_confusion(confusion: np.ndarray) -> float:
-    """Mean F1 over classes occurring as a true or a predicted label (F1 = 0 without a TP)."""
-    tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    involved = (support + predicted) > 0
-    # F1 = 2TP / (2TP + FP + FN) = 2TP / (support + predicted): no 0/0 for involved classes.
-    f1 = 2.0 * tp[involved] / (support[involved] + predicted[involved])
-    return float(f1.mean())
+def _macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
+    # F1 = 2TP / (2TP + FP + FN): never 0/0 for a class that occurs as a true or predicted label;
+    # a class with no true positive gets 0
+    labels = np.union1d(true, pred)
+    return float(skm.f1_score(true, pred, labels=labels, average="macro", zero_division=0.0))
 
 
 def macro_f1(y_true: Any, y_pred: Any) -> float:
     """Macro-F1 over the classes present in ``y_true`` or ``y_pred`` (see module docstring)."""
     true, pred = _pair(y_true, y_pred)
-    return _macro_f1_from_confusion(_confusion_auto(true, pred))
+    return _macro_f1(true, pred)
 
 
 def summary(y_true: Any, y_pred: Any, num_classes: int) -> dict[str, Any]:
@@ -120,12 +113,13 @@ def summary(y_true: Any, y_pred: Any, num_classes: int) -> dict[str, Any]:
     ``y_true``, so the record stays valid JSON).
     """
     true, pred = _pair(y_true, y_pred, num_classes)
-    confusion = confusion_matrix(true, pred, num_classes)
-    recall = _per_class_recall(confusion)
+    recall = skm.recall_score(
+        true, pred, labels=np.arange(num_classes), average=None, zero_division=np.nan
+    )
     return {
-        "wa": float(np.mean(true == pred)),
-        "ua": float(np.nanmean(recall)),
-        "macro_f1": _macro_f1_from_confusion(confusion),
-        "confusion": confusion.tolist(),
+        "wa": float(skm.accuracy_score(true, pred)),
+        "ua": _ua(true, pred),
+        "macro_f1": _macro_f1(true, pred),
+        "confusion": _confusion(true, pred, num_classes).tolist(),
         "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
     }

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,15 +10,8 @@ import soundfile as sf
 import torch
 
 from qat.data import features as F
-from qat.data.features import (
-    FeatureConfig,
-    LabelSpace,
-    Normalizer,
-    SERDataset,
-    compute_features,
-    extract_features,
-    fit_segment,
-)
+from qat.data.dataset import LabelSpace, Normalizer, SERDataset
+from qat.data.features import FeatureConfig, compute_features, extract_features, fit_segment
 from qat.data.records import Utterance
 
 # 0.5 s at 8 kHz: 4000 samples / hop 128 = 31.25 -> 32 frames, small and fast.
@@ -303,3 +297,93 @@ def test_ser_dataset_holds_normalised_contiguous_tensors():
     assert item_labels["speaker"] == 1 and len(ds) == 2
     with pytest.raises(ValueError, match="indices"):
         SERDataset(x, recs, [3], space, norm)
+
+
+# --------------------------------------------------------------------------------------------
+# The cache key is the files' content
+
+
+@pytest.mark.parametrize("how", ["new inode (rsync -a, tar)", "same inode (cp -p)"])
+def test_same_size_replacement_with_the_mtime_kept_rebuilds(corpus, tmp_path, how):
+    config = FeatureConfig(**SMALL)
+    target = Path(corpus[2].path)
+    first = np.array(extract_features(corpus, config, tmp_path / "c", workers=1, progress=False).x)
+    st = target.stat()
+    new = np.random.default_rng(7).uniform(-0.5, 0.5, sf.info(target).frames)
+    replacement = tmp_path / "replacement.wav"
+    sf.write(replacement, new, 8000, subtype="FLOAT")
+    assert replacement.stat().st_size == st.st_size
+    if how.startswith("new inode"):
+        os.replace(replacement, target)
+    else:  # cp -p onto an existing file: rewritten in place, then the old times restored
+        with open(target, "r+b") as fh:
+            fh.write(replacement.read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = target.stat()
+    assert (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert (now.st_ino == st.st_ino) == how.startswith("same inode")
+    second = extract_features(corpus, config, tmp_path / "c", workers=1, progress=False)
+    np.testing.assert_allclose(
+        second.x[2], compute_features(new.astype(np.float32), config), rtol=1e-6
+    )
+    assert not np.allclose(first[2], second.x[2])
+    assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".npy"]
+
+
+def test_a_new_mtime_with_the_same_content_is_still_a_cache_hit(corpus, tmp_path, monkeypatch):
+    config = FeatureConfig(**SMALL)
+    extract_features(corpus, config, tmp_path / "c", workers=1, progress=False)
+    for r in corpus:
+        os.utime(r.path, ns=(1, 10**18))  # e.g. a copy without -p
+
+    def no_loading(path, sr):
+        raise AssertionError("same content: the cache must be used")
+
+    monkeypatch.setattr(F, "_load", no_loading)
+    extract_features(corpus, config, tmp_path / "c", workers=1, progress=False)
+
+
+KILLED_EXTRACTION = """
+import sys, time
+from qat.data import features as F
+from qat.data.records import Utterance
+
+real_load = F._load
+
+
+def slow_load(path, sample_rate):  # inherited by the forked workers
+    time.sleep(0.5)
+    return real_load(path, sample_rate)
+
+
+if __name__ == "__main__":
+    F._load = slow_load
+    records = [Utterance(p, "t", "happy", "s", "w") for p in sys.argv[2:]]
+    config = F.FeatureConfig(sample_rate=8000, segment_seconds=0.5)
+    F.extract_features(records, config, sys.argv[1], workers=2, progress=False)
+"""
+
+
+def test_a_killed_extraction_leaves_no_orphan_and_the_next_call_cleans_up(tmp_path):
+    from process_tools import kill_and_list_survivors, spawn, wait_until
+
+    folder, cache, log = tmp_path / "wav", tmp_path / "cache", tmp_path / "child.log"
+    folder.mkdir()
+    records = write_corpus(folder, n=40)
+    child = spawn(KILLED_EXTRACTION, cache, *(r.path for r in records), log=log)
+
+    def extracting() -> bool:
+        import psutil
+
+        workers = psutil.Process(child.pid).children()
+        return len(workers) >= 2 and any(p.name.endswith(".tmp") for p in cache.glob(".*"))
+
+    wait_until(extracting, child, log)
+    assert kill_and_list_survivors(child) == []  # the workers ended with their parent
+    stale = [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    assert stale and f".{child.pid}." in stale[0].name  # the case to clean up
+    config = FeatureConfig(**SMALL)
+    feats = extract_features(records, config, cache, workers=1, progress=False)
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
+    y, _ = sf.read(records[5].path, dtype="float32")
+    np.testing.assert_array_equal(feats.x[5], compute_features(y, config))

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qat.data import synth
+from qat.data import espeak, synth
+from qat.data.audio import resample
+from qat.data.espeak import list_voices
 from qat.data.synth import (
     DEFAULT_SPEAKERS,
     DEFAULT_WORDS,
@@ -25,11 +27,9 @@ from qat.data.synth import (
     VAD,
     Prosody,
     draw_prosody,
-    list_voices,
     make_orthogonal_corpus,
     make_synthemo,
     place,
-    resample,
     speaker_dirname,
     to_pcm16,
     trim_silence,
@@ -101,8 +101,8 @@ def test_different_seed_gives_different_audio_and_prosody(built):
 
 def test_a_fresh_engine_forgets_what_the_previous_one_said(tmp_path):
     # eSpeak keeps state across calls within one engine; the factory must hand out clean ones
-    library, data = synth.espeak_paths()
-    factory = synth._EngineFactory(library, data, tmp_path)
+    library, data = espeak.espeak_paths()
+    factory = espeak.EngineFactory(library, data, tmp_path)
     args = ("water", "en-us+m3", Prosody(175, 50, 50, 100), 7)
     with factory.open() as engine:
         first = engine.synthesise(*args)
@@ -277,8 +277,8 @@ def test_default_voices_exist_and_load(tmp_path):
     assert set(DEFAULT_SPEAKERS) <= set(MORE_SPEAKERS)
     assert {"m3", "f2", "klatt4"} <= set(list_voices())
     synth._check_speakers(MORE_SPEAKERS)
-    library, data = synth.espeak_paths()
-    version = synth._check_voices_load(MORE_SPEAKERS, synth._EngineFactory(library, data, tmp_path))
+    library, data = espeak.espeak_paths()
+    version = synth._check_voices_load(MORE_SPEAKERS, espeak.EngineFactory(library, data, tmp_path))
     assert version[:1].isdigit()
 
 
@@ -348,7 +348,7 @@ def test_white_noise_has_the_requested_rms_level():
 def test_resample_matches_an_analytic_sine():
     t_in = np.arange(11025) / 22050
     out = resample(0.5 * np.sin(2 * np.pi * 440 * t_in), 22050, 16000)
-    assert abs(len(out) - 8000) <= 1
+    assert len(out) == 8000 and out.dtype == np.float64
     t_out = np.arange(len(out)) / 16000
     middle = slice(500, len(out) - 500)
     np.testing.assert_allclose(
@@ -402,12 +402,143 @@ def test_bad_input_raises_value_error_naming_the_parameter(tmp_path, override, m
 
 
 def test_missing_library_raises_runtime_error_naming_the_path(tmp_path, monkeypatch):
-    _, data = synth.espeak_paths()
+    _, data = espeak.espeak_paths()
     missing = tmp_path / "no-such-libespeak.so"
-    monkeypatch.setattr(synth, "espeak_paths", lambda: (missing, data))
+    monkeypatch.setattr(espeak, "espeak_paths", lambda: (missing, data))
     with pytest.raises(RuntimeError, match=re.escape(str(missing))):
         make_synthemo(tmp_path / "out", **TINY, progress=False)
     not_a_library = tmp_path / "fake.so"
     not_a_library.write_text("not a shared object")
     with pytest.raises(RuntimeError, match=re.escape(str(not_a_library))):
-        synth._load_library(not_a_library)
+        espeak._load_library(not_a_library)
+
+
+# --- the kit never loses a user's files -------------------------------------------------------
+
+
+@pytest.mark.parametrize("users_file", ["manifest.csv", "prosody.csv", "synthemo_config.json"])
+def test_refuses_a_folder_holding_a_users_file_it_would_overwrite(tmp_path, users_file):
+    (tmp_path / users_file).write_text("path,emotion\nmine.wav,happy\n")
+    (tmp_path / "prosody.csv").write_text("the user's own table\n")
+    before = corpus_files(tmp_path)
+    with pytest.raises(ValueError, match=r"out_dir=.*was not written by make_synthemo"):
+        make_synthemo(tmp_path, **TINY, progress=False)
+    assert corpus_files(tmp_path) == before and not (tmp_path / "wav").exists()
+
+
+def test_refuses_a_non_empty_folder_that_holds_no_synthemo(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"out_dir=.* is not empty \(notes\.txt\)"):
+        make_synthemo(tmp_path, **TINY, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match=r"out_dir=.*a-file.* is a file"):
+        make_synthemo(tmp_path / "a-file", **TINY, progress=False)
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_out_dir_is_an_error_not_the_current_folder(tmp_path, monkeypatch, empty):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"out_dir='\s*': expected a folder path"):
+        make_synthemo(empty, **TINY, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rebuilding_with_another_seed_deletes_only_its_own_files(tmp_path):
+    first = make_synthemo(tmp_path, **{**TINY, "repetitions": 2}, progress=False)
+    mine = {
+        tmp_path / "README.txt": b"my notes",
+        tmp_path / "wav" / "mine.wav": b"my recording",
+        tmp_path / "wav" / "en-us_m3" / "neutral" / "extra_0.wav": b"another one",
+        tmp_path / "wav" / "my-folder" / "take.wav": b"and one more",
+    }
+    for path, data in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    second = make_synthemo(tmp_path, **{**TINY, "repetitions": 2}, seed=1, progress=False)
+    assert [r.path for r in second] == [r.path for r in first]
+    assert all(path.read_bytes() == data for path, data in mine.items())
+    config = json.loads((tmp_path / "synthemo_config.json").read_text())
+    assert config["complete"] and config["config"]["seed"] == 1
+    # a smaller corpus: the files and folders of the old one go, the user's stay
+    make_synthemo(
+        tmp_path,
+        **{**TINY, "speakers": ["en+f2"], "words": ["water"], "emotions": ["sad"]},
+        progress=False,
+    )
+    wavs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.wav"))
+    assert wavs == [
+        "wav/en-us_m3/neutral/extra_0.wav",
+        "wav/en_f2/sad/water_0.wav",
+        "wav/mine.wav",
+        "wav/my-folder/take.wav",
+    ]
+
+
+def test_refuses_to_overwrite_a_users_file_at_a_new_utterance_path(tmp_path):
+    make_synthemo(tmp_path, **TINY, progress=False)
+    users = tmp_path / "wav" / "en-us_m3" / "neutral" / "water_0.wav"
+    users.write_bytes(b"the user's water")
+    with pytest.raises(ValueError, match=r"water_0\.wav exists and is not part of the SynthEmo"):
+        make_synthemo(tmp_path, **{**TINY, "words": ["seven", "water"]}, progress=False)
+    assert users.read_bytes() == b"the user's water"
+
+
+CONCURRENT_CHILD = """
+import sys
+from qat.data.synth import make_synthemo
+
+if __name__ == "__main__":
+    records = make_synthemo(
+        sys.argv[1], speakers=["en-us+m3"], words=["seven", "water", "river"],
+        emotions=["neutral", "sad"], repetitions=6, workers=1, progress=False,
+    )
+    print(len(records), "records")
+"""
+
+
+def test_two_builds_into_one_new_folder_take_turns(tmp_path):
+    from process_tools import spawn
+
+    out = tmp_path / "corpus"
+    logs = [tmp_path / f"child{i}.log" for i in range(2)]
+    children = [spawn(CONCURRENT_CHILD, out, log=log) for log in logs]
+    for child, log in zip(children, logs, strict=True):
+        assert child.wait(timeout=240) == 0, log.read_text()
+        assert "36 records" in log.read_text()
+    config = json.loads((out / "synthemo_config.json").read_text())
+    assert config["complete"]
+    assert len(list(out.rglob("*.wav"))) == 36
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+KILLED_CHILD = """
+import sys
+from qat.data.synth import DEFAULT_WORDS, make_synthemo
+
+if __name__ == "__main__":
+    make_synthemo(
+        sys.argv[1], speakers=["en-us+m3", "en+f2"], words=DEFAULT_WORDS[:20],
+        emotions=["neutral", "happy", "sad", "angry", "fearful"], repetitions=4, workers=2,
+        progress=False,
+    )
+"""
+
+
+def test_a_killed_build_leaves_no_orphan_and_the_next_start_cleans_up(tmp_path, monkeypatch):
+    import tempfile
+
+    from process_tools import kill_and_list_survivors, spawn, wait_until
+
+    out, scratch, log = tmp_path / "corpus", tmp_path / "tmp", tmp_path / "child.log"
+    scratch.mkdir()
+    child = spawn(KILLED_CHILD, out, log=log, env={"TMPDIR": str(scratch)})
+    wait_until(lambda: any((out / "wav").rglob("*.wav")), child, log)
+    assert kill_and_list_survivors(child) == []  # the workers ended with their parent
+    left = list(scratch.glob(f"qat-espeak-{child.pid}-*"))
+    assert left, "expected the killed run's engine folder (the case to clean up)"
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    records = make_synthemo(out, **TINY, progress=False)  # the next start
+    assert not any(p.exists() for p in left)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert sorted(out.rglob("*.wav")) == [Path(r.path) for r in records]  # killed build's gone

@@ -1,4 +1,5 @@
-"""Reading utterance audio: header checks, mono 16 kHz float32 loading, silence test.
+"""Reading utterance audio: header checks, mono 16 kHz float32 loading, the kit's resampler,
+silence test.
 
 Every corpus loader probes each file's header at load time, so a broken file is reported
 when the corpus is listed, not hours later in the middle of feature extraction.
@@ -18,6 +19,10 @@ import soxr
 
 # libsndfile reports "System error" for a missing file and "Format not recognised" for an
 # empty one; we check those cases ourselves to give a message a user can act on.
+
+
+# Channels whose mix is this far below the loudest channel (RMS) are taken to cancel.
+CANCEL_DB = 20.0
 
 
 class AudioError(ValueError):
@@ -116,19 +121,49 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = 16000) -> np.n
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise AudioError(f"{path}: {bad} of {data.size} samples are NaN or infinite")
-    y = data.mean(axis=1) if info.channels > 1 else data[:, 0]
+    y = _mix_down(data, path) if info.channels > 1 else data[:, 0]
     if sample_rate is not None and file_rate != sample_rate:
-        y = _resample(y, file_rate, int(sample_rate))
+        y = resample(y, file_rate, int(sample_rate))
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def _resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """soxr "HQ" resampling, length fixed to librosa's convention ceil(n * target / orig).
+def _mix_down(data: np.ndarray, path) -> np.ndarray:
+    """The channel mean of (frames, channels) audio; AudioError if the channels cancel.
+
+    Channels that cancel in the mix (one of them polarity-inverted: a wiring or export fault)
+    would turn a loud utterance into near-silence, which is then dropped as silent without a
+    word. We raise instead of picking a channel: which channel is right is the user's call,
+    and the fix is one command (e.g. `sox in.wav out.wav remix 1` keeps the first channel).
+    Cancelling means: the mix is more than CANCEL_DB below the loudest channel (RMS) while that
+    channel is not itself near-silent. In-phase channels lose nothing in the mix, independent
+    ones about 3 dB, a single live channel 6 dB."""
+    y = data.mean(axis=1)
+    rms = np.sqrt(np.mean(np.square(data, dtype=np.float64), axis=0))
+    loudest = int(np.argmax(rms))
+    mix_rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
+    if not is_near_silent(data[:, loudest]) and mix_rms < rms[loudest] * 10 ** (-CANCEL_DB / 20):
+        drop = 20 * np.log10(rms[loudest] / mix_rms) if mix_rms > 0 else math.inf
+        raise AudioError(
+            f"{path}: its {data.shape[1]} channels cancel when mixed to mono (the mix is "
+            f"{drop:.0f} dB below channel {loudest + 1}): one channel is probably "
+            "polarity-inverted; convert the file to mono yourself, e.g. keep one channel with "
+            "`sox in.wav out.wav remix 1`"
+        )
+    return y
+
+
+def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Band-limited resampling with libsoxr ("HQ"), the kit's one resampler; the dtype
+    (float32 or float64) is kept and the length is librosa's convention,
+    ceil(n * target / orig).
 
     Calling soxr directly rather than librosa.resample avoids librosa's ~6 s lazy import of
-    its core on first use; soxr rounds the output length, librosa pads to the ceiling, and
-    matching librosa keeps our lengths equal to those of any librosa-based pipeline.
+    its core on first use (and is light enough for every synthesis worker); soxr rounds the
+    output length, librosa pads to the ceiling, and matching librosa keeps our lengths equal
+    to those of any librosa-based pipeline.
     """
+    if orig_sr == target_sr:
+        return y
     out = soxr.resample(y, orig_sr, target_sr, quality="HQ")
     length = math.ceil(len(y) * target_sr / orig_sr)
     if len(out) < length:
@@ -137,11 +172,13 @@ def _resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def is_near_silent(y: np.ndarray, threshold: float = 1e-3) -> bool:
-    """True when the peak absolute amplitude is below `threshold` (1e-3 is about -60 dBFS).
+    """True when the peak absolute deviation from the signal's mean is below `threshold` (1e-3
+    is about -60 dBFS).
 
     Used to drop utterances or segments that carry no speech before training; a peak test
     rather than an energy test so that one short word in a long file still counts as sound.
-    An empty signal is silent.
+    The mean is removed first: a constant offset (a dead microphone on a biased input) is not
+    sound. An empty signal is silent.
     """
     if not (np.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
@@ -150,4 +187,5 @@ def is_near_silent(y: np.ndarray, threshold: float = 1e-3) -> bool:
         return True
     if not np.isfinite(y).all():
         raise ValueError("y contains NaN or infinite samples; cannot judge silence")
-    return bool(np.max(np.abs(y)) < threshold)
+    deviation = np.asarray(y, dtype=np.float64) - np.mean(y, dtype=np.float64)
+    return bool(np.max(np.abs(deviation)) < threshold)

@@ -1,14 +1,19 @@
-"""The one record type every corpus loader returns, and its CSV form (the manifest)."""
+"""The one record type every corpus loader returns, its CSV form (the manifest), and the content
+digest of a corpus."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from qat import io
 
 # Common emotion vocabulary across corpora; each loader maps its own codes onto it and
 # keeps the original code in `Utterance.label`.
@@ -66,16 +71,46 @@ class Utterance:
 def write_manifest(records: Iterable[Utterance], csv_path: str | os.PathLike) -> None:
     """Write records as a CSV manifest, paths relative to the CSV's folder, atomically."""
     csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        for r in records:
-            row = dataclasses.asdict(r)
-            row["path"] = os.path.relpath(r.path, csv_path.parent)
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    os.replace(tmp, csv_path)
+    records = list(records)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            for r in records:
+                row = dataclasses.asdict(r)
+                row["path"] = os.path.relpath(r.path, csv_path.parent)
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+    io.write_atomic(csv_path, write)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks; FileNotFoundError naming a missing file.
+
+    The content, not the size and mtime: a file replaced by other content of the same size with
+    its mtime kept (cp -p, rsync -a, tar) gets another digest. Hashing is I/O-bound: about
+    0.3 s for 10,000 files of 32 KB from the page cache on our CPU.
+    """
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"audio file not found: {path}") from None
+
+
+def corpus_digest(records: Sequence[Utterance]) -> str:
+    """sha256 (hex) of a corpus's content: every record's manifest fields except its absolute
+    path (uid, corpus, labels, speaker, text, dimensions, duration) and the digest of its audio
+    bytes, in order. Relabelling a row, editing or replacing a file, or reordering the records
+    changes it; moving the corpus folder does not. For keys of results computed from the
+    corpus (run records); reads every audio file once."""
+    h = hashlib.sha256(b"qat-corpus-digest-v1\n")
+    for r in records:
+        row = dataclasses.asdict(r)
+        row["audio_sha256"] = file_digest(row.pop("path"))
+        h.update(json.dumps(row, sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
 
 
 def emotions_of(records: Sequence[Utterance]) -> list[str]:

@@ -15,14 +15,25 @@ Layout written by `make_synthemo(out_dir, ...)`::
     out_dir/manifest.csv                               qat.data.records manifest
     out_dir/prosody.csv                                the prosody each utterance was given
     out_dir/synthemo_config.json                       the configuration and its hash
+    out_dir/.synthemo.lock                             held while a process builds
+
+Ownership: the kit writes only into a folder that is new, empty, or holds a SynthEmo corpus (a
+valid synthemo_config.json, written before anything else, is its mark); otherwise it stops and
+names the file it would overwrite. Rebuilding with another configuration deletes only the wav
+files the stored configuration lists (and the folders they leave empty): files a user added
+stay. Two builds into one folder take turns (a lock the system releases if a process dies); the
+second finds the corpus built and reuses it. Files are written under qat.io's temporary names,
+and a killed build's temporaries, worker processes and engine folder are cleaned up (workers end
+with their parent; the rest at the next start).
 
 Determinism: eSpeak NG keeps synthesis state in static variables that survive
 `espeak_Initialize` (glottal phase, pitch smoothing, flutter, ...), so a word's samples depend
 on what the engine said before. So the utterances are cut into fixed blocks (ENGINE_BLOCK
 consecutive utterances of one voice) and each block is synthesised by a freshly loaded private
-copy of the library (dlopen, synthesise the block, dlclose); all randomness comes from numpy
-Generators seeded by (seed, corpus, utterance index). The output is byte-identical for a given
-seed whatever the number of worker processes and whichever worker renders which block. (One
+copy of the library (dlopen, synthesise the block, dlclose; see qat.data.espeak); all randomness
+comes from numpy Generators seeded by (seed, corpus, utterance index). The output is
+byte-identical for a given seed whatever the number of worker processes and whichever worker
+renders which block. (One
 fresh engine per utterance would work too, but loading the English dictionary into a fresh
 engine costs ~4 ms, three times the synthesis of a word; the history only shifts the glottal
 phase.)
@@ -30,13 +41,9 @@ phase.)
 
 from __future__ import annotations
 
-import _ctypes
 import contextlib
 import csv
-import ctypes
-import ctypes.util
 import dataclasses
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -44,21 +51,26 @@ import math
 import multiprocessing
 import os
 import re
-import shutil
-import tempfile
 import wave
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import soxr
 from tqdm.auto import tqdm
 
+from qat import io
+from qat.data import espeak
+from qat.data.audio import resample
 from qat.data.records import EMOTIONS, Utterance, write_manifest
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent builds still cannot clash on temporary names
+    fcntl = None
 
 
 class Prosody(NamedTuple):
@@ -155,209 +167,13 @@ ENGINE_BLOCK = 32
 _TRIM_TOP_DB = 50.0  # eSpeak's output is noise-free: anything 50 dB below the peak is silence
 _WORD_PATTERN = re.compile(r"[A-Za-z]+(-[A-Za-z]+)*")
 _WAV_HEADER_BYTES = 44
-
-# speak_lib.h constants
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_DONT_EXIT = 0x8000
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_PARAMETER = Prosody(rate=1, pitch=3, pitch_range=4, volume=2)  # espeakRATE, PITCH, RANGE, VOLUME
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# The engine
-# ---------------------------------------------------------------------------------------------
-
-
-def espeak_paths() -> tuple[Path, Path]:
-    """(library, data folder) of the eSpeak NG shipped in the `espeakng-loader` wheel."""
-    try:
-        import espeakng_loader
-    except ImportError as err:
-        raise RuntimeError(
-            "SynthEmo needs the espeakng-loader package (libespeak-ng and its voice data); "
-            "install it with `pip install espeakng-loader`"
-        ) from err
-    return Path(espeakng_loader.get_library_path()), Path(espeakng_loader.get_data_path())
-
-
-def _load_library(path: str | os.PathLike, origin: str | os.PathLike | None = None) -> ctypes.CDLL:
-    """dlopen libespeak-ng privately (RTLD_LOCAL) and declare the signatures used here;
-    `origin` is the file `path` was copied from, named in the error."""
-    try:
-        lib = ctypes.CDLL(os.fspath(path), mode=getattr(os, "RTLD_LOCAL", 0))
-        lib.espeak_Initialize  # noqa: B018 - fail here, not mid-synthesis, if it is not eSpeak
-    except (OSError, AttributeError) as err:
-        tried = f"{origin} (copied to {path})" if origin else f"{path}"
-        raise RuntimeError(f"could not load the eSpeak NG library from {tried}: {err}") from err
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Initialize.restype = ctypes.c_int
-    lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-    lib.espeak_SetSynthCallback.restype = None
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_SetVoiceByName.restype = ctypes.c_int
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    lib.espeak_ng_SetRandSeed.restype = ctypes.c_int
-    lib.espeak_Synth.argtypes = [
-        *(ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint),
-        *(ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p),
-    ]
-    lib.espeak_Synth.restype = ctypes.c_int
-    lib.espeak_Terminate.restype = ctypes.c_int
-    lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
-    lib.espeak_Info.restype = ctypes.c_char_p
-    return lib
-
-
-@functools.cache
-def _libc_srand() -> Callable[[int], None] | None:
-    """libc's srand: parts of eSpeak (breath and Klatt noise) draw from the process-wide rand()."""
-    try:
-        srand = ctypes.CDLL(None).srand  # the C library already linked into this process
-    except (OSError, AttributeError, TypeError):
-        name = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
-        try:
-            srand = ctypes.CDLL(name).srand
-        except (OSError, AttributeError, TypeError):
-            return None
-    srand.argtypes = [ctypes.c_uint]
-    srand.restype = None
-    return srand
-
-
-class _Engine:
-    """One freshly loaded eSpeak NG instance; synthesises words into int16 samples."""
-
-    def __init__(self, lib: ctypes.CDLL, data_path: Path):
-        self.lib = lib
-        self._chunks: list[np.ndarray] = []
-        self._voice: str | None = None
-        if not (data_path / "phontab").is_file():
-            raise RuntimeError(f"no eSpeak NG voice data (phontab) in {data_path}")
-        self.sample_rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(data_path), _INITIALIZE_DONT_EXIT
-        )
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed with the voice data in {data_path}")
-        # keep a reference: ctypes frees the trampoline with the Python object
-        self._callback = _SYNTH_CALLBACK(self._collect)
-        lib.espeak_SetSynthCallback(self._callback)
-        self._srand = _libc_srand()
-
-    def _collect(self, samples, n_samples, _events) -> int:
-        if samples and n_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(samples, shape=(n_samples,)).copy())
-        return 0  # 0 = go on synthesising
-
-    def set_voice(self, voice: str) -> bool:
-        # reloading the same voice costs as much as synthesising a short word; skip it
-        if voice != self._voice:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                return False
-            self._voice = voice
-        return True
-
-    def synthesise(self, text: str, voice: str, prosody: Prosody, seed: int) -> np.ndarray:
-        """int16 samples at `self.sample_rate` of `text` spoken by `voice` with `prosody`."""
-        if not self.set_voice(voice):
-            raise RuntimeError(f"eSpeak NG could not load voice {voice!r}")
-        for parameter, value in zip(_PARAMETER, prosody, strict=True):
-            if self.lib.espeak_SetParameter(parameter, int(value), 0) != 0:
-                raise RuntimeError(f"espeak_SetParameter({parameter}, {value}) failed")
-        self.lib.espeak_ng_SetRandSeed(seed)
-        if self._srand is not None:
-            self._srand(seed)
-        self._chunks.clear()
-        encoded = text.encode() + b"\0"
-        status = self.lib.espeak_Synth(
-            encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
-        )
-        if status != 0:
-            raise RuntimeError(f"espeak_Synth failed (status {status}) on {text!r} ({voice})")
-        if not self._chunks:
-            raise RuntimeError(f"eSpeak NG produced no audio for {text!r} ({voice})")
-        return np.concatenate(self._chunks)
-
-    def version(self) -> str:
-        return self.lib.espeak_Info(None).decode()
-
-
-class _EngineFactory:
-    """Hands out freshly loaded engines: a private copy of the library, dlopened and dlclosed
-    around each use (a block of utterances), so no synthesis state leaks from one use into the
-    next, nor in from anything else in the process that loaded libespeak-ng.
-
-    Copies live in `workdir` (owned by the caller); a copy is only replaced if the platform
-    refuses to unload it, which would otherwise hand back the used instance."""
-
-    def __init__(self, library: Path, data_path: Path, workdir: Path):
-        self.library, self.data_path, self.workdir = Path(library), Path(data_path), Path(workdir)
-        self._copy: Path | None = None
-
-    def _fresh_copy(self) -> Path:
-        """A copy under a name no other process or factory uses (never overwrite a loaded one)."""
-        try:
-            with (
-                tempfile.NamedTemporaryFile(
-                    dir=self.workdir, prefix="libespeak-ng-", suffix=".so", delete=False
-                ) as target,
-                open(self.library, "rb") as source,
-            ):
-                shutil.copyfileobj(source, target)
-        except OSError as err:
-            msg = f"could not load the eSpeak NG library from {self.library}: {err}"
-            raise RuntimeError(msg) from err
-        return Path(target.name)
-
-    @contextlib.contextmanager
-    def open(self) -> Iterator[_Engine]:
-        if self._copy is None:
-            self._copy = self._fresh_copy()
-        lib = _load_library(self._copy, origin=self.library)
-        engine = None
-        try:
-            engine = _Engine(lib, self.data_path)
-            yield engine
-        finally:
-            if engine is not None:
-                lib.espeak_Terminate()
-            _ctypes.dlclose(lib._handle)
-            if _still_loaded(self._copy):
-                self._copy = None  # next engine comes from a new copy
-
-
-def _still_loaded(path: Path) -> bool:
-    if not hasattr(os, "RTLD_NOLOAD"):
-        return True  # cannot tell: assume the worst and use a new copy
-    try:
-        handle = ctypes.CDLL(os.fspath(path), mode=os.RTLD_NOLOAD)
-    except OSError:
-        return False
-    _ctypes.dlclose(handle._handle)  # RTLD_NOLOAD took a reference
-    return True
+# Held (flock) while a process builds or checks a corpus folder; kept in the folder.
+LOCK_FILE = ".synthemo.lock"
 
 
 # ---------------------------------------------------------------------------------------------
 # Voices
 # ---------------------------------------------------------------------------------------------
-
-
-def list_voices() -> list[str]:
-    """The voice variants shipped with the engine ("m3", "f2", "klatt4", ...); a speaker is
-    `<language>+<variant>`, e.g. "en-us+m3"."""
-    _, data = espeak_paths()
-    return sorted(p.name for p in (data / "voices" / "!v").iterdir() if p.is_file())
-
-
-def list_languages() -> list[str]:
-    """The language/accent voices shipped with the engine, lower-cased ("en", "en-us", ...)."""
-    _, data = espeak_paths()
-    return sorted({p.name.lower() for p in (data / "lang").rglob("*") if p.is_file()})
 
 
 def speaker_dirname(voice: str) -> str:
@@ -368,7 +184,7 @@ def speaker_dirname(voice: str) -> str:
 def _check_speakers(speakers: Sequence[str]) -> None:
     """Each speaker must be <language>[+<variant>] with both parts shipped: eSpeak itself
     silently ignores an unknown variant and would give a duplicate speaker."""
-    languages, variants = set(list_languages()), set(list_voices())
+    languages, variants = set(espeak.list_languages()), set(espeak.list_voices())
     for voice in speakers:
         language, _, variant = str(voice).partition("+")
         if language.lower() not in languages:
@@ -385,7 +201,7 @@ def _check_speakers(speakers: Sequence[str]) -> None:
     _check_unique("speakers", [speaker_dirname(v).lower() for v in speakers], speakers)
 
 
-def _check_voices_load(speakers: Sequence[str], factory: _EngineFactory) -> str:
+def _check_voices_load(speakers: Sequence[str], factory: espeak.EngineFactory) -> str:
     """Load every voice once in the engine (cheap); returns the engine's version string."""
     with factory.open() as engine:
         for voice in speakers:
@@ -413,15 +229,6 @@ def draw_prosody(mean: Prosody, jitter: Prosody, rng: np.random.Generator) -> Pr
     values = np.asarray(mean, float) + np.asarray(jitter, float) * rng.standard_normal(4)
     low, high = np.array(PROSODY_LIMITS, float).T
     return Prosody(*(int(v) for v in np.rint(np.clip(values, low, high))))
-
-
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling with libsoxr (high quality, deterministic, and light to import in
-    every worker process, unlike scipy.signal)."""
-    audio = np.asarray(audio, np.float64)
-    if orig_sr == target_sr:
-        return audio
-    return soxr.resample(audio, orig_sr, target_sr, quality="HQ")
 
 
 def trim_silence(audio: np.ndarray, top_db: float = _TRIM_TOP_DB) -> np.ndarray:
@@ -457,14 +264,17 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
 
 
 def write_wav(path: Path, pcm16: np.ndarray, sample_rate: int) -> None:
-    """Mono PCM16 WAV, written to a temporary name and renamed (never half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with wave.open(os.fspath(tmp), "wb") as fh:
-        fh.setnchannels(1)
-        fh.setsampwidth(2)
-        fh.setframerate(sample_rate)
-        fh.writeframes(np.ascontiguousarray(pcm16, "<i2").tobytes())
-    os.replace(tmp, path)
+    """Mono PCM16 WAV, written to a temporary name and renamed (never half a file). Not flushed
+    to disk one by one: the corpus's completion mark, written last, is."""
+
+    def write(tmp: str) -> None:
+        with wave.open(tmp, "wb") as fh:
+            fh.setnchannels(1)
+            fh.setsampwidth(2)
+            fh.setframerate(sample_rate)
+            fh.writeframes(np.ascontiguousarray(pcm16, "<i2").tobytes())
+
+    io.write_atomic(path, write, fsync=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,18 +313,18 @@ class _Realised(NamedTuple):
     engine_seed: int
 
 
-_FACTORY: _EngineFactory | None = None  # one per process, created on first use
+_FACTORY: espeak.EngineFactory | None = None  # one per process, created on first use
 
 
-def _factory(settings: _Settings) -> _EngineFactory:
+def _factory(settings: _Settings) -> espeak.EngineFactory:
     global _FACTORY
     key = (settings.library, settings.data_path, settings.workdir)
     if _FACTORY is None or (_FACTORY.library, _FACTORY.data_path, _FACTORY.workdir) != key:
-        _FACTORY = _EngineFactory(settings.library, settings.data_path, settings.workdir)
+        _FACTORY = espeak.EngineFactory(settings.library, settings.data_path, settings.workdir)
     return _FACTORY
 
 
-def _render(job: _Job, settings: _Settings, engine: _Engine) -> _Realised:
+def _render(job: _Job, settings: _Settings, engine: espeak.Engine) -> _Realised:
     """Synthesise, post-process and write one utterance. The order of the draws is fixed."""
     rng = np.random.default_rng(job.entropy)
     prosody = draw_prosody(job.mean, settings.jitter, rng)
@@ -564,7 +374,8 @@ def _render_blocks(blocks, settings: _Settings, workers: int) -> Iterator[list[_
 
     eSpeak is not thread-safe, hence processes; forkserver/spawn rather than fork, because the
     parent may hold threads (torch, tqdm) that fork would copy mid-lock. A script that starts
-    workers must guard its entry point with `if __name__ == "__main__":`."""
+    workers must guard its entry point with `if __name__ == "__main__":`. Workers end when this
+    process dies (qat.io.exit_with_parent): a killed run leaves no orphans."""
     if workers <= 1:
         for block in blocks:
             yield _render_block(block, settings)
@@ -572,7 +383,9 @@ def _render_blocks(blocks, settings: _Settings, workers: int) -> Iterator[list[_
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=io.exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = [pool.submit(_render_block, block, settings) for block in blocks]
             try:
                 for future in as_completed(futures):
@@ -671,14 +484,15 @@ def make_orthogonal_corpus(
 
 
 def _build_corpus(out_dir, *, corpus, workers, progress, **params) -> list[Utterance]:
-    """Check the parameters, then reuse `out_dir` if it holds exactly this corpus, else build it
-    there (clearing a SynthEmo corpus of another configuration)."""
-    out_dir = Path(out_dir).resolve()
+    """Check the parameters and the folder; reuse `out_dir` if it holds exactly this corpus,
+    else, holding the folder's lock, build it there (replacing a SynthEmo corpus of another
+    configuration: only the files that corpus consists of are deleted)."""
+    out_dir = _check_out_dir(out_dir)
     config = _validated_config(corpus=corpus, **params)
     n_workers = _check_workers(workers)
     _check_speakers(config["speakers"])
-    library, data_path = espeak_paths()
-    with tempfile.TemporaryDirectory(prefix="qat-espeak-") as workdir:
+    library, data_path = espeak.espeak_paths()
+    with espeak.library_folder() as workdir:
         settings = _Settings(
             jitter=Prosody(*config["jitter"]),
             noise_dbfs=None if config["noise_dbfs"] is None else tuple(config["noise_dbfs"]),
@@ -696,15 +510,35 @@ def _build_corpus(out_dir, *, corpus, workers, progress, **params) -> list[Utter
         jobs = _jobs(out_dir, config)
         records = [_record(out_dir, job, config) for job in jobs]
         if _is_complete(out_dir, digest, jobs, config):
-            return records
-        _start_rebuild(out_dir, config, digest)
-        for folder in sorted({Path(job.path).parent for job in jobs}):
-            folder.mkdir(parents=True, exist_ok=True)
-        realised = _run_jobs(jobs, settings, n_workers, progress)
-    write_manifest(records, out_dir / MANIFEST)
-    _write_prosody_csv(out_dir / PROSODY_CSV, records, realised)
-    _write_config(out_dir, config, digest, complete=True)
+            return records  # reading only: works on a read-only copy too
+        _stored_corpus(out_dir)  # a folder that is not ours: stop before creating anything
+        io.ensure_folder(out_dir, "out_dir")
+        with _locked(out_dir, progress):
+            stored = _stored_corpus(out_dir)  # again, now that no other build can run
+            if _is_complete(out_dir, digest, jobs, config):
+                return records  # another process built it while this one waited
+            io.clean_stale_temporaries(out_dir)  # of a killed build
+            _start_rebuild(out_dir, stored, config, digest, jobs)
+            for folder in sorted({Path(job.path).parent for job in jobs}):
+                folder.mkdir(parents=True, exist_ok=True)
+            realised = _run_jobs(jobs, settings, n_workers, progress)
+            write_manifest(records, out_dir / MANIFEST)
+            _write_prosody_csv(out_dir / PROSODY_CSV, records, realised)
+            _write_config(out_dir, config, digest, complete=True)
     return records
+
+
+def _check_out_dir(out_dir) -> Path:
+    if isinstance(out_dir, bytes):
+        out_dir = os.fsdecode(out_dir)
+    if not isinstance(out_dir, str | os.PathLike):
+        raise ValueError(f"out_dir={out_dir!r}: expected a folder path")
+    if isinstance(out_dir, str) and not out_dir.strip():
+        raise ValueError(
+            f"out_dir={out_dir!r}: expected a folder path, got an empty string (an unset "
+            "shell variable?); pass '.' to mean the current folder"
+        )
+    return Path(out_dir).resolve()
 
 
 def _validated_config(
@@ -911,38 +745,127 @@ def _is_complete(out_dir: Path, digest: str, jobs: Sequence[_Job], config: dict)
         return False
 
 
-def _start_rebuild(out_dir: Path, config: dict, digest: str) -> None:
-    """Mark the folder incomplete first (a crash leaves it marked), then clear the old corpus.
+def _is_kit_scratch(name: str) -> bool:
+    """The lock file and qat.io temporaries: what the kit may leave in a folder it owns."""
+    return name == LOCK_FILE or (name.startswith(".") and name.endswith(io.TMP_SUFFIX))
 
-    Refuses to delete a wav/ folder that this module did not write."""
-    wav_dir = out_dir / WAV_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if _read_config(out_dir) is None and wav_dir.exists() and any(wav_dir.iterdir()):
+
+def _stored_corpus(out_dir: Path) -> dict | None:
+    """The stored configuration if `out_dir` holds a SynthEmo corpus (its synthemo_config.json,
+    written before anything else, is the kit's mark), None if the folder is new or empty.
+    Anything else raises ValueError naming a file: the kit writes only into folders it owns."""
+    where = f"out_dir={os.fspath(out_dir)!r}"
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        raise ValueError(f"{where} is a file; expected a new, empty or SynthEmo folder")
+    stored = _read_config(out_dir)
+    if (
+        isinstance(stored, dict)
+        and isinstance(stored.get("hash"), str)
+        and isinstance(stored.get("config"), dict)
+        and stored["config"].get("corpus") in (CORPUS, ORTHOGONAL_CORPUS)
+    ):
+        return stored
+    entries = sorted(p.name for p in out_dir.iterdir() if not _is_kit_scratch(p.name))
+    if not entries:
+        return None
+    clash = [name for name in (MANIFEST, PROSODY_CSV, CONFIG_JSON, WAV_DIR) if name in entries]
+    if clash:
         raise ValueError(
-            f"out_dir={os.fspath(out_dir)!r} holds a {WAV_DIR}/ folder that make_synthemo did not "
-            f"write (no {CONFIG_JSON}); expected an empty or SynthEmo folder"
+            f"{where}: {out_dir / clash[0]} exists and was not written by make_synthemo (the "
+            f"folder has no SynthEmo {CONFIG_JSON}); it would be overwritten. Expected a new, "
+            "empty or SynthEmo folder: choose another out_dir, or move the file away"
         )
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise ValueError(
+        f"{where} is not empty ({shown}) and holds no SynthEmo corpus (no {CONFIG_JSON}); "
+        "expected a new, empty or SynthEmo folder"
+    )
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path, progress: bool) -> Iterator[None]:
+    """Hold the folder's build lock (flock: the system releases it if the process dies). A
+    second build into the same folder waits here, then finds the corpus built and reuses it."""
+    if fcntl is None:
+        yield
+        return
+    with open(out_dir / LOCK_FILE, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                tqdm.write(f"waiting for another process that is building SynthEmo in {out_dir}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _previous_files(out_dir: Path, stored: dict | None) -> set[Path]:
+    """The wav files of the corpus stored in `out_dir` (from its configuration, which also
+    lists them when a build was interrupted before its manifest), all inside out_dir/wav."""
+    if stored is None:
+        return set()
+    try:
+        paths = {Path(job.path) for job in _jobs(out_dir, stored["config"])}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"out_dir={os.fspath(out_dir)!r} holds a SynthEmo corpus whose {CONFIG_JSON} this "
+            f"version cannot read ({type(err).__name__}: {err}); choose another out_dir"
+        ) from err
+    wav_dir = out_dir / WAV_DIR
+    return {
+        p for p in paths if p.suffix == ".wav" and Path(os.path.normpath(p)).is_relative_to(wav_dir)
+    }
+
+
+def _start_rebuild(
+    out_dir: Path, stored: dict | None, config: dict, digest: str, jobs: Sequence[_Job]
+) -> None:
+    """Mark the folder incomplete first (a crash leaves it marked), then delete the previous
+    corpus: the files its configuration lists, and nothing else. Files a user put into wav/
+    stay; one that a new utterance would overwrite stops the build, named."""
+    previous = _previous_files(out_dir, stored)
+    for job in jobs:
+        path = Path(job.path)
+        if path not in previous and (path.exists() or path.is_symlink()):
+            raise ValueError(
+                f"out_dir={os.fspath(out_dir)!r}: {path} exists and is not part of the SynthEmo "
+                "corpus stored there; it would be overwritten. Move it away or choose another "
+                "out_dir"
+            )
     _write_config(out_dir, config, digest, complete=False)
-    shutil.rmtree(wav_dir, ignore_errors=True)
     for name in (MANIFEST, PROSODY_CSV):
         (out_dir / name).unlink(missing_ok=True)
+    for path in previous:
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+    # the previous corpus's folders that are now empty, deepest first (rmdir keeps the others)
+    folders = {folder for path in previous for folder in path.parents if folder != out_dir}
+    folders = {folder for folder in folders if folder.is_relative_to(out_dir / WAV_DIR)}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _write_config(out_dir: Path, config: dict, digest: str, complete: bool) -> None:
-    tmp = out_dir / (CONFIG_JSON + ".tmp")
     # not hashed: a numpy or soxr upgrade may change samples, but not what the corpus is
     provenance = {name: _package_version(name) for name in ("numpy", "soxr")}
     payload = {"hash": digest, "complete": complete, "config": config, "provenance": provenance}
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out_dir / CONFIG_JSON)
+    io.write_text(out_dir / CONFIG_JSON, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _write_prosody_csv(path: Path, records: Sequence[Utterance], realised) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["uid", *Prosody._fields, "offset_s", "noise_dbfs", "engine_seed"])
-        for record, r in zip(records, realised, strict=True):
-            noise = "" if r.noise_dbfs is None else f"{r.noise_dbfs:.3f}"
-            writer.writerow([record.uid, *r.prosody, f"{r.offset_s:.5f}", noise, r.engine_seed])
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["uid", *Prosody._fields, "offset_s", "noise_dbfs", "engine_seed"])
+            for record, r in zip(records, realised, strict=True):
+                noise = "" if r.noise_dbfs is None else f"{r.noise_dbfs:.3f}"
+                row = [record.uid, *r.prosody, f"{r.offset_s:.5f}", noise, r.engine_seed]
+                writer.writerow(row)
+
+    io.write_atomic(path, write)
