@@ -287,7 +287,15 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
     """The label of a normalised config dict (a record's "config")."""
     parts = []
     if "setup" not in without:
-        parts.append(f"[{config.get('setup')}]")
+        split = config.get("split") or {}
+        setting = [config.get("setup")]
+        if split.get("factor", "word") != "word":
+            setting.append(f"by {split['factor']}")
+        if split.get("rho", 0.9) != 0.9:
+            setting.append(f"ρ={split['rho']:g}")
+        if split.get("fold") is not None:
+            setting.append(f"fold {split['fold']}")
+        parts.append(f"[{' '.join(map(str, setting))}]")
     if "model" not in without:
         parts.append(str(config.get("model")))
     method = str(config.get("method"))

@@ -20,10 +20,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from qat.config import RunConfig, label_of
 from qat.data.records import EMOTIONS
-
-# The configuration fields a method run shares with its matching baseline.
-PAIR_FIELDS = ("corpus", "root", "setup", "model", "seed", "profile", "split")
 
 METRIC_COLUMNS = ("UA", "WA", "macro-F1")
 CONFOUND_COLUMNS = ("congruent UA", "incongruent UA", "follows shortcut", "congruent share (test)")
@@ -93,50 +91,26 @@ def tap_order(tap: str) -> tuple[int, int]:
     return (10**6, 0) if tap == "penultimate" else (10**6 + 1, 0)
 
 
-def _fmt_value(value: float) -> str:
-    return f"{value:g}"
-
-
 def run_label(record: Mapping, without: Sequence[str] = ()) -> str:
-    """A short human name for a run, e.g. "quaternion at word@conv2_1 β=1" or "real baseline".
-
+    """A short human name for a run: RunConfig's label for SER runs (e.g. "[confounded]
+    quaternion at word@conv2_1 β=1"), the kind, setup and seed for pretrained networks.
     `without` drops parts that every compared run shares ("model", "taps", "seed", "setup")."""
     config = record["config"]
     kind = record.get("kind", "?")
-    if kind != "ser":
-        parts = [kind]
-        if config.get("setup") and "setup" not in without:
-            parts.append(config["setup"])
-        if "seed" not in without and config.get("seed"):
-            parts.append(f"seed {config['seed']}")
-        return " ".join(parts)
-    parts = []
-    if "setup" not in without:
-        parts.append(f"[{config.get('setup')}]")
-    if "model" not in without:
-        parts.append(str(config.get("model")))
-    method = str(config.get("method"))
-    if config.get("orthogonal") and method != "baseline":
-        method += f" {config['orthogonal']}"
-    taps = config.get("taps") or []
-    if taps and "taps" not in without:
-        method += "@" + "+".join(taps)
-    parts.append(method)
-    if config.get("beta") is not None:
-        parts.append(f"β={_fmt_value(config['beta'])}")
-    if config.get("gram") not in (None, "sample"):
-        parts.append(f"gram={config['gram']}")
-    if config.get("lam") is not None:
-        parts.append(f"λ={_fmt_value(config['lam'])}")
-    if config.get("init_from_orthogonal"):
-        parts.append("+init")
-    if config.get("seed") and "seed" not in without:
+    if kind == "ser":
+        return label_of(config, without)
+    parts = [kind]
+    if config.get("setup") and "setup" not in without:
+        parts.append(config["setup"])
+    if "seed" not in without and config.get("seed"):
         parts.append(f"seed {config['seed']}")
     return " ".join(parts)
 
 
 def _pair_key(config: Mapping) -> str:
-    return json.dumps({k: config.get(k) for k in PAIR_FIELDS}, sort_keys=True, default=str)
+    """The key of the baseline a run is compared with: the same run, method baseline."""
+    run = RunConfig.from_record(config)
+    return run.replace(method="baseline", init_from_orthogonal=False).key()
 
 
 def _baselines(records: Sequence[Mapping]) -> dict[str, list[Mapping]]:

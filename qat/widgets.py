@@ -157,6 +157,8 @@ def _control(field: dataclasses.Field, value):
         return w.FloatText(value=value, **common)
     if field.type == "int":
         return w.IntText(value=value, **common)
+    if field.type == "int | None":
+        return w.Text(value="" if value is None else str(value), placeholder="none", **common)
     return w.Text(value=value or "", placeholder="folder of a real corpus", **common)
 
 
@@ -206,6 +208,8 @@ class AntiTransferPanel:
         """The chosen values, as keyword arguments of `compare` / `run_and_show`."""
         out = {name: control.value for name, control in self.controls.items()}
         out["root"] = out["root"].strip() or None
+        fold = out["fold"].strip()
+        out["fold"] = int(fold) if fold.lstrip("-").isdigit() else (fold or None)
         return {**self.fixed, **out}
 
     def run(self):

@@ -48,7 +48,7 @@ def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
         {"corpus": "synthemo", "root": None, "setup": "confounded", "model": "quaternion",
          "method": "dann", "orthogonal": "word", "tap": "conv3_2", "beta": 0.5, "gram": "sample",
          "lam": 1.0, "init_from_orthogonal": False, "rho": 0.9, "factor": "word", "seed": 0,
-         "profile": "smoke", "ceiling": False}
+         "fold": None, "profile": "smoke", "ceiling": False}
     ]  # fmt: skip
     assert RunConfig(**{k: v for k, v in calls[0].items() if k != "ceiling"}).method == "dann"
     assert "done: [confounded] quaternion dann word λ=1" in panel.status.value
