@@ -266,48 +266,35 @@ def _cached_network(kind: str, config: dict, build, train_fn):
     return net.eval(), path
 
 
-def pretrain_rhemo(
-    corpus="synthemo",
-    setup="confounded",
-    profile="cpu",
-    seed=0,
-    root=None,
-    progress=True,
-    **split_options,
-):
-    """RH-emo trained on the training items of the SER split (never the test set)."""
-    p = PROFILES[profile]
-    config = dict(
-        corpus=corpus,
-        setup=setup,
-        profile=profile,
-        profile_settings=runs.config_key(PROFILES[profile]),
-        seed=seed,
-        root=str(root) if root else None,
-        split=split_options,
-    )
-    data = prepare_data(
-        load_records(corpus, profile, root, progress),
-        setup,
-        profile,
-        seed,
-        progress,
-        **split_options,
-    )
-    build = lambda: RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"])  # noqa: E731
+def run_data(run: RunConfig, progress: bool = True) -> Data:
+    """The corpus, features and split of a run."""
+    records = load_records(run.corpus, run.profile, run.root, progress)
+    return prepare_data(records, run.setup, run.profile, run.seed, progress, **run.split_options)
+
+
+def rhemo_key(run: RunConfig) -> dict:
+    """What the RH-emo a run reads depends on: the corpus, its split and the profile (not the
+    method), so every method on a (seed, fold) shares one RH-emo."""
+    k = run.key_dict()
+    return {name: k[name] for name in ("corpus", "setup", "profile", "profile_settings", "seed",
+                                       "root", "split")}  # fmt: skip
+
+
+def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = True) -> RHEmo:
+    """RH-emo trained on the training items of the run's split (never the test set)."""
+    p = PROFILES[run.profile]
+    data = data or run_data(run, progress)
+
+    def build():
+        return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"])
 
     def train_fn(net):
         return fit_rhemo(
-            net,
-            data.train,
-            data.val,
-            epochs=p["rhemo_epochs"],
-            lr=p["lr"],
-            seed=seed,
+            net, data.train, data.val, epochs=p["rhemo_epochs"], lr=p["lr"], seed=run.seed,
             progress=progress,
-        )
+        )  # fmt: skip
 
-    return _cached_network("rhemo", config, build, train_fn)[0]
+    return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
 
 
 def pretrain_orthogonal(
@@ -485,17 +472,11 @@ def train_ser(
     name = config.label()
 
     with _rank_zero_first():
-        data = prepare_data(
-            load_records(config.corpus, config.profile, config.root, progress), config.setup,
-            config.profile, config.seed, progress, **config.split_options,
-        )  # fmt: skip
+        data = run_data(config, progress)
         train, val, test = data.train, data.val, data.test
         rhemo = orth_net = None
         if config.model == "quaternion":
-            rhemo = pretrain_rhemo(
-                config.corpus, config.setup, config.profile, config.seed, config.root, progress,
-                **config.split_options,
-            )  # fmt: skip
+            rhemo = pretrain_rhemo(config, data, progress)
             train, val, test = (embed(rhemo, d) for d in (train, val, test))
         if config.uses_taps or config.init_from_orthogonal:
             orth_net = pretrain_orthogonal(

@@ -36,13 +36,22 @@ def _panel_of(key: str) -> str:
     if key.endswith("_loss"):
         return "cross-entropy loss"
     if key == "at":
-        return "AT term (before beta)"
+        return "invariance term (before beta)"
+    if key == "lr":
+        return "learning rate"
     if key == "adversary":
         return "adversary loss"
     if "mse" in key:
         return "reconstruction MSE"
     if key.endswith(("_ua", "_acc")):
         return "accuracy (fraction)"
+    return key
+
+
+def _series_name(key: str, record: Mapping) -> str:
+    """A history column's name in a legend: the invariance term is named by its method."""
+    if key == "at":
+        return {"cka": "CKA term"}.get(record["config"].get("method"), "cos² AT term")
     return key
 
 
@@ -74,7 +83,7 @@ def learning_curves(records, title: str | None = None) -> Figure:
                 if points:
                     x, y = zip(*points, strict=True)
                     ax.plot(x, y, styles[j % len(styles)], color=f"C{i % 10}", marker=".",
-                            label=f"{label}: {key}")  # fmt: skip
+                            label=f"{label}: {_series_name(key, r)}")  # fmt: skip
             if r.get("best_epoch") and panel == "cross-entropy loss":
                 ax.axvline(r["best_epoch"], color=f"C{i % 10}", linestyle=":", alpha=0.6)
         ax.set_xlabel("epoch")

@@ -120,11 +120,16 @@ def test_rhemo_heads_draws_the_last_epochs_head_accuracies():
 
 
 def test_learning_curves_plot_the_history_values(rng):
-    records = [ser_record(rng), ser_record(rng, method="at", tap="conv2_1")]
+    records = [ser_record(rng), ser_record(rng, method="at", tap="conv2_1"),
+               ser_record(rng, method="cka", tap="conv3_1")]  # fmt: skip
     fig = plots.learning_curves(records)
     assert_labelled(fig)
     by_label = {ax.get_ylabel(): ax for ax in fig.axes}
-    assert set(by_label) == {"cross-entropy loss", "accuracy (fraction)", "AT term (before beta)"}
+    panels = {"cross-entropy loss", "accuracy (fraction)", "invariance term (before beta)"}
+    assert set(by_label) == panels
+    terms = [line.get_label() for line in by_label["invariance term (before beta)"].get_lines()]
+    assert terms == ["[confounded] real at word@conv2_1 β=1: cos² AT term",
+                     "[confounded] real cka word@conv3_1 β=1: CKA term"]  # fmt: skip
     lines = {line.get_label(): line for line in by_label["accuracy (fraction)"].get_lines()}
     line = lines["[confounded] real at word@conv2_1 β=1: val_ua"]
     np.testing.assert_allclose(line.get_xdata(), [1, 2, 3])
