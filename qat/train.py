@@ -379,7 +379,22 @@ def evaluate(
     return out
 
 
-def _binarised(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+def balanced_threshold(values: torch.Tensor) -> float:
+    """The cut between two adjacent distinct values that splits the known items closest to half
+    and half. The median fails on coarse ratings: with one value per emotion (SynthEmo) or a
+    1-5 scale, "at or above the median" can hold for 4 of 5 emotions, and the head learns to
+    answer "high" always. NaN (unknown) values are ignored; with fewer than two distinct
+    values the rating cannot be binarised (NaN)."""
+    known = values[~torch.isnan(values)].double()
+    levels = torch.unique(known)
+    if len(levels) < 2:
+        return math.nan
+    cuts = (levels[1:] + levels[:-1]) / 2
+    above = torch.stack([(known >= c).double().mean() for c in cuts])
+    return float(cuts[torch.argmin((above - 0.5).abs())])
+
+
+def _binarised(values: torch.Tensor, threshold: float) -> torch.Tensor:
     return (values >= threshold).long()
 
 
@@ -389,12 +404,14 @@ def fit_rhemo(
 ) -> dict:  # fmt: skip
     """Two-stage RH-emo training as in the paper: `epochs[0]` epochs of reconstruction alone,
     then `epochs[1]` epochs of reconstruction plus the four heads (emotion on channel 0,
-    binarised valence/arousal/dominance on channels 1-3, thresholds = the training medians;
-    a rating the corpus lacks is left out of the loss). Leaves the network frozen in eval mode
-    and returns per-epoch validation reconstruction error and head accuracies."""
+    binarised valence/arousal/dominance on channels 1-3 at `balanced_threshold` of the
+    training items; a rating the corpus lacks is left out of the loss). Leaves the network
+    frozen in eval mode and returns per-epoch validation reconstruction error and head
+    accuracies, and each rating's threshold and share of "high" training items."""
     optimizer = torch.optim.Adam(rhemo.parameters(), lr=lr)
     ratings = ("valence", "arousal", "dominance")
-    thresholds = {k: torch.nanmedian(train.labels[k]) for k in ratings}
+    thresholds = {k: balanced_threshold(train.labels[k]) for k in ratings}
+    ratings = tuple(k for k in ratings if not math.isnan(thresholds[k]))
 
     def losses(x, labels, with_heads):
         out = rhemo(x)
@@ -448,4 +465,10 @@ def fit_rhemo(
     rhemo.eval()
     for p in rhemo.parameters():
         p.requires_grad_(False)
-    return {"history": history}
+    binarised = {
+        k: {"threshold": thresholds[k],
+            "share_high": float((train.labels[k][~torch.isnan(train.labels[k])]
+                                 >= thresholds[k]).double().mean())}
+        for k in ratings
+    }  # fmt: skip
+    return {"history": history, "ratings": binarised}

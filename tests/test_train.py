@@ -4,6 +4,7 @@ step, the frozen network is untouched, the AT cache changes nothing."""
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +163,28 @@ def test_config_rejects_bad_values():
         TrainConfig(beta=-1)
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+def test_balanced_threshold_splits_coarse_ratings_near_half_where_the_median_fails():
+    from qat.train import balanced_threshold
+
+    # SynthEmo's valence, one value per emotion, five balanced emotions: the median (0.2) puts
+    # 4 of 5 emotions "high"; the balanced cut between 0.2 and 0.5 puts 2 of 5 (hand-computed).
+    valence = torch.tensor([0.5, 0.9, 0.2, 0.2, 0.1] * 7)
+    assert float((valence >= torch.median(valence)).double().mean()) == pytest.approx(0.8)
+    assert balanced_threshold(valence) == pytest.approx(0.35)
+    # Unknown ratings are ignored; one level cannot be split.
+    with_nan = torch.cat([valence, torch.full((9,), float("nan"))])
+    assert balanced_threshold(with_nan) == pytest.approx(0.35)
+    assert math.isnan(balanced_threshold(torch.full((5,), 0.3)))
+    # Against brute force over every midpoint, on random coarse ratings.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        values = torch.tensor(rng.integers(1, 6, size=40) / 5.0)
+        levels = np.unique(values.numpy())
+        cuts = (levels[1:] + levels[:-1]) / 2
+        best = min(cuts, key=lambda c: (abs((values.numpy() >= c).mean() - 0.5), c))
+        got = balanced_threshold(values)
+        assert abs((values.numpy() >= got).mean() - 0.5) == pytest.approx(
+            abs((values.numpy() >= best).mean() - 0.5)
+        )
