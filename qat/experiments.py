@@ -69,8 +69,9 @@ def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, prog
     qat.paths.DATA; a real corpus is read from `root`, the folder in its official layout."""
     check_choice("profile", profile, PROFILES)
     if corpus == "synthemo" and root is None:
-        out = paths.DATA / f"synthemo-{profile}"
-        options = _synth_options(PROFILES[profile]["corpus"], synth.DEFAULT_SPEAKERS)
+        sizes = PROFILES[profile]["corpus"]  # profiles with the same sizes share one corpus
+        out = paths.DATA / f"synthemo-{runs.config_key(sizes)[:8]}"
+        options = _synth_options(sizes, synth.DEFAULT_SPEAKERS)
         return synth.make_synthemo(out, progress=progress, **options)
     if root is None:
         raise FileNotFoundError(
@@ -83,8 +84,9 @@ def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, prog
 
 def load_orthogonal_records(profile: str = "cpu", progress=True):
     """Neutral-prosody SynthEmo with more speakers: data for the word and speaker networks."""
-    out = paths.DATA / f"synthemo-orthogonal-{profile}"
-    options = _synth_options(PROFILES[profile]["orthogonal_corpus"], synth.MORE_SPEAKERS)
+    sizes = PROFILES[profile]["orthogonal_corpus"]
+    out = paths.DATA / f"synthemo-orthogonal-{runs.config_key(sizes)[:8]}"
+    options = _synth_options(sizes, synth.MORE_SPEAKERS)
     return synth.make_orthogonal_corpus(out, progress=progress, **options)
 
 

@@ -1,12 +1,9 @@
 """Screenshot the anti-transfer notebook's widget panel as a person would see it in JupyterLab.
 
-This checks what only a browser shows: that the ipywidgets extension loads and the panel renders.
-It copies notebooks/04_anti_transfer.ipynb to a temporary folder, starts JupyterLab there
-(headless, free localhost port, random token, QAT_PROFILE=smoke, and its settings, config and
-runtime folders and QAT_DATA/QAT_CACHE/QAT_REPORTS all in the temporary folder), opens the
-notebook in Debian's Chromium through Playwright, runs "Run All Cells", waits for the panel,
-saves a screenshot, stops Chromium, JupyterLab and the kernel and checks (psutil) that none of
-their processes is left. The last stdout line is a JSON summary (tests/test_screenshot.py).
+A copy of notebooks/04_anti_transfer.ipynb is opened in JupyterLab (headless, free localhost
+port, random token, QAT_PROFILE=smoke, every folder it writes in a temporary one) by Debian's
+Chromium through Playwright; all cells run, the rendered panel is screenshot, and every process
+started is stopped (psutil). The last stdout line is a JSON summary (tests/test_screenshot.py).
 
     .venv/bin/python scripts/screenshot_widgets.py [--out PATH] [--timeout SECONDS]
 """
@@ -14,6 +11,7 @@ their processes is left. The last stdout line is a JSON summary (tests/test_scre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -37,6 +35,8 @@ NOTEBOOK = ROOT / "notebooks" / "04_anti_transfer.ipynb"
 OUT = ROOT / "reports" / "widgets_04_anti_transfer.png"
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL_HINT = "apt-get install chromium"
+FOLDERS = "QAT_DATA QAT_CACHE QAT_REPORTS JUPYTER_CONFIG_DIR JUPYTER_RUNTIME_DIR".split()
+FOLDERS += ["JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"]
 QUIET = "background-networking component-update sync dev-shm-usage gpu".split()
 CHROMIUM_ARGS = ["--no-sandbox", "--no-first-run", "--hide-scrollbars"]
 CHROMIUM_ARGS += [f"--disable-{name}" for name in QUIET]  # offline: no update checks or sync
@@ -48,50 +48,49 @@ LAB_SETTINGS = {
 # The page's state: kernel status, cell errors and the widget views in the panel's cell (the
 # first cell with a dropdown: later cells add tqdm bars of their own), in the window or not.
 STATUS_JS = """() => {
-  const app = window.jupyterapp;
-  const nb = app && app.shell && [...app.shell.widgets("main")].find((w) => w.sessionContext);
-  if (!nb || !nb.context.isReady) return {errors: []};
-  const errors = nb.content.widgets.filter((c) => c.model.type === "code")
-    .flatMap((c) => c.model.outputs.toJSON()).filter((o) => o.output_type === "error")
-    .map((o) => o.ename + ": " + o.evalue);
-  const kernel = nb.sessionContext.session && nb.sessionContext.session.kernel;
-  const first = nb.content.node.querySelector(".widget-dropdown");
-  const all = (sel) => (first ? [...first.closest(".jp-Cell").querySelectorAll(sel)] : []);
-  const inside = (r) => r.left >= 0 && r.top >= 0 && r.right <= innerWidth
-    && r.bottom <= innerHeight;  // no size test: the panel's empty output area has height 0
-  return {kernel: kernel && kernel.status, errors, widgets: all(".jupyter-widgets").length,
-    dropdowns: all(".widget-dropdown").length, buttons: all(".widget-button").length,
-    widgets_in_view: all(".jupyter-widgets").filter((e) => inside(e.getBoundingClientRect()))
-      .length};
+  const nb = [...(window.jupyterapp?.shell.widgets("main") ?? [])].find((w) => w.sessionContext);
+  if (!nb?.context.isReady) return {errors: []};
+  const errors = nb.content.widgets.flatMap((c) => c.model.outputs?.toJSON() ?? [])
+    .filter((o) => o.output_type === "error").map((o) => `${o.ename}: ${o.evalue}`);
+  const cell = nb.content.node.querySelector(".widget-dropdown")?.closest(".jp-Cell");
+  const all = (sel) => [...(cell?.querySelectorAll(sel) ?? [])];
+  const inside = ({left, top, right, bottom}) =>  // no size test: an empty output has height 0
+    left >= 0 && top >= 0 && right <= innerWidth && bottom <= innerHeight;
+  return {kernel: nb.sessionContext.session?.kernel?.status, errors,
+    widgets: all(".jupyter-widgets").length, dropdowns: all(".widget-dropdown").length,
+    buttons: all(".widget-button").length, widgets_in_view: all(".jupyter-widgets")
+      .filter((e) => inside(e.getBoundingClientRect())).length};
 }"""
-# True once the counts have not changed for 2 s (the panel's views are created one by one).
-STABLE_JS = """(s) => { const w = (window.__qat ||= {}), now = Date.now();
-  const key = JSON.stringify([s.widgets, s.dropdowns, s.buttons]);
-  if (w.key !== key) Object.assign(w, {key, since: now});
-  return now - w.since >= 2000; }"""
+# True once the panel's counts have not changed for 2 s (its views are created one by one).
+STABLE_JS = """(s) => { const w = (window.__qat ||= {});
+  const key = [s.widgets, s.dropdowns, s.buttons].join();
+  if (w.key !== key) Object.assign(w, {key, since: Date.now()});
+  return s.dropdowns > 0 && s.buttons > 0 && Date.now() - w.since >= 2000; }"""
 RUN_ALL_JS = """() => { const app = window.jupyterapp;  // the command acts on the active notebook
   app.shell.activateById([...app.shell.widgets("main")].find((w) => w.sessionContext).id);
   void app.commands.execute("notebook:run-all-cells"); }"""
-FRAMES_JS = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
+# Hide the file browser (the panel gets the width), then end the window at the panel's cell
+# (the parameters cell above it), letting each layout settle for two frames.
+FRAME_JS = """async (cell) => { const frame = () => new Promise((r) => requestAnimationFrame(r));
+  window.jupyterapp.shell.collapseLeft(); await frame(); await frame();
+  cell.scrollIntoView({block: "end"}); await frame(); await frame(); }"""
 
 
 class ScreenshotError(RuntimeError):
     """A step failed; the message says which."""
 
 
-def start_jupyterlab(tmp: Path, notebook: Path, log: Path) -> str:
+def start_jupyterlab(tmp: Path, notebook: Path, log: Path, deadline: float) -> str:
     """Start JupyterLab on a copy of `notebook`; once it answers, the notebook's URL."""
     (tmp / "notebooks").mkdir()
     shutil.copy2(notebook, tmp / "notebooks" / notebook.name)
+    env = {**os.environ, "QAT_PROFILE": "smoke", "PYTHONUNBUFFERED": "1"}
+    for name in FOLDERS:  # nothing of the user's or the repository's
+        env[name] = str(tmp / name.lower().removesuffix("_dir").replace("_", "-"))
     for name, values in LAB_SETTINGS.items():
-        path = tmp / "lab-settings" / f"@jupyterlab/{name}.jupyterlab-settings"
+        path = Path(env["JUPYTERLAB_SETTINGS_DIR"], f"@jupyterlab/{name}.jupyterlab-settings")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
-    env = {**os.environ, "QAT_PROFILE": "smoke", "PYTHONUNBUFFERED": "1"}
-    for name in "QAT_DATA QAT_CACHE QAT_REPORTS JUPYTER_CONFIG_DIR JUPYTER_RUNTIME_DIR".split():
-        env[name] = str(tmp / name.lower())  # nothing of the user's or the repository's
-    env["JUPYTERLAB_SETTINGS_DIR"] = str(tmp / "lab-settings")
-    env["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp / "lab-workspaces")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port, token = s.getsockname()[1], secrets.token_hex(16)
@@ -107,7 +106,7 @@ def start_jupyterlab(tmp: Path, notebook: Path, log: Path) -> str:
             command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(240):  # the status API answers once the server is up (at most 2 minutes)
+    while time.monotonic() < deadline:  # the status API answers once the server is up
         if lab.poll() is not None:
             raise ScreenshotError(f"JupyterLab exited with code {lab.returncode}")
         try:
@@ -115,19 +114,21 @@ def start_jupyterlab(tmp: Path, notebook: Path, log: Path) -> str:
             return f"{base}/lab/tree/{notebook.name}?token={token}"
         except OSError:
             time.sleep(0.5)
-    raise ScreenshotError("JupyterLab did not answer within 2 minutes")
+    raise ScreenshotError("JupyterLab did not answer before the timeout")
+
+
+def ms(deadline: float) -> float:
+    """Milliseconds left until `deadline` (a time.monotonic() value), at least one second's."""
+    return max(1.0, deadline - time.monotonic()) * 1000
 
 
 def capture(page, url: str, out: Path, deadline: float) -> dict:
     """Open the notebook, run all cells, wait for the panel, write the PNG; the page status."""
 
-    def ms() -> float:
-        return max(1.0, deadline - time.monotonic()) * 1000
-
     def until(condition: str, what: str) -> dict:
         js = f"() => {{ const s = ({STATUS_JS})(); return s.errors.length || ({condition}); }}"
         try:
-            page.wait_for_function(js, polling=250, timeout=ms())
+            page.wait_for_function(js, polling=250, timeout=ms(deadline))
         except PlaywrightError as error:
             first = error.message.splitlines()[0]
             status = page.evaluate(STATUS_JS)
@@ -137,51 +138,44 @@ def capture(page, url: str, out: Path, deadline: float) -> dict:
             raise ScreenshotError("a notebook cell failed: " + "; ".join(status["errors"]))
         return status
 
-    page.goto(url, timeout=ms())
+    page.goto(url, timeout=ms(deadline))
     until("s.kernel === 'idle'", "the notebook and its kernel")
     page.evaluate(RUN_ALL_JS)
+    until(f"({STABLE_JS})(s)", "the widget panel")
     panel = page.locator(".jp-Notebook .jp-Cell").filter(has=page.locator(".widget-dropdown"))
-    panel.first.locator(".widget-button.mod-primary").first.wait_for(timeout=ms())  # "Run"
-    until(f"({STABLE_JS})(s)", "the widget panel to settle")
-    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # the panel gets the width
-    page.evaluate(FRAMES_JS)
-    panel.first.evaluate("(cell) => cell.scrollIntoView({block: 'end'})")  # parameters above
-    page.evaluate(FRAMES_JS)
+    panel.first.locator(".widget-button.mod-primary").wait_for(timeout=ms(deadline))  # Run
+    panel.first.evaluate(FRAME_JS)
     write_atomic(out, lambda tmp: page.screenshot(path=tmp, type="png", animations="disabled"))
     return page.evaluate(STATUS_JS)
 
 
 def stop(procs: list[psutil.Process], grace: float = 20.0) -> list[int]:
     """Terminate `procs`, SIGKILL those left after `grace` s; the pids still running."""
-
-    def running(p: psutil.Process) -> bool:
-        try:
-            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
     for signal, wait in (("terminate", grace), ("kill", 5.0)):
         procs = [p for p in procs if running(p)]
         for p in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 getattr(p, signal)()
-            except psutil.NoSuchProcess:
-                pass
         procs = psutil.wait_procs(procs, timeout=wait)[1]
     return sorted(p.pid for p in procs if running(p))
+
+
+def running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (PID 1 in a container may never reap what it inherits)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    return False
 
 
 def screenshot(notebook: Path, out: Path, chromium: Path, timeout: float, size) -> dict:
     """Take the screenshot; returns the summary printed as the script's last line."""
     if not chromium.is_file():
         raise FileNotFoundError(f"Chromium not found at {chromium}: {INSTALL_HINT}")
-    if not notebook.is_file():
-        raise FileNotFoundError(f"notebook={notebook}: no such notebook")
     start, me, seen = time.monotonic(), psutil.Process(), set()
     with tempfile.TemporaryDirectory(prefix="qat-screenshot-") as tmp:
         log = Path(tmp) / "jupyterlab.log"
         try:
-            url = start_jupyterlab(Path(tmp), notebook, log)
+            url = start_jupyterlab(Path(tmp), notebook, log, start + timeout)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 try:
@@ -213,13 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--timeout={a.timeout}, --width={a.width}, --height={a.height}: expected "
                      "a positive timeout and a viewport of at least 200 x 200 pixels")  # fmt: skip
     try:
-        size = (a.width, a.height)
-        s = screenshot(a.notebook.resolve(), a.out.resolve(), a.chromium, a.timeout, size)
+        size, out = (a.width, a.height), a.out.resolve()
+        s = screenshot(a.notebook.resolve(), out, a.chromium, a.timeout, size)
     except (FileNotFoundError, ScreenshotError) as error:
         print(f"screenshot_widgets: {error}", file=sys.stderr)
         return 2
-    print(f"{s['screenshot']}: {s['widgets']} widget views ({s['dropdowns']} dropdowns, "
-          f"{s['widgets_in_view']} in view) in {s['seconds']} s")  # fmt: skip
     if s["leftover_processes"]:
         print(f"processes left running: {s['leftover_processes']}", file=sys.stderr)
     print(json.dumps(s))

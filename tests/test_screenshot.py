@@ -1,7 +1,8 @@
 """scripts/screenshot_widgets.py: the anti-transfer widget panel as a browser renders it.
 
-The end-to-end test needs Chromium (Debian: apt-get install chromium chromium-driver) and is
-skipped without it; the missing-Chromium message is checked everywhere."""
+The end-to-end test needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium; the
+script drives it with Playwright, whose own browser download is not used) and is skipped
+without it; the missing-Chromium message is checked everywhere."""
 
 import hashlib
 import json
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "screenshot_widgets.py"
 NOTEBOOK = ROOT / "notebooks" / "04_anti_transfer.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
+INSTALL_HINT = "apt-get install chromium"
 SIZE = (1400, 1000)  # the script's default viewport (width, height)
 # JupyterLab's brand blue, the fill of the panel's primary "Run" button (#1976d2).
 RUN_BUTTON_RGB = (25, 118, 210)
@@ -37,6 +39,20 @@ def _brand_blue_pixels(rgb: np.ndarray) -> int:
     return int((distance <= 12).sum())
 
 
+def _run_processes() -> set[int]:
+    """Live processes of a screenshot run: JupyterLab and its kernel (their command lines name
+    the script's temporary folder) and Playwright's Chromium (its temporary profile)."""
+    import psutil
+
+    marks = ("qat-screenshot-", "playwright_chromiumdev_profile-")
+    found = set()
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(p.info["cmdline"] or ())
+        if p.info["status"] != psutil.STATUS_ZOMBIE and any(m in cmdline for m in marks):
+            found.add(p.pid)
+    return found
+
+
 def test_brand_blue_pixel_count_on_a_hand_made_image():
     image = np.full((40, 60, 3), 255, dtype=np.uint8)
     image[5:15, 10:30] = RUN_BUTTON_RGB  # 200 pixels of the colour
@@ -50,7 +66,7 @@ def test_missing_chromium_exits_with_the_install_hint(tmp_path):
     done = _run("--chromium", str(tmp_path / "no-chromium"), "--out", str(out), timeout=60)
     assert done.returncode == 2
     assert "Chromium not found" in done.stderr
-    assert "apt-get install chromium chromium-driver" in done.stderr
+    assert INSTALL_HINT in done.stderr
     assert not out.exists()
 
 
@@ -63,11 +79,12 @@ def test_bad_viewport_is_rejected_with_its_value(tmp_path):
 @pytest.mark.slow
 def test_screenshot_shows_the_rendered_widget_panel(tmp_path):
     if not CHROMIUM.is_file():
-        pytest.skip("Chromium not installed: apt-get install chromium chromium-driver")
+        pytest.skip(f"{CHROMIUM} not found (Debian's Chromium): {INSTALL_HINT}")
     from PIL import Image
 
     source_before = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
     out = tmp_path / "widgets.png"
+    before = _run_processes()
     done = _run("--out", str(out), "--timeout", "300", timeout=420)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -77,6 +94,8 @@ def test_screenshot_shows_the_rendered_widget_panel(tmp_path):
     assert summary["dropdowns"] >= 1 and summary["buttons"] >= 1
     assert summary["widgets_in_view"] == summary["widgets"], "panel not wholly in the picture"
     assert summary["leftover_processes"] == []
+    # Checked from outside too: no JupyterLab, kernel or Chromium of the run is still alive.
+    assert _run_processes() - before == set()
 
     assert out.stat().st_size > 20_000
     rgb = np.asarray(Image.open(out).convert("RGB"))
