@@ -417,12 +417,14 @@ def test_missing_library_raises_runtime_error_naming_the_path(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("users_file", ["manifest.csv", "prosody.csv", "synthemo_config.json"])
-def test_refuses_a_folder_holding_a_users_file_it_would_overwrite(tmp_path, users_file):
+@pytest.mark.parametrize("build", [make_synthemo, make_orthogonal_corpus])
+def test_refuses_a_folder_holding_a_users_file_it_would_overwrite(tmp_path, users_file, build):
     (tmp_path / users_file).write_text("path,emotion\nmine.wav,happy\n")
     (tmp_path / "prosody.csv").write_text("the user's own table\n")
     before = corpus_files(tmp_path)
+    tiny = {k: v for k, v in TINY.items() if k != "emotions"}
     with pytest.raises(ValueError, match=r"out_dir=.*was not written by make_synthemo"):
-        make_synthemo(tmp_path, **TINY, progress=False)
+        build(tmp_path, **tiny, progress=False)
     assert corpus_files(tmp_path) == before and not (tmp_path / "wav").exists()
 
 

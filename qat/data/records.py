@@ -90,7 +90,8 @@ def file_digest(path: str | os.PathLike) -> str:
 
     The content, not the size and mtime: a file replaced by other content of the same size with
     its mtime kept (cp -p, rsync -a, tar) gets another digest. Hashing is I/O-bound: about
-    0.3 s for 10,000 files of 32 KB from the page cache on our CPU.
+    0.3 s for the cpu-profile SynthEmo and its orthogonal corpus (8,640 files, 277 MB) from
+    the page cache, about 1 s from disk, on our 2-core machine.
     """
     try:
         with open(path, "rb") as fh:
@@ -105,11 +106,11 @@ def corpus_digest(records: Sequence[Utterance]) -> str:
     bytes, in order. Relabelling a row, editing or replacing a file, or reordering the records
     changes it; moving the corpus folder does not. For keys of results computed from the
     corpus (run records); reads every audio file once."""
-    h = hashlib.sha256(b"qat-corpus-digest-v1\n")
+    fields = [f.name for f in dataclasses.fields(Utterance) if f.name != "path"]
+    h = hashlib.sha256(json.dumps(["qat-corpus-digest-v1", *fields, "audio_sha256"]).encode())
     for r in records:
-        row = dataclasses.asdict(r)
-        row["audio_sha256"] = file_digest(row.pop("path"))
-        h.update(json.dumps(row, sort_keys=True).encode() + b"\n")
+        row = [getattr(r, name) for name in fields]
+        h.update(b"\n" + json.dumps([*row, file_digest(r.path)]).encode())
     return h.hexdigest()
 
 
