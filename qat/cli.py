@@ -147,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report-only", action="store_true",
                       help="rebuild the page from the records without training")  # fmt: skip
 
+    inst = sub.add_parser(
+        "instrument",
+        help="the instrument's pilot (candidate recipes) or final (frozen cpu) baseline and "
+        "ceiling runs, oracle and upstream networks (it resumes), then reports/instrument.md",
+    )
+    inst.add_argument("--stage", choices=("pilot", "final"), default="pilot")
+    inst.add_argument("--models", default="real,quaternion", help="comma-separated models")
+    inst.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    inst.add_argument("--report-only", action="store_true",
+                      help="rebuild the page from the records without training")  # fmt: skip
+
     synth = sub.add_parser("synth", help="build a SynthEmo corpus into a new folder")
     synth.add_argument("out_dir", type=_nonempty_path)
     synth.add_argument("--seed", type=int, default=0)
@@ -188,6 +199,16 @@ def _dispatch(args) -> int:
         if not args.report_only:
             demonstration.run(jobs=args.jobs)
         print(demonstration.write_report())
+    elif args.command == "instrument":
+        from qat import instrument
+
+        cfg.check_number("jobs", args.jobs, 1, integer=True)
+        models = args.models.split(",")
+        for model in models:
+            cfg.validate_field("model", model)
+        if not args.report_only:
+            instrument.run(args.stage, jobs=args.jobs, models=models)
+        print(instrument.write_report())
     elif args.command == "synth":
         from qat.data.synth import make_synthemo
 

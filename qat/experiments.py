@@ -16,6 +16,7 @@ import pickle
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,10 +70,8 @@ def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, prog
     qat.paths.DATA; a real corpus is read from `root`, the folder in its official layout."""
     check_choice("profile", profile, PROFILES)
     if corpus == "synthemo" and root is None:
-        sizes = PROFILES[profile]["corpus"]  # profiles with the same sizes share one corpus
-        out = paths.DATA / f"synthemo-{runs.config_key(sizes)[:8]}"
-        options = _synth_options(sizes, synth.DEFAULT_SPEAKERS)
-        return synth.make_synthemo(out, progress=progress, **options)
+        options = _synth_options(PROFILES[profile]["corpus"], synth.DEFAULT_SPEAKERS)
+        return synth.make_synthemo(synthemo_folder(profile), progress=progress, **options)
     if root is None:
         raise FileNotFoundError(
             f"corpus={corpus!r} needs root=<folder of the corpus in its official layout>; "
@@ -80,6 +79,11 @@ def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, prog
         )
     check_choice("corpus", corpus, corpora.CORPORA)
     return corpora.load_corpus(corpus, root)
+
+
+def synthemo_folder(profile: str) -> Path:
+    """The profile's SynthEmo folder: profiles with the same corpus sizes share one."""
+    return paths.DATA / f"synthemo-{runs.config_key(PROFILES[profile]['corpus'])[:8]}"
 
 
 def load_orthogonal_records(profile: str = "cpu", progress=True):

@@ -487,3 +487,51 @@ def probe_by_tap(records) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     return fig
+
+
+# ---------------------------------------------------------------- the instrument
+
+
+def pilot_curves(groups: Mapping[str, Sequence[Mapping]]) -> Figure:
+    """Per-epoch mean (line) and range (band) over each group's runs of the training loss, the
+    validation UA and the test UA (recorded for analysis only), one colour per group (e.g. a
+    candidate recipe and model): whether training has flattened by the last epoch."""
+    keys = (("train_loss", "training loss (cross-entropy)"), ("val_ua", "validation UA (fraction)"),
+            ("test_ua", "test UA, analysis only (fraction)"))  # fmt: skip
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(keys))
+    for i, (name, records) in enumerate(groups.items()):
+        for ax, (key, label) in zip(axes, keys, strict=True):
+            rows = [[h.get(key) for h in r.get("history") or []] for r in records]
+            rows = [row for row in rows if row and None not in row]
+            if not rows:
+                continue
+            n = min(len(row) for row in rows)
+            values = np.array([row[:n] for row in rows], dtype=float)
+            epochs = np.arange(1, n + 1)
+            ax.plot(epochs, values.mean(0), color=f"C{i % 10}", label=f"{name} ({len(rows)})")
+            ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i % 10}", alpha=0.15)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    return fig
+
+
+def paired_runs(pairs: Mapping[str, tuple[Mapping, Mapping]]) -> Figure:
+    """For each model, the baseline and ceiling test UA of every (seed, fold), joined by a line:
+    the confound gap run by run, and how much runs vary."""
+    fig = Figure(figsize=(4.2 * len(pairs), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
+    for ax, (model, (base, ceil)) in zip(axes, pairs.items(), strict=True):
+        for j, key in enumerate(sorted(set(base) & set(ceil), key=str)):
+            ua = [base[key]["metrics"]["ua"], ceil[key]["metrics"]["ua"]]
+            ax.plot([0, 1], ua, "o-", color=f"C{j % 10}", label=f"seed {key[0]}, fold {key[1]}")
+        ax.set_xticks([0, 1], ["baseline\n(confounded)", "ceiling\n(unconfounded)"])
+        ax.set_xlim(-0.3, 1.3)
+        ax.set_ylabel("test UA (fraction)")
+        ax.set_title(f"{model} VGG16")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    return fig

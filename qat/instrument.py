@@ -1,0 +1,356 @@
+"""The instrument: SynthEmo at a size that can tell methods apart, a training recipe chosen on
+baseline and ceiling runs only, speaker folds, upstream networks trained to convergence, and
+reports/instrument.md.
+
+A run is identified by (seed, fold): fold f tests on the f-th of the profile's fixed groups of
+speakers, so across PAIRS every speaker is tested. The pilot trains the baseline (word-
+confounded split) and the ceiling (the unconfounded control: same test set and size, no
+shortcut) under each candidate recipe (qat.config.RECIPES); no method is run until the recipe
+is frozen as the `cpu` profile, so nothing here can have been tuned on a method's result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from qat import io, paths, plots, runs, stats, tables
+from qat.config import PROFILES, RECIPES, RunConfig
+
+PAIRS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 0))  # (seed, fold): five seeds, every fold
+MODELS = ("real", "quaternion")
+PILOT = tuple(f"pilot-{name}" for name in RECIPES)
+FROZEN = "cpu"
+SETUPS = ("confounded", "unconfounded")  # baseline and ceiling
+GOOD_CEILING = 0.60  # the real ceiling a recipe must reach to be chosen (the issue's target)
+POWER_GAINS = (0.02, 0.03, 0.05)
+
+
+def configs(profile: str, models=MODELS, pairs=PAIRS) -> list[RunConfig]:
+    """Baseline and ceiling for each model and (seed, fold)."""
+    return [
+        RunConfig(profile=profile, model=model, seed=seed, fold=fold, setup=setup)
+        for model in models
+        for seed, fold in pairs
+        for setup in SETUPS
+    ]
+
+
+# ---------------------------------------------------------------- oracle and upstream networks
+
+
+def oracle(run: RunConfig) -> dict:
+    """The prosody oracle on a run's split (its training items, its held-out speakers), as an
+    "oracle" record keyed like the run's data; reused when it exists."""
+    from qat.data.synth import CORPUS
+    from qat.experiments import rhemo_key, run_data, synthemo_folder
+    from qat.oracle import prosody_oracle, read_prosody
+
+    key = rhemo_key(run)
+    target = runs.record_path("oracle", key)
+    if target.exists():
+        return runs.load_record(target)
+    data = run_data(run, progress=False)
+    uids = {name: [data.records[i].uid for i in part.indices]
+            for name, part in (("train", data.train), ("test", data.test))}  # fmt: skip
+    result = prosody_oracle(
+        read_prosody(synthemo_folder(run.profile)), uids["train"],
+        data.train.labels["emotion"].numpy(), uids["test"], data.test.labels["emotion"].numpy(),
+    )  # fmt: skip
+    record = {"kind": "oracle", "config": key, "corpus": CORPUS, "metrics": result,
+              "code_version": runs.code_version()}  # fmt: skip
+    io.write_json_beside(target, record)
+    return record
+
+
+def upstream(profile: str, pairs=PAIRS) -> None:
+    """The word and speaker networks (real), and for each (seed, fold) its RH-emo and the
+    quaternion word network that reads it: their records hold their quality."""
+    from qat import experiments
+
+    for task in ("word", "speaker"):
+        experiments.pretrain_orthogonal(task, "real", profile, 0, None, progress=True)
+    for seed, fold in pairs:
+        run = RunConfig(profile=profile, model="quaternion", seed=seed, fold=fold)
+        rhemo = experiments.pretrain_rhemo(run)
+        experiments.pretrain_orthogonal("word", "quaternion", profile, 0, rhemo, progress=True)
+
+
+def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
+    """Train what a stage needs (runs whose record exists are skipped, so it resumes):
+    "pilot": baseline and ceiling under each candidate recipe; "final": the same under the
+    frozen recipe, the prosody oracle and the upstream networks."""
+    from qat.experiments import run_configs
+
+    profiles = PILOT if stage == "pilot" else (FROZEN,)
+    for profile in profiles:
+        run_configs(configs(profile, models), jobs=jobs)
+    if stage == "final":
+        for seed, fold in PAIRS:
+            oracle(RunConfig(profile=FROZEN, seed=seed, fold=fold, setup="unconfounded"))
+        upstream(FROZEN)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def _pair(record: dict) -> tuple[int, int]:
+    c = record["config"]
+    return c["seed"], c["split"].get("fold")
+
+
+def _by_pair(records, profile: str, model: str, setup: str) -> dict[tuple, dict]:
+    """One record per (seed, fold): a rerun written beside a record is not a new pair."""
+    out = {}
+    for r in records:
+        c = r["config"]
+        if (c.get("profile"), c.get("model"), c.get("setup"), c.get("method")) == (
+            profile, model, setup, "baseline",
+        ) and _pair(r) in PAIRS:  # fmt: skip
+            out.setdefault(_pair(r), r)
+    return out
+
+
+def _ua(records: dict[tuple, dict]) -> dict[tuple, float]:
+    return {k: r["metrics"]["ua"] for k, r in records.items()}
+
+
+def _mean_sd(values) -> tuple[float | None, float | None]:
+    values = list(values)
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _history_stats(records) -> dict:
+    """Convergence of the training loss, and validation-loss spikes, over runs."""
+    finals, slopes, spikes = [], [], 0
+    for r in records:
+        losses = [h["train_loss"] for h in r["history"]]
+        val = [h["val_loss"] for h in r["history"]]
+        finals.append(losses[-1])
+        if len(losses) >= 3:
+            slopes.append((losses[-3] - losses[-1]) / max(abs(losses[-3]), 1e-12))
+        spikes += any(b > 2 * a for a, b in itertools.pairwise(val))
+    return {
+        "final train loss": statistics.fmean(finals) if finals else None,
+        "train loss drop, last 2 epochs": statistics.fmean(slopes) if slopes else None,
+        "runs with a val-loss spike (x2)": spikes,
+    }
+
+
+def summarise(records, profile: str, model: str) -> dict:
+    """Baseline and ceiling of one profile and model over the pairs: means, SDs, the paired
+    confound gap with its interval, and convergence."""
+    base = _by_pair(records, profile, model, "confounded")
+    ceil = _by_pair(records, profile, model, "unconfounded")
+    b_mean, b_sd = _mean_sd(_ua(base).values())
+    c_mean, c_sd = _mean_sd(_ua(ceil).values())
+    row = {"profile": profile, "model": model, "pairs": f"{len(base)}/{len(ceil)}",
+           "baseline UA": b_mean, "baseline SD": b_sd, "ceiling UA": c_mean,
+           "ceiling SD": c_sd}  # fmt: skip
+    both = set(base) & set(ceil)
+    gap = stats.paired(_ua({k: ceil[k] for k in both}), _ua({k: base[k] for k in both})) if len(
+        both) >= 2 else None  # fmt: skip
+    row.update({"gap": gap and gap.mean, "gap 95% low": gap and gap.t_low,
+                "gap 95% high": gap and gap.t_high, "gap paired SD": gap and gap.sd})  # fmt: skip
+    row.update(_history_stats([*base.values(), *ceil.values()]))
+    times = [r["resources"]["step_time_s"] for r in base.values()]
+    row["step time (ms)"] = 1000 * statistics.fmean(times) if times else None
+    row["_base"], row["_ceil"] = base, ceil
+    return row
+
+
+def choose(rows: Sequence[dict]) -> tuple[str | None, str]:
+    """The recipe rule, stated in the report: among the candidates whose real ceiling reaches
+    GOOD_CEILING (or, if none does, those within 0.02 UA of the best real ceiling), the one
+    with the lowest real baseline SD over the pairs."""
+    real = [r for r in rows if r["model"] == "real" and r["baseline SD"] is not None
+            and r["ceiling UA"] is not None]  # fmt: skip
+    if not real:
+        return None, "no candidate has baseline and ceiling runs yet"
+    good = [r for r in real if r["ceiling UA"] >= GOOD_CEILING]
+    why = f"real ceiling >= {GOOD_CEILING}"
+    if not good:
+        best = max(r["ceiling UA"] for r in real)
+        good = [r for r in real if r["ceiling UA"] >= best - 0.02]
+        why = f"no candidate reaches a real ceiling of {GOOD_CEILING}; within 0.02 of the best"
+    pick = min(good, key=lambda r: r["baseline SD"])
+    return pick["profile"], f"{why}, then the lowest real baseline SD ({pick['baseline SD']:.4f})"
+
+
+def _sd_interval(sd: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Chi-square interval of a standard deviation from n runs."""
+    from scipy.stats import chi2
+
+    a = (1 - level) / 2
+    return (sd * np.sqrt((n - 1) / chi2.ppf(1 - a, n - 1)),
+            sd * np.sqrt((n - 1) / chi2.ppf(a, n - 1)))  # fmt: skip
+
+
+# ---------------------------------------------------------------- the page
+
+
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def _fmt(value, spec=".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _targets(frozen: dict[str, dict], oracle_ua: float | None) -> list[dict]:
+    """The issue's targets, each "met" only when its interval says so."""
+    real, quat = frozen.get("real"), frozen.get("quaternion")
+    out = []
+
+    def sd_target(row, limit, who):
+        if not row or row["baseline SD"] is None:
+            return {"target": f"{who} baseline SD <= {limit}", "measured": "n/a", "met": "no runs"}
+        n = len(row["_base"])
+        low, high = _sd_interval(row["baseline SD"], n)
+        verdict = "met" if high <= limit else "not met" if low > limit else "interval too wide"
+        measured = f"{row['baseline SD']:.4f} [{low:.4f}, {high:.4f}] (n={n})"
+        return {"target": f"{who} baseline SD <= {limit}", "measured": measured, "met": verdict}
+
+    out.append(sd_target(real, 0.015, "real"))
+    out.append(sd_target(quat, 0.02, "quaternion"))
+    if real and real["ceiling UA"] is not None:
+        ceil = _ua(real["_ceil"])
+        low = stats.paired(ceil, dict.fromkeys(ceil, 0.0)).t_low if len(ceil) >= 2 else None
+        share = real["ceiling UA"] / oracle_ua if oracle_ua else None
+        out.append({"target": "real ceiling UA >= 0.60", "measured":
+                    f"{real['ceiling UA']:.3f}, 95% low {_fmt(low)}",
+                    "met": "met" if low is not None and low >= 0.60 else "not met"})  # fmt: skip
+        out.append({"target": "real ceiling >= 80% of the prosody oracle",
+                    "measured": f"{_fmt(share, '.0%')} (oracle {_fmt(oracle_ua)})",
+                    "met": "met" if share is not None and share >= 0.8 else "not met"})  # fmt: skip
+    if real and real["gap 95% low"] is not None:
+        out.append({"target": "real confound gap, 95% lower bound >= 0.05",
+                    "measured": f"{real['gap']:.3f} [{real['gap 95% low']:.3f}, "
+                                f"{real['gap 95% high']:.3f}]",
+                    "met": "met" if real["gap 95% low"] >= 0.05 else "not met"})  # fmt: skip
+    if real and quat and real["ceiling UA"] is not None and quat["ceiling UA"] is not None:
+        keys = set(real["_ceil"]) & set(quat["_ceil"])
+        if len(keys) >= 2:
+            d = stats.paired(_ua({k: quat["_ceil"][k] for k in keys}),
+                             _ua({k: real["_ceil"][k] for k in keys}))  # fmt: skip
+            out.append({"target": "quaternion ceiling within 0.05 UA of the real one",
+                        "measured": f"{d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}]",
+                        "met": "met" if d.t_low >= -0.05 else "not met"})  # fmt: skip
+        if real["step time (ms)"] and quat["step time (ms)"]:
+            ratio = quat["step time (ms)"] / real["step time (ms)"]
+            out.append({"target": "quaternion step time <= 0.36x the real one",
+                        "measured": f"{ratio:.2f}x (run records, two jobs in parallel)",
+                        "met": "met" if ratio <= 0.36 else "not met"})  # fmt: skip
+    return out
+
+
+def _upstream_rows(records, profile: str) -> list[dict]:
+    rows = []
+    for r in records:
+        c = r["config"]
+        if c.get("profile") != profile:
+            continue
+        held_out = c.get("task") == "word" and PROFILES[profile].get("orthogonal_setup")
+        if str(r.get("kind", "")).startswith("orthogonal-"):
+            val = [h["val_loss"] for h in r["history"]]
+            rows.append({"network": f"{c['task']} ({c['model']})",
+                         "scored on": "held-out speakers" if held_out else "random split",
+                         "accuracy": r["metrics"]["ua"], "epochs": len(val),
+                         "best val loss at the last epoch": val[-1] <= min(val)})  # fmt: skip
+        elif r.get("kind") == "rhemo":
+            last = r["history"][-1]
+            recon = [h["val_reconstruction_mse"] for h in r["history"]]
+            ratings = r.get("ratings", {})
+            row = {"network": f"RH-emo seed {c['seed']} fold {c['split'].get('fold')} "
+                              f"({c['setup']})",
+                   "scored on": "validation", "accuracy": last.get("val_emotion_ua"),
+                   "epochs": len(recon),
+                   "reconstruction, last-epoch drop": 1 - recon[-1] / recon[-2]}  # fmt: skip
+            for k in ("valence", "arousal", "dominance"):
+                row[f"{k} acc"] = last.get(f"val_{k}_acc")
+                row[f"{k} high share"] = ratings.get(k, {}).get("share_high")
+            rows.append(row)
+    return rows
+
+
+INTRO = (
+    "Generated by `qat instrument --report-only` from the records under reports/runs/ "
+    "(`qat instrument --stage pilot` and `--stage final` train what is missing; both resume). "
+    "Only baseline and ceiling runs enter this page: the recipe was chosen before any method "
+    "was run on the new instrument. Earlier records (the v1 instrument: 640 training items, "
+    "200 steps) were moved to reports/runs/v1/ and are not read here. A run is identified by "
+    "(seed, fold); fold f tests on the f-th of the profile's fixed groups of 3 speakers (4 "
+    "folds of 12 speakers). UA is measured on the decorrelated test set of the held-out "
+    "speakers. Intervals are 95% t-intervals over the paired (seed, fold) runs (qat.stats)."
+)
+
+
+def write_report(reports=None) -> Path:
+    """reports/instrument.md and its figures, from the records only."""
+    reports = Path(reports or paths.REPORTS)
+    records = runs.load_records(reports)
+    ser = [r for r in records if r.get("kind") == "ser"]
+    figures = reports / "figures"
+    lines = ["# The instrument: data, recipe, folds and noise", "", INTRO, ""]
+
+    pilot = [summarise(ser, p, m) for p in PILOT for m in MODELS]
+    pilot = [r for r in pilot if r["pairs"] != "0/0"]
+    chosen, why = choose(pilot)
+    lines += ["## 1. Pilot: candidate recipes on baseline and ceiling runs", ""]
+    for name, recipe in RECIPES.items():
+        lines.append(f"- `pilot-{name}`: {', '.join(f'{k}={v}' for k, v in recipe.items())}")
+    lines += ["", tables.markdown_table([_public(r) for r in pilot])]
+    if pilot:
+        curves = {f"{r['profile']} {r['model']}": [*r["_base"].values(), *r["_ceil"].values()]
+                  for r in pilot}  # fmt: skip
+        fig = plots.pilot_curves(curves)
+        io.save_figure(fig, figures, "instrument_pilot_curves")
+        lines += ["", "![training curves of the pilot](figures/instrument_pilot_curves.png)"]
+    lines += ["", "## 2. The recipe chosen", ""]
+    frozen_recipe = {k: PROFILES[FROZEN].get(k) for k in RECIPES[next(iter(RECIPES))]}
+    if chosen is None:
+        lines.append(f"Not chosen yet: {why}.")
+    else:
+        same = all(PROFILES[FROZEN].get(k) == v for k, v in PROFILES[chosen].items())
+        state = "is this recipe (frozen)" if same else f"is NOT yet this recipe ({frozen_recipe})"
+        lines.append(f"Rule: {why}. Chosen: `{chosen}`. The `cpu` profile {state}.")
+
+    frozen = {m: summarise(ser, FROZEN, m) for m in MODELS}
+    oracles = [r for r in records if r.get("kind") == "oracle"
+               and r["config"].get("profile") == FROZEN]  # fmt: skip
+    oracle_ua, oracle_sd = _mean_sd(r["metrics"]["ua"] for r in oracles)
+    lines += ["", "## 3. The frozen instrument (`cpu`): oracle, baseline and ceiling", ""]
+    lines.append(f"Prosody oracle (logistic regression on the generator's rate, pitch, range and "
+                 f"volume, held-out speakers): UA {_fmt(oracle_ua)} (SD {_fmt(oracle_sd)}, "
+                 f"{len(oracles)} folds/seeds).")  # fmt: skip
+    lines += ["", tables.markdown_table([_public(r) for r in frozen.values()])]
+    if any(r["_base"] for r in frozen.values()):
+        fig = plots.paired_runs({m: (r["_base"], r["_ceil"]) for m, r in frozen.items()})
+        io.save_figure(fig, figures, "instrument_pairs")
+        lines += ["", "![baseline and ceiling per (seed, fold)](figures/instrument_pairs.png)"]
+
+    lines += ["", "## 4. Targets", "", tables.markdown_table(_targets(frozen, oracle_ua))]
+    lines += ["", "## 5. Upstream networks", ""]
+    lines.append(tables.markdown_table(_upstream_rows(records, FROZEN)))
+    lines += ["", "## 6. Power: paired runs needed for 80% power (two-sided, alpha 0.05)", ""]
+    lines.append(
+        "The paired SD is that of the ceiling - baseline differences over the same (seed, fold) "
+        "pairs: the run-to-run noise a method - baseline comparison will meet."
+    )
+    power = []
+    for model, row in frozen.items():
+        sd = row["gap paired SD"]
+        if sd:
+            power.append({"model": model, "paired SD": sd, **{
+                f"runs for +{g * 100:.0f} points": stats.runs_for_power(g, sd) for g in POWER_GAINS
+            }})  # fmt: skip
+    lines += ["", tables.markdown_table(power)]
+    target = reports / "instrument.md"
+    io.write_text(target, "\n".join(lines) + "\n")
+    return target
