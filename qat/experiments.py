@@ -28,6 +28,7 @@ from qat.config import MODELS, ORTHOGONAL_TASKS, PROFILES, TAPS, RunConfig, chec
 from qat.data import corpora, splits, synth
 from qat.data.dataset import LabelSpace, Normalizer, SERDataset
 from qat.data.features import FeatureConfig, extract_features
+from qat.data.records import corpus_digest
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
 from qat.sweep import run_grid
@@ -272,9 +273,9 @@ def _cached_network(kind: str, config: dict, build, train_fn):
     return net.eval(), path
 
 
-def run_data(run: RunConfig, progress: bool = True) -> Data:
-    """The corpus, features and split of a run."""
-    records = load_records(run.corpus, run.profile, run.root, progress)
+def run_data(run: RunConfig, progress: bool = True, records=None) -> Data:
+    """The corpus, features and split of a run (`records`: the corpus, if already loaded)."""
+    records = records or load_records(run.corpus, run.profile, run.root, progress)
     return prepare_data(records, run.setup, run.profile, run.seed, progress, **run.split_options)
 
 
@@ -468,7 +469,12 @@ def train_ser(
         config = config.replace(**settings)
     p = PROFILES[config.profile]
     rank, world = rank_and_world()
-    key = config.key_dict(**({"world_size": world} if world > 1 else {}))
+    extra = {"world_size": world} if world > 1 else {}
+    corpus = None
+    if config.root is not None:  # a user's corpus: results follow its content, not its path
+        corpus = load_records(config.corpus, config.profile, config.root, progress)
+        extra["data_digest"] = corpus_digest(corpus)
+    key = config.key_dict(**extra)
     target = runs.record_path("ser", key)
     if target.exists() and not force:
         return runs.load_record(target)
@@ -478,7 +484,7 @@ def train_ser(
     name = config.label()
 
     with _rank_zero_first():
-        data = run_data(config, progress)
+        data = run_data(config, progress, corpus)
         train, val, test = data.train, data.val, data.test
         rhemo = orth_net = None
         if config.model == "quaternion":

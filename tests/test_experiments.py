@@ -58,3 +58,42 @@ def test_baseline_and_anti_transfer_write_complete_records(model):
 def test_bad_parameters_are_named(kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         experiments.train_ser(profile=kwargs.pop("profile", "smoke"), progress=False, **kwargs)
+
+
+def test_a_relabelled_manifest_gets_a_new_record_and_a_moved_one_the_same(tmp_path, monkeypatch):
+    import csv
+    import shutil
+    from pathlib import Path
+
+    from qat.config import RunConfig
+
+    corpus = experiments.load_records("synthemo", "smoke", progress=False)
+    source = experiments.synthemo_folder("smoke")
+    folder = tmp_path / "mine"
+    shutil.copytree(source / "wav", folder / "audio")
+    rows = [{"path": "audio/" + str(Path(r.path).relative_to(source / "wav")),
+             "emotion": r.emotion, "speaker": r.speaker, "text": r.text} for r in corpus]  # fmt: skip
+
+    def write(rows):
+        with open(folder / "manifest.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["path", "emotion", "speaker", "text"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write(rows)
+    settings = dict(corpus="manifest", setup="random", profile="smoke", progress=False)
+    first = experiments.train_ser(root=str(folder), **settings)
+    rows[0]["emotion"] = "angry" if rows[0]["emotion"] != "angry" else "sad"
+    write(rows)
+    second = experiments.train_ser(root=str(folder), **settings)
+    assert second["config"]["data_digest"] != first["config"]["data_digest"]
+    assert second["config"] != first["config"]
+    # The same content elsewhere, named by a relative path: a different root, so a new key,
+    # but the same data digest; the path is resolved, never taken as typed.
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(folder, moved)
+    monkeypatch.chdir(tmp_path)
+    third = experiments.train_ser(root="elsewhere", **settings)
+    assert third["config"]["data_digest"] == second["config"]["data_digest"]
+    assert third["config"]["root"] == str(moved.resolve())
+    assert RunConfig(corpus="manifest", root="elsewhere").key_dict()["root"] == str(moved)
