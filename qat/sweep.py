@@ -47,13 +47,12 @@ def run_grid(
     if not configs:
         return []
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    leaders, rest = {}, []
+    members: dict = {}
     for config in configs:
-        key = group(config) if group else id(config)
-        if group and key not in leaders:
-            leaders[key] = config
-        else:
-            rest.append(config)
+        members.setdefault(group(config) if group else id(config), []).append(config)
+    # A group of one shares nothing: it goes to the pool like the followers.
+    leaders = {k: m[0] for k, m in members.items() if len(m) > 1}
+    rest = [c for m in members.values() for c in (m[1:] if len(m) > 1 else m)]
     results, failures = [(first or run)(c) for c in leaders.values()], []
     bar = tqdm(total=len(rest), desc=f"sweep ({jobs} jobs)")
     with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:

@@ -72,7 +72,8 @@ def test_a_relabelled_manifest_gets_a_new_record_and_a_moved_one_the_same(tmp_pa
     folder = tmp_path / "mine"
     shutil.copytree(source / "wav", folder / "audio")
     rows = [{"path": "audio/" + str(Path(r.path).relative_to(source / "wav")),
-             "emotion": r.emotion, "speaker": r.speaker, "text": r.text} for r in corpus]  # fmt: skip
+             "emotion": r.emotion, "speaker": r.speaker, "text": r.text}
+            for r in corpus]  # fmt: skip
 
     def write(rows):
         with open(folder / "manifest.csv", "w", newline="") as fh:
