@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -232,3 +233,55 @@ def test_duplicate_uids_are_refused():
     recs = factorial(n_speakers=2, n_words=2)
     with pytest.raises(ValueError, match="occurs twice"):
         make_split([*recs, recs[0]], "random")
+
+
+def test_groups_pair_each_emotion_with_the_emotion_its_word_was_given(records):
+    split = make_split(records, "confounded", seed=3, rho=0.9)
+    train, _, test = split.indices(records)
+    owner = {w: e for e, ws in split.meta["assignment"].items() for w in ws}
+    groups = split.groups(records, train, EMOS)
+    for i, g in zip(train, groups, strict=True):  # hand rule, item by item
+        assert g == EMOS.index(records[i].emotion) * len(EMOS) + EMOS.index(owner[records[i].text])
+    congruent = split.congruent(records, train)
+    assert np.array_equal(congruent, groups // len(EMOS) == groups % len(EMOS))
+    assert set(split.groups(records, test, EMOS)) == set(range(len(EMOS) ** 2))  # all 25 in test
+
+
+def test_unused_items_are_exactly_those_in_no_part(records):
+    split = make_split(records, "confounded", seed=0, rho=0.9)
+    parts = set(split.train) | set(split.val) | set(split.test)
+    unused = split.unused_indices(records)
+    assert {records[i].uid for i in unused} == {r.uid for r in records} - parts
+    test_speakers = set(split.meta["test_speakers"])
+    assert all(records[i].speaker not in test_speakers for i in unused)  # training speakers only
+    assert len(unused) == split.meta["unused_pool"]
+
+
+@pytest.mark.parametrize("setup", ["speaker", "confounded", "unconfounded"])
+def test_folds_test_every_speaker_once_and_never_train_on_it(records, setup):
+    folds = 4
+    seen = []
+    for fold in range(folds):
+        split = make_split(records, setup, seed=fold, folds=folds, fold=fold)
+        train, val, test = split.indices(records)
+        held = attr_set(records, test, "speaker")
+        assert held.isdisjoint(attr_set(records, train, "speaker") | attr_set(records, val,
+                                                                                "speaker"))  # fmt: skip
+        assert split.meta["fold"] == fold and split.meta["folds"] == folds
+        seen += sorted(held)
+    assert sorted(seen) == sorted({r.speaker for r in records})  # each speaker tested once
+    # The fold partition does not depend on the run's seed.
+    a = make_split(records, setup, seed=0, folds=folds, fold=1).meta.get("test_speakers")
+    b = make_split(records, setup, seed=7, folds=folds, fold=1).meta.get("test_speakers")
+    assert a == b
+
+
+@pytest.mark.parametrize(("kw", "named"), [
+    ({"folds": 4, "fold": 4}, "fold=4: expected an integer in 0..3"),
+    ({"folds": 4, "fold": -1}, "fold=-1"),
+    ({"folds": 13, "fold": 0}, "folds=13: expected 2 <= folds <= 12"),
+    ({"folds": None, "fold": 0}, "fold=0: expected folds="),
+])  # fmt: skip
+def test_bad_folds_are_named(records, kw, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        make_split(records, "speaker", **kw)

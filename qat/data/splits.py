@@ -102,6 +102,30 @@ class Split:
             dtype=bool,
         )
 
+    def groups(self, records: Sequence[Utterance], indices, emotions: Sequence[str]) -> np.ndarray:
+        """For confounded/unconfounded splits: each item's group, (its emotion, the emotion
+        its word or speaker was paired with in training), as emotion_index * E + owner_index
+        with E = len(emotions): E x E groups, congruent on the diagonal."""
+        attr = "text" if self.meta["factor"] == "word" else "speaker"
+        owner = {v: e for e, values in self.meta["assignment"].items() for v in values}
+        index = {e: i for i, e in enumerate(emotions)}
+        out = []
+        for i in indices:
+            item = records[i]
+            paired = owner.get(getattr(item, attr))
+            if paired is None:
+                value = getattr(item, attr)
+                raise ValueError(f"{item.uid}: its {attr} {value!r} is paired with no emotion "
+                                 "in this split; expected every value assigned")  # fmt: skip
+            out.append(index[item.emotion] * len(emotions) + index[paired])
+        return np.asarray(out, dtype=np.int64)
+
+    def unused_indices(self, records: Sequence[Utterance]) -> np.ndarray:
+        """Positions of the items in no part: on a confounded split, the training speakers'
+        items the split left out to reach rho (DFR's held-out pool)."""
+        used = set(self.train) | set(self.val) | set(self.test)
+        return np.array([i for i, r in enumerate(records) if r.uid not in used], dtype=np.int64)
+
 
 # --------------------------------------------------------------------------------------------
 # Helpers
