@@ -265,8 +265,8 @@ def test_folds_test_every_speaker_once_and_never_train_on_it(records, setup):
         split = make_split(records, setup, seed=fold, folds=folds, fold=fold)
         train, val, test = split.indices(records)
         held = attr_set(records, test, "speaker")
-        assert held.isdisjoint(attr_set(records, train, "speaker") | attr_set(records, val,
-                                                                                "speaker"))  # fmt: skip
+        trained = attr_set(records, train, "speaker") | attr_set(records, val, "speaker")
+        assert held.isdisjoint(trained)
         assert split.meta["fold"] == fold and split.meta["folds"] == folds
         seen += sorted(held)
     assert sorted(seen) == sorted({r.speaker for r in records})  # each speaker tested once
