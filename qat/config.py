@@ -177,12 +177,15 @@ class RunConfig:
             raise ValueError(
                 f"tap=(): expected at least one of {', '.join(TAPS)} (method={self.method!r})"
             )
-        if self.fold is not None:
+        if self.fold is not None and self.setup == "random":
+            raise ValueError(f"fold={self.fold!r}: expected None (the random setup has no folds)")
+        if self.fold is not None and self.corpus == "synthemo" and self.root is None:
             folds = PROFILES[self.profile].get("folds")
-            if self.setup == "random" or not folds:
-                raise ValueError(f"fold={self.fold!r}: expected None (setup {self.setup!r}, "
-                                 f"profile {self.profile!r} has no folds)")  # fmt: skip
+            if not folds:
+                raise ValueError(f"fold={self.fold!r}: expected None (profile {self.profile!r} "
+                                 "has no SynthEmo folds)")  # fmt: skip
             check_number("fold", self.fold, 0, folds - 1, integer=True)
+        # A real corpus's folds depend on its speakers: checked when its split is made.
         if self.corpus != "synthemo" and self.root is None:
             raise ValueError(
                 f"root=None: expected the folder of corpus={self.corpus!r} in its official "

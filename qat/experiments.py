@@ -183,12 +183,16 @@ def prepare_data(
     keep = np.flatnonzero(~feats.silent)
     kept = [records[i] for i in keep]
     x = feats.x[keep] if len(keep) < len(records) else feats.x
-    split_options.setdefault("n_test_speakers", PROFILES[profile]["n_test_speakers"])
+    synthemo = kept[0].corpus == synth.CORPUS
     split_options.setdefault("val_fraction", PROFILES[profile].get("val_fraction", 0.1))
-    if setup in ("random", "word") or "fold" in split_options:
-        split_options.pop("n_test_speakers")
+    if synthemo and setup not in ("random", "word") and "fold" not in split_options:
+        # SynthEmo's held-out speakers; a real corpus takes its share (or its folds).
+        split_options.setdefault("n_test_speakers", PROFILES[profile]["n_test_speakers"])
     if "fold" in split_options:
-        split_options.setdefault("folds", PROFILES[profile]["folds"])
+        real_folds = not synthemo and setup == "speaker"
+        speakers = [r.speaker for r in kept]
+        folds = splits.default_folds(kept[0].corpus, speakers) if real_folds else None
+        split_options.setdefault("folds", folds or PROFILES[profile].get("folds", 5))
     split = splits.make_split(kept, setup, seed=seed, **split_options)
     train_idx, val_idx, test_idx = split.indices(kept)
     notes = _check_task(records, kept, split, test_idx, x, target)

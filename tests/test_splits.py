@@ -285,3 +285,56 @@ def test_folds_test_every_speaker_once_and_never_train_on_it(records, setup):
 def test_bad_folds_are_named(records, kw, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         make_split(records, "speaker", **kw)
+
+
+@pytest.mark.parametrize(
+    ("corpus", "speakers", "expected"),
+    [
+        ("ravdess", [f"Actor_{i:02d}" for i in range(1, 25)],
+         [[f"Actor_{i:02d}" for i in range(j, j + 4)] for j in range(1, 25, 4)]),
+        ("emodb", ["03", "08", "09", "10", "11", "12", "13", "14", "15", "16"],
+         [["03", "08"], ["09", "10"], ["11", "12"], ["13", "14"], ["15", "16"]]),
+        ("iemocap", [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"],
+         [[f"Ses0{s}F", f"Ses0{s}M"] for s in range(1, 6)]),
+        ("savee", ["DC", "JE", "JK", "KL"], [["DC"], ["JE"], ["JK"], ["KL"]]),
+        ("emovo", ["f1", "f2", "f3", "m1", "m2", "m3"], [[s] for s in ["f1", "f2", "f3", "m1",
+                                                                     "m2", "m3"]]),
+        ("tess", ["OAF", "YAF"], [["OAF"], ["YAF"]]),
+        ("manifest", ["a", "b", "c", "d"], [["a"], ["b"], ["c"], ["d"]]),
+        ("manifest", [f"s{i:02d}" for i in range(10)],
+         [[f"s{i:02d}", f"s{i + 1:02d}"] for i in range(0, 10, 2)]),
+    ],
+)  # fmt: skip
+def test_default_folds_follow_the_field(corpus, speakers, expected):
+    from qat.data.splits import default_folds
+
+    assert default_folds(corpus, speakers) == expected
+
+
+@pytest.mark.parametrize("name", ["iemocap", "ravdess", "emodb", "tess", "emovo", "savee"])
+def test_default_folds_on_fixture_trees_partition_the_speakers(tmp_path, name):
+    import corpus_fixtures
+
+    from qat.data.corpora import load_corpus
+    from qat.data.splits import default_folds
+
+    getattr(corpus_fixtures, f"build_{name}")(tmp_path)
+    speakers = {r.speaker for r in load_corpus(name, tmp_path, on_error="skip")}
+    folds = default_folds(name, speakers)
+    assert sorted(s for f in folds for s in f) == sorted(speakers)  # each speaker in one fold
+    assert len(folds) >= 2 and all(folds)
+    if name == "iemocap":
+        assert all(len({s[:5] for s in f}) == 1 for f in folds)  # one session per fold
+
+
+def test_a_four_speaker_corpus_trains_on_at_least_two_and_never_on_fewer_than_it_tests(records):
+    names = sorted({r.speaker for r in records})[:4]
+    four = [r for r in records if r.speaker in names]
+    split = make_split(four, "speaker", seed=0)
+    train, val, _ = split.indices(four)
+    assert len(attr_set(four, train, "speaker")) >= 2
+    assert attr_set(four, val, "speaker") <= attr_set(four, train, "speaker")  # val: training
+    with pytest.raises(ValueError, match="train on 1 speakers and test on 3"):
+        make_split(four, "speaker", seed=0, folds=[names[:1], names[1:]], fold=1)
+    # Asked for explicitly, it is allowed.
+    assert make_split(four, "speaker", seed=0, n_test_speakers=3).meta["test_speakers"]

@@ -219,15 +219,18 @@ def make_split(
     n_test_words: int | None = None,
     rho: float = 0.9,
     factor: str = "word",
-    folds: int | None = None,
+    folds: int | list[list[str]] | None = None,
     fold: int | None = None,
 ) -> Split:
     """Partition `records` for a task setup (see the module docstring).
 
     test_fraction is used by "random" only; the held-out setups take n_test_speakers /
     n_test_words (default a quarter of them, at least one), or, with `folds` and `fold`, the
-    fold-th of `folds` fixed groups (`fold_groups`), so that across folds every speaker (or
-    word) is tested once. rho and factor concern "confounded"/"unconfounded" only.
+    fold-th of `folds` fixed groups (`fold_groups`; or of an explicit fold map, a list of
+    groups such as `default_folds`), so that across folds every speaker (or word) is tested
+    once. A held-out split never trains on fewer speakers (words) than it tests on, unless
+    n_test_speakers (n_test_words) asks for it. rho and factor concern "confounded" and
+    "unconfounded" only.
     """
     if setup not in SETUPS:
         raise ValueError(f"setup={setup!r}: expected one of {SETUPS}")
@@ -269,11 +272,49 @@ def fold_groups(values: Sequence[str], folds: int, what: str = "speakers") -> li
     return [sorted(g.tolist()) for g in groups]
 
 
-def _fold_held_out(values: list[str], held: tuple[int, int | None], what: str) -> list[str]:
+# Speaker folds the field uses (EmoBox; the AT and WASPAA papers for IEMOCAP): the number of
+# folds per corpus; speakers are dealt in sorted order (IEMOCAP: by session).
+CORPUS_FOLDS = {"iemocap": 5, "ravdess": 6, "emodb": 5, "emovo": 6, "savee": 4}
+LEAVE_ONE_OUT_UP_TO = 6  # corpora with at most this many speakers: leave-one-speaker-out
+
+
+def default_folds(corpus: str, speakers: Sequence[str]) -> list[list[str]]:
+    """The corpus's fixed speaker folds: IEMOCAP leave-one-session-out (speakers "Ses01F",
+    "Ses01M" share session "Ses01"); RAVDESS 6 folds of 4 actors, EmoDB 5, EMOVO 6, SAVEE 4;
+    any other corpus leave-one-speaker-out up to 6 speakers, else 5 folds. Speakers are dealt
+    in sorted order into contiguous near-equal groups, so the folds never depend on a seed."""
+    speakers = sorted(set(speakers))
+    if corpus == "iemocap":
+        sessions: dict[str, list[str]] = {}
+        for s in speakers:
+            sessions.setdefault(s[:5], []).append(s)
+        return [sessions[k] for k in sorted(sessions)]
+    if corpus in CORPUS_FOLDS:
+        k = min(CORPUS_FOLDS[corpus], len(speakers))
+    else:
+        k = len(speakers) if len(speakers) <= LEAVE_ONE_OUT_UP_TO else 5
+    if k < 2:
+        raise ValueError(f"{corpus}: {len(speakers)} speaker(s); speaker folds need at least two")
+    return [list(g) for g in np.array_split(np.array(speakers, dtype=object), k)]
+
+
+def _fold_meta(held: tuple) -> dict:
+    fold, folds = held
+    return {"fold": int(fold), "folds": len(folds) if isinstance(folds, list) else int(folds)}
+
+
+def _fold_held_out(values: list[str], held: tuple, what: str) -> list[str]:
+    """The fold-th group: of an explicit fold map (a list of groups) or of `fold_groups`."""
     fold, folds = held
     if folds is None:
         raise ValueError(f"fold={fold!r}: expected folds=<number of folds> with it")
-    groups = fold_groups(values, folds, what)
+    if isinstance(folds, list):
+        groups, folds = folds, len(folds)
+        unknown = sorted({v for g in groups for v in g} - set(values))
+        if unknown:
+            raise ValueError(f"fold map: {what} {unknown} are not in the records")
+    else:
+        groups = fold_groups(values, folds, what)
     if isinstance(fold, bool) or not isinstance(fold, int | np.integer) or not 0 <= fold < folds:
         raise ValueError(f"fold={fold!r}: expected an integer in 0..{folds - 1}")
     return groups[int(fold)]
@@ -308,12 +349,17 @@ def _held_out_split(
     else:
         held_out = _fold_held_out(values, held, what)
         n = len(held_out)
+    if requested is None and len(values) - n < n:
+        raise ValueError(
+            f"the split would train on {len(values) - n} {what} and test on {n}; expected at "
+            f"least as many for training (give {name} explicitly to allow it)"
+        )
     in_test = np.isin(np.array([getattr(r, attr) for r in records]), held_out)
     test, pool = np.flatnonzero(in_test), np.flatnonzero(~in_test)
     train, val = _stratified_take(pool, _emotion_array(records), val_fraction, _rng(seed, "val"))
     meta = {f"test_{what}": held_out, "val_fraction": val_fraction}
     if held is not None:
-        meta.update(fold=int(held[0]), folds=int(held[1]))
+        meta.update(_fold_meta(held))
     return _make(
         setup, seed, records, train, val, test, meta, **{name: n}, val_fraction=val_fraction
     )
@@ -413,7 +459,7 @@ def _confounded_split(
         "unused_pool": len(pool) - len(kept),
     }
     if held is not None:
-        meta.update(fold=int(held[0]), folds=int(held[1]))
+        meta.update(_fold_meta(held))
     return _make(
         setup, seed, records, train, val, test, meta,
         rho=rho, factor=factor, **{test_name: n_test}, val_fraction=val_fraction,
