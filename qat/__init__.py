@@ -7,3 +7,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # qat.load_model without importing torch at `import qat` (the CLI and notebooks import qat
+    # first; torch takes seconds).
+    if name == "load_model":
+        from qat.saved import load_model
+
+        return load_model
+    raise AttributeError(f"module 'qat' has no attribute {name!r}")

@@ -161,6 +161,38 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="build a SynthEmo corpus into a new folder")
     synth.add_argument("out_dir", type=_nonempty_path)
     synth.add_argument("--seed", type=int, default=0)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="a saved model on another corpus (cross-corpus); writes reports/runs/eval-<hash>.json",
+    )
+    evaluate.add_argument("--model", type=_nonempty_path, required=True,
+                          help="a model file (a run record names it under 'model')")  # fmt: skip
+    evaluate.add_argument("--corpus", choices=cfg.SER_CORPORA, required=True)
+    evaluate.add_argument("--root", type=_nonempty_path, required=True,
+                          help="the corpus folder (official layout) or a manifest CSV")  # fmt: skip
+    evaluate.add_argument(
+        "--mapping", default=None, metavar="EMOTION=MODEL_EMOTION[,...]",
+        help="corpus emotion -> model emotion; empty drops it (default: calm and boredom "
+        "dropped, every other emotion onto itself), e.g. calm=neutral,excited=happy",
+    )  # fmt: skip
+    evaluate.add_argument("--resample", action="store_true",
+                          help="resample audio at another rate than the model's features "
+                          "(refused otherwise)")  # fmt: skip
+    evaluate.add_argument("--force", action="store_true",
+                          help="evaluate again even if a record exists (beside it)")  # fmt: skip
+
+    pred = sub.add_parser(
+        "predict", help="a saved model's emotion for audio files (one line per file)"
+    )
+    pred.add_argument("--model", type=_nonempty_path, required=True, help="a model file")
+    pred.add_argument("paths", nargs="+", type=_nonempty_path, metavar="FILE_OR_FOLDER")
+    pred.add_argument("--format", choices=("csv", "json"), default="csv",
+                      help="csv: a header, then path, emotion, probabilities, error; json: one "
+                      "object per line")  # fmt: skip
+    pred.add_argument("--resample", action="store_true",
+                      help="resample files at another rate than the model's features "
+                      "(an error line otherwise)")  # fmt: skip
     return parser
 
 
@@ -214,6 +246,23 @@ def _dispatch(args) -> int:
 
         cfg.check_number("seed", args.seed, 0, cfg.MAX_SEED, integer=True)
         print(f"{len(make_synthemo(args.out_dir, seed=args.seed))} utterances in {args.out_dir}")
+    elif args.command == "evaluate":
+        from qat.evaluate import evaluate_corpus, parse_mapping, summary_lines
+
+        record = evaluate_corpus(
+            args.model, args.corpus, args.root, parse_mapping(args.mapping),
+            resample=args.resample, force=args.force,
+        )  # fmt: skip
+        print("\n".join(summary_lines(record)))
+    elif args.command == "predict":
+        from qat.evaluate import format_rows, predict_paths
+
+        rows = predict_paths(args.model, args.paths, resample=args.resample)
+        print("\n".join(format_rows(rows, args.format)), flush=True)
+        failed = sum(row.error is not None for row in rows)
+        if failed:
+            print(f"qat: {failed} of {len(rows)} file(s) could not be predicted", file=sys.stderr)
+            return 1
     return 0
 
 

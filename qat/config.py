@@ -27,7 +27,8 @@ MODELS = ("real", "quaternion")
 METHODS = ("baseline", "at", "cka", "dann", "cdann")
 TAP_METHODS = ("at", "cka")  # methods that act at taps, with weight beta
 ADVERSARY_METHODS = ("dann", "cdann")  # methods with an adversary of weight lam
-ORTHOGONAL_TASKS = ("word", "speaker")
+ORTHOGONAL_TASKS = ("word", "speaker", "session")  # session: IEMOCAP, as the published code
+PLACEBOS = ("random", "shuffled")  # at/cka from a network that knows nothing of words
 GRAMS = ("sample", "batch")
 TAPS = (*VGG16_TAPS, PENULTIMATE)  # where anti-transfer can act
 SER_CORPORA = ("synthemo", *(c for c in CORPORA if c not in ("synthemo", "speechcommands")))
@@ -137,8 +138,11 @@ class RunConfig:
     model: str = _spec("real VGG16 on spectrograms, or quaternion VGG16 on RH-emo embeddings",
                        MODELS, default="real")  # fmt: skip
     method: str = _spec("invariance method", METHODS, default="baseline")
-    orthogonal: str = _spec("what the method removes: the orthogonal task",
-                            ORTHOGONAL_TASKS, default="word")  # fmt: skip
+    orthogonal: str = _spec("what the method removes: the orthogonal task, or a placebo network "
+                            "(random: untrained; shuffled: trained on shuffled word labels)",
+                            (*ORTHOGONAL_TASKS, *PLACEBOS), default="word")  # fmt: skip
+    orthogonal_root: str | None = _spec("a real corpus's word data: a Speech Commands "
+                                        "folder or a manifest with text", default=None)  # fmt: skip
     tap: tuple[str, ...] = _spec("tap(s) where at/cka act; several (comma-separated) sum the "
                                  "terms", TAPS, default=("conv2_1",))  # fmt: skip
     beta: float = _spec("weight of the at/cka term (applied once)", default=1.0)
@@ -167,16 +171,23 @@ class RunConfig:
         elif isinstance(tap, Sequence):
             tap = tuple(tap)
         object.__setattr__(self, "tap", tap)
-        if isinstance(self.root, os.PathLike):
-            object.__setattr__(self, "root", os.fspath(self.root))
-        if self.root == "":
-            raise ValueError("root='': expected a folder path, or None for synthemo")
+        for name in ("root", "orthogonal_root"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+            if getattr(self, name) == "":
+                raise ValueError(f"{name}='': expected a path, or None")
         for f in dataclasses.fields(self):
             validate_field(f.name, getattr(self, f.name))
         if self.uses_taps and not self.tap:
             raise ValueError(
                 f"tap=(): expected at least one of {', '.join(TAPS)} (method={self.method!r})"
             )
+        if self.orthogonal in PLACEBOS and self.uses_orthogonal and not self.uses_taps:
+            raise ValueError(f"orthogonal={self.orthogonal!r}: expected one of "
+                             f"{', '.join(ORTHOGONAL_TASKS)} for method={self.method!r} (the "
+                             "placebo networks are for at and cka)")  # fmt: skip
+        if self.orthogonal == "session" and self.uses_adversary:
+            raise ValueError("orthogonal='session': expected word or speaker for an adversary")
         if self.fold is not None and self.setup == "random":
             raise ValueError(f"fold={self.fold!r}: expected None (the random setup has no folds)")
         if self.fold is not None and self.corpus == "synthemo" and self.root is None:
@@ -217,10 +228,10 @@ class RunConfig:
 
     @property
     def probe_target(self) -> str:
-        """The orthogonal label the invariance probe decodes: the method's, else the
-        confounding factor's, else words."""
+        """The orthogonal label the invariance probe decodes: what the method removes (words for
+        a placebo, speakers for sessions), else the confounding factor's, else words."""
         if self.uses_orthogonal:
-            return self.orthogonal
+            return {"speaker": "speaker", "session": "speaker"}.get(self.orthogonal, "word")
         return self.factor if self.confounded else "word"
 
     @property
@@ -256,6 +267,11 @@ class RunConfig:
             profile=self.profile,
             profile_settings=config_key(PROFILES[self.profile]),  # editing a profile reruns
             split=self.split_options,
+            **(
+                {"orthogonal_root": str(Path(self.orthogonal_root).resolve())}
+                if self.orthogonal_root and self.uses_orthogonal
+                else {}
+            ),
             **extra,
         )
 
@@ -347,6 +363,7 @@ def _check_flag(name: str, value) -> None:
 
 _CHECKS = {
     "root": _check_root,
+    "orthogonal_root": _check_root,
     "tap": _check_taps,
     "beta": lambda n, v: check_number(n, v),
     "lam": lambda n, v: check_number(n, v),

@@ -24,7 +24,7 @@ import torch
 from qat import io, paths, resources, runs
 from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
-from qat.config import MODELS, ORTHOGONAL_TASKS, PROFILES, TAPS, RunConfig, check_choice
+from qat.config import MODELS, PROFILES, TAPS, RunConfig, check_choice
 from qat.data import corpora, splits, synth
 from qat.data.dataset import LabelSpace, Normalizer, SERDataset
 from qat.data.features import FeatureConfig, extract_features
@@ -308,18 +308,68 @@ def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = Tr
     return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
 
 
+def _word_corpus(root: str, progress: bool):
+    """A word corpus from the user's disk: a Speech Commands folder (one folder per word) or any
+    manifest with a text column."""
+    root = Path(root)
+    if root.is_dir() and not (root / "manifest.csv").exists():
+        return corpora.load_corpus("speechcommands", root)
+    return corpora.load_corpus("manifest", root)
+
+
+def _as_sessions(records) -> list:
+    """IEMOCAP records with the session (Ses01..Ses05) as their speaker: the published code's
+    "speaker" network was a session classifier."""
+    return [dataclasses.replace(r, speaker=r.speaker[:5]) for r in records]
+
+
+def _orthogonal_data(run: RunConfig, ser: Data | None, task: str, progress: bool):
+    """What the orthogonal network of `run` learns from: (records, setup, label, source)."""
+    p = PROFILES[run.profile]
+    synthemo = run.corpus == "synthemo" and run.root is None
+    if task == "word" and run.orthogonal_root is None and not synthemo:
+        raise ValueError(
+            f"orthogonal_root=None: a word network for corpus={run.corpus!r} needs words from "
+            "the user's data: a Speech Commands folder or a manifest with a text column"
+        )
+    if task == "word" and run.orthogonal_root is not None:
+        records = _word_corpus(run.orthogonal_root, progress)
+        root = str(Path(run.orthogonal_root).resolve())
+        return (
+            records,
+            p.get("orthogonal_setup", "random"),
+            "word",
+            {"corpus": records[0].corpus, "root": root, "digest": corpus_digest(records)},
+        )
+    if synthemo:  # the kit's neutral-prosody corpus, more speakers
+        records = load_orthogonal_records(run.profile, progress)
+        setup = p.get("orthogonal_setup", "random") if task == "word" else "random"
+        return records, setup, task, None
+    # The SER corpus's own training speakers (never the test fold's), or their sessions.
+    records = [ser.records[i] for i in ser.train.indices]
+    if task == "session":
+        if run.corpus != "iemocap":
+            raise ValueError(f"orthogonal='session': expected corpus='iemocap', got {run.corpus!r}")
+        records = _as_sessions(records)
+    source = {"corpus": run.corpus, "root": str(Path(run.root).resolve()),
+              "split": ser.split.digest(), "part": "train"}  # fmt: skip
+    return records, "random", "speaker", source
+
+
 def pretrain_orthogonal(
-    task="word", model="real", profile="cpu", seed=0, rhemo=None, progress=True
-):
-    """A word- or speaker-recognition VGG16 on the neutral-prosody corpus. The quaternion one
-    reads RH-emo embeddings, so it is tied to (and keyed by) that RH-emo's weights."""
-    check_choice("orthogonal", task, ORTHOGONAL_TASKS)
-    check_choice("model", model, MODELS)
-    p = PROFILES[profile]
-    records = load_orthogonal_records(profile, progress)
-    # Words are scored on held-out speakers when the profile says so; speakers cannot be.
-    setup = p.get("orthogonal_setup", "random") if task == "word" else "random"
-    data = prepare_data(records, setup, profile, seed, progress, target=task)
+    run: RunConfig, ser: Data | None = None, rhemo=None, progress: bool = True
+) -> torch.nn.Module:
+    """The frozen orthogonal network of a run: a word, speaker or (IEMOCAP) session classifier
+    VGG16; or a placebo of the same architecture, "random" (left at its initial weights) or
+    "shuffled" (trained on word labels shuffled across items). The quaternion one reads RH-emo
+    embeddings, so it is tied to (and keyed by) that RH-emo's weights. Its record says which
+    corpus, task and classes it used."""
+    model, profile, p = run.model, run.profile, PROFILES[run.profile]
+    task = "word" if run.orthogonal in ("random", "shuffled") else run.orthogonal
+    records, setup, label, source = _orthogonal_data(run, ser, task, progress)
+    data = prepare_data(records, setup, profile, 0, progress, target=label)
+    if run.orthogonal == "shuffled":
+        data = _shuffled(data, label)
     train, val, test = data.train, data.val, data.test
     rhemo_key = None
     if model == "quaternion":
@@ -329,31 +379,52 @@ def pretrain_orthogonal(
             )
         train, val, test = (embed(rhemo, d) for d in (train, val, test))
         rhemo_key = runs.config_key({k: v.tolist() for k, v in rhemo.state_dict().items()})
-    num_classes = len(getattr(data.label_space, f"{task}s"))
+    classes = list(getattr(data.label_space, f"{label}s"))
     in_channels = train.x.shape[1]
-    config = dict(
-        task=task,
-        model=model,
-        profile=profile,
-        profile_settings=runs.config_key(PROFILES[profile]),
-        seed=seed,
-        rhemo=rhemo_key,
-    )
 
     def build():
+        torch.manual_seed(0)  # the placebo's "initial weights" are a fixed draw
         return vgg16(
-            num_classes, in_channels=in_channels, quaternion=model == "quaternion", width=p["width"]
-        )
+            len(classes), in_channels=in_channels, quaternion=model == "quaternion",
+            width=p["width"],
+        )  # fmt: skip
+
+    if run.orthogonal == "random":
+        net = build().eval()
+        for param in net.parameters():
+            param.requires_grad_(False)
+        return net
+    config = dict(task=run.orthogonal, model=model, profile=profile,
+                  profile_settings=runs.config_key(p), seed=0, rhemo=rhemo_key)  # fmt: skip
+    if source is not None:
+        config["source"] = source
 
     def train_fn(net):
-        cfg = train_config(profile, seed, epochs=p["orthogonal_epochs"], target=task)
-        result = fit(net, train, val, cfg, progress=progress)
+        cfg = train_config(profile, 0, epochs=p["orthogonal_epochs"], target=label)
+        result = fit(net, train, val, cfg, progress=progress, name=f"{run.orthogonal} network")
         return {
             "history": result["history"],
-            "metrics": evaluate(net, test, target=task, num_classes=num_classes),
+            "metrics": evaluate(net, test, target=label, num_classes=len(classes)),
+            "source": {
+                "corpus": records[0].corpus,
+                "task": run.orthogonal,
+                "label": label,
+                "classes": classes,
+                "setup": setup,
+            },
         }
 
-    return _cached_network(f"orthogonal-{task}-{model}", config, build, train_fn)[0]
+    return _cached_network(f"orthogonal-{run.orthogonal}-{model}", config, build, train_fn)[0]
+
+
+def _shuffled(data: Data, label: str) -> Data:
+    """The same items with `label` permuted across the training, validation and test items (a
+    fixed permutation): a network trained on it learns nothing that generalises about words."""
+    rng = np.random.default_rng(0)
+    for part in (data.train, data.val, data.test):
+        values = part.labels[label].numpy()
+        part.labels[label] = torch.from_numpy(values[rng.permutation(len(values))])
+    return data
 
 
 # ---------------------------------------------------------------- SER runs
@@ -495,9 +566,7 @@ def train_ser(
             rhemo = pretrain_rhemo(config, data, progress)
             train, val, test = (embed(rhemo, d) for d in (train, val, test))
         if config.uses_taps or config.init_from_orthogonal:
-            orth_net = pretrain_orthogonal(
-                config.orthogonal, config.model, config.profile, 0, rhemo, progress
-            )
+            orth_net = pretrain_orthogonal(config, data, rhemo, progress)
     num_classes = len(data.label_space.emotions)
     torch.manual_seed(config.seed)
     net = vgg16(

@@ -73,11 +73,11 @@ def upstream(profile: str, pairs=PAIRS) -> None:
     from qat import experiments
 
     for task in ("word", "speaker"):
-        experiments.pretrain_orthogonal(task, "real", profile, 0, None, progress=True)
+        experiments.pretrain_orthogonal(RunConfig(profile=profile, orthogonal=task))
     for seed, fold in pairs:
         run = RunConfig(profile=profile, model="quaternion", seed=seed, fold=fold)
         rhemo = experiments.pretrain_rhemo(run)
-        experiments.pretrain_orthogonal("word", "quaternion", profile, 0, rhemo, progress=True)
+        experiments.pretrain_orthogonal(run, rhemo=rhemo)
 
 
 def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
