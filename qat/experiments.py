@@ -31,6 +31,7 @@ from qat.data.features import FeatureConfig, extract_features
 from qat.data.records import corpus_digest
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
+from qat.saved import model_path, save_model
 from qat.sweep import run_grid
 from qat.train import (
     Step,
@@ -122,6 +123,7 @@ class Data:
     test: SERDataset
     dropped_silent: int
     warnings: list[str]
+    normalizer: Normalizer | None = None
 
 
 MIN_TEST_PER_CLASS = 5  # below this a test class's recall moves in steps of 20 points or more
@@ -202,7 +204,8 @@ def prepare_data(
         SERDataset(x, kept, idx, label_space, normalizer) for idx in (train_idx, val_idx, test_idx)
     ]
     dropped = len(records) - len(kept)
-    return Data(kept, split, label_space, *datasets, dropped_silent=dropped, warnings=notes)
+    return Data(kept, split, label_space, *datasets, dropped_silent=dropped, warnings=notes,
+                normalizer=normalizer)  # fmt: skip
 
 
 RECIPE = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "device"}
@@ -615,6 +618,14 @@ def train_ser(
     train_time = time.perf_counter() - t_prepared
     test_metrics = evaluate(net, test, num_classes=num_classes)
     pred = np.asarray(test_metrics["predictions"])
+    model_file = model_path(key)
+    if rank == 0:  # the trained network, ready to predict (kept in the cache, not committed)
+        save_model(
+            model_file, net, feature_config=feature_config(config.profile),
+            model_config=dict(num_classes=num_classes, in_channels=train.x.shape[1],
+                              quaternion=config.model == "quaternion", width=p["width"]),
+            normalizer=data.normalizer, label_space=data.label_space, rhemo=rhemo, run=key,
+        )  # fmt: skip
 
     cost = {**step_cost(config, net, tcfg, anti_transfer, adversary, train, device),
             "train_time_s": train_time}  # fmt: skip
@@ -648,6 +659,7 @@ def train_ser(
         "best_epoch": result["best_epoch"],
         "resources": cost,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
+        "model": str(model_file),
         "dropped_silent": data.dropped_silent,
         "warnings": data.warnings,
         "code_version": runs.code_version(),

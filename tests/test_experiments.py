@@ -98,3 +98,19 @@ def test_a_relabelled_manifest_gets_a_new_record_and_a_moved_one_the_same(tmp_pa
     assert third["config"]["data_digest"] == second["config"]["data_digest"]
     assert third["config"]["root"] == str(moved.resolve())
     assert RunConfig(corpus="manifest", root="elsewhere").key_dict()["root"] == str(moved)
+
+
+@pytest.mark.parametrize("model", ["real", "quaternion"])
+def test_the_saved_model_predicts_what_the_run_recorded(model):
+    from qat import load_model
+    from qat.config import RunConfig
+
+    config = RunConfig(model=model, method="baseline", profile="smoke")
+    record = experiments.train_ser(config, progress=False)
+    predictor = load_model(record["model"])
+    data = experiments.run_data(config, progress=False)
+    files = [data.records[i].path for i in data.test.indices]
+    rows = predictor.predict_files(files)
+    assert all(row.error is None for row in rows)
+    predicted = [predictor.emotions.index(row.emotion) for row in rows]
+    assert predicted == record["metrics"]["predictions"]
