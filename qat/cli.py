@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report-only", action="store_true",
                       help="rebuild the page from the records without training")  # fmt: skip
 
+    rhemo = sub.add_parser(
+        "rhemo", help="pretrain RH-emo on a corpus's training split and save it for reuse "
+        "(train --rhemo PATH)",
+    )  # fmt: skip
+    add_config_arguments(rhemo, exclude=("model", "method", "orthogonal", "orthogonal_root",
+                                         "tap", "beta", "gram", "lam", "init_from_orthogonal",
+                                         "rhemo"))  # fmt: skip
+    rhemo.add_argument("--out", type=_nonempty_path, help="the file to write (must not exist)")
+
     inst = sub.add_parser(
         "instrument",
         help="the instrument's pilot (candidate recipes) or final (frozen cpu) baseline and "
@@ -231,6 +240,10 @@ def _dispatch(args) -> int:
         if not args.report_only:
             demonstration.run(jobs=args.jobs)
         print(demonstration.write_report())
+    elif args.command == "rhemo":
+        from qat.experiments import export_rhemo
+
+        print(export_rhemo(config_from_args(args, model="quaternion"), args.out))
     elif args.command == "instrument":
         from qat import instrument
 

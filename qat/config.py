@@ -143,6 +143,8 @@ class RunConfig:
                             (*ORTHOGONAL_TASKS, *PLACEBOS), default="word")  # fmt: skip
     orthogonal_root: str | None = _spec("a real corpus's word data: a Speech Commands "
                                         "folder or a manifest with text", default=None)  # fmt: skip
+    rhemo: str | None = _spec("quaternion: a frozen RH-emo file from `qat rhemo` to reuse "
+                              "(default: one trained on this split)", default=None)  # fmt: skip
     tap: tuple[str, ...] = _spec("tap(s) where at/cka act; several (comma-separated) sum the "
                                  "terms", TAPS, default=("conv2_1",))  # fmt: skip
     beta: float = _spec("weight of the at/cka term (applied once)", default=1.0)
@@ -302,6 +304,17 @@ class RunConfig:
         return cls(**kw)
 
 
+def _file_identity(path: str) -> dict:
+    """A file named in a key: its resolved path and content digest (a replaced file is a new
+    run)."""
+    from qat.data.records import file_digest
+
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"rhemo={path!r}: no such file; expected a `qat rhemo` file")
+    return {"path": str(resolved), "sha256": file_digest(resolved)}
+
+
 def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
     """The label of a normalised config dict (a record's "config")."""
     parts = []
@@ -364,6 +377,7 @@ def _check_flag(name: str, value) -> None:
 _CHECKS = {
     "root": _check_root,
     "orthogonal_root": _check_root,
+    "rhemo": _check_root,
     "tap": _check_taps,
     "beta": lambda n, v: check_number(n, v),
     "lam": lambda n, v: check_number(n, v),

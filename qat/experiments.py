@@ -31,7 +31,7 @@ from qat.data.features import FeatureConfig, extract_features
 from qat.data.records import corpus_digest
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_activations, probe_accuracy
-from qat.saved import model_path, save_model
+from qat.saved import load_rhemo, model_path, save_model, save_rhemo
 from qat.sweep import run_grid
 from qat.train import (
     Step,
@@ -359,6 +359,21 @@ def _orthogonal_data(run: RunConfig, ser: Data | None, task: str, progress: bool
     return records, "random", "speaker", source
 
 
+def export_rhemo(run: RunConfig, out: str | os.PathLike | None = None, progress=True) -> Path:
+    """Pretrain RH-emo on the training items of a corpus's split (e.g. IEMOCAP) and save it
+    frozen, with its feature config, for reuse on other corpora (`rhemo=PATH`). An existing
+    file is never overwritten."""
+    data = run_data(run, progress)
+    rhemo = pretrain_rhemo(run, data, progress)
+    key = rhemo_key(run)
+    out = Path(out) if out else paths.CACHE / "rhemo" / f"rhemo-{runs.config_key(key)}.pt"
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose another --out (files are never overwritten)")
+    source = {**key, "corpus": run.corpus, "emotions": list(data.label_space.emotions),
+              "split": data.split.digest(), "train_items": len(data.train.x)}  # fmt: skip
+    return save_rhemo(out, rhemo, feature_config=feature_config(run.profile), source=source)
+
+
 def pretrain_orthogonal(
     run: RunConfig, ser: Data | None = None, rhemo=None, progress: bool = True
 ) -> torch.nn.Module:
@@ -565,7 +580,9 @@ def train_ser(
         data = run_data(config, progress, corpus)
         train, val, test = data.train, data.val, data.test
         rhemo = orth_net = None
-        if config.model == "quaternion":
+        if config.model == "quaternion" and config.rhemo:
+            rhemo = load_rhemo(config.rhemo, feature_config(config.profile))[0]
+        elif config.model == "quaternion":
             rhemo = pretrain_rhemo(config, data, progress)
             train, val, test = (embed(rhemo, d) for d in (train, val, test))
         if config.uses_taps or config.init_from_orthogonal:

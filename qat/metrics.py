@@ -16,10 +16,15 @@ class may be missing from a fold:
 
 The numbers come from scikit-learn, always called with explicit ``labels`` so that these class
 sets, not sklearn's defaults, decide what is averaged; this module owns the input checks.
+
+Group metrics (the spurious-correlation literature's): a group is an integer id per item, e.g.
+(emotion, the emotion the confounding word or speaker was paired with in training). Only the
+groups present in ``groups`` enter: an absent group's accuracy is 0/0, as for UA's classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,3 +128,63 @@ def summary(y_true: Any, y_pred: Any, num_classes: int) -> dict[str, Any]:
         "confusion": _confusion(true, pred, num_classes).tolist(),
         "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
     }
+
+
+def _grouped(y_true: Any, y_pred: Any, groups: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate (y_true, y_pred, groups): labels as in ``_pair``, one group id >= 0 per item."""
+    true, pred = _pair(y_true, y_pred)
+    group = _as_labels(groups, "groups")
+    if group.shape != true.shape:
+        raise ValueError(
+            f"groups must hold one group id per item, got {group.size} for {true.size} items"
+        )
+    return true, pred, group
+
+
+def _group_accuracies(true: np.ndarray, pred: np.ndarray, group: np.ndarray) -> dict[int, float]:
+    hits = np.bincount(group, weights=(true == pred).astype(np.float64))
+    sizes = np.bincount(group)
+    return {int(g): float(hits[g] / sizes[g]) for g in np.flatnonzero(sizes)}
+
+
+def group_accuracies(y_true: Any, y_pred: Any, groups: Any) -> dict[int, float]:
+    """Accuracy within each group present in ``groups``, keyed by group id (ascending)."""
+    return _group_accuracies(*_grouped(y_true, y_pred, groups))
+
+
+def worst_group_accuracy(y_true: Any, y_pred: Any, groups: Any) -> float:
+    """The lowest accuracy of any present group (not the accuracy of the smallest group): the
+    figure a shortcut drives down, since the groups where the shortcut disagrees with the label
+    are the ones it gets wrong."""
+    return min(group_accuracies(y_true, y_pred, groups).values())
+
+
+def average_accuracy(
+    y_true: Any, y_pred: Any, groups: Any, train_shares: Sequence[float] | Mapping[int, float]
+) -> float:
+    """Per-group accuracy averaged with weights = the groups' shares in training.
+
+    This is the "average accuracy" of the spurious-correlation literature (Sagawa et al. 2020):
+    the accuracy expected on a test set drawn with the training distribution of groups, so it
+    is comparable across test sets whose group mix differs. ``train_shares`` is indexed by
+    group id (a sequence, or a mapping group id -> share); shares or raw counts both work, as
+    the weights are renormalised over the groups present in ``groups``.
+    """
+    true, pred, group = _grouped(y_true, y_pred, groups)
+    accuracies = _group_accuracies(true, pred, group)
+    shares = train_shares if isinstance(train_shares, Mapping) else dict(enumerate(train_shares))
+    missing = [g for g in accuracies if g not in shares]
+    if missing:
+        raise ValueError(
+            f"train_shares has no share for group(s) {missing}: it needs one for every group "
+            "present in groups"
+        )
+    weights = np.array([shares[g] for g in accuracies], dtype=np.float64)
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"train_shares must be finite and >= 0, got {weights.tolist()}")
+    if weights.sum() == 0:
+        raise ValueError(
+            f"train_shares gives every group present in groups ({list(accuracies)}) a share of "
+            "0: the average is undefined"
+        )
+    return float(np.dot(weights, list(accuracies.values())) / weights.sum())

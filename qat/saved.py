@@ -258,21 +258,21 @@ def _gist(err: BaseException, limit: int = 160) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, fmt: str = FORMAT, expected: str = EXPECTED) -> dict:
     if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist; expected {EXPECTED}")
+        raise FileNotFoundError(f"model file {path} does not exist; expected {expected}")
     if not path.is_file():
-        raise ValueError(f"model file {path} is a folder; expected {EXPECTED}")
+        raise ValueError(f"model file {path} is a folder; expected {expected}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch reports truncation, foreign pickles, ... in many types
         raise ValueError(
-            f"model file {path} cannot be read ({_gist(err)}): it is truncated, or not {EXPECTED}"
+            f"model file {path} cannot be read ({_gist(err)}): it is truncated, or not {expected}"
         ) from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise ValueError(
-            f"model file {path} is not a qat model (it holds no format entry {FORMAT!r}: a plain "
-            f"state dict, or another program's file?); expected {EXPECTED}"
+            f"{path} is not this kind of qat file (no format entry {fmt!r}: a plain state dict, "
+            f"or another program's file?); expected {expected}"
         )
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -312,3 +312,47 @@ def load_model(path: str | os.PathLike) -> Predictor:
     return Predictor(
         net, feature_config, normalizer, label_space, rhemo, payload.get("run"), path.resolve()
     )
+
+
+# ---------------------------------------------------------------- a reusable RH-emo
+
+RHEMO_FORMAT = "qat-rhemo"
+RHEMO_EXPECTED = "a file written by `qat rhemo`"
+
+
+def save_rhemo(path, rhemo: RHEmo, *, feature_config: FeatureConfig, source: dict) -> Path:
+    """A frozen RH-emo in one file, to be reused on other corpora with the same features (the
+    WASPAA paper pretrains it once, on IEMOCAP): weights, constructor settings, the feature
+    config it reads and where it was trained (`source`)."""
+    payload = {
+        "format": RHEMO_FORMAT, "format_version": FORMAT_VERSION,
+        "feature_version": FEATURE_VERSION, "features": dataclasses.asdict(feature_config),
+        "rhemo": {"config": rhemo_config(rhemo), "state_dict": _weights(rhemo)},
+        "source": source, "code_version": runs.code_version(),
+    }  # fmt: skip
+    return io.write_atomic(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def load_rhemo(path, feature_config: FeatureConfig | None = None) -> tuple[RHEmo, dict]:
+    """The frozen RH-emo of a `qat rhemo` file and where it was trained. With `feature_config`
+    (the run's), a file trained on other features is refused, naming both."""
+    path = Path(path)
+    payload = _read(path, RHEMO_FORMAT, RHEMO_EXPECTED)
+    if feature_config is not None and payload["features"] != dataclasses.asdict(feature_config):
+        theirs = {k: v for k, v in payload["features"].items()
+                  if dataclasses.asdict(feature_config).get(k) != v}  # fmt: skip
+        ours = {k: dataclasses.asdict(feature_config)[k] for k in theirs if
+                k in dataclasses.asdict(feature_config)}  # fmt: skip
+        raise ValueError(
+            f"rhemo={str(path)!r} reads features {theirs}; this run's profile computes {ours}. "
+            "Pretrain RH-emo with the same profile (qat rhemo --profile ...)"
+        )
+    try:
+        rhemo = RHEmo(**payload["rhemo"]["config"])
+        rhemo.load_state_dict(payload["rhemo"]["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"rhemo file {path} is damaged ({_gist(err)})") from err
+    rhemo.eval()
+    for p in rhemo.parameters():
+        p.requires_grad_(False)
+    return rhemo, payload["source"]

@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from qat.metrics import (
+    average_accuracy,
     confusion_matrix,
+    group_accuracies,
     macro_f1,
     summary,
     unweighted_accuracy,
     weighted_accuracy,
+    worst_group_accuracy,
 )
 
 # Hand case 1: three classes, all present.
@@ -160,3 +163,84 @@ def test_metrics_do_not_warn_about_absent_classes():
 def test_bad_labels_raise_clear_errors(y_true, y_pred, num_classes, match):
     with pytest.raises(ValueError, match=match):
         summary(y_true, y_pred, num_classes)
+
+
+# --- group metrics ---------------------------------------------------------------------------
+
+# Hand case: groups 0 (4 items), 2 (5 items), 5 (1 item); group 1, 3, 4 absent.
+#   group 0: true 0,0,1,1 pred 0,1,1,1 -> 3/4
+#   group 2: true 2,2,2,0,0 pred 2,0,0,0,1 -> 2/5 (the worst group, though not the smallest)
+#   group 5: true 1 pred 1 -> 1/1 (the smallest group, and the best)
+TRUE_G = [0, 0, 1, 1, 2, 2, 2, 0, 0, 1]
+PRED_G = [0, 1, 1, 1, 2, 0, 0, 0, 1, 1]
+GROUPS_G = [0, 0, 0, 0, 2, 2, 2, 2, 2, 5]
+
+
+def test_group_accuracies_hand_case():
+    assert group_accuracies(TRUE_G, PRED_G, GROUPS_G) == pytest.approx({0: 3 / 4, 2: 2 / 5, 5: 1.0})
+    assert list(group_accuracies(TRUE_G, PRED_G, GROUPS_G)) == [0, 2, 5]  # present ids, ascending
+
+
+def test_worst_group_accuracy_is_the_lowest_not_the_smallest_groups():
+    assert worst_group_accuracy(TRUE_G, PRED_G, GROUPS_G) == pytest.approx(2 / 5)
+    assert worst_group_accuracy(torch.tensor(TRUE_G), PRED_G, np.array(GROUPS_G)) == 0.4
+
+
+def test_average_accuracy_weights_groups_by_their_training_shares():
+    # training shares (by group id) 0.6, 0.1 (absent from test), 0.2, 0, 0, 0.1: over the groups
+    # present in the test set (0, 2, 5) the weights 0.6, 0.2, 0.1 are renormalised by 0.9
+    shares = [0.6, 0.1, 0.2, 0.0, 0.0, 0.1]
+    expected = (0.6 * 3 / 4 + 0.2 * 2 / 5 + 0.1 * 1.0) / 0.9
+    assert average_accuracy(TRUE_G, PRED_G, GROUPS_G, shares) == pytest.approx(expected)
+    # counts instead of shares, and a mapping instead of a sequence, give the same number
+    counts = {0: 600, 2: 200, 5: 100}
+    assert average_accuracy(TRUE_G, PRED_G, GROUPS_G, counts) == pytest.approx(expected)
+    # equal shares: the plain mean of the group accuracies, not the item accuracy (7/10)
+    assert average_accuracy(TRUE_G, PRED_G, GROUPS_G, [1] * 6) == pytest.approx(
+        (3 / 4 + 2 / 5 + 1) / 3
+    )
+
+
+def reference_group_metrics(y_true, y_pred, groups, shares):
+    """Per-group accuracy by a loop over items; the worst of them; their average weighted by
+    the training shares of the groups present."""
+    hits, sizes = {}, {}
+    for t, p, g in zip(y_true.tolist(), y_pred.tolist(), groups.tolist(), strict=True):
+        hits[g] = hits.get(g, 0) + (t == p)
+        sizes[g] = sizes.get(g, 0) + 1
+    accuracies = {g: hits[g] / sizes[g] for g in sorted(sizes)}
+    total = sum(shares[g] for g in accuracies)
+    average = sum(shares[g] * a for g, a in accuracies.items()) / total
+    return accuracies, min(accuracies.values()), average
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_group_metrics_agree_with_a_numpy_loop_on_random_inputs(seed):
+    rng = np.random.default_rng(seed)
+    n_groups, n = int(rng.integers(1, 26)), int(rng.integers(1, 200))
+    groups = rng.choice(rng.permutation(n_groups)[: max(1, n_groups - 3)], size=n)
+    y_true = rng.integers(0, 5, size=n)
+    y_pred = np.where(rng.random(n) < 0.6, y_true, rng.integers(0, 5, size=n))
+    shares = rng.dirichlet(np.ones(n_groups))
+    accuracies, worst, average = reference_group_metrics(y_true, y_pred, groups, shares)
+    assert group_accuracies(y_true, y_pred, groups) == pytest.approx(accuracies, rel=1e-12)
+    assert worst_group_accuracy(y_true, y_pred, groups) == pytest.approx(worst, rel=1e-12)
+    assert average_accuracy(y_true, y_pred, groups, shares) == pytest.approx(average, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("groups", "shares", "match"),
+    [
+        ([0, 1], [1, 1], "groups must hold one group id per item, got 2 for 3 items"),
+        ([0, -1, 1], [1, 1], "groups must hold class indices >= 0"),
+        ([0.0, 1.0, 1.0], [1, 1], "groups must hold integer"),
+        ([0, 1, 2], [1, 1], r"train_shares has no share for group\(s\) \[2\]"),
+        ([0, 1, 1], {0: 1.0}, r"train_shares has no share for group\(s\) \[1\]"),
+        ([0, 1, 1], [1, -1], "train_shares must be finite and >= 0"),
+        ([0, 1, 1], [1, float("nan")], "train_shares must be finite and >= 0"),
+        ([0, 1, 1], [0, 0, 5], "gives every group present in groups"),
+    ],
+)
+def test_group_metrics_reject_bad_inputs(groups, shares, match):
+    with pytest.raises(ValueError, match=match):
+        average_accuracy([0, 1, 1], [0, 1, 0], groups, shares)
