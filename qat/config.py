@@ -269,13 +269,19 @@ class RunConfig:
             profile=self.profile,
             profile_settings=config_key(PROFILES[self.profile]),  # editing a profile reruns
             split=self.split_options,
-            **(
-                {"orthogonal_root": str(Path(self.orthogonal_root).resolve())}
-                if self.orthogonal_root and self.uses_orthogonal
-                else {}
-            ),
+            **self._optional_keys(),
             **extra,
         )
+
+    def _optional_keys(self) -> dict:
+        """Settings added after the first records: in the key only when they are used, so
+        every earlier record keeps its key."""
+        out = {}
+        if self.orthogonal_root and self.uses_orthogonal:
+            out["orthogonal_root"] = str(Path(self.orthogonal_root).resolve())
+        if self.rhemo and self.model == "quaternion":
+            out["rhemo"] = _file_identity(self.rhemo)
+        return out
 
     def key(self) -> str:
         return config_key(self.key_dict())

@@ -584,6 +584,7 @@ def train_ser(
             rhemo = load_rhemo(config.rhemo, feature_config(config.profile))[0]
         elif config.model == "quaternion":
             rhemo = pretrain_rhemo(config, data, progress)
+        if rhemo is not None:
             train, val, test = (embed(rhemo, d) for d in (train, val, test))
         if config.uses_taps or config.init_from_orthogonal:
             orth_net = pretrain_orthogonal(config, data, rhemo, progress)

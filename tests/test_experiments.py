@@ -2,6 +2,7 @@
 quaternion models, and check that every run record holds every field."""
 
 import pytest
+import torch
 
 from qat import experiments, runs
 
@@ -114,3 +115,27 @@ def test_the_saved_model_predicts_what_the_run_recorded(model):
     assert all(row.error is None for row in rows)
     predicted = [predictor.emotions.index(row.emotion) for row in rows]
     assert predicted == record["metrics"]["predictions"]
+
+
+def test_an_exported_rhemo_is_reused_and_a_feature_mismatch_is_named(tmp_path):
+    from qat.config import PROFILES, RunConfig
+    from qat.saved import load_rhemo
+
+    run = RunConfig(model="quaternion", setup="random", profile="smoke")
+    path = experiments.export_rhemo(run, tmp_path / "rhemo.pt", progress=False)
+    with pytest.raises(FileExistsError, match=r"rhemo\.pt exists"):
+        experiments.export_rhemo(run, path, progress=False)
+    rhemo, source = load_rhemo(path)
+    assert source["corpus"] == "synthemo" and source["train_items"] > 0
+    record = experiments.train_ser(run.replace(rhemo=str(path), setup="confounded"),
+                                   progress=False)  # fmt: skip
+    assert record["config"]["rhemo"]["path"] == str(path.resolve())
+    reused = experiments.train_ser(run.replace(rhemo=str(path), setup="confounded"),
+                                   progress=False)  # fmt: skip
+    assert reused == record
+    other = dict(PROFILES["smoke"]["features"], n_mels=40)
+    from qat.data.features import FeatureConfig
+
+    with pytest.raises(ValueError, match="n_mels"):
+        load_rhemo(path, FeatureConfig(**other))
+    assert isinstance(rhemo, torch.nn.Module)
