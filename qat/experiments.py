@@ -30,7 +30,7 @@ from qat.data.dataset import LabelSpace, Normalizer, SERDataset
 from qat.data.features import FeatureConfig, extract_features
 from qat.data.records import corpus_digest
 from qat.models import VGG16_TAPS, RHEmo, vgg16
-from qat.probe import pooled_activations, probe_accuracy
+from qat.probe import pooled_at_taps, probe_accuracy
 from qat.saved import load_rhemo, model_path, save_model, save_rhemo
 from qat.sweep import run_grid
 from qat.train import (
@@ -500,12 +500,10 @@ def invariance_probes(
     speakers, which the test set does not share with training, the validation items), each
     at most `items` items (a fixed subsample: the probe is a measurement, not the run)."""
     train, held_out = subset(train, items, 1), subset(held_out, items, 2)
-    out = {}
-    for tap in taps:
-        a = pooled_activations(net, tap, train.x)
-        b = pooled_activations(net, tap, held_out.x)
-        out[tap] = probe_accuracy(a, train.labels[label].numpy(), b, held_out.labels[label].numpy())
-    return out
+    taps = list(taps)
+    fitted, scored = pooled_at_taps(net, taps, train.x), pooled_at_taps(net, taps, held_out.x)
+    y_fit, y_score = train.labels[label].numpy(), held_out.labels[label].numpy()
+    return {tap: probe_accuracy(fitted[tap], y_fit, scored[tap], y_score) for tap in taps}
 
 
 def _check_writable() -> None:

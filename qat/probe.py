@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
+from qat.antitransfer import capture
 from qat.progress import tqdm
 
 
@@ -69,6 +70,34 @@ def pooled_activations(
     return torch.cat(pooled).numpy()
 
 
+def pooled_at_taps(
+    model: nn.Module, taps: list[str], x: Tensor | np.ndarray, batch_size: int = 128
+) -> dict[str, np.ndarray]:
+    """{tap: (N, C) mean-pooled activations} for several taps from ONE forward per batch
+    (forward hooks), in eval mode under no_grad; the model's mode is restored afterwards.
+    The same values as `pooled_activations` tap by tap, at the cost of one pass."""
+    inputs = torch.as_tensor(x)
+    if inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"x must be a non-empty batch of inputs (N, ...), got shape {tuple(inputs.shape)}"
+        )
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    pooled: dict[str, list[Tensor]] = {tap: [] for tap in taps}
+    try:
+        with torch.no_grad():
+            for start in range(0, inputs.shape[0], batch_size):
+                batch = inputs[start : start + batch_size].to(parameter.device, parameter.dtype)
+                with capture(model, taps) as acts:
+                    model(batch)
+                for tap in taps:
+                    pooled[tap].append(_pool(acts[tap], tap).cpu())
+    finally:
+        model.train(was_training)
+    return {tap: torch.cat(parts).numpy() for tap, parts in pooled.items()}
+
+
 def _features_and_labels(feats: Any, labels: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     feats = np.asarray(feats, dtype=np.float64)
     labels = np.asarray(labels)
@@ -107,6 +136,10 @@ def probe_accuracy(
         )
     if np.unique(train_labels).size < 2:
         raise ValueError("train_labels must contain at least two classes to fit a probe")
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    # tol 1e-3 and 300 iterations: a probe's accuracy settles long before lbfgs's defaults
+    # (2000 iterations cost 50 s on 512 penultimate features x 40 words, for the same score).
+    probe = make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=300, tol=1e-3, random_state=seed)
+    )
     probe.fit(train_feats, train_labels)
     return float(np.mean(probe.predict(test_feats) == test_labels))

@@ -92,3 +92,19 @@ def test_pooled_activations_rejects_bad_arguments():
         pooled_activations(model, "conv9_9", x)
     with pytest.raises(ValueError, match="non-empty batch"):
         pooled_activations(model, "conv1_1", torch.zeros(0, 1, 32, 32))
+
+
+def test_all_taps_in_one_pass_equal_the_taps_one_by_one():
+    from qat.probe import pooled_at_taps
+
+    torch.manual_seed(0)
+    for quaternion, channels in ((False, 1), (True, 4)):
+        net = vgg16(3, in_channels=channels, quaternion=quaternion, width=1 / 16).train()
+        x = torch.randn(10, channels, 32, 32)
+        taps = ["conv1_2", "conv3_1", "conv5_3", "penultimate"]
+        together = pooled_at_taps(net, taps, x, batch_size=4)
+        assert net.training  # mode restored
+        for tap in taps:
+            np.testing.assert_allclose(
+                together[tap], pooled_activations(net, tap, x), rtol=1e-5, atol=1e-6
+            )
