@@ -24,9 +24,25 @@ from qat.models import PENULTIMATE, VGG16_TAPS
 from qat.runs import config_key
 
 MODELS = ("real", "quaternion")
-METHODS = ("baseline", "at", "cka", "dann", "cdann")
+METHODS = ("baseline", "at", "cka", "dann", "cdann", "reweight", "subsample", "groupdro", "jtt",
+           "dfr")  # fmt: skip
 TAP_METHODS = ("at", "cka")  # methods that act at taps, with weight beta
 ADVERSARY_METHODS = ("dann", "cdann")  # methods with an adversary of weight lam
+GROUP_METHODS = ("reweight", "subsample", "groupdro", "dfr")  # need the confound's groups
+# What each method uses beyond the emotion labels (the robustness literature's "information
+# regime"): comparisons across regimes are labelled as such.
+REGIMES = {
+    "baseline": "emotion labels only",
+    "jtt": "emotion labels only (no group labels in training)",
+    "at": "a separate orthogonal corpus (a frozen word or speaker network)",
+    "cka": "a separate orthogonal corpus (a frozen word or speaker network)",
+    "dann": "the confound's labels (word or speaker) in training",
+    "cdann": "the confound's labels (word or speaker) in training",
+    "reweight": "group labels in training",
+    "subsample": "group labels in training",
+    "groupdro": "group labels in training",
+    "dfr": "a group-balanced held-out set (group labels there, not in training)",
+}
 ORTHOGONAL_TASKS = ("word", "speaker", "session")  # session: IEMOCAP, as the published code
 PLACEBOS = ("random", "shuffled")  # at/cka from a network that knows nothing of words
 GRAMS = ("sample", "batch")
@@ -153,6 +169,13 @@ class RunConfig:
     lam: float = _spec("peak weight of the dann/cdann adversary", default=1.0)
     init_from_orthogonal: bool = _spec("start from the orthogonal network's weights",
                                        default=False)  # fmt: skip
+    eta: float = _spec("groupdro: step size of the group weights", default=0.01)
+    group_adjustment: float = _spec("groupdro: C of the group adjustment C/sqrt(n_g) (0: off)",
+                                    default=0.0)  # fmt: skip
+    weight_decay: float | None = _spec("decoupled weight decay (default: the profile's); "
+                                       "GroupDRO pairs with strong L2", default=None)  # fmt: skip
+    jtt_epochs: int = _spec("jtt: epochs T of the first (ERM) stage", default=2)
+    lambda_up: float = _spec("jtt: weight of the items the first stage got wrong", default=6.0)
     rho: float = _spec("confounded setups: share of congruent training items", default=0.9)
     factor: str = _spec("confounded setups: the factor tied to emotion in training", FACTORS,
                         default="word")  # fmt: skip
@@ -188,6 +211,12 @@ class RunConfig:
             raise ValueError(f"orthogonal={self.orthogonal!r}: expected one of "
                              f"{', '.join(ORTHOGONAL_TASKS)} for method={self.method!r} (the "
                              "placebo networks are for at and cka)")  # fmt: skip
+        if self.method in GROUP_METHODS and not self.confounded:
+            raise ValueError(
+                f"method={self.method!r}: expected a setup with the confound's groups "
+                f"(confounded or unconfounded), got setup={self.setup!r}; the kit knows groups "
+                "only on SynthEmo's confounded splits"
+            )
         if self.orthogonal == "session" and self.uses_adversary:
             raise ValueError("orthogonal='session': expected word or speaker for an adversary")
         if self.fold is not None and self.setup == "random":
@@ -281,6 +310,12 @@ class RunConfig:
             out["orthogonal_root"] = str(Path(self.orthogonal_root).resolve())
         if self.rhemo and self.model == "quaternion":
             out["rhemo"] = _file_identity(self.rhemo)
+        if self.method == "groupdro":
+            out.update(eta=self.eta, group_adjustment=self.group_adjustment)
+        if self.method == "jtt":
+            out.update(jtt_epochs=self.jtt_epochs, lambda_up=self.lambda_up)
+        if self.weight_decay is not None:
+            out["weight_decay"] = self.weight_decay
         return out
 
     def key(self) -> str:
@@ -351,6 +386,10 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
         parts.append(f"λ={config['lam']:g}")
     if config.get("init_from_orthogonal"):
         parts.append("+init")
+    for key, name in (("eta", "η"), ("group_adjustment", "C"), ("jtt_epochs", "T"),
+                      ("lambda_up", "λup"), ("weight_decay", "wd")):  # fmt: skip
+        if config.get(key):
+            parts.append(f"{name}={config[key]:g}")
     if config.get("seed") and "seed" not in without:
         parts.append(f"seed {config['seed']}")
     return " ".join(parts)
@@ -381,6 +420,7 @@ def _check_flag(name: str, value) -> None:
 
 
 _CHECKS = {
+    "profile": lambda n, v: check_choice(n, v, PROFILES),
     "root": _check_root,
     "orthogonal_root": _check_root,
     "rhemo": _check_root,
@@ -388,6 +428,11 @@ _CHECKS = {
     "beta": lambda n, v: check_number(n, v),
     "lam": lambda n, v: check_number(n, v),
     "rho": lambda n, v: check_number(n, v, 0.0, 1.0),
+    "eta": lambda n, v: check_number(n, v, 0.0, 1e3, open_low=True),
+    "group_adjustment": lambda n, v: check_number(n, v),
+    "weight_decay": lambda n, v: None if v is None else check_number(n, v),
+    "jtt_epochs": lambda n, v: check_number(n, v, 1, 10**4, integer=True),
+    "lambda_up": lambda n, v: check_number(n, v, 1.0, 1e6),
     "seed": lambda n, v: check_number(n, v, 0, MAX_SEED, integer=True),
     "fold": lambda n, v: None if v is None else check_number(n, v, 0, 10**6, integer=True),
     "init_from_orthogonal": _check_flag,

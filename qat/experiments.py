@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qat import io, paths, resources, runs
+from qat import io, paths, resources, robust, runs
 from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
-from qat.config import MODELS, PROFILES, TAPS, RunConfig, check_choice
+from qat.config import MODELS, PROFILES, REGIMES, TAPS, RunConfig, check_choice
 from qat.data import corpora, splits, synth
 from qat.data.dataset import LabelSpace, Normalizer, SERDataset
 from qat.data.features import FeatureConfig, extract_features
 from qat.data.records import corpus_digest
 from qat.models import VGG16_TAPS, RHEmo, vgg16
 from qat.probe import pooled_at_taps, probe_accuracy
-from qat.saved import load_rhemo, model_path, save_model, save_rhemo
+from qat.saved import load_model, load_rhemo, model_path, save_model, save_rhemo
 from qat.sweep import run_grid
 from qat.train import (
     Step,
@@ -40,6 +40,7 @@ from qat.train import (
     fit,
     fit_rhemo,
     make_optimizer,
+    predict,
     rank_and_world,
 )
 
@@ -124,6 +125,7 @@ class Data:
     dropped_silent: int
     warnings: list[str]
     normalizer: Normalizer | None = None
+    x: np.ndarray | None = None  # the kept items' raw features (e.g. for DFR's held-out set)
 
 
 MIN_TEST_PER_CLASS = 5  # below this a test class's recall moves in steps of 20 points or more
@@ -205,7 +207,7 @@ def prepare_data(
     ]
     dropped = len(records) - len(kept)
     return Data(kept, split, label_space, *datasets, dropped_silent=dropped, warnings=notes,
-                normalizer=normalizer)  # fmt: skip
+                normalizer=normalizer, x=x)  # fmt: skip
 
 
 RECIPE = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "device"}
@@ -517,6 +519,132 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message names the checkpoint a rerun resumes from."""
 
 
+def attach_groups(data: Data) -> None:
+    """Each item's group, (emotion, the emotion its word or speaker was paired with in
+    training), as the label "group" of the training, validation and test sets."""
+    emotions = data.label_space.emotions
+    for part in (data.train, data.val, data.test):
+        ids = data.split.groups(data.records, part.indices, emotions)
+        part.labels[robust.GROUP_LABEL] = torch.from_numpy(ids)
+
+
+def group_metrics(data: Data, test: SERDataset, pred: np.ndarray) -> dict:
+    """Per-group and worst-group test accuracy, and the accuracy averaged with the training
+    group shares (the spurious-correlation literature's "average accuracy")."""
+    from qat import metrics
+
+    n = len(data.label_space.emotions) ** 2
+    y, groups = test.labels["emotion"].numpy(), test.labels[robust.GROUP_LABEL].numpy()
+    shares = np.bincount(data.train.labels[robust.GROUP_LABEL].numpy(), minlength=n)
+    return {
+        "n_groups": n,
+        "per_group": {str(g): a for g, a in metrics.group_accuracies(y, pred, groups).items()},
+        "worst_group": metrics.worst_group_accuracy(y, pred, groups),
+        "average": metrics.average_accuracy(y, pred, groups, shares / shares.sum()),
+        "train_counts": shares.tolist(),
+    }
+
+
+def _take(dataset: SERDataset, positions: np.ndarray) -> SERDataset:
+    """The items of a dataset at `positions` (positions within the dataset)."""
+    keep = torch.as_tensor(np.asarray(positions))
+    out = with_inputs(dataset, dataset.x[keep])
+    out.labels = {k: v[keep] for k, v in dataset.labels.items()}
+    out.indices = np.asarray(dataset.indices)[keep.numpy()]
+    return out
+
+
+def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, name):
+    """(training set, objective, what the record says) of the group methods and JTT."""
+    groups = train.labels[robust.GROUP_LABEL].numpy()
+    n_groups = len(data.label_space.emotions) ** 2
+    by_position = np.zeros(len(data.records))
+    if config.method == "subsample":
+        keep = robust.balanced_subsample(groups, config.seed)
+        return _take(train, keep), None, {"train_items": len(keep)}
+    if config.method == "reweight":
+        by_position[train.indices] = robust.group_weights(groups, n_groups)
+        return train, robust.ReweightObjective(by_position), {}
+    if config.method == "groupdro":
+        counts = np.bincount(groups, minlength=n_groups)
+        if config.group_adjustment:
+            dro = robust.GroupDRO(n_groups, config.eta, config.group_adjustment, counts)
+        else:
+            dro = robust.GroupDRO(n_groups, config.eta)
+        return train, dro, {}
+    # JTT: ERM for T epochs, then train afresh with the items it got wrong upweighted.
+    torch.manual_seed(config.seed)
+    first = vgg16(
+        len(data.label_space.emotions),
+        in_channels=train.x.shape[1],
+        quaternion=config.model == "quaternion",
+        width=PROFILES[config.profile]["width"],
+    )
+    stage1 = dataclasses.replace(tcfg, epochs=config.jtt_epochs, selection="final")
+    fit(first, train, val, stage1, progress=progress, name=f"{name} (JTT stage 1)")
+    wrong = (predict(first, train.x).argmax(1) != train.labels["emotion"]).numpy()
+    by_position[train.indices] = robust.jtt_upweights(wrong, config.lambda_up)
+    torch.manual_seed(config.seed)
+    return train, robust.ReweightObjective(by_position), {"upweighted": int(wrong.sum())}
+
+
+DFR_PER_GROUP = 200  # held-out items per group fed to DFR (it balances them itself)
+DFR_REFITS = 10
+
+
+def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dict]:
+    """DFR: the same-seed baseline's network with its last layer refitted on a group-balanced
+    held-out set (training-speaker items the split did not use, and the validation items), as
+    an L1 logistic regression folded back into the classifier. Returns (the baseline's
+    history, what the record says)."""
+    base = train_ser(config.replace(method="baseline"), progress=progress)
+    net.load_state_dict(load_model(base["model"]).net.state_dict())
+    # The split keeps every congruent training item, so the unused items are all incongruent;
+    # the validation items (never trained on) supply the congruent groups.
+    pool = np.concatenate([data.split.unused_indices(data.records), data.val.indices])
+    groups = data.split.groups(data.records, pool, data.label_space.emotions)
+    rng = np.random.default_rng(config.seed)
+    chosen = np.concatenate(
+        [rng.permutation(pool[groups == g])[:DFR_PER_GROUP] for g in np.unique(groups)]
+    )
+    held = SERDataset(data.x, data.records, np.sort(chosen), data.label_space, data.normalizer)
+    if rhemo is not None:
+        held = embed(rhemo, held)
+    features = pooled_at_taps(net, ["penultimate"], held.x)["penultimate"]
+    emotions = data.label_space.emotions
+    refit = robust.dfr(
+        features,
+        held.labels["emotion"].numpy(),
+        data.split.groups(data.records, held.indices, emotions),
+        n_refits=DFR_REFITS,
+        seed=config.seed,
+        n_groups=len(emotions) ** 2,
+    )
+    _fold_into_classifier(net, refit, len(emotions))
+    info = {
+        "baseline": base["config"],
+        "held_out_items": len(held.x),
+        "C": refit.C,
+        "validation_worst_group": {str(c): v for c, v in refit.validation_scores.items()},
+    }
+    return {"history": base["history"], "best_epoch": base["best_epoch"]}, info
+
+
+def _fold_into_classifier(net, refit, num_classes: int) -> None:
+    """Write a standardised linear model (coef, intercept over (x - mean) / scale) into the
+    network's last linear layer, so the network itself predicts what the refit predicts."""
+    coef = refit.coef / refit.scale
+    bias = refit.intercept - coef @ refit.mean
+    if len(coef) == 1 and num_classes == 2:  # scikit-learn's binary form: one row, class 1
+        coef, bias = np.vstack([np.zeros_like(coef[0]), coef[0]]), np.array([0.0, bias[0]])
+    weight = np.zeros((num_classes, coef.shape[1]))
+    full_bias = np.full(num_classes, -1e9)  # a class absent from the held-out set: never
+    weight[refit.classes], full_bias[refit.classes] = coef, bias
+    with torch.no_grad():
+        net.head.classifier.weight.copy_(torch.as_tensor(weight))
+        net.head.classifier.bias.copy_(torch.as_tensor(full_bias))
+
+
 def step_cost(config: RunConfig, net, tcfg, anti_transfer, adversary, train, device) -> dict:
     """Cost of one training step of this configuration (parameters, FLOPs, peak memory, time),
     measured on a copy of the network (which stays as trained). The cost does not depend on the
@@ -576,6 +704,8 @@ def train_ser(
 
     with _rank_zero_first():
         data = run_data(config, progress, corpus)
+        if config.confounded:
+            attach_groups(data)
         train, val, test = data.train, data.val, data.test
         rhemo = orth_net = None
         if config.model == "quaternion" and config.rhemo:
@@ -595,7 +725,8 @@ def train_ser(
         width=p["width"],
     )
 
-    anti_transfer = adversary = None
+    anti_transfer = adversary = objective = None
+    method_info: dict = {"information": REGIMES[config.method]}
     if config.init_from_orthogonal:
         init_from(net, orth_net)
     if config.uses_taps:
@@ -613,19 +744,28 @@ def train_ser(
             hidden, num_domains, num_classes=num_classes if config.method == "cdann" else None
         )
 
+    overrides = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
     tcfg = train_config(
         config.profile, config.seed, beta=config.beta, adversary_lambda=config.lam,
-        adversary_target=config.orthogonal,
+        adversary_target=config.orthogonal, **overrides,
     )  # fmt: skip
     ckpt = paths.CACHE / "checkpoints" / f"ser-{runs.config_key(key)}.ckpt"
     io.ensure_folder(ckpt.parent, "checkpoint")
     monitor = subset(test, p["monitor_items"]) if p.get("monitor_items") else None
     t_prepared = time.perf_counter()
     try:
-        result = fit(
-            net, train, val, tcfg, anti_transfer=anti_transfer, adversary=adversary,
-            monitor=monitor, checkpoint=ckpt, progress=progress, name=name,
-        )  # fmt: skip
+        if config.method == "dfr":
+            result, method_info["dfr"] = _dfr(config, data, net, rhemo, progress)
+        else:
+            if config.method in ("reweight", "subsample", "groupdro", "jtt"):
+                train, objective, method_info[config.method] = _group_objective(
+                    config, data, train, val, tcfg, progress, name
+                )
+            result = fit(
+                net, train, val, tcfg, anti_transfer=anti_transfer, adversary=adversary,
+                objective=objective, monitor=monitor, checkpoint=ckpt, progress=progress,
+                name=name,
+            )  # fmt: skip
     except KeyboardInterrupt:
         saved = f"checkpoint {ckpt}" if ckpt.exists() else "no checkpoint yet (first epoch)"
         raise Interrupted(
@@ -674,6 +814,8 @@ def train_ser(
         "history": result["history"],
         "best_epoch": result["best_epoch"],
         "resources": cost,
+        "groups": group_metrics(data, test, pred) if config.confounded else {},
+        "method": method_info,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
         "model": str(model_file),
         "dropped_silent": data.dropped_silent,

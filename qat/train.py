@@ -259,6 +259,13 @@ def fit(
     schedule = make_schedule(optimizer, config, total_steps)
     ema = _ema(model, config)
     step_fn = Step(model, optimizer, config, anti_transfer, adversary, objective)
+    stateful = objective if isinstance(objective, torch.nn.Module) else None  # e.g. GroupDRO
+    parts = (
+        (adversary, "adversary"),
+        (schedule, "schedule"),
+        (ema, "ema"),
+        (stateful, "objective"),
+    )
     keys = torch.as_tensor(np.asarray(train.indices), dtype=torch.long)
 
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0}
@@ -268,7 +275,7 @@ def fit(
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        for part, key in ((adversary, "adversary"), (schedule, "schedule"), (ema, "ema")):
+        for part, key in parts:
             if part is not None:
                 part.load_state_dict(saved[key])
         state = saved["state"]
@@ -344,7 +351,7 @@ def fit(
                 "state": {**state, "best_weights": best_weights if early_stopping else None},
                 "config": asdict(config),
             }
-            for part, key in ((adversary, "adversary"), (schedule, "schedule"), (ema, "ema")):
+            for part, key in parts:
                 if part is not None:
                     saved[key] = part.state_dict()
             io.write_atomic(ckpt_path, lambda tmp, saved=saved: torch.save(saved, tmp))
