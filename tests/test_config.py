@@ -223,3 +223,18 @@ def test_cycle_detector_sees_imports_inside_functions(tmp_path):
 def test_records_reload_json_identically():
     path = COMMITTED[0]
     assert runs.load_record(path) == json.loads(path.read_text())
+
+
+def test_ctrl_c_during_qat_train_prints_one_line_naming_the_checkpoint(monkeypatch, capsys):
+    from qat import experiments
+
+    def interrupted(*args, **kwargs):
+        checkpoint = kwargs["checkpoint"]
+        checkpoint.write_bytes(b"a resume point")  # as after one epoch
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "fit", interrupted)
+    assert cli.main(["train", "--profile", "smoke", "--seed", "7"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
+    assert err.startswith("qat: interrupted: [confounded] real baseline seed 7")
+    assert "checkpoint " in err and ".ckpt" in err and "resumes" in err
