@@ -155,8 +155,9 @@ def test_cli_rejects_an_empty_path(capsys):
 
 def test_cli_reaches_every_train_ser_setting():
     parser = cli.build_parser()
-    args = parser.parse_args(["train", "--rho", "0.95", "--init-from-orthogonal", "--method",
-                              "cka", "--tap", "conv3_1,penultimate", "--factor", "speaker"])  # fmt: skip
+    argv = ["train", "--rho", "0.95", "--init-from-orthogonal", "--method", "cka",
+            "--tap", "conv3_1,penultimate", "--factor", "speaker"]  # fmt: skip
+    args = parser.parse_args(argv)
     c = cli.config_from_args(args)
     assert (c.rho, c.init_from_orthogonal, c.tap, c.factor) == (
         0.95, True, ("conv3_1", "penultimate"), "speaker",
@@ -202,7 +203,7 @@ def test_no_qat_module_imports_another_in_a_cycle():
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == "open":
-                cycle = stack[stack.index(n) :] + [n]
+                cycle = [*stack[stack.index(n) :], n]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n)
