@@ -37,8 +37,8 @@ PENULTIMATE = "penultimate"
 
 # Gram rows (and CKA kernels) whose norm is below this count as zero: a dead channel (all-zero
 # Gram row) then contributes a cosine of 0 instead of 0/0 = NaN, and its gradient is 0. The AT
-# paths normalise the activations first (below), so there the threshold is relative to the
-# item's (or batch's) largest activation and does not depend on the activations' scale.
+# paths normalise each item's Gram (the batch's, for gram="batch" and CKA) to a largest entry
+# near 1 first, so there the threshold is relative and does not depend on the scale.
 _EPS = 1e-12
 # CKA: a batch whose centred activations are this close to zero, relative to the activations
 # themselves (in units of the compute dtype's epsilon), has no variation to compare: what is
@@ -85,6 +85,34 @@ def _pow2_scale(peak: Tensor) -> Tensor:
     return torch.exp2(-exponent - 1)
 
 
+def _peak(rows: Tensor) -> Tensor:
+    """max |x| along the last dim (keepdim), in two reductions without an abs() copy."""
+    return torch.maximum(rows.amax(dim=-1, keepdim=True), -rows.amin(dim=-1, keepdim=True))
+
+
+# A Gram (or CKA kernel) product is exact to float32 rounding when its largest diagonal
+# entry (the largest squared norm it sums) is finite and at least 2^-80: no partial sum
+# overflowed and no product that matters fell below float32's normal range (2^-126). That is
+# the case for activations between about 1e-12 and 1e17, and then the product is formed from
+# the activations as they are and normalised afterwards, on the small (C, C) or (B, B)
+# result: no copy of the activation, no pass over it. Otherwise (extreme scales) it is
+# recomputed from activations divided by a power of two near their largest value.
+_SMALLEST_ACCURATE = 2.0**-80
+
+
+def _diagonal_peak(square: Tensor) -> Tensor:
+    """The largest diagonal entry of each (..., N, N) matrix, shaped (..., 1, 1)."""
+    diagonal = square.detach().diagonal(dim1=-2, dim2=-1)
+    return diagonal.amax(dim=-1, keepdim=True).unsqueeze(-1)
+
+
+def _accurate(peak: Tensor) -> bool:
+    """Whether products whose largest diagonal entries are `peak` can be trusted (see above);
+    an all-zero item is exact."""
+    ok = torch.isfinite(peak) & ((peak == 0) | (peak >= _SMALLEST_ACCURATE))
+    return bool(ok.all())
+
+
 def _require_items(what: str, **tensors: Tensor) -> None:
     """An AT value needs at least one item with at least one element: say which is empty."""
     for name, tensor in tensors.items():
@@ -101,43 +129,50 @@ def _require_items(what: str, **tensors: Tensor) -> None:
             )
 
 
-def _unit_rows(rows: Tensor) -> Tensor:
-    """Scale each row (last dim) to unit length; rows of norm below _EPS become zero.
+def _normalised(square: Tensor) -> Tensor:
+    """Each (..., N, N) Gram or kernel divided by a power of two near its largest diagonal
+    entry (a Gram's largest entry), so that its entries are at most 1 in magnitude: the row
+    directions are unchanged and no norm of a row can overflow or underflow. A Gram already
+    normalised so is returned as it is (all its scales are exactly 1)."""
+    scale = _pow2_scale(_diagonal_peak(square))
+    return square if bool((scale == 1).all()) else square * scale
 
-    Each row is first divided by a power of two near its largest entry, so squaring cannot
-    overflow (rows of 1e20) or underflow (rows of 1e-20) in any dtype. The scale is detached:
-    the unit vector does not depend on it, so the gradient is exact.
-    """
-    scale = _pow2_scale(rows.detach().abs().amax(dim=-1, keepdim=True))
-    scaled = rows * scale  # entries in [-1, 1], the largest at least 0.5 in a non-zero row
-    squared = (scaled * scaled).sum(dim=-1, keepdim=True)  # >= 0.25 unless the row is 0
-    dead = squared.sqrt() < _EPS * scale  # the row's true norm is below _EPS
-    unit = scaled * torch.rsqrt(squared.clamp_min(0.25))
-    return unit.masked_fill(dead, 0.0)
+
+def _inverse_norms(rows: Tensor) -> Tensor:
+    """1 / the norm of each row (last dim) of a normalised Gram (entries at most about 1), and
+    0 for rows of norm below _EPS: they have no direction and count as a cosine of 0."""
+    norm = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
+    return torch.where(norm < _EPS, torch.zeros_like(norm), 1 / norm.clamp_min(_EPS))
 
 
 class _ScaledGram(torch.autograd.Function):
-    """G = (s F)(s F)^T / positions for F of shape (..., N, positions), computed in a given dtype.
+    """G = post * (pre F)(pre F)^T for F of shape (..., N, P), computed in post's dtype.
 
-    ``scale`` (broadcastable to (..., 1, 1), no gradient) is the normalisation. A custom
-    function so that only F itself (alive anyway: the tap activation) is saved for backward,
-    not a scaled or float32 copy of it, which would add a tap activation's size to the step's
-    peak memory: the backward recomputes s F.
+    ``pre`` (None, or broadcastable to (..., 1, 1)) scales the activation before the product,
+    ``post`` (broadcastable to (..., 1, 1)) the Gram after it; neither gets a gradient. A
+    custom function so that only F itself (alive anyway: it is the tap activation) is saved
+    for backward, never a scaled or float32 copy, and the backward makes one product,
+    (dG + dG^T) F, where autograd's would make two.
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, scale: Tensor, positions: int) -> Tensor:
-        scaled = flat.to(scale.dtype) * scale
-        ctx.save_for_backward(flat, scale)
-        ctx.positions = positions
-        return (scaled @ scaled.transpose(-1, -2)).div_(positions)
+    def forward(ctx, flat: Tensor, pre: Tensor | None, post: Tensor) -> Tensor:
+        x = flat.to(post.dtype)
+        if pre is not None:
+            x = x * pre
+        ctx.save_for_backward(flat, pre, post)
+        return (x @ x.transpose(-1, -2)).mul_(post)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        flat, scale = ctx.saved_tensors
-        scaled = flat.to(scale.dtype) * scale
-        grad_scaled = ((grad + grad.transpose(-1, -2)) @ scaled).div_(ctx.positions)
-        return (grad_scaled * scale).to(flat.dtype), None, None
+        flat, pre, post = ctx.saved_tensors
+        x = flat.to(post.dtype)
+        if pre is not None:
+            x = x * pre
+        grad_x = ((grad + grad.transpose(-1, -2)) * post) @ x
+        if pre is not None:
+            grad_x = grad_x * pre
+        return grad_x.to(flat.dtype), None, None
 
 
 def gram_matrix(act: Tensor, mode: str = "sample", normalize: bool = False) -> Tensor:
@@ -147,29 +182,34 @@ def gram_matrix(act: Tensor, mode: str = "sample", normalize: bool = False) -> T
     activation reshaped to (B*C, H*W) first, as in the published code. (B, D) features are
     treated as (B, D, 1, 1). Computed in float32 (float64 for float64 input).
 
-    ``normalize=True`` first divides each item's activation (sample) or the whole batch's
-    (batch) by a power of two near its largest absolute value: the Gram rows keep their
+    ``normalize=True`` divides each item's Gram (sample) or the whole batch's (batch) by a
+    power of two near its largest diagonal entry; for activations of extreme scale (where
+    the product itself would overflow or underflow float32) the activation is divided by a
+    power of two near its largest value before the product instead. The Gram rows keep their
     directions, so every cosine is unchanged, but the entries lie in [-1, 1] whatever the
-    activations' scale (no overflow at 1e20, no underflow at 1e-20, float16 inputs included).
-    The AT terms use this form.
+    activations' scale (1e20, 1e-20, float16 inputs included). The AT terms use this form.
     """
     _check_choice(mode, "gram", GRAM_MODES)
     act = _as_4d(act, "act")
-    batch, channels, height, width = act.shape
     _require_items("gram_matrix", act=act)
+    batch, channels, height, width = act.shape
     positions = height * width
     dtype = _compute_dtype(act)
-    if mode == "sample":
-        flat = act.reshape(batch, channels, positions)
-        peak = flat.detach().abs().amax(dim=(1, 2), keepdim=True)
-    else:
-        flat = act.reshape(batch * channels, positions)
-        peak = flat.detach().abs().amax().reshape(1, 1)
-    if normalize:
-        scale = _pow2_scale(peak.to(dtype))
-    else:
-        scale = torch.ones_like(peak, dtype=dtype)
-    return _ScaledGram.apply(flat, scale, positions)
+    rows = batch if mode == "sample" else 1  # the items normalised separately
+    flat = (
+        act.reshape(batch, channels, positions) if mode == "sample" else act.reshape(-1, positions)
+    )
+    inverse_positions = torch.full(
+        (1,) * flat.ndim, 1.0 / positions, dtype=dtype, device=act.device
+    )
+    gram = _ScaledGram.apply(flat, None, inverse_positions)
+    if not normalize:
+        return gram
+    peak = _diagonal_peak(gram)  # the largest mean square of a channel: >= max|act|^2 / (H*W)
+    if _accurate(peak):
+        return gram * _pow2_scale(peak)
+    peak = _peak(act.detach().reshape(rows, -1).to(dtype)).reshape((-1,) + (1,) * (flat.ndim - 1))
+    return _ScaledGram.apply(flat, _pow2_scale(peak), inverse_positions)
 
 
 def cos2_from_grams(g_cur: Tensor, g_pre: Tensor) -> Tensor:
@@ -177,8 +217,9 @@ def cos2_from_grams(g_cur: Tensor, g_pre: Tensor) -> Tensor:
 
     Takes Grams rather than activations so that the frozen side's per-sample Grams can be
     cached. Rows are the last dimension; every row of every item counts once in the mean.
-    Computed in float32 (float64 for float64 input), with each row normalised before it is
-    squared, so any finite Grams give a value in [0, 1].
+    Computed in float32 (float64 for float64 input), each item's Gram divided by a power of
+    two near its largest diagonal entry first, so the value of any finite Grams lies in [0, 1]
+    and does not depend on their scale (the row norms cannot overflow or underflow).
     """
     if g_cur.shape != g_pre.shape:
         raise ValueError(
@@ -187,23 +228,46 @@ def cos2_from_grams(g_cur: Tensor, g_pre: Tensor) -> Tensor:
         )
     _require_items("cos2_from_grams", current=g_cur, pretrained=g_pre)
     dtype = torch.promote_types(_compute_dtype(g_cur), _compute_dtype(g_pre))
-    cosine = (_unit_rows(g_cur.to(dtype)) * _unit_rows(g_pre.to(dtype))).sum(dim=-1)
-    return cosine.abs().mean() ** 2
+    current, pretrained = _normalised(g_cur.to(dtype)), _normalised(g_pre.to(dtype))
+    # cos = <u, v> / (|u| |v|), as one product of the rows and two (B, C, 1) factors.
+    cosine = (current * pretrained).sum(dim=-1, keepdim=True)
+    return (cosine * _inverse_norms(current) * _inverse_norms(pretrained)).abs().mean() ** 2
 
 
-def _centred(features: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(B, D) features centred over the batch and normalised by one power of two (CKA is
-    invariant to a common scale, not to per-item scales), and whether any variation is left.
+def _norm(vector: Tensor) -> Tensor:
+    """The Euclidean norm of a whole tensor, without overflow or underflow in the squares."""
+    scale = _pow2_scale(_peak(vector.reshape(1, -1))).squeeze()
+    return torch.linalg.vector_norm(vector * scale) / scale
 
-    Scaling before centring keeps the mean's sum finite for any input; scaling again after
-    it brings small variations around a large offset to unit range before the kernel product.
+
+def _kernel(features: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The linear kernel K = X X^T of (B, D) features centred over the batch, divided by a
+    power of two near its largest entry (CKA is invariant to a common scale of X, not to
+    per-item scales), and whether the batch varies at all.
+
+    The centring and the product use the features as they are, and only K (B x B) is
+    rescaled, unless the product over- or underflowed (see _accurate): then the features are
+    scaled before centring (so the mean's sum stays finite) and again after it (so that
+    small variations around a large offset reach unit range before the product).
     """
     x = features.to(dtype)
-    x = x * _pow2_scale(x.detach().abs().amax())
+    mean = x.mean(dim=0, keepdim=True)
+    centred = x - mean
+    kernel = centred @ centred.T
+    peak = _diagonal_peak(kernel)  # the largest squared norm of a centred item
+    if _accurate(peak):
+        # The largest centred item against the size of the items themselves (at most
+        # ||mean|| + that): what the mean's rounding leaves behind is no signal.
+        spread = peak.sqrt().squeeze()
+        varies = spread > _CKA_ROUNDING * torch.finfo(dtype).eps * (_norm(mean.detach()) + spread)
+        return kernel * _pow2_scale(peak), varies
+    raw_peak = _peak(x.detach().reshape(1, -1))
+    x = x * _pow2_scale(raw_peak)
     x = x - x.mean(dim=0, keepdim=True)
-    peak = x.detach().abs().amax()
-    varies = peak > _CKA_ROUNDING * torch.finfo(dtype).eps
-    return x * _pow2_scale(peak), varies
+    centred_peak = _peak(x.detach().reshape(1, -1))
+    varies = (centred_peak > _CKA_ROUNDING * torch.finfo(dtype).eps).squeeze()
+    x = x * _pow2_scale(centred_peak)
+    return _normalised(x @ x.T), varies
 
 
 def _linear_cka(current: Tensor, pretrained: Tensor) -> Tensor:
@@ -212,8 +276,8 @@ def _linear_cka(current: Tensor, pretrained: Tensor) -> Tensor:
     With column-centred X (B, Dx) and Y (B, Dy): K = X X^T, L = Y Y^T and
     CKA = <K, L>_F / (||K||_F ||L||_F). A batch of one item (or of identical items) has no
     variance to compare and gives 0 (no signal) rather than NaN. X and Y are normalised
-    before the kernel products and computed in float32 (float64 for float64 input), so the
-    value does not depend on the activations' scale.
+    before (or, in the safe range, right after) the kernel products and computed in float32
+    (float64 for float64 input), so the value does not depend on the activations' scale.
     """
     _require_items("cka", current=current, pretrained=pretrained)
     if current.shape[0] != pretrained.shape[0]:
@@ -222,11 +286,11 @@ def _linear_cka(current: Tensor, pretrained: Tensor) -> Tensor:
             f"pretrained {pretrained.shape[0]}"
         )
     dtype = torch.promote_types(_compute_dtype(current), _compute_dtype(pretrained))
-    x, x_varies = _centred(current.reshape(current.shape[0], -1), dtype)
-    y, y_varies = _centred(pretrained.reshape(pretrained.shape[0], -1), dtype)
-    k = _unit_rows((x @ x.T).reshape(1, -1))
-    ell = _unit_rows((y @ y.T).reshape(1, -1))
-    return (k * ell).sum() * (x_varies & y_varies)
+    k, k_varies = _kernel(current.reshape(current.shape[0], -1), dtype)
+    ell, ell_varies = _kernel(pretrained.reshape(pretrained.shape[0], -1), dtype)
+    k, ell = k.reshape(1, -1), ell.reshape(1, -1)
+    cka = (k * ell).sum() * _inverse_norms(k) * _inverse_norms(ell)
+    return cka.squeeze() * (k_varies & ell_varies)
 
 
 _DIM_NAMES = {2: ("B", "D"), 4: ("B", "C", "H", "W")}
@@ -262,7 +326,12 @@ def at_loss(
     Both distances lie in [0, 1] and equal 1 for identical inputs; minimising them pushes
     the trained network's representation away from the orthogonal one. ``gram`` is used by
     ``distance="cos2"`` only. For cos2 the shapes must match; for cka only the batch size
-    must (channel counts and spatial sizes may differ).
+    must (channel counts and spatial sizes may differ). An empty batch is a ValueError.
+
+    Computed in float32 (float64 for float64 inputs) whatever the activations' dtype, with
+    each Gram (or CKA kernel) normalised by a power of two, so float16 activations under mixed
+    precision and activations of any scale (1e-20 to 1e20) give the value of the formula;
+    the result is float32 (float64 for float64 inputs).
     """
     _check_choice(gram, "gram", GRAM_MODES)
     _check_choice(distance, "distance", DISTANCES)

@@ -174,6 +174,9 @@ class RunConfig:
                                     default=0.0)  # fmt: skip
     weight_decay: float | None = _spec("decoupled weight decay (default: the profile's); "
                                        "GroupDRO pairs with strong L2", default=None)  # fmt: skip
+    selection: str | None = _spec("which weights a run keeps: default the profile's rule; "
+                                  "worst_group: the best worst-group validation accuracy",
+                                  ("worst_group",), default=None)  # fmt: skip
     jtt_epochs: int = _spec("jtt: epochs T of the first (ERM) stage", default=2)
     lambda_up: float = _spec("jtt: weight of the items the first stage got wrong", default=6.0)
     rho: float = _spec("confounded setups: share of congruent training items", default=0.9)
@@ -211,11 +214,13 @@ class RunConfig:
             raise ValueError(f"orthogonal={self.orthogonal!r}: expected one of "
                              f"{', '.join(ORTHOGONAL_TASKS)} for method={self.method!r} (the "
                              "placebo networks are for at and cka)")  # fmt: skip
-        if self.method in GROUP_METHODS and not self.confounded:
+        needs_groups = [f"method={self.method!r}"] if self.method in GROUP_METHODS else []
+        needs_groups += [f"selection={self.selection!r}"] if self.selection else []
+        if needs_groups and not self.confounded:
             raise ValueError(
-                f"method={self.method!r}: expected a setup with the confound's groups "
-                f"(confounded or unconfounded), got setup={self.setup!r}; the kit knows groups "
-                "only on SynthEmo's confounded splits"
+                f"{needs_groups[0]}: expected a setup with the confound's groups (confounded or "
+                f"unconfounded), got setup={self.setup!r}; the kit knows groups only on "
+                "SynthEmo's confounded splits"
             )
         if self.orthogonal == "session" and self.uses_adversary:
             raise ValueError("orthogonal='session': expected word or speaker for an adversary")
@@ -316,6 +321,8 @@ class RunConfig:
             out.update(jtt_epochs=self.jtt_epochs, lambda_up=self.lambda_up)
         if self.weight_decay is not None:
             out["weight_decay"] = self.weight_decay
+        if self.selection is not None:
+            out["selection"] = self.selection
         return out
 
     def key(self) -> str:
@@ -431,6 +438,7 @@ _CHECKS = {
     "eta": lambda n, v: check_number(n, v, 0.0, 1e3, open_low=True),
     "group_adjustment": lambda n, v: check_number(n, v),
     "weight_decay": lambda n, v: None if v is None else check_number(n, v),
+    "selection": lambda n, v: None if v is None else check_choice(n, v, ("worst_group",)),
     "jtt_epochs": lambda n, v: check_number(n, v, 1, 10**4, integer=True),
     "lambda_up": lambda n, v: check_number(n, v, 1.0, 1e6),
     "seed": lambda n, v: check_number(n, v, 0, MAX_SEED, integer=True),

@@ -745,6 +745,12 @@ def train_ser(
         )
 
     overrides = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
+    if config.selection is not None:
+        overrides["selection"] = config.selection
+    method_info["selection"] = (
+        "worst-group validation accuracy" if config.selection == "worst_group"
+        else f"the instrument's rule ({PROFILES[config.profile].get('selection', 'best_val_loss')})"
+    )  # fmt: skip
     tcfg = train_config(
         config.profile, config.seed, beta=config.beta, adversary_lambda=config.lam,
         adversary_target=config.orthogonal, **overrides,

@@ -32,7 +32,9 @@ from qat.progress import tqdm
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "onecycle")
-SELECTIONS = ("best_val_loss", "final", "ema")
+# The weights kept: best validation loss (early stopping), the last epoch's, an EMA of the
+# weights, or the best worst-group validation accuracy (needs "group" labels on val).
+SELECTIONS = ("best_val_loss", "final", "ema", "worst_group")
 
 
 @dataclass
@@ -217,6 +219,12 @@ def _scores(model, data, target: str) -> tuple[float, float]:
     return loss, metrics.unweighted_accuracy(y.numpy(), logits.argmax(1).numpy())
 
 
+def _worst_group(model, data, target: str) -> float:
+    pred = predict(model, data.x).argmax(1).numpy()
+    return metrics.worst_group_accuracy(data.labels[target].numpy(), pred,
+                                        data.labels["group"].numpy())  # fmt: skip
+
+
 def fit(
     model: torch.nn.Module,
     train,
@@ -283,7 +291,9 @@ def fit(
     best_weights = best_weights or copy.deepcopy(model.state_dict())
 
     prefix = f"{name}: " if name else ""
-    early_stopping = config.selection == "best_val_loss"
+    early_stopping = config.selection in ("best_val_loss", "worst_group")
+    if config.selection == "worst_group" and "group" not in val.labels:
+        raise ValueError("selection='worst_group': the validation set has no group labels")
     for epoch in range(state["epoch"], config.epochs):
         if early_stopping and state["bad_epochs"] >= config.patience:
             break
@@ -331,15 +341,18 @@ def fit(
         record = {"epoch": epoch + 1, "train_loss": sums.pop("task") / len(batches)}
         record.update({k: v / len(batches) for k, v in sums.items()})
         record.update(val_loss=val_loss, val_ua=val_ua)
+        if "group" in val.labels:
+            record["val_worst_group"] = _worst_group(selected, val, config.target)
         if schedule is not None:
             record["lr"] = schedule.get_last_lr()[0]
         if monitor is not None:  # for analysis only: never used to select anything
             record["test_loss"], record["test_ua"] = _scores(selected, monitor, config.target)
         state["history"].append(record)
+        score = -record["val_worst_group"] if config.selection == "worst_group" else val_loss
         if not early_stopping:
             state.update(best_val=val_loss, best_epoch=epoch + 1)
-        elif val_loss < state["best_val"]:
-            state.update(best_val=val_loss, best_epoch=epoch + 1, bad_epochs=0)
+        elif score < state["best_val"]:
+            state.update(best_val=score, best_epoch=epoch + 1, bad_epochs=0)
             best_weights = copy.deepcopy(model.state_dict())
         else:
             state["bad_epochs"] += 1

@@ -56,6 +56,29 @@ def write_text_as_wav(path: str | os.PathLike) -> Path:
     return path
 
 
+def write_link(link: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """A symbolic link at `link` pointing to `target` as given (relative targets are relative
+    to the link's folder, as with `ln -s`): a duplicate of a file, a dangling link (missing
+    target) or a loop (a link to itself)."""
+    link = Path(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link)
+    return link
+
+
+# Where each tree corpus keeps its audio, one of its fixture files there, another name that
+# follows the corpus's naming convention (for a duplicate made by a link), and a name the
+# loader would take for one of its subfolders: (audio folder, file, free name, subfolder).
+LINK_SITES = {
+    "emodb": ("wav", "03a01Fa.wav", "09a01Fa.wav", None),
+    "ravdess": ("Actor_01", "03-01-01-01-01-01-01.wav", "03-01-01-01-02-02-01.wav", "Actor_30"),
+    "tess": ("OAF_angry", "OAF_back_angry.wav", "OAF_dog_angry.wav", "OAF_calm"),
+    "emovo": ("f1", "dis-f1-b1.wav", "dis-f1-b2.wav", "f9"),
+    "savee": ("AudioData/DC", "a01.wav", "a09.wav", "AudioData/ZZ"),
+    "speechcommands": ("yes", "0a7c2a8d_nohash_0.wav", "0a7c2a8d_nohash_7.wav", "maybe"),
+}
+
+
 def write_strays(folder: str | os.PathLike) -> None:
     """Files every loader must ignore: docs, Finder metadata, a macOS resource-fork twin."""
     folder = Path(folder)

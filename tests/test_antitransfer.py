@@ -199,6 +199,129 @@ def test_dead_channels_and_single_items_give_finite_values_and_gradients(distanc
     assert torch.isfinite(single)
 
 
+# ------------------------------------------------------- numerics: dtype, scale, empty batch
+
+HALF_TYPES = [torch.float16, torch.bfloat16]
+
+
+def _reference(current, pretrained, distance, gram):
+    if distance == "cka":
+        return _reference_cka(current, pretrained)
+    return _reference_cos2(current, pretrained, gram)
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("scale", [1.0, 20.0, 300.0])
+def test_half_precision_activations_are_computed_in_float32(distance, gram, dtype, scale):
+    """Under mixed precision the taps are float16: their Gram products overflowed float16
+    (AT of a with itself came out 0.0, or NaN at larger values)."""
+    a = (scale * _randn(4, 16, 8, 8, seed=50).relu()).to(dtype)
+    b = (scale * _randn(4, 16, 8, 8, seed=51)).to(dtype)
+    same = at_loss(a, a, gram=gram, distance=distance)
+    assert same.dtype == torch.float32
+    assert same.item() == pytest.approx(1.0, abs=1e-5)
+    # Against the float64 reference of the very same (rounded) half values.
+    got = at_loss(a, b, gram=gram, distance=distance).item()
+    assert got == pytest.approx(_reference(a, b, distance, gram), rel=1e-4)
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+def test_half_precision_gradients_are_finite_and_match_float32(distance, gram):
+    a = (100 * _randn(3, 8, 6, 6, seed=52).relu()).half().requires_grad_()
+    b = (100 * _randn(3, 8, 6, 6, seed=53)).half()
+    at_loss(a, b, gram=gram, distance=distance).backward()
+    a32 = a.detach().float().requires_grad_()
+    at_loss(a32, b.float(), gram=gram, distance=distance).backward()
+    assert a.grad.dtype == torch.float16 and torch.isfinite(a.grad).all()
+    torch.testing.assert_close(a.grad.float(), a32.grad, rtol=1e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+@pytest.mark.parametrize("scale", [1e10, 1e20, 1e-10, 1e-20, 1e30])
+def test_float32_values_do_not_depend_on_extreme_scales(distance, gram, scale):
+    """cos2 and CKA are scale-invariant; in float32 the products used to overflow (1e10 gave
+    0.0, 1e20 NaN) or underflow (1e-10 gave 3e-33)."""
+    a, b = _randn(4, 6, 5, 5, seed=54).relu(), _randn(4, 6, 5, 5, seed=55)
+    expected = _reference(a, b, distance, gram)  # float64, unscaled
+    for current, pretrained in ((scale * a, scale * b), (scale * a, b), (a, scale * b)):
+        got = at_loss(current, pretrained, gram=gram, distance=distance).item()
+        assert got == pytest.approx(expected, rel=1e-5)
+    assert at_loss(scale * a, scale * a, gram=gram, distance=distance).item() == pytest.approx(
+        1.0, abs=1e-5
+    )
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+def test_scaling_by_a_power_of_two_changes_no_bit(distance, gram):
+    a, b = _randn(4, 6, 5, 5, seed=56), _randn(4, 6, 5, 5, seed=57)
+    base = at_loss(a, b, gram=gram, distance=distance)
+    for k in (-30, 1, 40):
+        scaled = at_loss(a * 2.0**k, b * 2.0 ** (-k // 2), gram=gram, distance=distance)
+        assert scaled.item() == base.item()
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+@pytest.mark.parametrize("scale", [1e10, 1e-10, 1e20, 1e-20])
+def test_gradients_follow_the_chain_rule_at_extreme_scales(distance, gram, scale):
+    """d/da AT(s a, b) = d/da AT(a, b), since AT(s a, b) = AT(a, b) for every s > 0."""
+    a = _randn(3, 4, 4, 4, seed=58).requires_grad_()
+    b = _randn(3, 4, 4, 4, seed=59)
+    at_loss(a, b, gram=gram, distance=distance).backward()
+    plain = a.grad.clone()
+    a.grad = None
+    at_loss(scale * a, b, gram=gram, distance=distance).backward()
+    torch.testing.assert_close(a.grad, plain, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+@pytest.mark.parametrize("shape", [(0, 8, 4, 4), (0, 7)])
+def test_an_empty_batch_is_a_clear_error(distance, gram, shape):
+    """An empty batch used to give NaN (cos2) or an internal reshape error (cka)."""
+    empty = torch.zeros(shape)
+    with pytest.raises(ValueError, match=r"at_loss needs a non-empty batch, got batch size 0"):
+        at_loss(empty, empty, gram=gram, distance=distance)
+
+
+def test_empty_inputs_are_clear_errors_everywhere():
+    a = _randn(2, 8, 4, 4)
+    with pytest.raises(ValueError, match=r"pretrained of shape \(2, 0, 4, 4\) has no elements"):
+        at_loss(a, _randn(2, 0, 4, 4), distance="cka")
+    with pytest.raises(ValueError, match="cos2_from_grams needs a non-empty batch"):
+        cos2_from_grams(torch.zeros(0, 8, 8), torch.zeros(0, 8, 8))
+    with pytest.raises(ValueError, match="gram_matrix needs a non-empty batch"):
+        gram_matrix(a[:0])
+    model = TinyNet(seed=1).eval()
+    for distance in ("cos2", "cka"):
+        at = AntiTransfer(TinyNet(seed=2), "conv1_1", distance=distance, cache_budget_mb=1)
+        with at.capture(model) as captured:
+            model(_randn(0, 1, 8, 8))
+        with pytest.raises(ValueError, match="term at tap 'conv1_1' needs a non-empty batch"):
+            at.term(captured, _randn(0, 1, 8, 8), keys=torch.arange(0))
+        with pytest.raises(ValueError, match="targets needs a non-empty batch"):
+            at.targets(_randn(0, 1, 8, 8), keys=torch.arange(0))
+
+
+def test_cka_of_identical_items_is_zero_not_rounding_noise():
+    """Centring a batch of identical items leaves only the mean's rounding error; normalising
+    it would turn noise into a random CKA value."""
+    item = 3.7 * _randn(1, 5, 3, 3, seed=60) + 1.3
+    same = item.expand(6, -1, -1, -1)
+    other = _randn(6, 5, 3, 3, seed=61)
+    assert at_loss(same, other, distance="cka").item() == 0.0
+    assert at_loss(other, same, distance="cka").item() == 0.0
+
+
+def test_gram_matrix_normalize_keeps_row_directions_and_bounds_entries():
+    a = 1e20 * _randn(3, 5, 4, 4, seed=62)
+    for mode in ("sample", "batch"):
+        scaled = gram_matrix(a, mode, normalize=True)
+        assert torch.isfinite(scaled).all() and scaled.abs().max() <= 1.0
+        exact = gram_matrix(a.double(), mode)  # float64 holds the true Gram of 1e20 values
+        cos = torch.nn.functional.cosine_similarity(scaled.double(), exact, dim=-1)
+        torch.testing.assert_close(cos, torch.ones_like(cos), rtol=0, atol=1e-6)
+
+
 def test_at_loss_rejects_bad_arguments_with_clear_messages():
     a = _randn(2, 8, 4, 4)
     with pytest.raises(ValueError, match=r"gram must be one of \['sample', 'batch'\], got 'x'"):
@@ -477,3 +600,17 @@ def test_check_compatible_rejects_real_orthogonal_for_quaternion_vgg16():
     AntiTransfer(quaternion, "conv2_1").check_compatible(
         vgg16(num_classes=3, in_channels=4, quaternion=True, width=1 / 16)
     )
+
+
+@pytest.mark.parametrize("pre", [None, 0.25])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (6, 5)])
+def test_gram_function_gradients_match_finite_differences(pre, shape):
+    """The Gram's hand-written backward, with and without the pre-product scaling used at
+    extreme scales (float64, so every path can be checked with finite differences)."""
+    from qat.antitransfer import _ScaledGram
+
+    flat = _randn(*shape, seed=63, dtype=torch.float64).requires_grad_()
+    dims = (1,) * len(shape)
+    post = torch.full(dims, 0.2, dtype=torch.float64)
+    scale = None if pre is None else torch.full(dims, pre, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: _ScaledGram.apply(f, scale, post), (flat,))

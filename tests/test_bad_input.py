@@ -1,19 +1,23 @@
-"""Bad inputs: every case of qat.robustness.CASES is handled (converted, with a note) or
+"""Bad inputs: every case of tests/bad_input_cases.py is handled (converted, with a note) or
 rejected with a message naming the file or parameter and what is expected. The harness itself
-is checked too, so that a crash, a wrong conversion or a vague message cannot pass unseen.
+is checked too, so that a crash, a wrong conversion or a vague message cannot pass unseen, and
+so is scripts/robustness_report.py, which writes the same cases to reports/robustness.md.
 No training happens here."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
+import bad_input_cases
 import numpy as np
 import pytest
 import soundfile as sf
-
-from qat import robustness
-from qat.robustness import (
+from bad_input_cases import (
     CASES,
     CRASHED,
     HANDLED,
@@ -22,11 +26,23 @@ from qat.robustness import (
     Case,
     WrongResult,
     check_signal,
-    render,
+    reference_at,
     run_case,
     verdict,
-    write_report,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "robustness_report.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("robustness_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load_script()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
@@ -54,6 +70,11 @@ def test_the_table_covers_every_input_the_issue_lists():
         "manifest-duplicate-path", "tree-strays",
         "train-tap-unknown", "train-beta-negative", "train-corpus-unknown", "train-setup",
         "train-model", "train-profile", "at-tap-unknown", "at-gram", "at-distance",
+        # the second hardening round: numerics, strict manifests, links in corpus trees
+        "at-float16-self", "at-scaled-1e10", "at-scaled-1e20", "at-scaled-1e-10",
+        "at-empty-batch-cos2", "at-empty-batch-cka", "manifest-duplicate-column",
+        "manifest-unquoted-comma", "manifest-nul", "manifest-unterminated-quote",
+        "tree-symlink-duplicate", "tree-dangling-link", "tree-looping-link",
     }  # fmt: skip
     assert required <= set(names), sorted(required - set(names))
     for case in CASES:
@@ -151,20 +172,50 @@ def test_a_wrong_conversion_is_reported_as_wrong(tmp_path, monkeypatch, name, br
 
 
 def test_train_ser_cases_stop_before_any_data_work(tmp_path, monkeypatch):
-    """A valid configuration reaches the stub, not SynthEmo synthesis or training."""
+    """Parameters that pass validation reach the stop, never SynthEmo synthesis or training:
+    the outcome is a crash ("parameters accepted"), not a rejection, so such a case fails."""
     from qat import experiments
 
     def fail(*args, **kwargs):
-        raise AssertionError("training started")
+        raise AssertionError("data preparation or training started")
 
-    monkeypatch.setattr(experiments, "fit", fail)
-    monkeypatch.setattr(experiments, "extract_features", fail)
+    for name in ("prepare_data", "load_records", "fit", "extract_features"):
+        monkeypatch.setattr(experiments, name, fail)
     outcome, message = run_case(
-        _case(lambda folder: robustness._train_ser(folder, method="at", tap="conv2_1", beta=0.5)),
+        _case(
+            lambda folder: bad_input_cases._train_ser(
+                folder, method="at", tap="conv2_1", beta=0.5, seed=987654
+            )
+        ),
         tmp_path,
     )
-    assert outcome == HANDLED and message.startswith("parameters accepted"), message
-    assert not (tmp_path / "runs").exists()
+    assert outcome == CRASHED, message
+    assert message.startswith("DataStepReached: parameters accepted"), message
+
+
+def test_reference_at_is_the_published_formula():
+    """The numpy reference the numerics cases compare with: identical inputs give 1, and a
+    hand-computed 1-item, 2-channel, 2-position example its value."""
+    a = bad_input_cases._activations(0)
+    for distance, gram in bad_input_cases.AT_MODES:
+        assert reference_at(a, a, distance, gram) == pytest.approx(1.0, abs=1e-12)
+    # Rows of G(F) = [[1, 1], [1, 2]] / 2 and G(P) = [[1, 0], [0, 1]] / 2 (per 2 positions):
+    # |cos| = 1/sqrt(2) and 2/sqrt(5); AT = (mean)^2.
+    f = np.array([[[[1.0, 0.0]], [[1.0, 1.0]]]])
+    p = np.array([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    expected = ((1 / math.sqrt(2) + 2 / math.sqrt(5)) / 2) ** 2
+    assert reference_at(f, p, "cos2", "sample") == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_wrong_at_value_is_reported_as_wrong(tmp_path, monkeypatch):
+    """If at_loss were off (here: the old float32 overflow, 0 at 1e10), the case must fail."""
+    import qat.antitransfer as antitransfer
+
+    real = antitransfer.at_loss
+    monkeypatch.setattr(antitransfer, "at_loss", lambda a, b, **kw: 0 * real(a, b, **kw))
+    case = next(c for c in CASES if c.name == "at-scaled-1e10")
+    outcome, message = run_case(case, tmp_path)
+    assert outcome == WRONG, message
 
 
 # -------------------------------------------------------------------------------- report
@@ -181,7 +232,7 @@ def _results():
 
 
 def test_report_has_one_row_per_case_flags_surprises_and_escapes_pipes():
-    text = render(_results())
+    text = report.render(_results())
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 3 + 2  # three cases, two table headers (audio, train_ser)
     assert "## audio" in text and "## train_ser" in text
@@ -192,25 +243,48 @@ def test_report_has_one_row_per_case_flags_surprises_and_escapes_pipes():
     assert "| **handled**: expected rejected |" in text
     assert "| **rejected**: message lacks ['x'] |" in text
     assert "pipe \\| in input" in text and "beta='1' \\| y" in text
+    assert "`python scripts/robustness_report.py`" in text
 
 
-def test_report_is_written_atomically(tmp_path, monkeypatch):
-    path = write_report(_results(), tmp_path / "reports" / "robustness.md")
-    assert path.read_text() == render(_results())
+def test_report_keeps_the_previous_file_when_rendering_fails(tmp_path, monkeypatch):
+    path = report.write_report(_results(), tmp_path / "reports" / "robustness.md")
+    assert path.read_text() == report.render(_results())
 
     def broken(results):
         raise RuntimeError("interrupted while rendering")
 
-    monkeypatch.setattr(robustness, "render", broken)
+    monkeypatch.setattr(report, "render", broken)
     path.write_text("previous report")
     with pytest.raises(RuntimeError):
-        write_report(_results(), path)
+        report.write_report(_results(), path)
     assert path.read_text() == "previous report"
     assert [p.name for p in path.parent.iterdir()] == ["robustness.md"]
 
 
+def test_the_script_runs_the_cases_and_writes_the_report(tmp_path):
+    out = tmp_path / "robustness.md"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--only", "manifest-nul", "at-tap-none"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "2 cases: 0 handled, 2 rejected, 0 crashed, 0 wrong." in text
+    assert "Every case behaves as expected." in text
+    assert "NUL byte" in text and "## manifest" in text and "## AntiTransfer" in text
+    unknown = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--only", "no-such-case"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert unknown.returncode == 2 and "unknown case(s) ['no-such-case']" in unknown.stderr
+
+
 def test_sine_reference_is_the_formula():
-    y = robustness._sine(8000, 9)
+    y = bad_input_cases._sine(8000, 9)
     expected = [0.5 * math.sin(2 * math.pi * 440 * n / 8000) for n in range(9)]
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-15)
-    assert len(robustness._sine(22050)) == round(22050 * 0.25)
+    assert len(bad_input_cases._sine(22050)) == round(22050 * 0.25)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import wave
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import soundfile as sf
 from corpus_fixtures import (
     BUILDERS,
+    LINK_SITES,
     RAVDESS_SONG,
     RAVDESS_VIDEO,
     build_emodb,
@@ -20,6 +22,7 @@ from corpus_fixtures import (
     build_ravdess,
     build_speechcommands,
     write_empty_file,
+    write_link,
     write_text_as_wav,
     write_truncated_wav,
     write_wav,
@@ -549,3 +552,213 @@ def test_is_near_silent_compares_the_peak_with_the_threshold():
         is_near_silent(np.array([0.0, np.nan]), 1e-3)
     with pytest.raises(ValueError, match="threshold must be a finite number >= 0"):
         is_near_silent(noise, -1.0)
+
+
+# ------------------------------------------------------------- manifest: strict CSV parsing
+
+MANIFEST_HEADER = "path,emotion,speaker,text,valence\n"
+
+
+def _manifest_text(tmp_path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """The raw text of a manifest (any malformation kept as written) beside a.wav, b.wav."""
+    write_wav(tmp_path / "a.wav")
+    write_wav(tmp_path / "b.wav")
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_manifest_repeated_column_is_an_error_naming_it(tmp_path):
+    """Two emotion columns: the last one silently won before."""
+    csv_path = _manifest_text(
+        tmp_path, "path,emotion,speaker,emotion,text\na.wav,happy,s1,sad,yes\n"
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(csv_path))} line 1: column name\(s\) repeated in the header: "
+        r"'emotion' \(columns \[2, 4\]\)",
+    ):
+        load_corpus("manifest", csv_path)
+
+
+def test_manifest_unnamed_columns_may_repeat(tmp_path):
+    """Excel exports often end every line with empty cells: unnamed columns are ignored."""
+    csv_path = _manifest_text(tmp_path, "path,emotion,speaker,text,,\na.wav,sad,s1,no,,\n")
+    assert [r.uid for r in load_corpus("manifest", csv_path)] == ["a"]
+
+
+def test_manifest_unquoted_comma_is_an_error_naming_the_line(tmp_path):
+    """text `yes, please` unquoted: the row was silently cut to the header's width before,
+    and valence read ' please'... or, here, the 0.7 dropped."""
+    body = "a.wav,happy,s1,yes, please,0.7\nb.wav,sad,s2,no,\n"
+    csv_path = _manifest_text(tmp_path, MANIFEST_HEADER + body)
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(csv_path))} line 2: 6 fields for 5 columns .*a comma inside a "
+        "value",
+    ):
+        load_corpus("manifest", csv_path)
+    # Quoted, the same value is read whole.
+    _manifest_text(tmp_path, MANIFEST_HEADER + 'a.wav,happy,s1,"yes, please",0.7\n')
+    (record,) = load_corpus("manifest", csv_path)
+    assert (record.text, record.valence) == ("yes, please", 0.7)
+
+
+def test_manifest_row_with_fewer_fields_is_an_error(tmp_path):
+    csv_path = _manifest_text(tmp_path, MANIFEST_HEADER + "a.wav,happy,s1,yes,0.7\nb.wav,sad\n")
+    with pytest.raises(ValueError, match=r"manifest\.csv line 3: 2 fields for 5 columns"):
+        load_corpus("manifest", csv_path)
+
+
+def test_manifest_nul_byte_is_an_error_naming_line_and_column(tmp_path):
+    """A NUL inside `text` made a new word class ('ye\\x00s') before."""
+    body = "a.wav,happy,s1,yes,0.7\nb.wav,sad,s2,n\x00o,\n"
+    csv_path = _manifest_text(tmp_path, MANIFEST_HEADER + body)
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(csv_path))} line 3: column 'text' holds a NUL byte"
+    ):
+        load_corpus("manifest", csv_path)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # The quote never closes: it swallows every later row (the last row's empty emotion
+        # was blamed before).
+        (
+            'a.wav,happy,s1,"yes,0.7\nb.wav,sad,s2,no,\n',
+            "line 2: a quote opened on line 2 is never",
+        ),
+        # It closes in a later row: the rows in between become part of one value.
+        (
+            'a.wav,happy,s1,"yes,0.7\nb.wav,sad,s2,no",\nc.wav,sad,s2,no,\n',
+            r"line 2: a quote opened on line 2 \(column 'text'\) closes only on line 3",
+        ),
+        # A quote after a closing quote.
+        ('a.wav,happy,s1,"yes"no,0.7\n', "line 2: not valid CSV"),
+    ],
+)
+def test_manifest_unterminated_quote_names_the_line_where_it_opened(tmp_path, body, message):
+    csv_path = _manifest_text(tmp_path, MANIFEST_HEADER + body)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(csv_path))} {message}"):
+        load_corpus("manifest", csv_path)
+
+
+def test_manifest_not_utf8_names_the_line(tmp_path):
+    csv_path = _manifest_text(tmp_path, MANIFEST_HEADER + "a.wav,happy,s1,café,\n", "latin-1")
+    with pytest.raises(ValueError, match=r"manifest\.csv line 2: not UTF-8 text \(byte 0xe9\)"):
+        load_corpus("manifest", csv_path)
+
+
+def test_manifest_blank_lines_and_empty_rows_are_skipped_with_right_line_numbers(tmp_path):
+    body = "\na.wav,happy,s1,yes,0.7\r\n,,,,\r\n\r\nb.wav,joyful,s2,no,\r\n"
+    csv_path = _manifest_text(tmp_path, "\ufeff" + MANIFEST_HEADER + body)
+    with pytest.raises(ValueError, match=r"manifest\.csv line 6 \(.*b\.wav\): emotion 'joyful'"):
+        load_corpus("manifest", csv_path)
+
+
+def test_manifest_file_listed_under_a_link_too_is_named_with_both_paths(tmp_path):
+    csv_path = _manifest_text(tmp_path, MANIFEST_HEADER + "a.wav,happy,s1,yes,\nl.wav,sad,s2,no,\n")
+    write_link(tmp_path / "l.wav", "a.wav")
+    with pytest.raises(
+        ValueError,
+        match=rf"listed more than once: {re.escape(str(tmp_path / 'a.wav'))} \(lines \[2, 3\]\), "
+        rf"the same file as \['{re.escape(str(tmp_path / 'l.wav'))}'\]",
+    ):
+        load_corpus("manifest", csv_path)
+
+
+# ------------------------------------------------------ corpus trees: links and duplicates
+
+
+def _expected_tree(name: str, root: Path) -> dict:
+    expected = BUILDERS[name](root)
+    return _ravdess_default(expected) if name == "ravdess" else expected
+
+
+@pytest.mark.parametrize("name", sorted(LINK_SITES))
+def test_symlinked_duplicate_is_rejected_or_enters_once(tmp_path, name):
+    """A link to a file of the corpus under another valid name entered as a second utterance
+    (possibly with other labels) and could land in train and test."""
+    expected = _expected_tree(name, tmp_path)
+    folder, target, free, _ = LINK_SITES[name]
+    link = write_link(tmp_path / folder / free, target)
+    real = tmp_path / folder / target
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(link))}: the same file as {re.escape(str(real))} "
+        r"\(a symbolic link\)",
+    ):
+        load_corpus(name, tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        corpus = load_corpus(name, tmp_path, on_error="skip")
+    assert_records_match(corpus, expected, name)
+    assert [path for path, _ in corpus.skipped] == [str(link)]
+
+
+def test_a_link_sorting_before_its_target_leaves_the_real_path_in_the_corpus(tmp_path):
+    expected = build_emodb(tmp_path)
+    link = write_link(tmp_path / "wav" / "02a01Wa.wav", "03a01Fa.wav")  # sorts first
+    with pytest.raises(ValueError, match=r"03a01Fa\.wav: the same file as .*02a01Wa\.wav"):
+        load_corpus("emodb", tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        corpus = load_corpus("emodb", tmp_path, on_error="skip")
+    assert_records_match(corpus, expected, "emodb")  # 03a01Fa, labelled happy, not angry
+    assert corpus.skipped[0][0] == str(link)
+    assert "the same file as" in corpus.skipped[0][1]
+
+
+def test_hard_linked_duplicate_is_the_same_file(tmp_path):
+    expected = build_emodb(tmp_path)
+    os.link(tmp_path / "wav" / "03a01Fa.wav", tmp_path / "wav" / "09a01Fa.wav")
+    with pytest.raises(ValueError, match=r"09a01Fa\.wav: the same file as .*\(a hard link\)"):
+        load_corpus("emodb", tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        corpus = load_corpus("emodb", tmp_path, on_error="skip")
+    assert_records_match(corpus, expected, "emodb")
+
+
+BROKEN_LINKS = {
+    "dangling": (lambda link: "missing.wav", "dangling symbolic link to 'missing.wav'"),
+    "loop": (lambda link: link.name, "symbolic link loop"),
+}
+
+
+BROKEN_LINK_SITES = [
+    (name, level)
+    for name, (_, _, _, subfolder) in sorted(LINK_SITES.items())
+    for level in ("file", "folder")
+    if level == "file" or subfolder  # EmoDB reads one fixed folder: no subfolder level
+]
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_LINKS))
+@pytest.mark.parametrize(("name", "level"), BROKEN_LINK_SITES)
+def test_broken_links_in_a_tree_are_reported_not_dropped(tmp_path, name, level, kind):
+    """Dangling and looping links were left out without a word before."""
+    folder, _, free, subfolder = LINK_SITES[name]
+    expected = _expected_tree(name, tmp_path)
+    at = tmp_path / (f"{folder}/{free}" if level == "file" else subfolder)
+    target, reason = BROKEN_LINKS[kind]
+    link = write_link(at, target(at))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(link))}: {reason}"):
+        load_corpus(name, tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        corpus = load_corpus(name, tmp_path, on_error="skip")
+    assert_records_match(corpus, expected, name)
+    assert [path for path, _ in corpus.skipped] == [str(link)]
+    assert reason in corpus.skipped[0][1]
+
+
+def test_iemocap_utterance_whose_wav_is_a_dangling_link_is_reported(tmp_path):
+    expected = build_iemocap(tmp_path)
+    four = {u: f for u, f in expected.items() if f["emotion"] in FOUR_CLASSES}
+    uid = sorted(four)[0]
+    wav = Path(four.pop(uid)["path"])
+    wav.unlink()
+    write_link(wav, "elsewhere.wav")
+    with pytest.raises(ValueError, match=rf"{re.escape(wav.name)}: dangling symbolic link"):
+        load_corpus("iemocap", tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        corpus = load_corpus("iemocap", tmp_path, on_error="skip")
+    assert_records_match(corpus, four, "iemocap")

@@ -105,3 +105,18 @@ def test_new_method_knobs_enter_the_key_only_for_their_method():
     dro = RunConfig(method="groupdro", profile="smoke")
     assert dro.key() != dro.replace(eta=0.1).key()
     assert "η=0.01" in dro.label()
+
+
+def test_worst_group_selection_keeps_the_epoch_with_the_best_worst_group_validation_accuracy():
+    settings = dict(cfg.PROFILES["smoke-groups"], epochs=3, patience=3)
+    cfg.PROFILES["smoke-groups"] = settings
+    record = experiments.train_ser(
+        RunConfig(method="reweight", selection="worst_group", profile="smoke-groups"),
+        progress=False,
+    )
+    scores = [h["val_worst_group"] for h in record["history"]]
+    assert record["best_epoch"] == 1 + scores.index(max(scores))
+    assert record["config"]["selection"] == "worst_group"
+    assert record["method"]["selection"] == "worst-group validation accuracy"
+    with pytest.raises(ValueError, match="selection='worst_group': expected a setup with"):
+        RunConfig(selection="worst_group", setup="random")

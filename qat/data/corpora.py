@@ -7,8 +7,11 @@ a missing, empty or corrupt file is reported when the corpus is listed: with
 on_error="raise" the first problem raises an error naming the file; with on_error="skip"
 problem files are left out, a warning summarises them and `Corpus.skipped` lists them all.
 The same policy covers file names whose codes cannot be parsed (unknown emotion code, name
-not following the convention). Problems with the corpus as a whole (missing root, no
-matching files, bad manifest columns, duplicate paths) always raise.
+not following the convention), symbolic links that cannot be followed (dangling, or a loop)
+and a second path to a file already listed (a symbolic or hard link to it: each file enters
+once, so that one utterance can never land in both train and test). Problems with the
+corpus as a whole (missing root, no matching files, a manifest that is not strict CSV or
+has missing or repeated columns, a file listed twice in a manifest) always raise.
 
 Records come out sorted by uid (the path relative to the root, without extension), so their
 order is the same on every machine; the manifest keeps its own row order.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import inspect
 import logging
 import math
@@ -26,6 +30,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from io import StringIO
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -42,7 +47,9 @@ _PROGRESS_MIN_FILES = 500  # below this, probing takes well under a second: no b
 class Corpus(list):
     """The utterances of one corpus (a plain list of `Utterance`), plus what was left out.
 
-    `skipped`: (path, reason) for every file that could not be used (on_error="skip").
+    `skipped`: (path, reason) for every file that could not be used (on_error="skip"):
+    unreadable, a name that cannot be parsed, a broken symbolic link, or a second path to a
+    file already listed.
     `dropped`: {reason: count} for utterances excluded by design, not by error (IEMOCAP
     labels outside the chosen classes or without annotator agreement, RAVDESS song files).
     """
@@ -93,25 +100,20 @@ def _corpus_root(root: str | os.PathLike, corpus: str, layout: str) -> Path:
     return path
 
 
-def _is_audio_file(path: Path) -> bool:
-    """A .wav file that is not hidden: skips README, .DS_Store and macOS '._x.wav' twins."""
-    return path.suffix.lower() == ".wav" and not path.name.startswith(".") and path.is_file()
-
-
-def _subfolders(folder: Path, pattern: str = ".*") -> list[Path]:
-    """Visible subfolders whose name matches `pattern`, sorted by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and re.fullmatch(pattern, p.name)
-    )
-
-
-def _audio_files(folders: Iterable[Path]) -> list[Path]:
-    """The .wav files directly inside each folder, sorted."""
-    return sorted(p for folder in folders for p in folder.iterdir() if _is_audio_file(p))
+def _link_problem(path: Path) -> str | None:
+    """Why the symbolic link `path` cannot be followed (dangling, or a loop); None when it
+    can, or when `path` is not a link."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"dangling symbolic link to {os.readlink(path)!r}: its target does not exist"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"symbolic link loop: following {os.readlink(path)!r} never reaches a file"
+        return f"symbolic link that cannot be followed ({err.strerror or err})"
+    return None
 
 
 def _require(found: Sequence, corpus: str, root: Path, layout: str) -> None:
@@ -150,6 +152,26 @@ def _decode(table: dict[str, str], code: str, what: str, where: str | Path) -> s
         ) from None
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` leads to, following links; None if it cannot be
+    read (then probing reports why)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _duplicate_error(duplicate: Path, kept: Path) -> CorpusEntryError:
+    link = duplicate.is_symlink() or kept.is_symlink()
+    return CorpusEntryError(
+        f"{duplicate}: the same file as {kept} ({'a symbolic' if link else 'a hard'} link); a "
+        "file may enter a corpus only once, or the same utterance could land in both train "
+        "and test: remove one of the two paths (with on_error='skip' the file is kept once, "
+        "under its own path rather than a link's)"
+    )
+
+
 class _Collector:
     """Accumulates records of one corpus and applies the on_error policy to each entry."""
 
@@ -157,6 +179,7 @@ class _Collector:
         _check_on_error(on_error)
         self.corpus, self.root, self.on_error = corpus, root, on_error
         self.records: list[Utterance] = []
+        self._identities: dict[tuple[int, int], int] = {}  # (device, inode) -> record index
         self.skipped: list[tuple[str, str]] = []
         self.dropped: Counter[str] = Counter()
 
@@ -176,8 +199,56 @@ class _Collector:
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
 
+    # --- discovery: what the loaders list, with broken symbolic links reported, not dropped
+    def subfolders(self, folder: Path, pattern: str = ".*") -> list[Path]:
+        """Visible subfolders whose name matches `pattern`, sorted by name. A symbolic link
+        with such a name (and no file extension) that cannot be followed is a problem entry."""
+        if not folder.is_dir():
+            return []
+        found = []
+        for p in folder.iterdir():
+            if p.name.startswith(".") or not re.fullmatch(pattern, p.name):
+                continue
+            if p.is_dir():
+                found.append(p)
+            elif not p.suffix and (problem := _link_problem(p)):
+                self._fail(p, CorpusEntryError(f"{p}: {problem}"))
+        return sorted(found)
+
+    def files(self, folders: Iterable[Path], suffix: str = ".wav") -> list[Path]:
+        """Visible files ending in `suffix` (any case) directly inside each folder, sorted.
+        Hidden names (README is not audio; .DS_Store and macOS '._x.wav' twins start with a
+        dot) are ignored; a symbolic link that cannot be followed is a problem entry."""
+        found = []
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if p.name.startswith(".") or p.suffix.lower() != suffix:
+                    continue
+                if problem := _link_problem(p):
+                    self._fail(p, CorpusEntryError(f"{p}: {problem}"))
+                elif p.is_file():
+                    found.append(p)
+        return sorted(found)
+
+    # --- records
     def add(self, path: Path, *, uid: str | None = None, corpus: str | None = None, **fields):
-        """Probe the file's header and append its record (duration from the header)."""
+        """Probe the file's header and append its record (duration from the header).
+
+        A path that is a broken symbolic link, or that is the same file as a path already
+        added (a symbolic or hard link to it), is a problem entry: each file enters a corpus
+        once, so that no utterance can land in both train and test. In skip mode the real
+        file's own path is kept, whichever of the two came first.
+        """
+        if problem := _link_problem(path):
+            self._fail(path, CorpusEntryError(f"{path}: {problem}"))
+            return
+        identity = _file_identity(path)
+        earlier = self._identities.get(identity) if identity else None
+        if earlier is not None and not self._replaces(Path(self.records[earlier].path), path):
+            self._fail(path, _duplicate_error(path, Path(self.records[earlier].path)))
+            return
         try:
             info = probe(path)
         except AudioError as err:
@@ -185,15 +256,23 @@ class _Collector:
             return
         if uid is None:
             uid = path.relative_to(self.root).with_suffix("").as_posix()
-        self.records.append(
-            Utterance(
-                path=str(path),
-                corpus=corpus or self.corpus,
-                duration=info.duration,
-                uid=uid,
-                **fields,
-            )
+        record = Utterance(
+            path=str(path), corpus=corpus or self.corpus, duration=info.duration, uid=uid, **fields
         )
+        if earlier is None:
+            if identity:
+                self._identities[identity] = len(self.records)
+            self.records.append(record)
+            return
+        # The real file came after a link to it: keep the real path, report the link.
+        link = Path(self.records[earlier].path)
+        self.records[earlier] = record
+        self._fail(link, _duplicate_error(link, path))
+
+    def _replaces(self, kept: Path, new: Path) -> bool:
+        """Whether `new` should replace the already added `kept`, the same file (skip mode
+        only: in raise mode the second path raises whichever it is)."""
+        return self.on_error == "skip" and kept.is_symlink() and not new.is_symlink()
 
     def result(self, sort: bool = True) -> Corpus:
         records = sorted(self.records, key=lambda r: r.uid) if sort else self.records
@@ -281,15 +360,12 @@ def load_iemocap(
         unknown = sorted(set(emotions) - set(EMOTIONS))
         if unknown:
             raise ValueError(f"emotions {unknown} are not in the common vocabulary {EMOTIONS}")
-    sessions = _subfolders(root, r"Session\d+")
-    evaluations = sorted(
-        p
-        for session in sessions
-        for p in (session / "dialog" / "EmoEvaluation").glob("*.txt")
-        if p.is_file() and not p.name.startswith(".")
+    collector = _Collector("iemocap", root, on_error)
+    sessions = collector.subfolders(root, r"Session\d+")
+    evaluations = collector.files(
+        [session / "dialog" / "EmoEvaluation" for session in sessions], suffix=".txt"
     )
     _require(evaluations, "iemocap", root, _IEMOCAP_LAYOUT)
-    collector = _Collector("iemocap", root, on_error)
     for evaluation in _progress(evaluations, "iemocap"):
         session = evaluation.parents[2]
         lines = evaluation.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -395,9 +471,9 @@ def load_ravdess(
     Audio_Song_Actors zip extracted into the same folders) are dropped unless include_song.
     """
     root = _corpus_root(root, "ravdess", _RAVDESS_LAYOUT)
-    files = _audio_files(_subfolders(root, r"Actor_\d+"))
-    _require(files, "ravdess", root, _RAVDESS_LAYOUT)
     collector = _Collector("ravdess", root, on_error)
+    files = collector.files(collector.subfolders(root, r"Actor_\d+"))
+    _require(files, "ravdess", root, _RAVDESS_LAYOUT)
     for path in _progress(files, "ravdess"):
         with collector.entry(path):
             modality, channel, emotion, intensity, statement, repetition, actor = _match(
@@ -454,9 +530,9 @@ def load_emodb(root: str | os.PathLike, on_error: str = "raise") -> Corpus:
     """
     root = _corpus_root(root, "emodb", _EMODB_LAYOUT)
     folder = root / "wav"
-    files = _audio_files([folder]) if folder.is_dir() else []
-    _require(files, "emodb", root, _EMODB_LAYOUT)
     collector = _Collector("emodb", root, on_error)
+    files = collector.files([folder])
+    _require(files, "emodb", root, _EMODB_LAYOUT)
     for path in _progress(files, "emodb"):
         with collector.entry(path):
             speaker, text, letter, _version = _match(_EMODB_NAME, path, _EMODB_CONVENTION).groups()
@@ -495,9 +571,9 @@ def load_tess(root: str | os.PathLike, on_error: str = "raise") -> Corpus:
     written in the file name (lower case). The file name, not the folder, is authoritative.
     """
     root = _corpus_root(root, "tess", _TESS_LAYOUT)
-    files = _audio_files(_subfolders(root))
-    _require(files, "tess", root, _TESS_LAYOUT)
     collector = _Collector("tess", root, on_error)
+    files = collector.files(collector.subfolders(root))
+    _require(files, "tess", root, _TESS_LAYOUT)
     for path in _progress(files, "tess"):
         with collector.entry(path):
             speaker, word, code = _match(_TESS_NAME, path, _TESS_CONVENTION).groups()
@@ -537,9 +613,9 @@ def load_emovo(root: str | os.PathLike, on_error: str = "raise") -> Corpus:
     Records: speaker = "f1", text = the sentence id, label = the emotion code.
     """
     root = _corpus_root(root, "emovo", _EMOVO_LAYOUT)
-    files = _audio_files(_subfolders(root, r"[fmFM]\d"))
-    _require(files, "emovo", root, _EMOVO_LAYOUT)
     collector = _Collector("emovo", root, on_error)
+    files = collector.files(collector.subfolders(root, r"[fmFM]\d"))
+    _require(files, "emovo", root, _EMOVO_LAYOUT)
     for path in _progress(files, "emovo"):
         with collector.entry(path):
             code, speaker, sentence = _match(_EMOVO_NAME, path, _EMOVO_CONVENTION).groups()
@@ -579,9 +655,9 @@ def load_savee(root: str | os.PathLike, on_error: str = "raise") -> Corpus:
     Records: speaker = the folder ("DC"), text = prefix + number ("sa03"), label = prefix.
     """
     root = _corpus_root(root, "savee", _SAVEE_LAYOUT)
-    files = _audio_files(_subfolders(root / "AudioData"))
-    _require(files, "savee", root, _SAVEE_LAYOUT)
     collector = _Collector("savee", root, on_error)
+    files = collector.files(collector.subfolders(root / "AudioData"))
+    _require(files, "savee", root, _SAVEE_LAYOUT)
     for path in _progress(files, "savee"):
         with collector.entry(path):
             prefix, number = _match(_SAVEE_NAME, path, _SAVEE_CONVENTION).groups()
@@ -621,7 +697,8 @@ def load_speechcommands(
     speaker = the hash. `words` restricts loading to those word folders.
     """
     root = _corpus_root(root, "speechcommands", _SPEECHCOMMANDS_LAYOUT)
-    folders = [f for f in _subfolders(root) if f.name != _SPEECHCOMMANDS_NOISE]
+    collector = _Collector("speechcommands", root, on_error)
+    folders = [f for f in collector.subfolders(root) if f.name != _SPEECHCOMMANDS_NOISE]
     if words is not None:
         if isinstance(words, str):
             raise ValueError(f"words must be a list of words, got the string {words!r}")
@@ -632,9 +709,8 @@ def load_speechcommands(
                 f"available: {[f.name for f in folders]}"
             )
         folders = [f for f in folders if f.name in set(words)]
-    files = _audio_files(folders)
+    files = collector.files(folders)
     _require(files, "speechcommands", root, _SPEECHCOMMANDS_LAYOUT)
-    collector = _Collector("speechcommands", root, on_error)
     for path in _progress(files, "speechcommands"):
         with collector.entry(path):
             speaker, _n = _match(_SPEECHCOMMANDS_NAME, path, _SPEECHCOMMANDS_CONVENTION).groups()
@@ -666,6 +742,12 @@ def load_manifest(
     dominance mean "not rated" (None). The corpus column, when filled, wins over `corpus`.
     uid defaults to the path relative to the CSV's folder without extension. Duration is
     always taken from the audio header (the column may be stale). Row order is kept.
+
+    The CSV is read strictly (RFC 4180 as Excel and the csv module write it): a repeated
+    column name, a row with more or fewer fields than the header (an unquoted comma in a
+    value), a NUL byte, a quote left open (it would swallow the rows after it) or text that
+    is not UTF-8 is an error naming the file and the line. A file listed twice, under one
+    spelling or two (a link to it), is an error naming both.
     """
     csv_path = _manifest_path(root)
     rows = _read_manifest_rows(csv_path)
@@ -693,38 +775,146 @@ def _manifest_path(root: str | os.PathLike) -> Path:
 
 
 def _read_manifest_rows(csv_path: Path) -> list[tuple[int, dict[str, str], Path]]:
-    """(line number, row, absolute audio path) for every row, after the header check."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_MANIFEST_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(
-                f"{csv_path}: missing required column(s) {missing}; found {header}; "
-                f"expected {_MANIFEST_LAYOUT}"
-            )
-        rows = []
-        for row in reader:
-            cell = (row.get("path") or "").strip()
-            if not cell:
-                raise ValueError(f"{csv_path} line {reader.line_num}: empty path")
-            path = Path(cell).expanduser()
-            if not path.is_absolute():
-                path = csv_path.parent / path
-            rows.append((reader.line_num, row, Path(os.path.abspath(path))))
+    """(line number, row, absolute audio path) for every row, after the header check.
+
+    The CSV is parsed strictly: every row must have one field per header column (an unquoted
+    comma in a value adds a field), no field may hold a NUL byte or run over several lines
+    (what an unterminated quote does: it swallows the rows after it), and no column name may
+    repeat. Each problem is an error naming the file and the line. Blank lines are skipped.
+    """
+    records = _csv_records(csv_path)
+    header_line, header = next(records, (1, []))
+    _check_header(header, header_line, csv_path)
+    rows = []
+    for line, fields in records:
+        if not any(field.strip() for field in fields):
+            continue  # a blank line, or a row of empty cells (Excel leaves those)
+        if len(fields) != len(header):
+            raise ValueError(_field_count_error(csv_path, line, fields, header))
+        row = dict(zip(header, fields, strict=True))
+        cell = row["path"].strip()
+        if not cell:
+            raise ValueError(f"{csv_path} line {line}: empty path")
+        path = Path(cell).expanduser()
+        if not path.is_absolute():
+            path = csv_path.parent / path
+        rows.append((line, row, Path(os.path.abspath(path))))
     if not rows:
         raise ValueError(f"{csv_path}: the manifest has a header but no rows")
     return rows
 
 
-def _check_unique_paths(rows: Sequence[tuple[int, dict, Path]], csv_path: Path) -> None:
-    lines_by_path: dict[Path, list[int]] = {}
-    for line, _row, path in rows:
-        lines_by_path.setdefault(path, []).append(line)
-    repeated = {str(p): lines for p, lines in lines_by_path.items() if len(lines) > 1}
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+
+
+def _csv_records(csv_path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of each CSV record, read with csv's strict mode; a record that
+    breaks the CSV rules, holds a NUL byte or spans several lines raises, naming the line."""
+    data = csv_path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # -sig: Excel's byte-order mark
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{csv_path} line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save the "
+            "manifest as UTF-8 CSV"
+        ) from None
+    reader = csv.reader(StringIO(text, newline=""), strict=True)
+    names: list[str] = []  # the header, once read: to name the column of a bad field
+    end = 0  # the last line of the previous record
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise ValueError(_csv_error(csv_path, start, reader.line_num, err)) from None
+        end = reader.line_num
+        for i, field in enumerate(fields):
+            column = f"column {names[i]!r}" if i < len(names) else f"field {i + 1}"
+            if "\x00" in field:
+                raise ValueError(
+                    f"{csv_path} line {start}: {column} holds a NUL byte (\\x00); the file is "
+                    "damaged or not a text CSV"
+                )
+            if "\n" in field or "\r" in field:
+                opened = start + sum(len(_LINE_BREAK.findall(f)) for f in fields[:i])
+                raise ValueError(
+                    f"{csv_path} line {opened}: a quote opened on line {opened} ({column}) "
+                    f"closes only on line {end}, so the lines in between were read as part of "
+                    "one value; close the quote on the line where it opens (a quote inside a "
+                    'quoted value is written twice: "say ""hi""")'
+                )
+        names = names or fields
+        yield start, fields
+
+
+def _csv_error(csv_path: Path, start: int, end: int, err: csv.Error) -> str:
+    if "unexpected end of data" in str(err):
+        return (
+            f"{csv_path} line {start}: a quote opened on line {start} is never closed, so "
+            f"every line after it (to line {end}, the end of the file) was read as part of "
+            "one value; close the quote"
+        )
+    span = f" (the record runs to line {end}: an unclosed quote?)" if end > start else ""
+    return (
+        f"{csv_path} line {start}: not valid CSV: {err}{span}; a value holding a quote must be "
+        'quoted whole, with the quote written twice: "say ""hi"""'
+    )
+
+
+def _check_header(header: list[str], line: int, csv_path: Path) -> None:
+    missing = [c for c in REQUIRED_MANIFEST_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(
+            f"{csv_path}: missing required column(s) {missing}; found {header}; "
+            f"expected {_MANIFEST_LAYOUT}"
+        )
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header, start=1):
+        if name:  # unnamed (empty) columns are ignored, however many there are
+            positions.setdefault(name, []).append(i)
+    repeated = {name: where for name, where in positions.items() if len(where) > 1}
     if repeated:
-        shown = "; ".join(f"{p} (lines {lines})" for p, lines in list(repeated.items())[:10])
+        shown = "; ".join(f"{name!r} (columns {where})" for name, where in repeated.items())
+        raise ValueError(
+            f"{csv_path} line {line}: column name(s) repeated in the header: {shown}; each "
+            "column may appear once (which one would hold the value?)"
+        )
+
+
+def _field_count_error(csv_path: Path, line: int, fields: list[str], header: list[str]) -> str:
+    what = (
+        "more fields than the header has columns: a comma inside a value (e.g. in text) "
+        'must be quoted, as in "yes, please"'
+        if len(fields) > len(header)
+        else "fewer fields than the header has columns: leave a value empty (two commas in a "
+        "row), do not leave it out"
+    )
+    return (
+        f"{csv_path} line {line}: {len(fields)} fields for {len(header)} columns {header}; {what}"
+    )
+
+
+def _check_unique_paths(rows: Sequence[tuple[int, dict, Path]], csv_path: Path) -> None:
+    """No audio file may be listed twice, under one spelling or two (a symbolic or hard link
+    to a file listed elsewhere is the same file)."""
+    groups: dict[object, list[tuple[int, Path]]] = {}
+    for line, _row, path in rows:
+        groups.setdefault(_file_identity(path) or path, []).append((line, path))
+    repeated = [entries for entries in groups.values() if len(entries) > 1]
+    if repeated:
+        shown = "; ".join(_listing(entries) for entries in repeated[:10])
         raise ValueError(f"{csv_path}: {len(repeated)} path(s) listed more than once: {shown}")
+
+
+def _listing(entries: list[tuple[int, Path]]) -> str:
+    lines = [line for line, _ in entries]
+    first = entries[0][1]
+    others = sorted({str(path) for _, path in entries} - {str(first)})
+    linked = f", the same file as {others}" if others else ""
+    return f"{first} (lines {lines}){linked}"
 
 
 def _manifest_fields(row: dict[str, str], path: Path, folder: Path, where: str) -> dict:

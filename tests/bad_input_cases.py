@@ -1,30 +1,31 @@
-"""Bad inputs and what the kit does with each: the case table, its runner and its report.
+"""Bad inputs and what the kit does with each: the case table and its runner.
 
 Every case builds one input in a scratch folder (a broken or unusual WAV, a faulty manifest,
-a corpus tree with stray files, an invalid parameter), calls the public entry point a user's
-data would go through, and classifies what happened:
+a corpus tree with stray files or broken links, an invalid parameter, activations that
+stress the anti-transfer numerics), calls the public entry point a user's data would go
+through, and classifies what happened:
 
-- handled: the input was used, converted where needed; the note says how, and converted
-  audio has been checked against an analytic reference (a wrong conversion is "wrong");
+- handled: the input was used, converted where needed; the note says how, and a converted
+  or computed result has been checked against an independent reference (analytic audio, a
+  float64 formula); a disagreement is "wrong";
 - rejected: a ValueError / FileNotFoundError whose message names the file or parameter;
 - crashed: any other exception (an error a user cannot act on);
 - wrong: handled, but the result disagrees with the reference.
 
-The table is defined once, here: tests/test_bad_input.py parametrizes over CASES and asserts
-each outcome and the text each message must contain; `python -m qat.robustness` runs the same
-cases and writes reports/robustness.md. Nothing here trains: train_ser cases stop where the
-corpus would be synthesised or the features extracted.
+The table is defined once, here, beside the tests: tests/test_bad_input.py parametrizes over
+CASES and asserts each outcome and the text each message must contain;
+`python scripts/robustness_report.py` runs the same cases and writes reports/robustness.md.
+Nothing here trains: a train_ser case whose parameters pass validation stops where the data
+would be prepared (see `_stop_before_data`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
 import re
 import struct
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -36,8 +37,6 @@ from unittest import mock
 import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
-
-from qat import paths
 
 HANDLED, REJECTED, CRASHED, WRONG = "handled", "rejected", "crashed", "wrong"
 OUTCOMES = (HANDLED, REJECTED, CRASHED, WRONG)
@@ -331,36 +330,37 @@ def _strays_only(root: Path) -> None:
         (root / "wav" / name).write_bytes(content)
 
 
+def _link(target: str) -> Callable[[Path], None]:
+    """A writer of a symbolic link to `target` (relative to the link's folder, as `ln -s`)."""
+    return lambda path: os.symlink(target, path)
+
+
+def _loop(path: Path) -> None:
+    os.symlink(path.name, path)  # a link to itself: following it never ends
+
+
 # -------------------------------------------------------------------------------- train_ser
 
 
-class _ValidationPassed(Exception):
-    """Raised by the stubs that stand in for corpus synthesis and feature extraction."""
+class DataStepReached(Exception):
+    """train_ser accepted its parameters and went on to prepare data: nothing is built or
+    trained in a case (deliberately not a ValueError: it is never a rejection)."""
 
 
 @contextlib.contextmanager
-def _no_training(folder: Path) -> Iterator[dict]:
-    """train_ser up to its first expensive step: synthesising SynthEmo or extracting
-    features stops the call; run records are looked up under `folder`, not reports/. Yields
-    the run configuration train_ser would record, once it has built it."""
-    from qat import experiments, runs
+def _stop_before_data() -> Iterator[None]:
+    """Stop train_ser where it would prepare a run's data (synthesise SynthEmo, extract
+    features, split): a safety net, so that parameters that wrongly pass validation fail the
+    case fast instead of training. It replaces one public function, qat.experiments.run_data,
+    and nothing of the validation under test; once every train_ser setting is checked by
+    qat.config.RunConfig, the cases can build RunConfig(...) and drop this."""
+    from qat import experiments
 
-    def stop(*_args, **_kwargs):
-        raise _ValidationPassed
+    def stop(run, *_args, **_kwargs):
+        raise DataStepReached(f"parameters accepted ({run.label()}); data preparation is next")
 
-    recorded: dict = {}
-    original = runs.record_path
-
-    def record_path(kind, config, reports=None):
-        recorded.update(config)
-        return original(kind, config, reports=folder)
-
-    with (
-        mock.patch.object(experiments.synth, "make_synthemo", stop),
-        mock.patch.object(experiments, "prepare_data", stop),
-        mock.patch.object(runs, "record_path", record_path),
-    ):
-        yield recorded
+    with mock.patch.object(experiments, "run_data", stop):
+        yield
 
 
 def _train_ser(folder: Path, root: str | None = None, make_root: bool = False, **kwargs) -> str:
@@ -373,15 +373,9 @@ def _train_ser(folder: Path, root: str | None = None, make_root: bool = False, *
         if make_root:
             root.mkdir()
     kwargs.setdefault("profile", "smoke")
-    with _no_training(folder) as config:
-        try:
-            train_ser(root=root, progress=False, **kwargs)
-        except _ValidationPassed:
-            return (
-                f"parameters accepted, recorded as method={config['method']!r}, "
-                f"taps={config['taps']}, beta={config['beta']}; training would start here"
-            )
-    raise WrongResult("train_ser returned without reaching the data step")
+    with _stop_before_data():
+        record = train_ser(root=root, progress=False, **kwargs)
+    raise WrongResult(f"train_ser returned a run record without training: {record.get('config')}")
 
 
 # ----------------------------------------------------------------------------- AntiTransfer
@@ -411,6 +405,79 @@ def _compatibility(folder: Path, model: str) -> str:
     return "compatible"
 
 
+# ------------------------------------------------------------------ anti-transfer numerics
+
+AT_MODES = (("cos2", "sample"), ("cos2", "batch"), ("cka", "sample"))
+
+
+def _activations(seed: int, shape: tuple[int, ...] = (4, 8, 6, 6)) -> np.ndarray:
+    """ReLU-like activations (float64), as a conv tap emits them."""
+    return np.maximum(np.random.default_rng(seed).standard_normal(shape), 0.0)
+
+
+def reference_at(current: np.ndarray, pretrained: np.ndarray, distance: str, gram: str) -> float:
+    """The AT value in float64 with numpy, from the formulas (independent of qat): cos2 =
+    (mean over Gram rows of |cos|)^2 with G = F F^T / (H W) per item (sample) or over the
+    batch-folded (B*C, H*W) matrix (batch); CKA in the feature-space form."""
+    a, b = current.astype(np.float64), pretrained.astype(np.float64)
+    if distance == "cka":
+        x = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(axis=0)
+        y = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(axis=0)
+        return float(
+            np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+        )
+    positions = a.shape[2] * a.shape[3]
+    if gram == "sample":
+        fa, fb = a.reshape(len(a), a.shape[1], -1), b.reshape(len(b), b.shape[1], -1)
+    else:
+        fa, fb = a.reshape(1, -1, positions), b.reshape(1, -1, positions)
+    ga = fa @ fa.transpose(0, 2, 1) / positions
+    gb = fb @ fb.transpose(0, 2, 1) / positions
+    norms = np.linalg.norm(ga, axis=-1) * np.linalg.norm(gb, axis=-1)
+    cosines = np.abs((ga * gb).sum(axis=-1)) / norms
+    return float(cosines.mean() ** 2)
+
+
+def _at_values(folder: Path, dtype: str, scale: float, same: bool) -> str:
+    """at_loss on `dtype` activations scaled by `scale` (both inputs), in every mode, against
+    the float64 reference of the unscaled values (of the rounded values, for float16)."""
+    import torch
+
+    from qat.antitransfer import at_loss
+
+    current = _activations(1)
+    pretrained = current if same else _activations(2)
+    torch_dtype = getattr(torch, dtype)
+    a = torch.from_numpy(scale * current).to(torch_dtype)
+    b = torch.from_numpy(scale * pretrained).to(torch_dtype)
+    shown = []
+    for distance, gram in AT_MODES:
+        got = at_loss(a, b, gram=gram, distance=distance)
+        expected = reference_at(
+            a.double().numpy() / scale, b.double().numpy() / scale, distance, gram
+        )
+        if not math.isfinite(got.item()) or abs(got.item() - expected) > 1e-5 * max(expected, 1e-3):
+            raise WrongResult(
+                f"{dtype} x {scale:g}: at_loss {distance}/{gram} = {got.item():.6g}, the float64 "
+                f"reference of the unscaled values gives {expected:.6g}"
+            )
+        shown.append(f"{distance}/{gram} {got.item():.6f} ({got.dtype})")
+    return (
+        f"{dtype} activations x {scale:g}: " + ", ".join(shown) + "; each equals the float64 "
+        "reference of the unscaled activations to 1e-5"
+    )
+
+
+def _at_empty(folder: Path, distance: str) -> str:
+    import torch
+
+    from qat.antitransfer import at_loss
+
+    empty = torch.zeros(0, 8, 6, 6)
+    value = at_loss(empty, empty, distance=distance)
+    return f"returned {value.item()!r} for an empty batch"
+
+
 # ------------------------------------------------------------------------------- the table
 
 
@@ -424,6 +491,7 @@ EMODB = 'load_corpus("emodb", root)'
 VALID_EMODB = ("wav/03a01Fa", "wav/03a01Wa", "wav/08b10Lc")
 TRAIN = 'train_ser(profile="smoke", ...)'
 AT = "AntiTransfer(vgg16, ...)"
+ATL = "at_loss(a, b, gram, distance) in every mode"
 
 CASES: tuple[Case, ...] = (
     # --- audio: broken files are rejected naming the file; unusual formats are converted
@@ -514,6 +582,29 @@ CASES: tuple[Case, ...] = (
     _case("manifest-folder-without-csv", "manifest", "a folder with audio but no manifest.csv",
           'load_corpus("manifest", folder)', REJECTED, ["manifest.csv", "does not exist",
           "columns"], _no_manifest),
+    _case("manifest-duplicate-column", "manifest", "two emotion columns", MANIFEST, REJECTED,
+          ["manifest.csv line 1", "'emotion' (columns [2, 4])", "repeated"],
+          partial(_manifest, rows=[("a.wav", "happy", "s1", "sad", "yes")],
+                  header=("path", "emotion", "speaker", "emotion", "text"))),
+    _case("manifest-unquoted-comma", "manifest", "an unquoted comma in text (yes, please)",
+          MANIFEST, REJECTED, ["manifest.csv line 2", "6 fields for 5 columns",
+          "comma inside a value"],
+          partial(_manifest, rows=[("a.wav", "happy", "s1", "yes, please", "0.7"),
+                                   GOOD_ROWS[1]])),
+    _case("manifest-nul", "manifest", "a NUL byte in text", MANIFEST, REJECTED,
+          ["manifest.csv line 3", "column 'text'", "NUL byte"],
+          partial(_manifest, rows=[GOOD_ROWS[0], ("b.wav", "sad", "s2", "n\x00o", "")])),
+    _case("manifest-unterminated-quote", "manifest",
+          'a quote left open in text ("yes), to the end of the file', MANIFEST, REJECTED,
+          ["manifest.csv line 2", "quote opened on line 2 is never closed"],
+          partial(_manifest, rows=[("a.wav", "happy", "s1", '"yes', "0.7"), GOOD_ROWS[1]])),
+    _case("manifest-unterminated-quote-closed-later", "manifest",
+          'a quote left open in text, closed by a stray quote in the next row', MANIFEST,
+          REJECTED, ["manifest.csv line 2", "quote opened on line 2 (column 'text')",
+          "closes only on line 3"],
+          partial(_manifest, rows=[("a.wav", "happy", "s1", '"yes', "0.7"),
+                                   ("b.wav", "sad", "s2", 'no"', ""),
+                                   ("c.wav", "sad", "s2", "no", "")])),
     # --- corpus trees
     _case("tree-strays", "corpus tree",
           "EmoDB with README, .DS_Store, ._ twins, notes, .mp3, lablaut/, silb/", EMODB,
@@ -542,22 +633,55 @@ CASES: tuple[Case, ...] = (
     _case("tree-strays-only", "corpus tree", "only stray files, no corpus audio", EMODB,
           REJECTED, ["no emodb audio found", "expected the official layout"],
           partial(_load_tree, corpus="emodb", build=_strays_only)),
+    _case("tree-symlink-duplicate", "corpus tree",
+          "wav/09a01Fa.wav: a symbolic link to wav/03a01Fa.wav", EMODB, REJECTED,
+          ["09a01Fa.wav: the same file as", "03a01Fa.wav (a symbolic link)", "on_error='skip'"],
+          partial(_load_tree, corpus="emodb", build=partial(
+              _emodb_tree, extra={"wav/09a01Fa.wav": _link("03a01Fa.wav")}))),
+    _case("tree-symlink-duplicate-skip", "corpus tree", "the same, on_error='skip'",
+          f'{EMODB[:-1]}, on_error="skip")', HANDLED,
+          ["3 record(s)", "skipped 09a01Fa.wav", "the same file as"],
+          partial(_load_tree, corpus="emodb", on_error="skip", expect_uids=VALID_EMODB,
+                  build=partial(_emodb_tree,
+                                extra={"wav/09a01Fa.wav": _link("03a01Fa.wav")}))),
+    _case("tree-dangling-link", "corpus tree", "wav/09b02Nd.wav: a link to a missing file",
+          EMODB, REJECTED, ["09b02Nd.wav", "dangling symbolic link", "does not exist"],
+          partial(_load_tree, corpus="emodb", build=partial(
+              _emodb_tree, extra={"wav/09b02Nd.wav": _link("gone.wav")}))),
+    _case("tree-looping-link", "corpus tree", "wav/10a01Ta.wav: a link to itself", EMODB,
+          REJECTED, ["10a01Ta.wav", "symbolic link loop"],
+          partial(_load_tree, corpus="emodb", build=partial(
+              _emodb_tree, extra={"wav/10a01Ta.wav": _loop}))),
+    _case("tree-broken-links-skip", "corpus tree", "both links, on_error='skip'",
+          f'{EMODB[:-1]}, on_error="skip")', HANDLED,
+          ["3 record(s)", "skipped 09b02Nd.wav", "dangling", "10a01Ta.wav", "loop"],
+          partial(_load_tree, corpus="emodb", on_error="skip", expect_uids=VALID_EMODB,
+                  build=partial(_emodb_tree, extra={"wav/09b02Nd.wav": _link("gone.wav"),
+                                                    "wav/10a01Ta.wav": _loop}))),
+    _case("tree-dangling-folder-link", "corpus tree",
+          "TESS speaker folder YAF_calm: a link to a missing folder", 'load_corpus("tess", root)',
+          REJECTED, ["YAF_calm", "dangling symbolic link"],
+          partial(_load_tree, corpus="tess",
+                  build=lambda root: (_tess_tree(root), _link("../elsewhere")(root / "YAF_calm")))),
     # --- train_ser parameters (nothing is trained)
     _case("train-tap-unknown", "train_ser", "tap='conv9_9', method='at'", TRAIN, REJECTED,
           ["tap='conv9_9'", "conv1_1", "penultimate"],
           partial(_train_ser, tap="conv9_9", method="at")),
     _case("train-tap-none", "train_ser", "tap=None, method='at'", TRAIN, REJECTED,
-          ["method='at' needs tap="], partial(_train_ser, tap=None, method="at")),
+          ["tap=()", "expected at least one of", "method='at'"],
+          partial(_train_ser, tap=None, method="at")),
     _case("train-tap-empty-list", "train_ser", "tap=[], method='cka'", TRAIN, REJECTED,
-          ["method='cka' needs tap="], partial(_train_ser, tap=[], method="cka")),
-    _case("train-tap-baseline", "train_ser", "tap='conv9_9', method='baseline'", TRAIN, HANDLED,
-          ["accepted"], partial(_train_ser, tap="conv9_9", method="baseline")),
+          ["tap=()", "expected at least one of", "method='cka'"],
+          partial(_train_ser, tap=[], method="cka")),
+    _case("train-tap-baseline", "train_ser", "tap='conv9_9', method='baseline'", TRAIN,
+          REJECTED, ["tap='conv9_9'", "conv1_1"],
+          partial(_train_ser, tap="conv9_9", method="baseline")),
     _case("train-beta-negative", "train_ser", "beta=-1.0", TRAIN, REJECTED,
           ["beta=-1.0", ">= 0"], partial(_train_ser, beta=-1.0, method="at")),
     _case("train-beta-nan", "train_ser", "beta=nan", TRAIN, REJECTED,
-          ["beta=nan", "finite"], partial(_train_ser, beta=math.nan, method="at")),
+          ["beta=nan", "expected a number"], partial(_train_ser, beta=math.nan, method="at")),
     _case("train-beta-inf", "train_ser", "beta=inf", TRAIN, REJECTED,
-          ["beta=inf", "finite"], partial(_train_ser, beta=math.inf, method="at")),
+          ["beta=inf", "expected a number"], partial(_train_ser, beta=math.inf, method="at")),
     _case("train-beta-string", "train_ser", "beta='0.5' (text from a widget or a CSV)", TRAIN,
           REJECTED, ["beta='0.5'", "number"], partial(_train_ser, beta="0.5", method="at")),
     _case("train-corpus-unknown", "train_ser", "corpus='nosuch'", TRAIN, REJECTED,
@@ -617,10 +741,28 @@ CASES: tuple[Case, ...] = (
     _case("at-width-mismatch", "AntiTransfer", "cos2 between widths 1/8 and 1/16",
           "AntiTransfer(width 1/16).check_compatible(width 1/8)", REJECTED,
           ["tap 'conv2_1'", "channels", "distance='cka'"], partial(_compatibility, model="wider")),
+    # --- anti-transfer numerics
+    _case("at-float16-self", "at_loss", "float16 activations (mixed precision), at_loss(a, a)",
+          ATL, HANDLED, ["cos2/sample 1.000000", "cka/sample 1.000000", "torch.float32"],
+          partial(_at_values, dtype="float16", scale=300.0, same=True)),
+    _case("at-float16", "at_loss", "float16 activations, two networks", ATL, HANDLED,
+          ["float16", "reference"], partial(_at_values, dtype="float16", scale=300.0, same=False)),
+    _case("at-scaled-1e10", "at_loss", "float32 activations, both x 1e10", ATL, HANDLED,
+          ["x 1e+10", "reference"], partial(_at_values, dtype="float32", scale=1e10, same=False)),
+    _case("at-scaled-1e20", "at_loss", "float32 activations, both x 1e20", ATL, HANDLED,
+          ["x 1e+20", "reference"], partial(_at_values, dtype="float32", scale=1e20, same=False)),
+    _case("at-scaled-1e-10", "at_loss", "float32 activations, both x 1e-10", ATL, HANDLED,
+          ["x 1e-10", "reference"], partial(_at_values, dtype="float32", scale=1e-10, same=False)),
+    _case("at-empty-batch-cos2", "at_loss", "an empty batch (0, 8, 6, 6), cos2",
+          "at_loss(a, b)", REJECTED,
+          ["at_loss needs a non-empty batch", "batch size 0"], partial(_at_empty, distance="cos2")),
+    _case("at-empty-batch-cka", "at_loss", "an empty batch (0, 8, 6, 6), cka",
+          'at_loss(a, b, distance="cka")', REJECTED,
+          ["at_loss needs a non-empty batch", "batch size 0"], partial(_at_empty, distance="cka")),
 )  # fmt: skip
 
 
-# --------------------------------------------------------------------------------- the report
+# ------------------------------------------------------------------------------ the runner
 
 
 def verdict(case: Case, outcome: str, message: str) -> str | None:
@@ -634,79 +776,3 @@ def verdict(case: Case, outcome: str, message: str) -> str | None:
 def run_all(cases: Sequence[Case] = CASES, progress: bool = True) -> list[tuple[Case, str, str]]:
     """(case, outcome, message) for every case, each in its own temporary folder."""
     return [(case, *run_case(case)) for case in tqdm(cases, desc="cases", disable=not progress)]
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render(results: Sequence[tuple[Case, str, str]]) -> str:
-    """The markdown report: a summary, then one table per group."""
-    unexpected = [(c, o, why) for c, o, m in results if (why := verdict(c, o, m))]
-    counts = {o: sum(1 for _, out, _ in results if out == o) for o in OUTCOMES}
-    lines = [
-        "# Robustness: bad inputs and what qat does with them",
-        "",
-        "Generated by `python -m qat.robustness` from the case table in `qat/robustness.py`; "
-        "`tests/test_bad_input.py` runs the same cases and checks each outcome and message. "
-        "Do not edit by hand. Fault tolerance (killed training, corrupted caches, full disk, "
-        "concurrent writers, failed notebooks) is covered by `tests/test_faults.py`.",
-        "",
-        "Outcomes: **handled** = used, converted where needed (converted audio is compared "
-        "with the analytic signal it was written from); **rejected** = a ValueError or "
-        "FileNotFoundError whose message names the file or parameter and what is expected; "
-        "**crashed** = any other error; **wrong** = handled but not as the reference says.",
-        "",
-        f"{len(results)} cases: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES) + ".",
-    ]
-    if unexpected:
-        shown = "; ".join(f"`{c.name}` {o}: {why}" for c, o, why in unexpected)
-        lines.append(f"Not as expected ({len(unexpected)}): {shown}.")
-    else:
-        lines.append("Every case behaves as expected.")
-    for group in dict.fromkeys(c.group for c, _, _ in results):
-        lines += [
-            "",
-            f"## {group}",
-            "",
-            "| Input | Tried | Outcome | Message |",
-            "|---|---|---|---|",
-        ]
-        for case, outcome, message in results:
-            if case.group != group:
-                continue
-            why = verdict(case, outcome, message)
-            shown = f"**{outcome}**: {why}" if why else outcome
-            lines.append(
-                f"| {_cell(case.input)} | `{_cell(case.tried)}` | {shown} | {_cell(message)} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def write_report(results: Sequence[tuple[Case, str, str]], path: str | os.PathLike) -> Path:
-    """Write the report atomically (a temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(), unlike mkstemp, honours umask
-    try:
-        tmp.write_text(render(results))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qat.robustness", description=__doc__)
-    parser.add_argument("--out", type=Path, default=paths.REPORTS / "robustness.md")
-    args = parser.parse_args(argv)
-    results = run_all()
-    print(write_report(results, args.out))
-    bad = [c.name for c, outcome, message in results if verdict(c, outcome, message)]
-    if bad:
-        print(f"{len(bad)} case(s) not as expected: {', '.join(bad)}", file=sys.stderr)
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
