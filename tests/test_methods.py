@@ -120,3 +120,11 @@ def test_worst_group_selection_keeps_the_epoch_with_the_best_worst_group_validat
     assert record["method"]["selection"] == "worst-group validation accuracy"
     with pytest.raises(ValueError, match="selection='worst_group': expected a setup with"):
         RunConfig(selection="worst_group", setup="random")
+
+
+def test_the_methods_page_lists_every_method_with_its_information_regime():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    for method in cfg.METHODS:
+        assert f"| `{method}` |" in page and cfg.REGIMES[method] in page, method
