@@ -159,12 +159,17 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     )
     if not ser:
         return "\n".join([*lines, "", "_No SER run records yet._"])
-    table = tables.results_table(sorted(ser, key=tables.configuration_order))
-    confound = [c for c in tables.CONFOUND_COLUMNS if table[c].notna().any()]
-    lines += ["", "Test metrics (fractions; UA is the headline):", ""]
-    lines.append(tables.markdown_table(table[["run", *tables.METRIC_COLUMNS, *confound]]))
-    lines += ["", "Cost of training (one step on one batch, and the whole run):", ""]
-    lines.append(tables.markdown_table(table[["run", *tables.RESOURCE_COLUMNS]]))
+    table = tables.configuration_table(sorted(ser, key=tables.configuration_order))
+    table = table.dropna(axis=1, how="all")  # e.g. no worst-group column without a confound
+    lines += [
+        "",
+        "Test metrics (fractions; UA is the headline), one row per configuration: "
+        "the mean over its (seed, fold) runs, with the SD and the 95% t-interval of UA "
+        "(a configuration with one run has none). Each run's record is named by its "
+        "configuration with that seed and fold (`qat train ... --seed S --fold F`).",
+        "",
+    ]
+    lines.append(tables.markdown_table(table))
     for setup in _compared_setups(ser):
         fig = plots.method_comparison(ser, setup=setup)
         lines += ["", _image(_figure(fig, figures, f"method_comparison_{setup}"), setup)]

@@ -190,6 +190,55 @@ def results_table(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _t_interval(values: list[float]) -> tuple[float, float]:
+    from scipy import stats as sps
+
+    if len(values) < 2 or np.std(values) == 0:
+        return (math.nan, math.nan) if len(values) < 2 else (values[0], values[0])
+    low, high = sps.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                               scale=sps.sem(values))  # fmt: skip
+    return float(low), float(high)
+
+
+def configuration_table(records) -> pd.DataFrame:
+    """One row per configuration (everything but seed and fold): its setting columns, the
+    (seed, fold) runs it has, and mean, SD and 95% t-interval of test UA over them, with mean
+    WA, macro-F1, worst-group accuracy and step cost. A forced rerun written beside a record
+    is not a new run."""
+    groups: dict[str, dict] = {}
+    for r in ser_only(records, "configuration_table"):
+        run = RunConfig.from_record(r)
+        key = run.replace(seed=0, fold=None).key()
+        pair = (run.seed, run.fold)
+        groups.setdefault(key, {"config": r["config"], "runs": {}})["runs"].setdefault(pair, r)
+    rows = []
+    for group in groups.values():
+        c, runs = group["config"], list(group["runs"].values())
+        ua = [r["metrics"]["ua"] for r in runs]
+        low, high = _t_interval(ua)
+        worst = [r["groups"]["worst_group"] for r in runs if (r.get("groups") or {})]
+        split = c.get("split") or {}
+        rows.append({
+            "configuration": label_of(c, without=("seed",)),
+            "corpus": c.get("corpus"), "setup": c.get("setup"),
+            "rho": split.get("rho"), "factor": split.get("factor"),
+            "model": c.get("model"), "profile": c.get("profile"),
+            "RH-emo": "reused" if c.get("rhemo") else ("own" if c.get("model") == "quaternion"
+                                                       else None),
+            "runs": len(runs),
+            "(seed, fold)": ", ".join(f"{s}/{'-' if f is None else f}"
+                                      for s, f in sorted(group["runs"], key=str)),
+            "UA": float(np.mean(ua)), "UA SD": float(np.std(ua, ddof=1)) if len(ua) > 1
+            else math.nan, "UA 95% low": low, "UA 95% high": high,
+            "WA": float(np.mean([r["metrics"]["wa"] for r in runs])),
+            "macro-F1": float(np.mean([r["metrics"]["macro_f1"] for r in runs])),
+            "worst-group accuracy": float(np.mean(worst)) if worst else math.nan,
+            "step time (ms)": 1e3 * float(np.mean([as_float((r.get("resources") or {}).get(
+                "step_time_s")) for r in runs])),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def sweep_table(records) -> pd.DataFrame:
     """One row per single-tap method run (AT at one tap), beside its matching baseline: UA,
     baseline UA, UA gain, and the step time / peak memory of both. A run without a baseline

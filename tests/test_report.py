@@ -83,6 +83,7 @@ def reports(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reports")
     records = [
         ser("real", "baseline", 0.5),
+        ser("real", "baseline", 0.7, seed=1),
         ser("real", "at", 0.5625, tap="conv2_1"),
         ser("real", "at", 0.4375, tap="conv1_1"),
         ser("real", "baseline", 0.625, setup="unconfounded"),  # the ceiling
@@ -102,18 +103,22 @@ def text(reports):
 
 
 def test_readme_tables_hold_the_records_numbers(text):
-    base = table_rows(text, "[confounded] real baseline")
-    # Section 4 (metrics + confound, then resources) and section 6 (probe).
-    assert base[0][:4] == ["[confounded] real baseline", "0.500", "0.510", "0.480"]
-    assert base[0][4:] == ["0.800", "0.250", "0.300", "0.250"]  # congruent/incongruent/...
-    assert base[1][1:] == ["12345", "2.5", "12.5", "3", "42", "2", "2"]
-    assert base[2][1:] == ["0.600", "0.400"]
-    at = table_rows(text, "[confounded] real at word@conv2_1 β=1")[0]
-    assert at[1] == "0.562"  # 0.5625 rounded to 3 decimals
+    from scipy import stats
+
+    # Section 4: one row per configuration over its (seed, fold) runs.
+    base, probe = table_rows(text, "[confounded] real baseline")
+    assert base[1:10] == ["synthemo", "confounded", "0.9", "word", "real", "smoke", "2",
+                          "0/-, 1/-", "0.600"]  # fmt: skip
+    low, high = stats.t.interval(0.95, 1, loc=0.6, scale=stats.sem([0.5, 0.7]))
+    assert base[10:13] == ["0.141", f"{low:.3f}", f"{high:.3f}"]
+    assert base[13:15] == ["0.610", "0.580"]  # WA, macro-F1 means
+    at = table_rows(text, "[confounded] real at word@conv2_1 β=1")
+    assert at[0][9] == "0.562" and at[0][8] == "0/-"  # one run: no interval
     assert "0.777" not in text  # the cpu-profile record is not reported
-    assert "from the 6 run records" in text
+    assert "from the 7 run records" in text
     ceiling = table_rows(text, "[unconfounded] real baseline")
-    assert ceiling[0][1] == "0.625"
+    assert ceiling[0][9] == "0.625"
+    assert probe[1:] == ["0.600", "0.400"]  # section 6: the probe, per run
 
 
 def test_readme_sweep_table_has_gain_over_the_matching_baseline(text):
