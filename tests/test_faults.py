@@ -408,7 +408,8 @@ def test_concurrent_writers_of_the_same_records_never_overwrite_each_other(tmp_p
     for me, keys in won.items():
         for k in keys:
             record = runs.load_record(runs.record_path("ser", {"k": k}, reports=reports))
-            assert record == {"config": {"k": k}, "writer": me, "payload": [me] * 20000}  # whole, and its own
+            # whole, and its own
+            assert record == {"config": {"k": k}, "writer": me, "payload": [me] * 20000}
     assert len(os.listdir(reports / "runs")) == n  # no temporary files left
 
 

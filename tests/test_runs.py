@@ -45,5 +45,5 @@ def test_unreadable_records_are_skipped_with_one_warning_naming_them(tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 2 unreadable.*ser-list.json.*ser-truncated"):
         records = runs.load_records(tmp_path, kind="ser")
     assert [r["metrics"]["ua"] for r in records] == [0.5]
-    with pytest.raises(runs.RecordError, match="ser-truncated.json"):
+    with pytest.raises(runs.RecordError, match=r"ser-truncated\.json"):
         runs.load_record(tmp_path / "runs" / "ser-truncated.json")
