@@ -12,6 +12,7 @@ import argparse
 import ast
 import dataclasses
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def _taps(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _fold(text: str):
+    """A fold index, or "all" (every fold of the corpus, one after the other)."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a fold index or 'all'") from None
+
+
 def _nonempty_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
@@ -53,6 +64,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
         default = field.default if field.default is not dataclasses.MISSING else None
         if field.type == "bool":
             kw["action"] = argparse.BooleanOptionalAction
+        elif field.name == "fold":
+            kw.update(type=_fold, metavar="FOLD|all")
+            kw["help"] += "; all: every fold, one after the other"
         elif field.name == "tap":
             kw.update(type=_taps, metavar="TAP[,TAP...]")
             kw["help"] += f"; one of {', '.join(meta['choices'])}"
@@ -75,8 +89,17 @@ def config_from_args(args: argparse.Namespace, **fixed) -> RunConfig:
 def _train(args) -> None:
     import torch
 
-    from qat.experiments import train_ser
+    from qat.experiments import fold_count, train_ser
 
+    if args.fold == "all":
+        first = config_from_args(args, fold=0)
+        folds = [first.replace(fold=f) for f in range(fold_count(first))]
+        uas = [train_ser(c, force=args.force)["metrics"]["ua"] for c in folds]
+        for c, ua in zip(folds, uas, strict=True):
+            print(f"{c.label()}: ua {ua:.4f}")
+        sd = statistics.stdev(uas) if len(uas) > 1 else float("nan")
+        print(f"{len(uas)} folds: UA mean {statistics.fmean(uas):.4f}, SD {sd:.4f}")
+        return
     config = config_from_args(args)
     if "RANK" in os.environ and not torch.distributed.is_initialized():  # started by torchrun
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -282,6 +282,17 @@ def _cached_network(kind: str, config: dict, build, train_fn):
     return net.eval(), path
 
 
+def fold_count(run: RunConfig) -> int:
+    """How many folds the run's corpus and setup have: the profile's for SynthEmo, the corpus's
+    speaker folds (splits.default_folds) for a real corpus."""
+    if run.corpus == "synthemo" and run.root is None:
+        return PROFILES[run.profile].get("folds") or 0
+    records = load_records(run.corpus, run.profile, run.root, progress=False)
+    if run.setup == "speaker":
+        return len(splits.default_folds(records[0].corpus, [r.speaker for r in records]))
+    return PROFILES[run.profile].get("folds", 5)
+
+
 def run_data(run: RunConfig, progress: bool = True, records=None) -> Data:
     """The corpus, features and split of a run (`records`: the corpus, if already loaded)."""
     records = records or load_records(run.corpus, run.profile, run.root, progress)

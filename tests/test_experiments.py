@@ -139,3 +139,35 @@ def test_an_exported_rhemo_is_reused_and_a_feature_mismatch_is_named(tmp_path):
     with pytest.raises(ValueError, match="n_mels"):
         load_rhemo(path, FeatureConfig(**other))
     assert isinstance(rhemo, torch.nn.Module)
+
+
+def test_fold_all_runs_every_speaker_fold_of_a_four_speaker_manifest(tmp_path, capsys):
+    import csv
+    import shutil
+    from pathlib import Path
+
+    from qat import cli
+
+    corpus = experiments.load_records("synthemo", "smoke", progress=False)
+    source = experiments.synthemo_folder("smoke")
+    shutil.copytree(source / "wav", tmp_path / "audio")
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "emotion", "speaker", "text"])
+        writer.writeheader()
+        for r in corpus:
+            path = "audio/" + str(Path(r.path).relative_to(source / "wav"))
+            writer.writerow({"path": path, "emotion": r.emotion, "speaker": r.speaker,
+                             "text": r.text})  # fmt: skip
+    argv = ["train", "--corpus", "manifest", "--root", str(tmp_path), "--setup", "speaker",
+            "--fold", "all", "--profile", "smoke"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 folds: UA mean" in out  # leave-one-speaker-out: 4 speakers, 4 folds
+    from qat import runs
+
+    folds = [r for r in runs.load_records(kind="ser") if r["config"]["corpus"] == "manifest"
+             and r["config"]["setup"] == "speaker"]  # fmt: skip
+    tested = sorted(s for r in folds for s in r["split"]["test_speakers"])
+    assert len(folds) == 4 and tested == sorted({r.speaker for r in corpus})
+    for r in folds:  # trains on three speakers, tests on one, validates on training speakers
+        assert len(r["split"]["test_speakers"]) == 1
