@@ -599,6 +599,41 @@ def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, 
     return train, robust.ReweightObjective(by_position), {"upweighted": int(wrong.sum())}
 
 
+def held_out_set(data: Data, per_group: int, seed: int, rhemo=None) -> SERDataset:
+    """A group-balanced set of training-speaker items no run trains on: the items the
+    confounded split left out and the validation items. The split keeps every congruent
+    training item, so the left-out items are all incongruent; the validation items supply the
+    congruent groups. At most `per_group` items of each group, drawn with `seed`."""
+    pool = np.concatenate([data.split.unused_indices(data.records), data.val.indices])
+    groups = data.split.groups(data.records, pool, data.label_space.emotions)
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate(
+        [rng.permutation(pool[groups == g])[:per_group] for g in np.unique(groups)]
+    )
+    held = SERDataset(data.x, data.records, np.sort(chosen), data.label_space, data.normalizer)
+    attach = data.split.groups(data.records, held.indices, data.label_space.emotions)
+    held.labels[robust.GROUP_LABEL] = torch.from_numpy(attach)
+    return embed(rhemo, held) if rhemo is not None else held
+
+
+SELECTION_PER_GROUP = 40  # the decorrelated validation set: up to 40 items of each group
+
+
+def selection_scores(data: Data, net, rhemo) -> dict:
+    """UA and worst-group accuracy on the decorrelated validation set (a fixed draw per split,
+    the same for every method): what knobs are chosen on, never the test set."""
+    from qat import metrics
+
+    held = held_out_set(data, SELECTION_PER_GROUP, 0, rhemo)
+    pred = predict(net, held.x).argmax(1).numpy()
+    y, groups = held.labels["emotion"].numpy(), held.labels[robust.GROUP_LABEL].numpy()
+    return {
+        "ua": metrics.unweighted_accuracy(y, pred),
+        "worst_group": metrics.worst_group_accuracy(y, pred, groups),
+        "items": len(y),
+    }
+
+
 DFR_PER_GROUP = 200  # held-out items per group fed to DFR (it balances them itself)
 DFR_REFITS = 10
 
@@ -610,17 +645,7 @@ def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dic
     history, what the record says)."""
     base = train_ser(config.replace(method="baseline"), progress=progress)
     net.load_state_dict(load_model(base["model"]).net.state_dict())
-    # The split keeps every congruent training item, so the unused items are all incongruent;
-    # the validation items (never trained on) supply the congruent groups.
-    pool = np.concatenate([data.split.unused_indices(data.records), data.val.indices])
-    groups = data.split.groups(data.records, pool, data.label_space.emotions)
-    rng = np.random.default_rng(config.seed)
-    chosen = np.concatenate(
-        [rng.permutation(pool[groups == g])[:DFR_PER_GROUP] for g in np.unique(groups)]
-    )
-    held = SERDataset(data.x, data.records, np.sort(chosen), data.label_space, data.normalizer)
-    if rhemo is not None:
-        held = embed(rhemo, held)
+    held = held_out_set(data, DFR_PER_GROUP, config.seed, rhemo)
     features = pooled_at_taps(net, ["penultimate"], held.x)["penultimate"]
     emotions = data.label_space.emotions
     refit = robust.dfr(
@@ -832,6 +857,7 @@ def train_ser(
         "best_epoch": result["best_epoch"],
         "resources": cost,
         "groups": group_metrics(data, test, pred) if config.confounded else {},
+        "selection_set": selection_scores(data, net, rhemo) if config.confounded else {},
         "method": method_info,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
         "model": str(model_file),

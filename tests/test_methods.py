@@ -38,6 +38,8 @@ def test_each_method_trains_and_records_worst_group_accuracy(method, model):
     assert groups["worst_group"] == min(per_group) <= record["metrics"]["ua"] <= 1
     assert 0 <= groups["average"] <= 1 and sum(groups["train_counts"]) > 0
     assert record["method"]["information"] == cfg.REGIMES[method]
+    chosen_on = record["selection_set"]  # the decorrelated validation set, never the test set
+    assert chosen_on["items"] > 0 and chosen_on["worst_group"] <= chosen_on["ua"] <= 1
     if method == "subsample":
         counts = [c for c in groups["train_counts"] if c]
         assert record["method"]["subsample"]["train_items"] == len(counts) * min(counts)
