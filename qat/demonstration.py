@@ -1,353 +1,461 @@
-"""The demonstration: which invariance method removes the word shortcut on SynthEmo?
+"""The demonstration, on the frozen instrument: which method removes the word shortcut, with
+intervals, placebos and the robustness field's baselines.
 
-Stage 1 runs every method over its main knobs with seed 0 on the word-confounded setup
-(rho 0.9); stage 2 reruns the best two configurations of each method (ranked by their
-stage-1 decorrelated-test UA, which the report states: seeds 1 and 2 are fresh runs, and the
-report also gives their mean alone, which the selection cannot have favoured) with seeds 1
-and 2, next to the confounded baseline and the unconfounded ceiling with the same seeds.
-Stage 3 takes the best configuration of each method (3-seed mean) to the variants: rho 0.95,
-and the speaker-confounded split with the speaker network. Everything in the report comes
-from run records.
+Protocol (written into the page before the results):
+1. Selection. Each method's knobs run on SELECTION_PAIRS (seed, fold) only; the configuration
+   with the best mean UA on the decorrelated validation set (group-balanced training-speaker
+   items no run trains on: a group-aware selection, declared) is the method's finalist. The
+   test set never selects anything. DFR tunes its C inside (worst-group accuracy on half of
+   its balanced set); reweight and subsample have no knobs.
+2. Finalists (each method's choice, the baseline, the unconfounded ceiling, and the random-
+   network placebo of each anti-transfer finalist, same tap and beta) run on FINAL_PAIRS,
+   fresh (seed, fold) pairs the selection never saw; every method is paired with the
+   baseline on the same pair.
+3. The layer sweep: the published AT at every tap at the beta chosen for AT, on SWEEP_PAIRS.
+4. Variants: the finalists on rho 0.95 and on the speaker-confounded split (with the speaker
+   network), on FINAL_PAIRS.
+Everything on the page comes from run records; `qat demonstration` resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
+from qat import io, paths, plots, runs, stats, tables
+from qat.config import REGIMES, RunConfig, label_of
+from qat.models import VGG16_TAPS
 
-from qat import runs, tables
-from qat.config import RunConfig, label_of
+PROFILE = "cpu"
+MODELS = ("real", "quaternion")
+SELECTION_PAIRS = ((100, 0), (101, 1))
+FINAL_PAIRS = ((200, 0), (201, 1), (202, 2), (203, 3), (204, 0))
+SWEEP_PAIRS = FINAL_PAIRS[:3]
+MAIN = (0.9, "word")  # (rho, factor)
+VARIANTS = ((0.95, "word"), (0.9, "speaker"))
+METHODS = ("at", "cka", "dann", "cdann", "reweight", "subsample", "groupdro", "jtt", "dfr")
+PLACEBO_OF = ("at", "cka")  # finalists that get a random-network placebo
 
-BASE = dict(corpus="synthemo", setup="confounded", orthogonal="word", profile="cpu")
-SEEDS = (0, 1, 2)
-METHODS = ("at", "cka", "dann", "cdann")
-MAIN = (0.9, "word")  # (rho, factor) of the main grid
-VARIANTS = ((0.95, "word"), (0.9, "speaker"))  # stage 3
-# The main knobs: taps early / middle / late / head, beta 1/10/100, lambda 0.3/1/3. CKA also
-# gets beta 0.1, because at beta 10 it collapsed both models to chance on the first try.
-BETAS = (1.0, 10.0, 100.0)
-AT_TAPS = ("conv2_1", "conv3_3", "conv4_1", "conv5_3", "penultimate")
-CKA_TAPS = ("conv3_1", "penultimate", ("conv3_1", "conv5_3", "penultimate"))
-CKA_BETAS = (0.1, *BETAS)
-LAMBDAS = (0.3, 1.0, 3.0)
+# The knobs each method is selected over (on SELECTION_PAIRS, real and quaternion).
+KNOBS: dict[str, list[dict]] = {
+    "at": [
+        dict(tap=t, beta=b)
+        for t in ("conv2_1", "conv3_3", "conv5_3", "penultimate")
+        for b in (1.0, 10.0)
+    ],
+    "cka": [
+        dict(tap=t, beta=b)
+        for t in ("conv3_1", "penultimate", ("conv3_1", "conv5_3", "penultimate"))
+        for b in (0.1, 1.0)
+    ],
+    "dann": [dict(lam=v) for v in (0.3, 1.0)],
+    "cdann": [dict(lam=v) for v in (0.3, 1.0)],
+    "reweight": [{}],
+    "subsample": [{}],
+    "groupdro": [dict(eta=v) for v in (0.01, 0.1)],
+    "jtt": [dict(jtt_epochs=2, lambda_up=v) for v in (6.0, 20.0)],
+    "dfr": [{}],
+}
 
 
-def stage1(model: str) -> list[RunConfig]:
-    """Each method over its main knobs, one seed. AT comes first: the sweep runs the first
-    configuration of a group on its own, and AT's builds the networks the others share."""
-    m = RunConfig(**BASE, model=model, seed=0)
-    grid = [m.replace(method="at", tap=tap, beta=beta) for tap in AT_TAPS for beta in BETAS]
-    grid.append(m.replace(method="at", tap="conv2_1", beta=10.0, gram="batch"))
-    grid.append(m.replace(method="at", tap="conv2_1", beta=10.0, init_from_orthogonal=True))
-    grid += [m.replace(method="cka", tap=tap, beta=beta) for tap in CKA_TAPS for beta in CKA_BETAS]
-    grid += [m.replace(method=method, lam=lam) for method in ("dann", "cdann") for lam in LAMBDAS]
-    return [*grid, m.replace(method="baseline"), m.replace(method="baseline", setup="unconfounded")]
-
-
-def variant_name(variant: tuple[float, str]) -> str:
+def base(model: str, variant=MAIN, **changes) -> RunConfig:
     rho, factor = variant
-    return f"{factor}-confounded, rho {rho:g}"
+    return RunConfig(
+        profile=PROFILE,
+        setup="confounded",
+        model=model,
+        rho=rho,
+        factor=factor,
+        orthogonal=factor,
+        **changes,
+    )
 
 
-def label(config: dict) -> str:
-    """A configuration's name in the page: RunConfig's label without what every row shares."""
-    if config["method"] == "baseline":
-        return "ceiling (unconfounded)" if config["setup"] == "unconfounded" else "baseline"
-    return label_of(config, without=("setup", "model", "seed"))
+def controls(config: RunConfig) -> list[RunConfig]:
+    """The baseline and the ceiling of a configuration's (seed, fold)."""
+    b = config.replace(method="baseline")
+    return [b, b.replace(setup="unconfounded")]
 
 
-def _matches(record: dict, model: str, variant: tuple[float, str] = MAIN) -> bool:
-    if record.get("kind") != "ser":
-        return False
-    c = RunConfig.from_record(record)
-    return (
-        (c.model, c.profile, c.corpus, c.rho, c.factor) == (model, BASE["profile"],
-                                                            BASE["corpus"], *variant)
-        and c.confounded
-        and (not c.uses_orthogonal or c.orthogonal == c.factor)
-    )  # fmt: skip
-
-
-def stage2(model: str, records: list[dict], best: int = 2) -> list[RunConfig]:
-    """Seeds 1 and 2 for baseline, ceiling and the `best` stage-1 configurations of each method."""
-    seed0 = [r for r in records if _matches(r, model) and r["config"]["seed"] == 0]
-    chosen = [r for r in seed0 if r["config"]["method"] == "baseline"]
-    for method in METHODS:
-        ranked = sorted(
-            (r for r in seed0 if r["config"]["method"] == method), key=lambda r: -r["metrics"]["ua"]
-        )
-        chosen += ranked[:best]
-    return [RunConfig.from_record(r).replace(seed=s) for r in chosen for s in SEEDS[1:]]
-
-
-def stage3(model: str, records: list[dict]) -> list[RunConfig]:
-    """Baseline, ceiling and each method's best configuration (by its 3-seed mean on the main
-    grid), all seeds, on each variant; the orthogonal network follows the confounding factor."""
-    chosen = [RunConfig.from_record(r) for r in _best_per_method(summarise(records, model))]
+def selection_grid(model: str) -> list[RunConfig]:
     return [
-        c.replace(rho=rho, factor=factor, orthogonal=factor, seed=s)
-        for rho, factor in VARIANTS
-        for c in chosen
-        for s in SEEDS
+        base(model, method=m, seed=s, fold=f, **knobs)
+        for m, grid in KNOBS.items()
+        for knobs in grid
+        for s, f in SELECTION_PAIRS
     ]
 
 
-def run(models=("real", "quaternion"), jobs: int = 2, best: int = 2) -> None:
-    """All three stages; runs whose record exists are skipped, so this resumes."""
+def _matching(records, config: RunConfig) -> dict[tuple, dict]:
+    """{(seed, fold): record} of a configuration (one record per pair: a forced rerun written
+    beside a record is not a new pair)."""
+    key = config.replace(seed=0, fold=None).key()
+    out = {}
+    for r in records:
+        if r.get("kind") != "ser":
+            continue
+        run = RunConfig.from_record(r)
+        if run.replace(seed=0, fold=None).key() == key:
+            out.setdefault((run.seed, run.fold), r)
+    return out
+
+
+def choose(records, model: str, method: str) -> tuple[RunConfig, list[dict]]:
+    """The method's finalist: the knobs with the best mean decorrelated-validation UA over
+    SELECTION_PAIRS (ties: the first in KNOBS), and every candidate's score."""
+    scored = []
+    for knobs in KNOBS[method]:
+        config = base(model, method=method, **knobs)
+        pairs = _matching(records, config)
+        values = [pairs[p]["selection_set"]["ua"] for p in SELECTION_PAIRS if p in pairs]
+        complete = len(values) == len(SELECTION_PAIRS)
+        scored.append(
+            {
+                "config": config,
+                "score": statistics.fmean(values) if complete else None,
+                "pairs": len(values),
+            }
+        )
+    ready = [s for s in scored if s["score"] is not None]
+    best = max(ready, key=lambda s: s["score"])["config"] if ready else None
+    return best, scored
+
+
+def finalists(records, model: str) -> dict[str, RunConfig]:
+    """{name: configuration without seed and fold}: baseline, ceiling, each method's choice and
+    the placebos of the anti-transfer choices (only methods whose selection is complete)."""
+    out = {"baseline": base(model), "ceiling": base(model, setup="unconfounded")}
+    for method in METHODS:
+        chosen, _ = choose(records, model, method)
+        if chosen is not None:
+            out[method] = chosen
+            if method in PLACEBO_OF:
+                out[f"{method} placebo"] = chosen.replace(orthogonal="random")
+    return out
+
+
+def _on(config: RunConfig, pairs, variant=MAIN) -> list[RunConfig]:
+    rho, factor = variant
+    moved = config.replace(
+        rho=rho,
+        factor=factor,
+        orthogonal=factor if config.orthogonal in ("word", "speaker") else config.orthogonal,
+    )
+    return [moved.replace(seed=s, fold=f) for s, f in pairs]
+
+
+def final_grid(model: str, records) -> list[RunConfig]:
+    return [c for f in finalists(records, model).values() for c in _on(f, FINAL_PAIRS)]
+
+
+def sweep_grid(model: str, records) -> list[RunConfig]:
+    chosen, _ = choose(records, model, "at")
+    if chosen is None:
+        return []
+    taps = [base(model, method="at", tap=t, beta=chosen.beta) for t in VGG16_TAPS]
+    return [c for t in taps for c in _on(t, SWEEP_PAIRS)] + [
+        c for b in controls(base(model)) for c in _on(b, SWEEP_PAIRS)
+    ]
+
+
+def variant_grid(model: str, records) -> list[RunConfig]:
+    return [
+        c
+        for v in VARIANTS
+        for f in finalists(records, model).values()
+        for c in _on(f, FINAL_PAIRS, v)
+    ]
+
+
+STAGES = ("selection", "finalists", "sweep", "variants")
+
+
+def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES) -> None:
+    """The stages in order; runs whose record exists are skipped, so this resumes. Each stage
+    reads the records the previous ones wrote."""
     from qat.experiments import run_configs
 
-    for stage in (lambda m, _: stage1(m), lambda m, rs: stage2(m, rs, best), stage3):
-        records = runs.load_records(kind="ser")
+    grids = {
+        "selection": lambda m, _: selection_grid(m),
+        "finalists": final_grid,
+        "sweep": sweep_grid,
+        "variants": variant_grid,
+    }
+    for stage in stages:
         for model in models:
-            run_configs(stage(model, records), jobs=jobs)
+            run_configs(grids[stage](model, runs.load_records(kind="ser")), jobs=jobs)
 
 
-def summarise(records: list[dict], model: str, variant: tuple[float, str] = MAIN) -> list[dict]:
-    """One row per configuration label: mean and spread over the seeds present."""
-    factor = variant[1]
-    groups: dict[str, dict[int, dict]] = {}
-    for r in records:  # one record per seed: a forced rerun beside a record is not a new seed
-        if _matches(r, model, variant):
-            groups.setdefault(label(r["config"]), {}).setdefault(r["config"]["seed"], r)
+# ---------------------------------------------------------------- the analysis
+
+
+def _ua(pairs: dict[tuple, dict], metric: str = "ua") -> dict[tuple, float]:
+    if metric == "worst_group":
+        return {k: r["groups"]["worst_group"] for k, r in pairs.items() if r.get("groups")}
+    return {k: r["metrics"][metric] for k, r in pairs.items()}
+
+
+def compare(records, model: str, variant=MAIN) -> list[dict]:
+    """One row per finalist on the variant: paired differences against the baseline over the
+    pairs both have (UA and worst-group accuracy, 95% t-intervals), Holm-adjusted p across the
+    finalist family, the share of the gap closed with its bootstrap interval, the paired
+    difference against its placebo, probes, and cost."""
+    chosen = {
+        name: _on(c, FINAL_PAIRS, variant)[0].replace(seed=0, fold=None)
+        for name, c in finalists(records, model).items()
+    }
+    pairs = {
+        name: {k: v for k, v in _matching(records, c).items() if k in FINAL_PAIRS}
+        for name, c in chosen.items()
+    }
+    baseline, ceiling = pairs["baseline"], pairs["ceiling"]
     rows = []
-    for name, by_seed in groups.items():
-        rs = list(by_seed.values())
-
-        def stat(f, rs=rs):
-            values = [v for v in (f(r) for r in rs) if v is not None]
-            if not values:
-                return None, None
-            return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-        ua, ua_sd = stat(lambda r: r["metrics"]["ua"])
-        fresh = [r["metrics"]["ua"] for r in rs if r["config"]["seed"] != SEEDS[0]]
-        rows.append({
-            "model": model,
-            "method": rs[0]["config"]["method"],
-            "configuration": name,
-            "config": rs[0]["config"],
-            "seeds": len(rs),
-            "ua": ua,
-            "ua_sd": ua_sd,
-            "ua_fresh": statistics.fmean(fresh) if fresh else None,
-            "congruent_ua": stat(lambda r: r["confound"].get("congruent_ua"))[0],
-            "incongruent_ua": stat(lambda r: r["confound"].get("incongruent_ua"))[0],
-            "follows_shortcut": stat(lambda r: r["confound"].get("follows_shortcut"))[0],
-            "probe": {
-                tap: stat(lambda r, tap=tap: r["probe"].get(factor, {}).get(tap))[0]
-                for tap in rs[0]["probe"].get(factor, {})
-            },
-            "step_time_s": stat(lambda r: r["resources"]["step_time_s"])[0],
-            "peak_memory_mb": stat(lambda r: r["resources"]["peak_memory_bytes"] / 2**20)[0],
-        })  # fmt: skip
-    return sorted(rows, key=lambda row: (row["method"] != "baseline", -(row["ua"] or 0)))
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _in_se(run: dict, base: dict) -> str:
-    """The UA difference in standard errors of the difference of two seed means."""
-    se = (run["ua_sd"] ** 2 / run["seeds"] + base["ua_sd"] ** 2 / base["seeds"]) ** 0.5
-    if se == 0:
-        return "not measurable against the seed spread (one seed)"
-    return f"{(run['ua'] - base['ua']) / se:.1f} standard errors of the difference"
-
-
-def _targets(rows: list[dict], who: str, factor: str = "word") -> list[str]:
-    """The issue's targets, checked on 3-seed means (rows with all seeds)."""
-    by_name = {r["configuration"]: r for r in rows}
-    base, ceil = by_name.get("baseline"), by_name.get("ceiling (unconfounded)")
-    if not base or not ceil:
-        return [f"- {who}: baseline or ceiling missing; targets not evaluated."]
-    gap = ceil["ua"] - base["ua"]
-    seeded = [r for r in rows if r["seeds"] >= len(SEEDS) and r["method"] != "baseline"]
-    out = [
-        f"- {who}: baseline UA {_fmt(base['ua'])} (sd {_fmt(base['ua_sd'])}), "
-        f"ceiling {_fmt(ceil['ua'])}, gap {_fmt(gap)}."
-    ]
-    if not seeded:
-        return [*out, f"- {who}: no configuration has {len(SEEDS)} seeds yet."]
-    best = max(seeded, key=lambda r: r["ua"])
-    headline = f"- {who}: best method {best['configuration']} UA {_fmt(best['ua'])} "
-    if gap > 0:
-        closed = (best["ua"] - base["ua"]) / gap
-        fresh = (best["ua_fresh"] - base["ua_fresh"]) / gap
-        out.append(
-            f"{headline}(sd {_fmt(best['ua_sd'])}) closes {closed:.0%} of the gap: target "
-            f"(>= 50%) {'met' if closed >= 0.5 else 'NOT met'}; the gain is "
-            f"{_in_se(best, base)}; on seeds 1-2 alone, which the selection did not see, "
-            f"it closes {fresh:.0%}."
+    for name, mine in pairs.items():
+        if not mine:
+            continue
+        method = chosen[name].method if name != "ceiling" else "ceiling"
+        row = {
+            "finalist": name,
+            "configuration": label_of(chosen[name].key_dict(), without=("setup", "model", "seed")),
+            "information": REGIMES.get(chosen[name].method, "-")
+            if name != "ceiling"
+            else "unconfounded training data",
+            "runs": len(mine),
+            "UA": statistics.fmean(_ua(mine).values()),
+        }
+        if name != "baseline" and len(set(mine) & set(baseline)) >= 2:
+            both = set(mine) & set(baseline)
+            d = stats.paired(_ua({k: mine[k] for k in both}), _ua({k: baseline[k] for k in both}))
+            row.update(
+                {
+                    "UA gain": d.mean,
+                    "gain 95% low": d.t_low,
+                    "gain 95% high": d.t_high,
+                    "p": d.p_value,
+                }
+            )
+            wg_m, wg_b = _ua(mine, "worst_group"), _ua(baseline, "worst_group")
+            common = set(wg_m) & set(wg_b)
+            if len(common) >= 2:
+                w = stats.paired({k: wg_m[k] for k in common}, {k: wg_b[k] for k in common})
+                row.update(
+                    {"worst-group gain": w.mean, "wg 95% low": w.t_low, "wg 95% high": w.t_high}
+                )
+            trio = set(mine) & set(baseline) & set(ceiling)
+            if name not in ("ceiling",) and len(trio) >= 2:
+                g = stats.gap_closed(
+                    _ua({k: mine[k] for k in trio}),
+                    _ua({k: baseline[k] for k in trio}),
+                    _ua({k: ceiling[k] for k in trio}),
+                )
+                row.update(
+                    {"gap closed": g.estimate, "closed 95% low": g.low, "closed 95% high": g.high}
+                )
+        placebo = pairs.get(f"{name} placebo") or {}
+        if placebo and len(set(mine) & set(placebo)) >= 2:
+            both = set(mine) & set(placebo)
+            p = stats.paired(_ua({k: mine[k] for k in both}), _ua({k: placebo[k] for k in both}))
+            row.update(
+                {"vs placebo": p.mean, "placebo 95% low": p.t_low, "placebo 95% high": p.t_high}
+            )
+        by_tap: dict[str, list[float]] = {}
+        for r in mine.values():
+            for tap, value in r["probe"].get(variant[1], {}).items():
+                by_tap.setdefault(tap, []).append(value)
+        row["_probes"] = {tap: statistics.fmean(v) for tap, v in by_tap.items()}
+        row["probe (penultimate)"] = row["_probes"].get("penultimate")
+        row["step time (ms)"] = 1e3 * statistics.fmean(
+            r["resources"]["step_time_s"] for r in mine.values()
         )
-    else:
-        out.append(
-            f"{headline}(sd {_fmt(best['ua_sd'])}): the ceiling is not above the baseline "
-            f"here, so there is no measurable gap to close; the gain is {_in_se(best, base)}."
+        row["peak memory (MiB)"] = statistics.fmean(
+            r["resources"]["peak_memory_bytes"] / 2**20 for r in mine.values()
         )
-    at_rows = [r for r in seeded if r["method"] in ("at", "cka")]
-    if at_rows:
-        best_at = max(at_rows, key=lambda r: r["ua"])
-        gain = best_at["ua"] - base["ua"]
-        base_probe, at_probe = (r["probe"].get("penultimate") for r in (base, best_at))
-        probe_down = (at_probe or 1) < (base_probe or 0)
+        row["_method"] = method
+        rows.append(row)
+    tested = [r for r in rows if r.get("p") is not None and r["finalist"] != "ceiling"]
+    adjusted = stats.holm({r["finalist"]: r["p"] for r in tested}) if tested else {}
+    for r in rows:
+        r["Holm p"] = adjusted.get(r["finalist"])
+    return rows
+
+
+def layer_sweep(records, model: str) -> list[dict]:
+    """Per tap: the UA gain of AT over the baseline on SWEEP_PAIRS with its interval, and the
+    step time and peak memory of AT at that tap."""
+    chosen, _ = choose(records, model, "at")
+    if chosen is None:
+        return []
+    baseline = _matching(records, base(model))
+    out = []
+    for tap in VGG16_TAPS:
+        mine = _matching(records, base(model, method="at", tap=tap, beta=chosen.beta))
+        both = {k for k in mine if k in baseline and k in SWEEP_PAIRS}
+        if len(both) < 2:
+            continue
+        d = stats.paired(_ua({k: mine[k] for k in both}), _ua({k: baseline[k] for k in both}))
         out.append(
-            f"- {who}: best AT variant {best_at['configuration']}: UA {gain * 100:+.1f} points "
-            f"over the baseline ({_in_se(best_at, base)}; target +3: "
-            f"{'met' if gain >= 0.03 else 'NOT met'}); "
-            f"penultimate {factor} probe {_fmt(base_probe)} -> "
-            f"{_fmt(at_probe)} ({'lower' if probe_down else 'NOT lower'})."
+            {
+                "tap": tap,
+                "runs": len(both),
+                "UA gain": d.mean,
+                "gain 95% low": d.t_low,
+                "gain 95% high": d.t_high,
+                "step time (ms)": 1e3
+                * statistics.fmean(mine[k]["resources"]["step_time_s"] for k in both),
+                "peak memory (MiB)": statistics.fmean(
+                    mine[k]["resources"]["peak_memory_bytes"] / 2**20 for k in both
+                ),
+            }
         )
     return out
 
 
-def _table(rows: list[dict], factor: str) -> list[str]:
-    table = pd.DataFrame(
-        [
-            {
-                "configuration": r["configuration"],
-                "seeds": r["seeds"],
-                "UA": r["ua"],
-                "sd": r["ua_sd"],
-                "UA seeds 1-2": r["ua_fresh"],
-                "congruent UA": r["congruent_ua"],
-                "incongruent UA": r["incongruent_ua"],
-                f"follows {factor}": r["follows_shortcut"],
-                f"{factor} probe (penult.)": r["probe"].get("penultimate"),
-                "step time (s)": r["step_time_s"],
-                "peak memory (MiB)": r["peak_memory_mb"],
-            }
-            for r in rows
-        ]
-    )
-    text = tables.markdown_table(
-        table, float_format=".3f", formats={"peak memory (MiB)": ".1f"}, missing="n/a"
-    )
-    return text.splitlines()
+PROTOCOL = """## Protocol
+
+Fixed before any result below was seen (qat/demonstration.py):
+
+1. **Selection on validation data only.** Each method runs over its knobs (`KNOBS`) on the
+   (seed, fold) pairs {selection}; its finalist is the configuration with the best mean UA on
+   the *decorrelated validation set*: group-balanced training-speaker items that no run trains
+   on (a group-aware selection, declared as such). The test set selects nothing. DFR tunes C
+   inside its balanced set; reweight and subsample have no knobs.
+2. **Finalists** (each method's choice, the baseline, the unconfounded ceiling, and the
+   random-network placebo of each anti-transfer finalist, same taps and beta) run on the fresh
+   pairs {final}, which the selection never saw. Every comparison is paired by (seed, fold).
+3. **Reported per finalist:** the mean paired difference in UA and in worst-group accuracy
+   against the baseline with 95% t-intervals, Holm-adjusted p across the finalist family, the
+   share of the confound gap closed with a paired-bootstrap interval, the paired difference
+   against its placebo, the probe, step time and peak memory. A target is met only when its
+   interval says so.
+4. **The layer sweep:** the published AT at each of the 13 taps at the beta chosen for AT, on
+   {sweep}.
+5. **Variants:** the finalists on rho 0.95 and on the speaker-confounded split (with the
+   speaker network), on the finalists' pairs.
+"""
 
 
-INTRO = (
-    "Generated by `qat demonstration` (add `--report-only` to rebuild this page from the "
-    "records in reports/runs/ without training). SynthEmo, profile cpu, held-out test speakers "
-    "(word-confounded) or held-out test words (speaker-confounded), the confounding factor and "
-    "the emotion independent in test. UA = unweighted accuracy on that decorrelated test set. "
-    "Stage 1: every configuration of the grid (qat/demonstration.py: AT_TAPS x BETAS, with the "
-    "sample Gram, plus the batch Gram and the word-network initialisation at conv2_1; "
-    "CKA_TAPS x CKA_BETAS; DANN and CDANN x LAMBDAS; the AT tap sweep at beta 1 from "
-    "notebook 05) with seed 0 on the word-confounded split, rho 0.9. Stage 2: seeds 1 and 2 "
-    "for baseline, ceiling and the best two stage-1 configurations of each method, ranked by "
-    "their seed-0 test UA: the 3-seed means are therefore mildly optimistic, and 'UA seeds 1-2' "
-    "is the mean of the two fresh seeds alone, which the selection did not see. Stage 3: the "
-    "best configuration of each method (3-seed mean) on rho 0.95 and on the speaker-confounded "
-    "split with the speaker network as the orthogonal network (3 seeds each). Step time and "
-    "peak memory are those recorded by each run (two runs in parallel, one thread each, on a "
-    "shared machine): use reports/benchmarks.md, measured side by side, for cost ratios. "
-    "'follows word' = share of incongruent test items predicted as the emotion their word was "
-    "paired with in training. Probe = linear probe of the confounding factor on mean-pooled "
-    "penultimate features (words: held-out speakers, chance 1/40; speakers: validation items, "
-    "chance 1/12)."
-)
+def _verdicts(rows: list[dict], who: str) -> list[str]:
+    """The short answer for one model: which finalists beat the baseline and their placebo,
+    by their intervals."""
+    out = []
+    by = {r["finalist"]: r for r in rows}
+    if "baseline" not in by:
+        return [f"- {who}: no baseline runs yet."]
+    better = [
+        r
+        for r in rows
+        if r.get("gain 95% low") is not None
+        and r["gain 95% low"] > 0
+        and r["finalist"] not in ("ceiling",)
+        and not r["finalist"].endswith("placebo")
+    ]
+    names = ", ".join(r["finalist"] for r in better) or "none"
+    out.append(
+        f"- {who}: finalists whose UA gain over the baseline has a 95% interval above 0: {names}."
+    )
+    for method in PLACEBO_OF:
+        r = by.get(method)
+        if r and r.get("placebo 95% low") is not None:
+            beats = r["placebo 95% low"] > 0
+            out.append(
+                f"- {who}: {method} vs its random-network placebo: "
+                f"{r['vs placebo']:+.3f} [{r['placebo 95% low']:+.3f}, "
+                f"{r['placebo 95% high']:+.3f}]: "
+                + (
+                    "beats it."
+                    if beats
+                    else "does not beat it: regularisation, not invariance, cannot be ruled out."
+                )
+            )
+    return out
 
 
 def write_report(reports=None) -> Path:
     """reports/demonstration.md and its figures, from the run records only."""
-    from qat import io, paths, plots
-
     reports = Path(reports or paths.REPORTS)
     records = runs.load_records(reports, kind="ser")
-    figures = reports / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    lines = ["# Which invariance method removes the word shortcut?", "", INTRO, ""]
-    summary, tables = [], []
+    lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
+    answer, body = [], []
     for variant in (MAIN, *VARIANTS):
-        factor = variant[1]
-        by_model = {m: summarise(records, m, variant) for m in ("real", "quaternion")}
+        name = f"{variant[1]}-confounded, rho {variant[0]:g}"
+        by_model = {m: compare(records, m, variant) for m in MODELS}
         if not any(by_model.values()):
             continue
-        section = [f"## {variant_name(variant)}" + (" (the main grid)" if variant == MAIN else "")]
-        section.append("")
+        body += [f"## {name}", ""]
         for model, rows in by_model.items():
             if not rows:
                 continue
-            who = model if variant == MAIN else f"{model}, {variant_name(variant)}"
-            targets = _targets(rows, who, factor)
-            section += targets
-            summary += targets
-            if variant == MAIN:
-                tables += [f"\n## {model} VGG16, {variant_name(variant)}: every configuration\n"]
-                tables += _table(rows, factor)
-            else:
-                section += ["", *_table(rows, factor), ""]
-        figs = [("ua", plots.ranked_configurations(by_model, variant_name(variant)))]
-        if variant == MAIN:
-            best = {m: _best_per_method(rows) for m, rows in by_model.items()}
-            figs.append(("probe", plots.probe_profiles(best, f"{factor} probe")))
-        suffix = "" if variant == MAIN else f"_{factor}_rho{variant[0]:g}"
-        for kind, fig in figs:
-            name = f"demonstration_{kind}{suffix}"
-            io.save_figure(fig, figures, name)
-            section += ["", f"![{name}](figures/{name}.png)"]
-        lines += [*section, ""]
-        if variant == MAIN and all(by_model.values()):
-            costs = _cost_ratios(by_model)
-            lines += costs
-            summary.append(
-                "- quaternion / real train-step cost (run records): "
-                + "; ".join(c[2:] for c in costs if c.startswith("- "))
-                + "."
+            answer += _verdicts(rows, f"{model}, {name}")
+            shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+            body += [f"### {model} VGG16", "", tables.markdown_table(shown), ""]
+        profiles = {
+            m: [
+                {
+                    "configuration": r["finalist"],
+                    "method": r["_method"],
+                    "seeds": r["runs"],
+                    "probe": r["_probes"],
+                }
+                for r in rows
+                if r["_probes"]
+            ]
+            for m, rows in by_model.items()
+        }
+        if any(profiles.values()):
+            stem = f"demonstration_probe_{variant[1]}_rho{variant[0]:g}"
+            io.save_figure(
+                plots.probe_profiles(profiles, f"{variant[1]} probe"), reports / "figures", stem
             )
+            body += [f"![probe at every tap](figures/{stem}.png)", ""]
+        fig = plots.forest(by_model, f"{name}: paired UA difference vs the baseline")
+        stem = f"demonstration_forest_{variant[1]}_rho{variant[0]:g}"
+        io.save_figure(fig, reports / "figures", stem)
+        body += [f"![forest plot]({'figures/' + stem}.png)", ""]
+    sweep = {m: layer_sweep(records, m) for m in MODELS}
+    if any(sweep.values()):
+        io.save_figure(plots.layer_sweep(sweep), reports / "figures", "demonstration_layers")
+        body += ["## The layer sweep", "", "![layer sweep](figures/demonstration_layers.png)", ""]
+        for model, rows in sweep.items():
+            body += [f"### {model} VGG16", "", tables.markdown_table(rows), ""]
+    selection = [
+        {
+            "model": m,
+            "method": meth,
+            "configuration": label_of(s["config"].key_dict(), without=("setup", "model", "seed")),
+            "pairs": s["pairs"],
+            "decorrelated validation UA": s["score"],
+        }
+        for m in MODELS
+        for meth in METHODS
+        for s in choose(records, m, meth)[1]
+    ]
+    body += [
+        "## Selection (decorrelated validation UA, never test)",
+        "",
+        tables.markdown_table(selection),
+        "",
+    ]
+    pairs = {
+        k: ", ".join(f"{s}/{f}" for s, f in v)
+        for k, v in (("selection", SELECTION_PAIRS), ("final", FINAL_PAIRS), ("sweep", SWEEP_PAIRS))
+    }
+    lines += ["## Short answer", "", *(answer or ["- No finalist runs yet."]), ""]
+    lines += [PROTOCOL.format(**pairs), *body]
     target = reports / "demonstration.md"
-    text = "\n".join(lines + tables) + "\n"
-    io.write_text(target, text)
-    if reports.resolve() == (paths.ROOT / "reports").resolve():  # the committed results
-        _update_readme(summary)
+    io.write_text(target, "\n".join(lines) + "\n")
+    if reports.resolve() == (paths.ROOT / "reports").resolve():
+        _update_readme(answer)
     return target
 
 
 def _update_readme(summary: list[str]) -> None:
     """Replace the block between the results markers of the top-level README.md."""
-    from qat import io, paths
-
     readme = paths.ROOT / "README.md"
     start, end = "<!-- demonstration:start -->", "<!-- demonstration:end -->"
     text = readme.read_text() if readme.exists() else ""
     if start not in text or end not in text:
         return
-    block = "\n".join([start, "", *summary, "", end])
+    block = "\n".join([start, "", *summary, "", end]) if summary else f"{start}\n{end}"
     before, rest = text.split(start, 1)
-    text = before + block + rest.split(end, 1)[1]
-    io.write_text(readme, text)
-
-
-def _best_per_method(rows: list[dict]) -> list[dict]:
-    """Baseline, ceiling and each method's best configuration with all seeds (summary rows)."""
-    seeded = [r for r in rows if r["seeds"] >= len(SEEDS)]
-    best = [r for r in seeded if r["method"] == "baseline"]
-    for method in METHODS:
-        mine = [r for r in seeded if r["method"] == method]
-        best += [max(mine, key=lambda r: r["ua"])] if mine else []
-    return best
-
-
-def _cost_ratios(rows: dict[str, list[dict]]) -> list[str]:
-    """Quaternion over real train-step time and peak memory per method: the ratio of the means
-    over the configurations that both models ran (so it compares the same taps and knobs), and
-    the range of the per-configuration ratios."""
-    out = ["Quaternion / real train-step cost per method (target <= 0.25):", ""]
-    by_label = {model: {r["configuration"]: r for r in rows[model]} for model in rows}
-    real, quaternion = by_label["real"], by_label["quaternion"]
-    for method in ("baseline", *METHODS):
-        both = [n for n, r in real.items() if r["method"] == method and n in quaternion]
-        if not both:
-            continue
-        parts = []
-        for key, what in (("step_time_s", "time"), ("peak_memory_mb", "peak memory")):
-            mean = statistics.fmean(quaternion[n][key] for n in both) / statistics.fmean(
-                real[n][key] for n in both
-            )
-            each = [quaternion[n][key] / real[n][key] for n in both]
-            parts.append(f"{what} {mean:.2f}x (per configuration {min(each):.2f}-{max(each):.2f}x)")
-        out.append(f"- {method}: {', '.join(parts)}, {len(both)} configurations")
-    return [*out, ""]
+    io.write_text(readme, before + block + rest.split(end, 1)[1])

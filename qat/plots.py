@@ -23,7 +23,6 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from qat import tables
@@ -82,8 +81,14 @@ def learning_curves(records, title: str | None = None) -> Figure:
                 points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
                 if points:
                     x, y = zip(*points, strict=True)
-                    ax.plot(x, y, styles[j % len(styles)], color=f"C{i % 10}", marker=".",
-                            label=f"{label}: {_series_name(key, r)}")  # fmt: skip
+                    ax.plot(
+                        x,
+                        y,
+                        styles[j % len(styles)],
+                        color=f"C{i % 10}",
+                        marker=".",
+                        label=f"{label}: {_series_name(key, r)}",
+                    )
             if r.get("best_epoch") and panel == "cross-entropy loss":
                 ax.axvline(r["best_epoch"], color=f"C{i % 10}", linestyle=":", alpha=0.6)
         ax.set_xlabel("epoch")
@@ -122,10 +127,15 @@ def confusion_matrix(record: Mapping, normalize: bool = True, ax=None) -> Figure
         fig = ax.figure
     sns.heatmap(
         pd.DataFrame(values, index=emotions, columns=emotions),
-        ax=ax, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", square=True,
-        vmin=0, vmax=1 if normalize else None,
+        ax=ax,
+        annot=True,
+        fmt=".2f" if normalize else ".0f",
+        cmap="Blues",
+        square=True,
+        vmin=0,
+        vmax=1 if normalize else None,
         cbar_kws={"label": "share of true class" if normalize else "utterances"},
-    )  # fmt: skip
+    )
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("true emotion")
     ax.set_title(f"{tables.run_label(record)}\nUA {record['metrics']['ua']:.3f}", fontsize="small")
@@ -173,11 +183,20 @@ def cooccurrence_heatmap(utterances, column: str = "text", title: str | None = N
     confounded training split each emotion's row concentrates on its own subset."""
     table = tables.cooccurrence_table(utterances, column=column)
     name = {"text": "word (text)", "speaker": "speaker"}.get(column, column)
-    fig = Figure(figsize=(max(4.5, 0.22 * table.shape[1] + 2.5), 0.45 * table.shape[0] + 1.8),
-                 layout="constrained")  # fmt: skip
+    fig = Figure(
+        figsize=(max(4.5, 0.22 * table.shape[1] + 2.5), 0.45 * table.shape[0] + 1.8),
+        layout="constrained",
+    )
     ax = fig.subplots()
-    sns.heatmap(table, ax=ax, cmap="mako_r", cbar_kws={"label": "utterances"}, linewidths=0.2,
-                annot=table.size <= 150, fmt="d")  # fmt: skip
+    sns.heatmap(
+        table,
+        ax=ax,
+        cmap="mako_r",
+        cbar_kws={"label": "utterances"},
+        linewidths=0.2,
+        annot=table.size <= 150,
+        fmt="d",
+    )
     ax.set_xlabel(name)
     ax.set_ylabel("emotion")
     ax.set_title(title or f"emotion x {name}")
@@ -212,8 +231,9 @@ def spectrogram_grid(
     image = None
     for ax, s, title in zip(axes.flat, specs, titles, strict=False):
         extent = (0.0, s.shape[0] * hop_seconds, 0, s.shape[1])
-        image = ax.imshow(s.T, origin="lower", aspect="auto", extent=extent, vmin=vmin,
-                          vmax=vmax, cmap="magma")  # fmt: skip
+        image = ax.imshow(
+            s.T, origin="lower", aspect="auto", extent=extent, vmin=vmin, vmax=vmax, cmap="magma"
+        )
         ax.set_title(title, fontsize="small")
         ax.set_xlabel("time (s)")
         ax.set_ylabel(bin_label)
@@ -237,14 +257,20 @@ def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
         lo, hi = float(z[:, col].min()), float(z[:, col].max())
         for row in range(len(z)):
             ax = axes[row, col]
-            image = ax.imshow(z[row, col].T, origin="lower", aspect="auto", vmin=lo, vmax=hi,
-                              cmap="viridis")  # fmt: skip
+            image = ax.imshow(
+                z[row, col].T, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="viridis"
+            )
             if col == 0:
                 ax.set_ylabel(f"{titles[row]}\nfrequency (bin)", fontsize="small")
         axes[0, col].set_title(axis_name)
         axes[-1, col].set_xlabel("time (embedding frame)")
-        fig.colorbar(image, ax=axes[:, col], label=f"{axis_name[0]} activation",
-                     location="bottom", shrink=0.8)  # fmt: skip
+        fig.colorbar(
+            image,
+            ax=axes[:, col],
+            label=f"{axis_name[0]} activation",
+            location="bottom",
+            shrink=0.8,
+        )
     return fig
 
 
@@ -291,8 +317,9 @@ def method_comparison(
     if not on_setup:
         raise ValueError(f"setup={setup!r}: no SER record on that setup")
     models = sorted({r["config"].get("model") for r in on_setup})
-    fig = Figure(figsize=(max(5.0, 0.55 * len(on_setup) + 3), 4.2 * len(models)),
-                 layout="constrained")  # fmt: skip
+    fig = Figure(
+        figsize=(max(5.0, 0.55 * len(on_setup) + 3), 4.2 * len(models)), layout="constrained"
+    )
     for ax, model in zip(fig.subplots(len(models), 1, squeeze=False)[:, 0], models, strict=True):
         mine = [r for r in on_setup if r["config"].get("model") == model]
         groups: dict[str, list[float]] = defaultdict(list)
@@ -307,9 +334,10 @@ def method_comparison(
         ax.bar(range(len(names)), means, yerr=errors, color=colors, capsize=3)
         _reference_line(ax, mine, metric, "baseline", "k", "--")
         ceiling = [
-            r for r in ser
+            r
+            for r in ser
             if r["config"].get("setup") == ceiling_setup and r["config"].get("model") == model
-        ]  # fmt: skip
+        ]
         _reference_line(ax, ceiling, metric, f"ceiling (baseline on {ceiling_setup})", "C3", ":")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
         ax.set_ylabel(f"test {tables.METRIC_NAMES.get(metric, metric)} (fraction)")
@@ -321,64 +349,47 @@ def method_comparison(
     return fig
 
 
-METHOD_COLORS = {"baseline": "0.55", "at": "C0", "cka": "C2", "dann": "C1", "cdann": "C3"}
-
-
-def ranked_configurations(rows: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
-    """Horizontal bars of mean test UA per configuration (error bar = SD over seeds), best at
-    the top, coloured by method, one panel per model; dashed line: the baseline, dotted: the
-    ceiling. `rows` maps a model name to summary rows with "configuration", "method", "ua",
-    "ua_sd" and "seeds" (qat.demonstration.summarise)."""
-    panels = {model: list(r) for model, r in rows.items() if r}
-    if not panels:
-        raise ValueError("rows: no configuration to plot")
-    height = max(len(r) for r in panels.values())
-    fig = Figure(figsize=(6.5 * len(panels), 1.5 + 0.22 * height), layout="constrained")
-    for ax, (model, mine) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items(),
-                                 strict=True):  # fmt: skip
-        mine = sorted(mine, key=lambda r: r["ua"])
-        names = [f"{r['configuration']} ({r['seeds']})" for r in mine]
-        colors = [METHOD_COLORS.get(r["method"], "C7") for r in mine]
-        ax.barh(names, [r["ua"] for r in mine], xerr=[r["ua_sd"] or 0 for r in mine],
-                color=colors, capsize=2)  # fmt: skip
-        for r in mine:
-            if r["method"] == "baseline":
-                style = ":" if r["configuration"].startswith("ceiling") else "--"
-                ax.axvline(r["ua"], color="k", linestyle=style, linewidth=1)
-        ax.tick_params(axis="y", labelsize="x-small")
-        ax.set_xlabel("decorrelated-test UA (fraction, mean ± SD over seeds)")
-        ax.set_ylabel("configuration (number of seeds)")
-        ax.set_title(f"{model} VGG16 {title}".strip())
-    handles = [
-        Patch(color=color, label="baseline, ceiling" if method == "baseline" else method)
-        for method, color in METHOD_COLORS.items()
-    ]
-    handles += [Line2D([], [], color="k", linestyle="--", label="baseline"),
-                Line2D([], [], color="k", linestyle=":", label="ceiling")]  # fmt: skip
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
-    return fig
+METHOD_COLORS = {
+    "baseline": "0.55",
+    "ceiling": "0.3",
+    "at": "C0",
+    "cka": "C2",
+    "dann": "C1",
+    "cdann": "C3",
+    "reweight": "C4",
+    "subsample": "C5",
+    "groupdro": "C6",
+    "jtt": "C8",
+    "dfr": "C9",
+}
 
 
 def probe_profiles(rows: Mapping[str, Sequence[Mapping]], what: str = "word probe") -> Figure:
     """Mean linear-probe accuracy per probed tap (over seeds), one line per configuration,
     coloured by method, one panel per model. `rows` maps a model name to summary rows with
-    "configuration", "method", "seeds" and "probe" = {tap: accuracy} (demonstration.summarise).
+    "configuration", "method", "seeds" and "probe" = {tap: accuracy}.
     Lower means the confounding factor is less decodable there."""
     panels = {model: list(r) for model, r in rows.items() if r}
     if not panels:
         raise ValueError("rows: no configuration to plot")
     fig = Figure(figsize=(6.0 * len(panels), 4.2), layout="constrained")
-    for ax, (model, mine) in zip(fig.subplots(1, len(panels), squeeze=False, sharey=True)[0],
-                                 panels.items(), strict=True):  # fmt: skip
+    for ax, (model, mine) in zip(
+        fig.subplots(1, len(panels), squeeze=False, sharey=True)[0], panels.items(), strict=True
+    ):
         for r in mine:
             taps = sorted((t for t, v in r["probe"].items() if v is not None), key=tables.tap_order)
-            style = ":" if r["configuration"].startswith("ceiling") else "-"
-            ax.plot(taps, [r["probe"][t] for t in taps], marker="o", linestyle=style,
-                    color=METHOD_COLORS.get(r["method"], "C7"),
-                    label=f"{r['configuration']} ({r['seeds']})")  # fmt: skip
+            style = ":" if "placebo" in r["configuration"] else "-"
+            ax.plot(
+                taps,
+                [r["probe"][t] for t in taps],
+                marker="o",
+                linestyle=style,
+                color=METHOD_COLORS.get(r["method"], "C7"),
+                label=f"{r['configuration']} ({r['seeds']})",
+            )
         ax.set_title(f"{model} VGG16")
         ax.set_xlabel("probed tap")
-        ax.set_ylabel(f"{what} accuracy (fraction, mean over seeds)")
+        ax.set_ylabel(f"{what} accuracy (fraction, mean over runs)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     return fig
@@ -390,8 +401,12 @@ def _reference_line(ax, records, metric: str, label: str, color: str, style: str
     ]
     values = [v for v in values if np.isfinite(v)]
     if values:
-        ax.axhline(float(np.mean(values)), color=color, linestyle=style,
-                   label=f"{label}: {np.mean(values):.3f}")  # fmt: skip
+        ax.axhline(
+            float(np.mean(values)),
+            color=color,
+            linestyle=style,
+            label=f"{label}: {np.mean(values):.3f}",
+        )
 
 
 def tap_sweep(records) -> Figure:
@@ -406,15 +421,20 @@ def tap_sweep(records) -> Figure:
     for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
         x = part["tap"].map(position).to_numpy(dtype=float)
         color = f"C{i % 10}"
-        gain_ax.errorbar(x, part["UA gain"].to_numpy(dtype=float),
-                         yerr=part["UA gain SD"].to_numpy(dtype=float), color=color, marker="o",
-                         capsize=3, label=group)  # fmt: skip
+        gain_ax.errorbar(
+            x,
+            part["UA gain"].to_numpy(dtype=float),
+            yerr=part["UA gain SD"].to_numpy(dtype=float),
+            color=color,
+            marker="o",
+            capsize=3,
+            label=group,
+        )
         for ax, column in ((time_ax, "step time (ms)"), (mem_ax, "peak memory (MiB)")):
             ax.plot(x, part[column].to_numpy(dtype=float), color=color, marker="o", label=group)
             base = part[f"baseline {column}"].mean()
             if np.isfinite(base):
-                ax.axhline(base, color=color, linestyle="--", alpha=0.7,
-                           label=f"{group}: baseline")  # fmt: skip
+                ax.axhline(base, color=color, linestyle="--", alpha=0.7, label=f"{group}: baseline")
     gain_ax.axhline(0.0, color="k", linewidth=0.8)
     for ax, ylabel in (
         (gain_ax, "UA gain over baseline (fraction)"),
@@ -448,11 +468,20 @@ def tradeoff(records, cost: str = "step_time") -> Figure:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
-        ax.scatter(part[column].to_numpy(dtype=float), part["UA gain"].to_numpy(dtype=float),
-                   color=f"C{i % 10}", label=group)  # fmt: skip
+        ax.scatter(
+            part[column].to_numpy(dtype=float),
+            part["UA gain"].to_numpy(dtype=float),
+            color=f"C{i % 10}",
+            label=group,
+        )
         for _, row in part.iterrows():
-            ax.annotate(row["tap"], (row[column], row["UA gain"]), fontsize="x-small",
-                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                row["tap"],
+                (row[column], row["UA gain"]),
+                fontsize="x-small",
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.axhline(0.0, color="k", linewidth=0.8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("UA gain over baseline (fraction)")
@@ -496,8 +525,11 @@ def pilot_curves(groups: Mapping[str, Sequence[Mapping]]) -> Figure:
     """Per-epoch mean (line) and range (band) over each group's runs of the training loss, the
     validation UA and the test UA (recorded for analysis only), one colour per group (e.g. a
     candidate recipe and model): whether training has flattened by the last epoch."""
-    keys = (("train_loss", "training loss (cross-entropy)"), ("val_ua", "validation UA (fraction)"),
-            ("test_ua", "test UA, analysis only (fraction)"))  # fmt: skip
+    keys = (
+        ("train_loss", "training loss (cross-entropy)"),
+        ("val_ua", "validation UA (fraction)"),
+        ("test_ua", "test UA, analysis only (fraction)"),
+    )
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, len(keys))
     for i, (name, records) in enumerate(groups.items()):
@@ -532,6 +564,89 @@ def paired_runs(pairs: Mapping[str, tuple[Mapping, Mapping]]) -> Figure:
         ax.set_xlim(-0.3, 1.3)
         ax.set_ylabel("test UA (fraction)")
         ax.set_title(f"{model} VGG16")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+# ---------------------------------------------------------------- the demonstration
+
+
+def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
+    """Paired UA difference against the baseline with its 95% interval, one row per finalist
+    (the ceiling is the gap), one panel per model side by side; placebos are hollow markers
+    right under their method, colours mark the information regime. `rows`: compare()'s rows
+    ("finalist", "UA gain", "gain 95% low", "gain 95% high", "information")."""
+    panels = {
+        m: [r for r in rows if r.get("UA gain") is not None] for m, rows in rows_by_model.items()
+    }
+    panels = {m: rows for m, rows in panels.items() if rows} or {"(no runs)": []}
+    regimes = sorted({r["information"] for rows in panels.values() for r in rows})
+    colour = {regime: f"C{i % 10}" for i, regime in enumerate(regimes)}
+    height = 1.2 + 0.32 * max(len(rows) for rows in panels.values())
+    fig = Figure(figsize=(6.0 * len(panels), height), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=False)[0]
+    for ax, (model, rows) in zip(axes, panels.items(), strict=True):
+        for y, r in enumerate(reversed(rows)):
+            low, high = r["UA gain"] - r["gain 95% low"], r["gain 95% high"] - r["UA gain"]
+            hollow = r["finalist"].endswith("placebo")
+            ax.errorbar(
+                r["UA gain"],
+                y,
+                xerr=[[low], [high]],
+                fmt="o",
+                capsize=3,
+                color=colour[r["information"]],
+                markerfacecolor="white" if hollow else colour[r["information"]],
+            )
+        ax.set_yticks(range(len(rows)), [r["finalist"] for r in reversed(rows)])
+        ax.axvline(0, color="0.3", linewidth=1)
+        ax.set_xlabel("paired UA difference vs the baseline (fraction; 95% interval)")
+        ax.set_title(f"{model} VGG16")
+        ax.grid(alpha=0.3, axis="x")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour[g], label=g) for g in regimes]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            color="0.4",
+            markerfacecolor="white",
+            label="placebo (random network)",
+        )
+    )
+    fig.legend(handles=handles, loc="outside lower center", fontsize="x-small", ncols=2)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]]) -> Figure:
+    """The layer sweep: per tap, the UA gain of AT over the baseline with its 95% interval,
+    and the step time and peak memory of AT at that tap, one line per model."""
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    gain_ax, time_ax, memory_ax = fig.subplots(1, 3)
+    for i, (model, rows) in enumerate(rows_by_model.items()):
+        if not rows:
+            continue
+        x = range(len(rows))
+        gains = [r["UA gain"] for r in rows]
+        low = [g - r["gain 95% low"] for g, r in zip(gains, rows, strict=True)]
+        high = [r["gain 95% high"] - g for g, r in zip(gains, rows, strict=True)]
+        gain_ax.errorbar(
+            x, gains, yerr=[low, high], fmt="o-", capsize=3, color=f"C{i}", label=model
+        )
+        time_ax.plot(x, [r["step time (ms)"] for r in rows], "o-", color=f"C{i}", label=model)
+        memory_ax.plot(x, [r["peak memory (MiB)"] for r in rows], "o-", color=f"C{i}", label=model)
+        for ax in (gain_ax, time_ax, memory_ax):
+            ax.set_xticks(list(x), [r["tap"] for r in rows], rotation=60, fontsize="small")
+    gain_ax.axhline(0, color="0.3", linewidth=1)
+    gain_ax.set_ylabel("UA gain over the baseline (fraction; 95% interval)")
+    time_ax.set_ylabel("train step time (ms)")
+    memory_ax.set_ylabel("train step peak memory (MiB)")
+    for ax in (gain_ax, time_ax, memory_ax):
+        ax.set_xlabel("anti-transfer tap")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     return fig
