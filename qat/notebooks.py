@@ -6,6 +6,7 @@ reports/ (qat.paths.REPORTS), whole or not at all.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from qat import io, paths
@@ -27,6 +28,12 @@ def notebook_path(name: str) -> Path:
     return FOLDER / f"{name}.ipynb"
 
 
+def _name_part(value) -> str:
+    """A parameter value as part of a file name: a path's separators become underscores, so
+    `-p root /data/RAVDESS` names one file, not a nested folder."""
+    return re.sub(r"[^\w.,=+-]+", "_", str(value)).strip("_") or "_"
+
+
 def run_notebook(
     notebook: str | Path, parameters: dict | None = None, output: Path | None = None
 ) -> Path:
@@ -42,7 +49,8 @@ def run_notebook(
         raise FileNotFoundError(f"notebook {notebook} does not exist; see {FOLDER}")
     parameters = parameters or {}
     if output is None:
-        suffix = "".join(f"-{k}_{v}" for k, v in sorted(parameters.items()) if k != "profile")
+        suffix = "".join(f"-{k}_{_name_part(v)}" for k, v in sorted(parameters.items())
+                         if k != "profile")  # fmt: skip
         output = paths.REPORTS / f"{notebook.stem}{suffix}.ipynb"
     output = Path(output)
     io.ensure_folder(output.parent, "executed notebook")

@@ -650,3 +650,101 @@ def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]]) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     return fig
+
+
+# ---------------------------------------------------------------- cross-corpus evaluation
+
+
+def _eval_record(record: Mapping) -> Mapping:
+    """`record` if it is a cross-corpus "eval" record (qat.evaluate.evaluate_corpus)."""
+    if not isinstance(record, Mapping) or record.get("kind") != "eval":
+        kind = record.get("kind") if isinstance(record, Mapping) else type(record).__name__
+        raise ValueError(f"record: expected a cross-corpus eval record (kind 'eval'), got {kind!r}")
+    return record
+
+
+def _recalls(confusion) -> np.ndarray:
+    """Per-class recall from a confusion matrix (rows true, columns predicted): the diagonal
+    over the row sums; NaN for a class without test items."""
+    counts = np.asarray(confusion, dtype=float)
+    totals = counts.sum(axis=1)
+    return np.divide(np.diag(counts), totals, out=np.full(len(counts), np.nan), where=totals > 0)
+
+
+def _model_name(record: Mapping) -> str:
+    model = record["model"]
+    return model.get("label") or str(model["path"]).rsplit("/", 1)[-1]
+
+
+def cross_corpus_confusion(record: Mapping, normalize: bool = True) -> Figure:
+    """Confusion matrix of a saved model on another corpus (an "eval" record): rows the true
+    emotion after the mapping, columns the predicted one, over the emotions the model and the
+    corpus share; as the share of each true class (normalize=True, rows sum to 1) or counts."""
+    record = _eval_record(record)
+    emotions = record["labels"]["emotions"]
+    counts = np.asarray(record["metrics"]["confusion"], dtype=float)
+    if counts.shape != (len(emotions), len(emotions)):
+        raise ValueError(
+            f"eval record: confusion shape {counts.shape} does not match {len(emotions)} emotions"
+        )
+    totals = counts.sum(axis=1, keepdims=True)
+    values = (
+        np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)
+        if normalize
+        else counts
+    )
+    fig = Figure(figsize=(1.0 * len(emotions) + 2.4, 0.85 * len(emotions) + 1.6),
+                 layout="constrained")  # fmt: skip
+    ax = fig.subplots()
+    sns.heatmap(
+        pd.DataFrame(values, index=emotions, columns=emotions),
+        ax=ax, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", square=True,
+        vmin=0, vmax=1 if normalize else None,
+        cbar_kws={"label": "share of true class" if normalize else "utterances"},
+    )  # fmt: skip
+    ax.set_xlabel("predicted emotion")
+    ax.set_ylabel("true emotion (after mapping)")
+    ax.set_title(
+        f"{_model_name(record)} on {record['config']['corpus']}\n"
+        f"UA {record['metrics']['ua']:.3f}, {record['items']['kept']} utterances",
+        fontsize="small",
+    )
+    return fig
+
+
+def recall_comparison(record: Mapping, in_corpus: Mapping | None = None) -> Figure:
+    """Per-emotion recall of a saved model on another corpus (an "eval" record) beside its
+    recall on the test split of the corpus it was trained on (`in_corpus`: the training run's
+    record; None: the cross-corpus bars alone), over the emotions the two corpora share. Recalls
+    are read from the records' confusion matrices (diagonal over row sums); on the other corpus
+    the answer is restricted to the shared emotions, in-corpus it is over all of the model's."""
+    record = _eval_record(record)
+    emotions = record["labels"]["emotions"]
+    folder = str(record["config"]["root"]).rstrip("/").rsplit("/", 1)[-1]
+    other = f"{record['config']['corpus']} at {folder} (cross-corpus)"
+    bars = {f"{other}, UA {record['metrics']['ua']:.3f}": _recalls(record["metrics"]["confusion"])}
+    if in_corpus is not None:
+        own = list(in_corpus["labels"]["emotions"])
+        recall = _recalls(in_corpus["metrics"]["confusion"])
+        name = f"{in_corpus['config'].get('corpus', 'training corpus')} test split (in-corpus)"
+        bars = {
+            f"{name}, UA {in_corpus['metrics']['ua']:.3f}":
+                np.array([recall[own.index(e)] if e in own else np.nan for e in emotions]),
+            **bars,
+        }  # fmt: skip
+    width = 0.8 / len(bars)
+    x = np.arange(len(emotions))
+    fig = Figure(figsize=(1.3 * len(emotions) + 2.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, heights) in enumerate(bars.items()):
+        offset = (i - (len(bars) - 1) / 2) * width
+        drawn = ax.bar(x + offset, heights, width, label=label, color=f"C{i}")
+        ax.bar_label(drawn, fmt="%.2f", fontsize="x-small")
+    ax.set_xticks(x, emotions)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("emotion (shared by both corpora)")
+    ax.set_ylabel("recall (fraction)")
+    ax.set_title(f"{_model_name(record)}: per-emotion recall", fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize="x-small")
+    return fig

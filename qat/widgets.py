@@ -243,3 +243,174 @@ class AntiTransferPanel:
         from IPython.display import display
 
         display(self.widget)
+
+
+# ---------------------------------------------------------------- cross-corpus evaluation
+# Notebook 06: a saved model on another corpus. The same split as above: `evaluate_and_show` is
+# what the headless cell and the panel's Run button call; the panel only gathers values.
+
+
+def _is_path(value) -> bool:
+    return (isinstance(value, str) and bool(value.strip())) or hasattr(value, "__fspath__")
+
+
+def check_cross_corpus(
+    model, corpus, root, mapping=None, resample=False, *, notebook_fills_in: bool = False
+) -> None:
+    """Validate the values of a cross-corpus evaluation before anything runs: one line naming
+    the bad value and what is valid. `notebook_fills_in`: notebook 06's parameters, where
+    model=None (train one on SynthEmo) and, for corpus synthemo, root=None (build a second
+    SynthEmo) are allowed because the notebook's cells fill them in."""
+    from qat.data.corpora import CORPORA
+    from qat.evaluate import normalise_mapping
+
+    if not (_is_path(model) or (model is None and notebook_fills_in)):
+        raise ValueError(f"model={model!r}: expected the path of a model file written by qat "
+                         "(a run record names it under 'model')")  # fmt: skip
+    check_choice("corpus", corpus, CORPORA)
+    if not (_is_path(root) or (root is None and notebook_fills_in and corpus == "synthemo")):
+        raise ValueError(f"root={root!r}: expected the folder of the {corpus} corpus")
+    if mapping is not None and not isinstance(mapping, dict):
+        raise ValueError(f"mapping={mapping!r}: expected None or a dict "
+                         "{corpus emotion: model emotion or None}")  # fmt: skip
+    normalise_mapping(mapping)  # an unknown emotion: a message naming it
+    _flag("resample", resample)
+
+
+def in_corpus_record(record: dict) -> dict | None:
+    """The training run's record of the model an "eval" record scored (test metrics on its own
+    corpus), or None when it is not under reports/runs/ (e.g. a model file from elsewhere)."""
+    from qat import runs
+
+    run = record["config"]["model"].get("run")
+    path = runs.record_path("ser", run) if run else None
+    return runs.load_record(path) if path is not None and path.exists() else None
+
+
+def evaluate_and_show(
+    model, corpus, root, mapping=None, resample=False, progress: bool = True
+) -> dict[str, dict | None]:
+    """Evaluate a saved model on another corpus (qat.evaluate.evaluate_corpus, which writes or
+    reuses the eval record) and show what it found: the summary, the confusion matrix on the
+    other corpus and the per-emotion recall beside the in-corpus one. Returns {"eval": the eval
+    record, "in_corpus": the training run's record or None}."""
+    from IPython.display import Markdown, display
+
+    from qat.evaluate import evaluate_corpus, summary_lines
+
+    check_cross_corpus(model, corpus, root, mapping, resample)
+    record = evaluate_corpus(model, corpus, root, mapping, resample=resample, progress=progress)
+    in_corpus = in_corpus_record(record)
+    print("\n".join(summary_lines(record)))
+    display(Markdown("### Confusion matrix on the other corpus"))
+    display(plots.cross_corpus_confusion(record))
+    display(Markdown("### Per-emotion recall: in-corpus vs cross-corpus"))
+    if in_corpus is None:
+        display(Markdown("_The model's training record is not under reports/runs/: the "
+                         "cross-corpus recall is shown alone._"))  # fmt: skip
+    display(plots.recall_comparison(record, in_corpus))
+    return {"eval": record, "in_corpus": in_corpus}
+
+
+def _mapping_text(mapping: dict | None) -> str:
+    """{"calm": "neutral", "boredom": None} -> "calm=neutral,boredom=" (qat evaluate --mapping)."""
+    return ",".join(f"{k}={v or ''}" for k, v in (mapping or {}).items())
+
+
+class CrossCorpusPanel:
+    """Model file, corpus, its folder, an emotion mapping (as `qat evaluate --mapping` spells
+    it) and resampling, and a Run button calling `on_run(**values)` (default
+    `evaluate_and_show`). While it runs the button is disabled and says what runs; a bad value
+    shows one line naming it instead of a traceback."""
+
+    def __init__(
+        self,
+        on_run: Callable[..., object] = evaluate_and_show,
+        *,
+        model=None,
+        corpus: str = "synthemo",
+        root=None,
+        mapping: dict | None = None,
+        resample: bool = False,
+        **fixed,
+    ) -> None:
+        import ipywidgets as w
+
+        from qat.data.corpora import CORPORA
+
+        check_cross_corpus(model, corpus, root, mapping, resample, notebook_fills_in=True)
+        self.on_run = on_run
+        self.fixed = fixed  # passed through unchanged (e.g. progress)
+        style = {"description_width": "initial"}
+        self.controls = {
+            "model": w.Text(value=str(model or ""), description="model file",
+                            placeholder="a model file (a run record names it)", style=style),
+            "corpus": w.Dropdown(options=CORPORA, value=corpus, description="corpus",
+                                 style=style),
+            "root": w.Text(value=str(root or ""), description="corpus folder",
+                           placeholder="folder of the corpus in its official layout",
+                           style=style),
+            "mapping": w.Text(value=_mapping_text(mapping), description="mapping",
+                              placeholder="calm=neutral,boredom= (empty: dropped)",
+                              style=style),
+            "resample": w.Checkbox(value=resample, description="resample to the model's rate",
+                                   indent=False, style=style),
+        }  # fmt: skip
+        self.button = w.Button(description="Run", button_style="primary", icon="play")
+        self.status = w.HTML()
+        self.output = w.Output()
+        self.button.on_click(lambda _button: self.run())
+        c = self.controls
+        self.widget = w.VBox([
+            w.HBox([c["model"], c["corpus"]]), w.HBox([c["root"], c["mapping"], c["resample"]]),
+            w.HBox([self.button, self.status]), self.output,
+        ])  # fmt: skip
+
+    def values(self) -> dict:
+        """The chosen values, as keyword arguments of `evaluate_and_show`; ValueError for a
+        mapping that does not parse."""
+        from qat.evaluate import parse_mapping
+
+        c = self.controls
+        mapping = parse_mapping(c["mapping"].value)
+        return {
+            **self.fixed,
+            "model": c["model"].value.strip() or None,
+            "corpus": c["corpus"].value,
+            "root": c["root"].value.strip() or None,
+            "mapping": mapping or None,
+            "resample": c["resample"].value,
+        }
+
+    def run(self):
+        """What the Run button does: validate, then `on_run(**values)` with the button
+        disabled and the run named beside it; a bad value gives one line, no traceback."""
+        import html
+
+        self.output.clear_output()
+        try:
+            values = self.values()
+            check_cross_corpus(values["model"], values["corpus"], values["root"],
+                               values["mapping"], values["resample"])  # fmt: skip
+        except ValueError as err:
+            self.status.value = _red(str(err))
+            return None
+        what = html.escape(f"{values['model']} on {values['corpus']} at {values['root']}")
+        self.button.disabled, self.button.description = True, "Running…"
+        self.status.value = f"running {what}"
+        result = error = None
+        try:
+            with self.output:  # in IPython, Output shows and swallows what escapes it
+                try:
+                    result = self.on_run(**values)
+                except (ValueError, OSError) as err:  # a user error: one line, no traceback
+                    error = err
+        finally:
+            self.button.disabled, self.button.description = False, "Run"
+        self.status.value = f"done: {what}" if error is None else _red(str(error))
+        return result
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
