@@ -60,16 +60,12 @@ KNOBS: dict[str, list[dict]] = {
 
 
 def base(model: str, variant=MAIN, **changes) -> RunConfig:
+    """The demonstration's configuration of `model` on a variant (the word-confounded split by
+    default), with `changes` (method, knobs, setup, seed, fold...)."""
     rho, factor = variant
-    return RunConfig(
-        profile=PROFILE,
-        setup="confounded",
-        model=model,
-        rho=rho,
-        factor=factor,
-        orthogonal=factor,
-        **changes,
-    )
+    settings = dict(profile=PROFILE, setup="confounded", model=model, rho=rho, factor=factor,
+                    orthogonal=factor)  # fmt: skip
+    return RunConfig(**{**settings, **changes})
 
 
 def controls(config: RunConfig) -> list[RunConfig]:

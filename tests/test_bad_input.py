@@ -6,8 +6,10 @@ No training happens here."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -21,6 +23,7 @@ from bad_input_cases import (
     CASES,
     CRASHED,
     HANDLED,
+    KNOWN_BUGS,
     REJECTED,
     WRONG,
     Case,
@@ -45,7 +48,16 @@ def _load_script():
 report = _load_script()
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def _known_bug(case: Case):
+    """A case that reveals a reported, unfixed bug fails as expected (strict: once the bug is
+    fixed the case passes, and its KNOWN_BUGS entry must go)."""
+    reason = KNOWN_BUGS.get(case.name)
+    return [pytest.mark.xfail(strict=True, reason=f"known bug: {reason}")] if reason else []
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, id=case.name, marks=_known_bug(case)) for case in CASES]
+)
 def test_bad_input_is_handled_or_rejected_with_a_message_naming_it(case, tmp_path):
     outcome, message = run_case(case, tmp_path)
     problem = verdict(case, outcome, message)
@@ -75,11 +87,54 @@ def test_the_table_covers_every_input_the_issue_lists():
         "at-empty-batch-cos2", "at-empty-batch-cka", "manifest-duplicate-column",
         "manifest-unquoted-comma", "manifest-nul", "manifest-unterminated-quote",
         "tree-symlink-duplicate", "tree-dangling-link", "tree-looping-link",
+        # issue 17: data lost (1-3)
+        "synth-users-manifest", "synth-users-prosody", "synth-reseed-keeps-users-files",
+        "synth-empty-path", "cli-synth-empty-path",
+        # silently wrong (4-7, 9, 11)
+        "results-relative-root", "results-relabelled-manifest", "train-force",
+        "features-same-size-mtime-kept", "nan-features-val", "nan-features-test",
+        "degenerate-single-emotion", "degenerate-one-item-test", "degenerate-silent-class",
+        "wav-dc-offset", "wav-anti-phase-stereo", "env-qat-profile",
+        # tracebacks (12-13)
+        "records-unreadable-skipped", "records-readme", "records-demonstration-report-only",
+        "records-rerun-truncated", "checkpoint-truncated", "cached-network-truncated",
+        "env-cache-file", "env-cache-read-only", "env-data-file", "env-data-read-only",
+        "env-reports-file", "env-reports-read-only", "cli-seed-2-64", "cli-sweep-jobs-negative",
     }  # fmt: skip
     assert required <= set(names), sorted(required - set(names))
     for case in CASES:
         assert case.expect in (HANDLED, REJECTED) and case.mentions, case.name
         assert case.input and case.tried and case.group, case.name
+    assert set(KNOWN_BUGS) <= set(names), sorted(set(KNOWN_BUGS) - set(names))
+
+
+def test_every_issue_17_finding_has_cases_or_a_test_that_exist():
+    """Each finding (1-14) names cases of the table or tests listed as checked elsewhere, and
+    every case the test above requires for issue 17 appears under a finding."""
+    names = {case.name for case in CASES}
+    elsewhere = {test for _, _, _, test in report.CHECKED_ELSEWHERE}
+    assert [item for item, _, _ in report.ISSUE_17] == [str(i) for i in range(1, 15)]
+    for item, _, held_by in report.ISSUE_17:
+        assert held_by, item
+        unknown = [name for name in held_by if name not in names | elsewhere]
+        assert not unknown, (item, unknown)
+    listed = {name for _, _, held_by in report.ISSUE_17 for name in held_by}
+    assert elsewhere <= listed
+    issue_groups = ("SynthEmo folder", "run keys", "feature cache", "prepare_data",
+                    "records and caches", "environment", "qat command line")  # fmt: skip
+    issue_cases = {case.name for case in CASES if case.group in issue_groups}
+    assert issue_cases and issue_cases <= listed, sorted(issue_cases - listed)
+
+
+def test_every_test_checked_elsewhere_exists():
+    """The tests the report names as checking an issue-17 finding are test functions of the
+    named files (a rename or a removal must show here, not as a stale report)."""
+    for item, _, verdict_text, test in report.CHECKED_ELSEWHERE:
+        assert verdict_text.split(":")[0] in (HANDLED, REJECTED), (item, verdict_text)
+        path, name = test.split("::")
+        tree = ast.parse((ROOT / path).read_text())
+        functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert name.startswith("test_") and name in functions, test
 
 
 # ------------------------------------------------------------------ the harness can fail
@@ -102,6 +157,8 @@ def _raise(error):
         (lambda folder: "used as is", HANDLED, "used as is"),
         (_raise(ValueError("beta=-1 must be >= 0")), REJECTED, "ValueError: beta=-1"),
         (_raise(FileNotFoundError("no such corpus")), REJECTED, "FileNotFoundError: no such"),
+        (_raise(PermissionError("cache folder x is not writable")), REJECTED, "PermissionError"),
+        (_raise(bad_input_cases.CliRejection("exit status 2: qat: error: x")), REJECTED, "Cli"),
         (_raise(TypeError("'>=' not supported")), CRASHED, "TypeError: '>='"),
         (_raise(KeyError("emotion")), CRASHED, "KeyError: 'emotion'"),
         (_raise(OverflowError("too big")), CRASHED, "OverflowError: too big"),
@@ -123,6 +180,49 @@ def test_run_case_hides_the_scratch_folder_and_appends_warnings(tmp_path):
     assert outcome == REJECTED
     assert message == "ValueError: <tmp>/x.wav: unreadable | warning: skipped <tmp>/bad.wav"
     assert str(tmp_path) not in message
+
+
+@pytest.mark.parametrize(
+    ("code", "stderr", "outcome"),
+    [
+        (2, "qat: error: seed=-1: expected an integer\n", REJECTED),
+        (2, "usage: qat synth [-h] out_dir\nqat synth: error: argument out_dir: empty\n",
+         REJECTED),
+        (2, "qat: error: one\nqat: error: two\n", CRASHED),
+        (1, "Traceback (most recent call last):\nTypeError: boom\n", CRASHED),
+        (2, "Traceback (most recent call last):\nqat: error: x\n", CRASHED),
+        (0, "", HANDLED),
+    ],
+)  # fmt: skip
+def test_a_command_line_is_rejected_only_with_status_2_and_one_error_line(
+    tmp_path, monkeypatch, code, stderr, outcome
+):
+    from qat import cli
+
+    def main(argv):
+        sys.stderr.write(stderr)
+        return code
+
+    monkeypatch.setattr(cli, "main", main)
+    action = lambda folder: bad_input_cases._cli(folder, ["train"])  # noqa: E731
+    assert run_case(_case(action), tmp_path)[0] == outcome
+
+
+def test_read_only_folders_are_refused_then_restored(tmp_path):
+    """The read-only set-up of the environment cases denies writes under the folder (by its
+    mode, or, for root, simulated), and gives the folder back writable."""
+    from qat import io
+
+    folder = tmp_path / "cache"
+    (folder / "sub").mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with bad_input_cases._read_only(folder):
+            with pytest.raises(PermissionError, match="is not writable"):
+                io.ensure_folder(folder / "sub", "probe")
+            assert os.access(tmp_path, os.W_OK)
+    io.ensure_folder(folder / "sub", "probe")
+    assert (folder.stat().st_mode & 0o777) == 0o755
 
 
 def test_check_signal_rejects_wrong_length_type_and_values():
@@ -218,6 +318,43 @@ def test_a_wrong_at_value_is_reported_as_wrong(tmp_path, monkeypatch):
     assert outcome == WRONG, message
 
 
+def _undo_fix(monkeypatch, name: str) -> None:
+    """Put back, for one case, the behaviour issue 17 reported (or a like one)."""
+    from qat import experiments
+    from qat.data import features, synth
+
+    if name == "synth-users-manifest":  # the guard looked only at wav/
+        monkeypatch.setattr(synth, "_stored_corpus", lambda out_dir: None)
+    elif name == "features-same-size-mtime-kept":  # the key was path, size and mtime
+        monkeypatch.setattr(features, "file_digest", lambda p: str(os.stat(p)[6:9:2]))
+    elif name in ("nan-features-val", "degenerate-single-emotion"):
+        monkeypatch.setattr(experiments, "_check_task", lambda *args, **kwargs: [])
+    elif name == "env-reports-read-only":  # writability checked only after training
+        monkeypatch.setattr(experiments, "_check_writable", lambda: None)
+    elif name == "results-relabelled-manifest":  # the key held the path, not the content
+        monkeypatch.setattr(experiments, "corpus_digest", lambda records: "path only")
+
+
+@pytest.mark.parametrize(
+    ("name", "outcome"),
+    [
+        ("synth-users-manifest", WRONG),
+        ("features-same-size-mtime-kept", WRONG),
+        ("nan-features-val", HANDLED),
+        ("degenerate-single-emotion", HANDLED),
+        ("env-reports-read-only", CRASHED),
+        ("results-relabelled-manifest", WRONG),
+    ],
+)
+def test_a_regression_of_an_issue_17_fix_fails_its_case(tmp_path, monkeypatch, name, outcome):
+    """With a fix undone, the case no longer behaves as the table expects."""
+    _undo_fix(monkeypatch, name)
+    case = next(c for c in CASES if c.name == name)
+    got, message = run_case(case, tmp_path)
+    assert got == outcome, message
+    assert verdict(case, got, message) is not None
+
+
 # -------------------------------------------------------------------------------- report
 
 
@@ -233,7 +370,8 @@ def _results():
 
 def test_report_has_one_row_per_case_flags_surprises_and_escapes_pipes():
     text = report.render(_results())
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    groups = text.split("\n## audio\n")[1].split("\n## Checked elsewhere\n")[0]
+    rows = [line for line in groups.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 3 + 2  # three cases, two table headers (audio, train_ser)
     assert "## audio" in text and "## train_ser" in text
     assert "3 cases: 2 handled, 1 rejected, 0 crashed, 0 wrong." in text
@@ -244,6 +382,31 @@ def test_report_has_one_row_per_case_flags_surprises_and_escapes_pipes():
     assert "| **rejected**: message lacks ['x'] |" in text
     assert "pipe \\| in input" in text and "beta='1' \\| y" in text
     assert "`python scripts/robustness_report.py`" in text
+
+
+def test_report_gives_every_issue_17_finding_a_verdict():
+    case = next(c for c in CASES if c.name == "synth-users-manifest")
+    broken = next(c for c in CASES if c.name == "wav-dc-offset")
+    text = report.render([(case, REJECTED, "ValueError: <tmp>/corpus/manifest.csv exists and "
+                           "was not written by make_synthemo; choose another out_dir"),
+                          (broken, CRASHED, "TypeError: x")])  # fmt: skip
+    issue = text.split("## Issue 17: a verdict for every finding")[1].split("\n## ")[0]
+    rows = [line for line in issue.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 14
+    assert "| 1 | `qat synth DIR` over" in issue and "`synth-users-manifest` rejected;" in issue
+    assert "`synth-users-prosody` not run" in issue
+    assert "`wav-dc-offset` crashed (**expected handled**)" in issue
+    assert "handled (`test_two_builds_into_one_new_folder_take_turns`)" in issue
+    elsewhere = text.split("## Checked elsewhere")[1]
+    for _, _, _, test in report.CHECKED_ELSEWHERE:
+        assert f"`{test}`" in elsewhere
+
+
+def test_report_names_a_known_bug(monkeypatch):
+    case = next(c for c in CASES if c.name == "wav-dc-offset")
+    monkeypatch.setitem(report.KNOWN_BUGS, "wav-dc-offset", "the probe's reason")
+    text = report.render([(case, CRASHED, "TypeError: x")])
+    assert "`wav-dc-offset` crashed: expected handled (known bug, reported: the probe's" in text
 
 
 def test_report_keeps_the_previous_file_when_rendering_fails(tmp_path, monkeypatch):
