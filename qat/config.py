@@ -50,38 +50,6 @@ TAPS = (*VGG16_TAPS, PENULTIMATE)  # where anti-transfer can act
 SER_CORPORA = ("synthemo", *(c for c in CORPORA if c not in ("synthemo", "speechcommands")))
 MAX_SEED = 2**31 - 1
 
-# Sizes and recipe per profile. "cpu" runs on this machine in minutes; "paper" is the WASPAA
-# 2023 setting (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20,
-# patience 20). A profile's settings are hashed into every record key: editing one reruns its
-# runs. Keys a TrainConfig field names (epochs, lr, optimizer, schedule, selection, ...) are
-# the training recipe.
-PROFILES = {
-    "smoke": dict(
-        corpus=dict(n_speakers=4, n_words=10, repetitions=1),
-        orthogonal_corpus=dict(n_speakers=4, n_words=10, repetitions=2),
-        features=dict(kind="logmel", segment_seconds=0.5, n_mels=32),
-        rhemo_pools=((2, 1), (1, 1), (1, 1)),
-        width=1 / 16, epochs=1, batch_size=16, lr=1e-3, patience=1,
-        rhemo_epochs=(1, 1), orthogonal_epochs=1, n_test_speakers=1,
-    ),
-    "cpu": dict(
-        corpus=dict(),  # make_synthemo's defaults
-        orthogonal_corpus=dict(),
-        features=dict(kind="logmel", segment_seconds=1.0, n_mels=64),
-        rhemo_pools=((2, 2), (2, 1), (1, 1)),
-        width=1 / 8, epochs=10, batch_size=32, lr=2e-3, patience=4, val_fraction=0.2,
-        rhemo_epochs=(8, 8), orthogonal_epochs=8, n_test_speakers=3,
-    ),
-    "paper": dict(
-        corpus=dict(),
-        orthogonal_corpus=dict(),
-        features=dict(kind="stft", segment_seconds=4.0),
-        rhemo_pools=((2, 2), (2, 1), (2, 1)),
-        width=1.0, epochs=200, batch_size=20, lr=2e-5, patience=20,
-        rhemo_epochs=(50, 50), orthogonal_epochs=100, n_test_speakers=3,
-    ),
-}  # fmt: skip
-
 # The instrument pilot (reports/instrument.md): the same data at the new size (10 repetitions:
 # a word-confounded training split of more than 3,000 items), speaker folds, larger upstream
 # budgets, and candidate recipes compared on baseline and ceiling runs only.
@@ -102,6 +70,33 @@ RECIPES = {
     "adamw-onecycle-ema": dict(optimizer="adamw", weight_decay=0.05, lr=3e-3,
                                schedule="onecycle", warmup=0.15, selection="ema",
                                ema_decay=0.99, epochs=12, patience=12),
+}  # fmt: skip
+CPU_RECIPE = "adamw-onecycle-ema"  # chosen by the pilot's rule (qat.instrument.choose)
+
+# Sizes and recipe per profile. "cpu" runs on this machine; "paper" is the WASPAA 2023
+# setting (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20,
+# patience 20). A profile's settings are hashed into every record key: editing one reruns its
+# runs. Keys a TrainConfig field names (epochs, lr, optimizer, schedule, selection, ...) are
+# the training recipe.
+PROFILES = {
+    "smoke": dict(
+        corpus=dict(n_speakers=4, n_words=10, repetitions=1),
+        orthogonal_corpus=dict(n_speakers=4, n_words=10, repetitions=2),
+        features=dict(kind="logmel", segment_seconds=0.5, n_mels=32),
+        rhemo_pools=((2, 1), (1, 1), (1, 1)),
+        width=1 / 16, epochs=1, batch_size=16, lr=1e-3, patience=1,
+        rhemo_epochs=(1, 1), orthogonal_epochs=1, n_test_speakers=1,
+    ),
+    # The frozen instrument (reports/instrument.md): the pilot's chosen recipe on its data.
+    "cpu": {**INSTRUMENT_DATA, **RECIPES[CPU_RECIPE]},
+    "paper": dict(
+        corpus=dict(),
+        orthogonal_corpus=dict(),
+        features=dict(kind="stft", segment_seconds=4.0),
+        rhemo_pools=((2, 2), (2, 1), (2, 1)),
+        width=1.0, epochs=200, batch_size=20, lr=2e-5, patience=20,
+        rhemo_epochs=(50, 50), orthogonal_epochs=100, n_test_speakers=3,
+    ),
 }  # fmt: skip
 PROFILES.update({f"pilot-{name}": {**INSTRUMENT_DATA, **r} for name, r in RECIPES.items()})
 
