@@ -43,8 +43,14 @@ def to_json(payload) -> str:
 def ensure_folder(folder: str | os.PathLike, what: str = "output") -> Path:
     """Create `folder` if needed; one clear message if it is a file or cannot be written."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{what} folder {folder} is a file; expected a folder")
+    for parent in (folder, *folder.parents):  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                where = "" if parent == folder else f": {parent}"
+                raise NotADirectoryError(
+                    f"{what} folder {folder}{where} is a file; expected a folder"
+                )
+            break
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
