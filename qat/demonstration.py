@@ -26,6 +26,7 @@ from pathlib import Path
 from qat import io, paths, plots, runs, stats, tables
 from qat.config import REGIMES, RunConfig, label_of
 from qat.models import VGG16_TAPS
+from qat.report import update_readme_block
 
 PROFILE = "cpu"
 MODELS = ("real", "quaternion")
@@ -436,22 +437,10 @@ def write_report(reports=None) -> Path:
         k: ", ".join(f"{s}/{f}" for s, f in v)
         for k, v in (("selection", SELECTION_PAIRS), ("final", FINAL_PAIRS), ("sweep", SWEEP_PAIRS))
     }
-    lines += ["## Short answer", "", *(answer or ["- No finalist runs yet."]), ""]
+    lines += ["## Short answer", "", *(answer or ["- No finalist has run yet."]), ""]
     lines += [PROTOCOL.format(**pairs), *body]
     target = reports / "demonstration.md"
     io.write_text(target, "\n".join(lines) + "\n")
     if reports.resolve() == (paths.ROOT / "reports").resolve():
-        _update_readme(answer)
+        update_readme_block("demonstration", answer or ["- No finalist has run yet."])
     return target
-
-
-def _update_readme(summary: list[str]) -> None:
-    """Replace the block between the results markers of the top-level README.md."""
-    readme = paths.ROOT / "README.md"
-    start, end = "<!-- demonstration:start -->", "<!-- demonstration:end -->"
-    text = readme.read_text() if readme.exists() else ""
-    if start not in text or end not in text:
-        return
-    block = "\n".join([start, "", *summary, "", end]) if summary else f"{start}\n{end}"
-    before, rest = text.split(start, 1)
-    io.write_text(readme, before + block + rest.split(end, 1)[1])

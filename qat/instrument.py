@@ -20,6 +20,7 @@ import numpy as np
 
 from qat import io, paths, plots, runs, stats, tables
 from qat.config import PROFILES, RECIPES, RunConfig
+from qat.report import update_readme_block
 
 PAIRS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 0))  # (seed, fold): five seeds, every fold
 MODELS = ("real", "quaternion")
@@ -366,4 +367,28 @@ def write_report(reports=None) -> Path:
     lines += ["", tables.markdown_table(power)]
     target = reports / "instrument.md"
     io.write_text(target, "\n".join(lines) + "\n")
+    if reports.resolve() == (paths.ROOT / "reports").resolve():
+        update_readme_block("instrument", _summary(chosen, why, frozen, oracle_ua))
     return target
+
+
+def _summary(chosen, why, frozen: dict, oracle_ua) -> list[str]:
+    """The README's lines: the recipe chosen and the frozen instrument's numbers, with their
+    intervals (from the same records as the page)."""
+    if chosen is None:
+        return []
+    out = [f"- Recipe: `{chosen}`, chosen by the rule ({why}); frozen as the `cpu` profile."]
+    for model, row in frozen.items():
+        if row["gap"] is None:
+            out.append(f"- {model}: the frozen instrument's baseline and ceiling runs are not all "
+                       f"in yet ({row['pairs']} pairs).")  # fmt: skip
+            continue
+        out.append(
+            f"- {model}: baseline UA {row['baseline UA']:.3f} (SD {row['baseline SD']:.3f} over "
+            f"{row['pairs'].split('/')[0]} (seed, fold) runs), ceiling {row['ceiling UA']:.3f}; "
+            f"confound gap {row['gap']:+.3f}, 95% interval [{row['gap 95% low']:+.3f}, "
+            f"{row['gap 95% high']:+.3f}]."
+        )
+    if oracle_ua is not None:
+        out.append(f"- Prosody oracle (held-out speakers): UA {oracle_ua:.3f}.")
+    return out

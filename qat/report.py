@@ -253,3 +253,16 @@ def write_readme(reports_dir: str | os.PathLike | None = None, profile: str | No
     text = "\n\n".join(sections) + "\n"
     io.write_text(target, text)
     return target
+
+
+def update_readme_block(name: str, lines: list[str]) -> None:
+    """Replace the block between `<!-- name:start -->` and `<!-- name:end -->` in the top-level
+    README.md with `lines` (the results a page's script measured; never typed)."""
+    readme = paths.ROOT / "README.md"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = readme.read_text() if readme.exists() else ""
+    if start not in text or end not in text:
+        return
+    block = "\n".join([start, "", *lines, "", end]) if lines else f"{start}\n{end}"
+    before, rest = text.split(start, 1)
+    io.write_text(readme, before + block + rest.split(end, 1)[1])
