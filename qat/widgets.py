@@ -149,6 +149,9 @@ def _control(field: dataclasses.Field, value):
                   style={"description_width": "initial"})  # fmt: skip
     if field.name == "tap":
         return w.Dropdown(options=cfg.TAPS, value=value[0] if value else cfg.TAPS[2], **common)
+    if field.metadata["choices"] is not None and field.type.endswith("| None"):
+        options = [("default", None), *((c, c) for c in field.metadata["choices"])]
+        return w.Dropdown(options=options, value=value, **common)
     if field.metadata["choices"] is not None:
         return w.Dropdown(options=field.metadata["choices"], value=value, **common)
     if field.type == "bool":
@@ -157,9 +160,42 @@ def _control(field: dataclasses.Field, value):
         return w.FloatText(value=value, **common)
     if field.type == "int":
         return w.IntText(value=value, **common)
-    if field.type == "int | None":
-        return w.Text(value="" if value is None else str(value), placeholder="none", **common)
-    return w.Text(value=value or "", placeholder="folder of a real corpus", **common)
+    if field.type in ("int | None", "float | None"):
+        return w.Text(value="" if value is None else str(value), placeholder="default", **common)
+    return w.Text(value=value or "", placeholder="a path (empty: none)", **common)
+
+
+def _read(field: dataclasses.Field, value):
+    """A control's value as a RunConfig value: an empty text box is "not set" (None); a number
+    typed in a text box becomes a number (anything else goes to RunConfig, which names it)."""
+    if not isinstance(value, str) or field.type == "str":
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    number = {"int | None": int, "float | None": float}.get(field.type)
+    try:
+        return number(text) if number else text
+    except ValueError:
+        return text
+
+
+def _run_busy(panel, what: str, values: dict):
+    """`panel.on_run(**values)` with the Run button disabled and `what` named beside it; a
+    user error (ValueError, OSError) ends as one red line, no traceback."""
+    panel.button.disabled, panel.button.description = True, "Running…"
+    panel.status.value = f"running {what}"
+    result = error = None
+    try:
+        with panel.output:  # in IPython, Output shows and swallows what escapes it
+            try:
+                result = panel.on_run(**values)
+            except (ValueError, OSError) as err:
+                error = err
+    finally:
+        panel.button.disabled, panel.button.description = False, "Run"
+    panel.status.value = f"done: {what}" if error is None else _red(str(error))
+    return result
 
 
 def _red(text: str) -> str:
@@ -206,10 +242,7 @@ class AntiTransferPanel:
 
     def values(self) -> dict:
         """The chosen values, as keyword arguments of `compare` / `run_and_show`."""
-        out = {name: control.value for name, control in self.controls.items()}
-        out["root"] = out["root"].strip() or None
-        fold = out["fold"].strip()
-        out["fold"] = int(fold) if fold.lstrip("-").isdigit() else (fold or None)
+        out = {f.name: _read(f, self.controls[f.name].value) for f in cfg.fields()}
         return {**self.fixed, **out}
 
     def run(self):
@@ -224,20 +257,7 @@ class AntiTransferPanel:
         except ValueError as err:
             self.status.value = _red(str(err))
             return None
-        self.button.disabled, self.button.description = True, "Running…"
-        self.status.value = f"running {html.escape(config.label())}"
-        result = error = None
-        try:
-            with self.output:  # in IPython, Output shows and swallows what escapes it
-                try:
-                    result = self.on_run(**values)
-                except (ValueError, OSError) as err:  # a user error: one line, no traceback
-                    error = err
-        finally:
-            self.button.disabled, self.button.description = False, "Run"
-        done = f"done: {html.escape(config.label())}"
-        self.status.value = done if error is None else _red(str(error))
-        return result
+        return _run_busy(self, html.escape(config.label()), values)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -396,19 +416,7 @@ class CrossCorpusPanel:
             self.status.value = _red(str(err))
             return None
         what = html.escape(f"{values['model']} on {values['corpus']} at {values['root']}")
-        self.button.disabled, self.button.description = True, "Running…"
-        self.status.value = f"running {what}"
-        result = error = None
-        try:
-            with self.output:  # in IPython, Output shows and swallows what escapes it
-                try:
-                    result = self.on_run(**values)
-                except (ValueError, OSError) as err:  # a user error: one line, no traceback
-                    error = err
-        finally:
-            self.button.disabled, self.button.description = False, "Run"
-        self.status.value = f"done: {what}" if error is None else _red(str(error))
-        return result
+        return _run_busy(self, what, values)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -44,13 +44,11 @@ def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
     panel.controls["method"].value = "dann"
     assert panel.controls["beta"].disabled and not panel.controls["lam"].disabled
     panel.button.click()
-    assert calls == [
-        {"corpus": "synthemo", "root": None, "setup": "confounded", "model": "quaternion",
-         "method": "dann", "orthogonal": "word", "tap": "conv3_2", "beta": 0.5, "gram": "sample",
-         "lam": 1.0, "init_from_orthogonal": False, "rho": 0.9, "factor": "word", "seed": 0,
-         "fold": None, "profile": "smoke", "ceiling": False}
-    ]  # fmt: skip
-    assert RunConfig(**{k: v for k, v in calls[0].items() if k != "ceiling"}).method == "dann"
+    (call,) = calls
+    assert call.pop("ceiling") is False and call["tap"] == "conv3_2"  # one tap per click
+    expected = RunConfig(profile="smoke", model="quaternion", method="dann", tap="conv3_2",
+                         beta=0.5)  # fmt: skip
+    assert RunConfig(**call) == expected and set(call) == {f.name for f in cfg.fields()}
     assert "done: [confounded] quaternion dann word λ=1" in panel.status.value
     with pytest.raises(ValueError, match="setup='lab'"):
         widgets.AntiTransferPanel(setup="lab")
@@ -134,3 +132,19 @@ def test_a_finished_notebook_bar_leaves_text_not_a_widget(tmp_path):
     assert all("application/vnd.jupyter.widget-view+json" not in k for k in kinds)
     texts = [o["data"]["text/plain"] for o in outputs if "data" in o]
     assert texts[0].startswith("baseline: epoch 1/1: 100%") and texts[1] == ""
+
+
+def test_optional_settings_read_empty_as_unset_and_text_as_numbers():
+    calls = []
+    panel = widgets.AntiTransferPanel(on_run=lambda **kw: calls.append(kw), method="groupdro",
+                                      profile="smoke")  # fmt: skip
+    assert panel.controls["selection"].value is None  # "default": the profile's rule
+    panel.controls["weight_decay"].value = " 0.1 "
+    panel.controls["fold"].value = ""
+    panel.controls["selection"].value = "worst_group"
+    panel.button.click()
+    assert calls[0]["weight_decay"] == 0.1 and calls[0]["fold"] is None
+    assert calls[0]["selection"] == "worst_group" and calls[0]["orthogonal_root"] is None
+    panel.controls["weight_decay"].value = "lots"
+    panel.button.click()
+    assert len(calls) == 1 and "weight_decay=&#x27;lots&#x27;" in panel.status.value

@@ -298,6 +298,13 @@ def default_folds(corpus: str, speakers: Sequence[str]) -> list[list[str]]:
     return [list(g) for g in np.array_split(np.array(speakers, dtype=object), k)]
 
 
+def _held_out_values(values, requested, name: str, what: str, seed: int, held) -> list[str]:
+    """The held-out speakers (words): the fold's group, or `requested` of them by seed."""
+    if held is not None:
+        return _fold_held_out(values, held, what)
+    return _hold_out(values, _n_held_out(requested, values, name, what), seed, f"held-out {what}")
+
+
 def _fold_meta(held: tuple) -> dict:
     fold, folds = held
     return {"fold": int(fold), "folds": len(folds) if isinstance(folds, list) else int(folds)}
@@ -343,12 +350,8 @@ def _held_out_split(
     )
     what = "speakers" if setup == "speaker" else "words"
     values = sorted({getattr(r, attr) for r in records})
-    if held is None:
-        n = _n_held_out(requested, values, name, what)
-        held_out = _hold_out(values, n, seed, f"held-out {what}")
-    else:
-        held_out = _fold_held_out(values, held, what)
-        n = len(held_out)
+    held_out = _held_out_values(values, requested, name, what, seed, held)
+    n = len(held_out)
     if requested is None and len(values) - n < n:
         raise ValueError(
             f"the split would train on {len(values) - n} {what} and test on {n}; expected at "
@@ -426,12 +429,8 @@ def _confounded_split(
         else ("text", "n_test_words", n_test_words, "words")
     )
     test_values = sorted({getattr(r, test_attr) for r in records})
-    if held is None:
-        n_test = _n_held_out(requested, test_values, test_name, test_what)
-        held_out = _hold_out(test_values, n_test, seed, f"held-out {test_what}")
-    else:
-        held_out = _fold_held_out(test_values, held, test_what)
-        n_test = len(held_out)
+    held_out = _held_out_values(test_values, requested, test_name, test_what, seed, held)
+    n_test = len(held_out)
     in_test = np.isin(np.array([getattr(r, test_attr) for r in records]), held_out)
     test, pool = np.flatnonzero(in_test), np.flatnonzero(~in_test)
 
