@@ -825,11 +825,17 @@ def train_ser(
             normalizer=data.normalizer, label_space=data.label_space, rhemo=rhemo, run=key,
         )  # fmt: skip
 
+    t_evaluated = time.perf_counter()
     cost = {**step_cost(config, net, tcfg, anti_transfer, adversary, train, device),
             "train_time_s": train_time}  # fmt: skip
-
+    t_costed = time.perf_counter()
     target_label = config.probe_target
     probe_taps = sorted({*PROBE_TAPS, *config.taps}, key=TAPS.index)
+    probe = invariance_probes(
+        net, train, test if target_label == "word" else val, target_label, probe_taps,
+        p.get("probe_items"),
+    )  # fmt: skip
+    t_probed = time.perf_counter()
     record = {
         "kind": "ser",
         "config": key,
@@ -843,16 +849,7 @@ def train_ser(
         "labels": {"emotions": list(data.label_space.emotions)},
         "metrics": test_metrics,
         "confound": confound_metrics(data, pred, config.factor) if config.confounded else {},
-        "probe": {
-            target_label: invariance_probes(
-                net,
-                train,
-                test if target_label == "word" else val,
-                target_label,
-                probe_taps,
-                p.get("probe_items"),
-            )
-        },
+        "probe": {target_label: probe},
         "history": result["history"],
         "best_epoch": result["best_epoch"],
         "resources": cost,
@@ -866,9 +863,12 @@ def train_ser(
         "code_version": runs.code_version(),
         "device": device,
         "wall_time_s": time.perf_counter() - t_start,
-        "timings_s": {
+        "timings_s": {  # overhead: prepare, step_cost and probe; evaluate is the measurement
             "prepare": t_prepared - t_start,
             "train": train_time,
+            "evaluate": t_evaluated - t_prepared - train_time,
+            "step_cost": t_costed - t_evaluated,
+            "probe": t_probed - t_costed,
             "after": time.perf_counter() - t_prepared - train_time,
         },
     }

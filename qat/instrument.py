@@ -163,16 +163,21 @@ def summarise(records, profile: str, model: str) -> dict:
     row.update({"gap": gap and gap.mean, "gap 95% low": gap and gap.t_low,
                 "gap 95% high": gap and gap.t_high, "gap paired SD": gap and gap.sd})  # fmt: skip
     row.update(_history_stats([*base.values(), *ceil.values()]))
-    shares = [
-        (t["prepare"] + t["after"]) / t["train"]
-        for t in (r.get("timings_s") for r in [*base.values(), *ceil.values()])
-        if t
-    ]
+    timings = [r.get("timings_s") for r in [*base.values(), *ceil.values()]]
+    shares = [_overhead(t) for t in timings if t]
     row["overhead / training time"] = statistics.fmean(shares) if shares else None
     times = [r["resources"]["step_time_s"] for r in base.values()]
     row["step time (ms)"] = 1000 * statistics.fmean(times) if times else None
     row["_base"], row["_ceil"] = base, ceil
     return row
+
+
+def _overhead(t: dict) -> float:
+    """Data preparation, step-cost measurement and probes over training time. Records from
+    before the split of these timings count everything after training (evaluation too)."""
+    if "probe" in t:
+        return (t["prepare"] + t["step_cost"] + t["probe"]) / t["train"]
+    return (t["prepare"] + t["after"]) / t["train"]
 
 
 def choose(rows: Sequence[dict]) -> tuple[str | None, str]:
