@@ -1439,7 +1439,7 @@ CASES: tuple[Case, ...] = (
           TRAIN, REJECTED, ["data (QAT_DATA) folder <tmp>/data is not writable"],
           partial(_environment, variable="DATA", state="read-only")),
     _case("env-reports-file", "environment", "QAT_REPORTS pointing to a file", TRAIN, REJECTED,
-          ["run records (QAT_REPORTS) folder <tmp>/reports/runs", "Not a directory"],
+          ["run records (QAT_REPORTS) folder <tmp>/reports/runs: <tmp>/reports is a file"],
           partial(_environment, variable="REPORTS", state="file")),
     _case("env-reports-read-only", "environment",
           "QAT_REPORTS pointing to a read-only folder", TRAIN, REJECTED,
