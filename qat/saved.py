@@ -271,8 +271,8 @@ def _read(path: Path, fmt: str = FORMAT, expected: str = EXPECTED) -> dict:
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise ValueError(
-            f"{path} is not this kind of qat file (no format entry {fmt!r}: a plain state dict, "
-            f"or another program's file?); expected {expected}"
+            f"model file {path} holds no format entry {fmt!r} (a plain state dict, or another "
+            f"program's file?); expected {expected}"
         )
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
