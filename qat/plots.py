@@ -274,23 +274,28 @@ def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
     return fig
 
 
-def rhemo_heads(record: Mapping) -> Figure:
+def rhemo_heads(records) -> Figure:
     """Validation accuracy of RH-emo's four heads at the last epoch, one bar per embedding
-    axis: emotion UA on r, binarised valence/arousal/dominance accuracy on i, j, k."""
-    (record,) = tables.check_records([record])
-    history = record.get("history") or []
-    if not history:
-        raise ValueError(f"record {tables.run_label(record)!r}: no history to read head accuracies")
-    last = history[-1]
-    values = [tables.as_float(last.get(k)) for k in tables.RHEMO_HEAD_KEYS]
+    axis (emotion UA on r, binarised valence/arousal/dominance accuracy on i, j, k): the mean
+    over the RH-emo records given, with their range as error bars; one compact figure however
+    many RH-emos (one per split) there are."""
+    records = tables.check_records(records)
+    lasts = [(r.get("history") or [None])[-1] for r in records]
+    if any(last is None for last in lasts):
+        raise ValueError("records: an RH-emo record has no history to read head accuracies")
+    values = np.array([[tables.as_float(last.get(k)) for k in tables.RHEMO_HEAD_KEYS]
+                       for last in lasts])  # fmt: skip
+    mean = np.nanmean(values, axis=0)
+    low, high = mean - np.nanmin(values, axis=0), np.nanmax(values, axis=0) - mean
     fig = Figure(figsize=(5.5, 3.4), layout="constrained")
     ax = fig.subplots()
-    bars = ax.bar(tables.RHEMO_AXES, values, color=["C0", "C1", "C2", "C3"])
-    ax.bar_label(bars, fmt="%.2f")
+    bars = ax.bar(tables.RHEMO_AXES, mean, yerr=[low, high], capsize=4,
+                  color=["C0", "C1", "C2", "C3"])  # fmt: skip
+    ax.bar_label(bars, fmt="%.2f", label_type="center")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("embedding axis: head")
     ax.set_ylabel("validation accuracy (fraction)")
-    ax.set_title(f"RH-emo heads after epoch {last.get('epoch')}")
+    ax.set_title(f"RH-emo heads, last epoch: mean and range of {len(records)} RH-emo(s)")
     return fig
 
 

@@ -108,9 +108,8 @@ def _rhemo_section(records: list[dict], figures: Path, profile: str) -> str:
     lines += ["", tables.markdown_table(tables.rhemo_table(rhemo))]
     fig = plots.learning_curves(rhemo, title="RH-emo: reconstruction and heads (validation)")
     lines += ["", _image(_figure(fig, figures, "rhemo_history"), "RH-emo history")]
-    for i, r in enumerate(rhemo):
-        path = _figure(plots.rhemo_heads(r), figures, f"rhemo_heads_{i}")
-        lines += ["", _image(path, f"RH-emo heads: {tables.run_label(r)}")]
+    path = _figure(plots.rhemo_heads(rhemo), figures, "rhemo_heads")
+    lines += ["", _image(path, "RH-emo heads over every RH-emo")]
     return "\n".join(lines)
 
 

@@ -261,3 +261,12 @@ def test_method_comparison_marks_baseline_and_ceiling(rng):
     assert fig.axes[0].get_ylabel() == "test UA on incongruent items (fraction)"
     with pytest.raises(ValueError, match="metric='accuracy'"):
         plots.method_comparison(base, metric="accuracy")
+
+
+def test_rhemo_heads_of_several_rhemos_show_mean_and_range():
+    a, b = rhemo_record(), rhemo_record()
+    b["history"][-1] = {**b["history"][-1], "val_emotion_ua": 0.2, "val_valence_acc": 0.9}
+    fig = plots.rhemo_heads([a, b])
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == pytest.approx([0.4, 0.8, 0.8, 0.65])  # (0.6 + 0.2) / 2, (0.7 + 0.9) / 2
+    assert "2 RH-emo(s)" in fig.axes[0].get_title()
