@@ -113,8 +113,8 @@ def render(results: Sequence[Result]) -> str:
         "`tests/bad_input_cases.py`; `tests/test_bad_input.py` runs the same cases and checks "
         "each outcome and message. Do not edit by hand. Fault tolerance (killed training, "
         "corrupted caches, full disk, concurrent writers, failed notebooks) is covered by "
-        "`tests/test_faults.py`; the findings of issue 17 that only a training or subprocess "
-        "test can check, by the tests under *Checked elsewhere*.",
+        "`tests/test_faults.py`; the findings of the second hostile test that only a training "
+        "or subprocess test can check, by the tests under *Checked elsewhere*.",
         "",
         "Outcomes: **handled** = used, converted where needed (converted audio is compared "
         "with the analytic signal it was written from, computed values with a float64 "
@@ -136,7 +136,7 @@ def render(results: Sequence[Result]) -> str:
         lines.append("Every case behaves as expected.")
     lines += [
         "",
-        "## Issue 17: a verdict for every finding",
+        "## The second hostile test: a verdict for every finding",
         "",
         "Each finding of the hostile test, with the cases below (outcome) and the tests under "
         "*Checked elsewhere* (verdict) that hold it.",

@@ -390,7 +390,9 @@ def test_report_gives_every_issue_17_finding_a_verdict():
     text = report.render([(case, REJECTED, "ValueError: <tmp>/corpus/manifest.csv exists and "
                            "was not written by make_synthemo; choose another out_dir"),
                           (broken, CRASHED, "TypeError: x")])  # fmt: skip
-    issue = text.split("## Issue 17: a verdict for every finding")[1].split("\n## ")[0]
+    issue = text.split("## The second hostile test: a verdict for every finding")[1].split("\n## ")[
+        0
+    ]
     rows = [line for line in issue.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 14
     assert "| 1 | `qat synth DIR` over" in issue and "`synth-users-manifest` rejected;" in issue
