@@ -570,7 +570,8 @@ def paired_runs(pairs: Mapping[str, tuple[Mapping, Mapping]]) -> Figure:
         ax.set_ylabel("test UA (fraction)")
         ax.set_title(f"{model} VGG16")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        if ax.get_lines():
+            ax.legend(fontsize="x-small")
     return fig
 
 
