@@ -89,7 +89,8 @@ def config_from_args(args: argparse.Namespace, **fixed) -> RunConfig:
 def _train(args) -> None:
     import torch
 
-    from qat.experiments import fold_count, train_ser
+    from qat.experiments import train_ser
+    from qat.rundata import fold_count
 
     if args.fold == "all":
         first = config_from_args(args, fold=0)
@@ -264,7 +265,7 @@ def _dispatch(args) -> int:
             demonstration.run(jobs=args.jobs)
         print(demonstration.write_report())
     elif args.command == "rhemo":
-        from qat.experiments import export_rhemo
+        from qat.upstream import export_rhemo
 
         print(export_rhemo(config_from_args(args, model="quaternion"), args.out))
     elif args.command == "instrument":

@@ -11,12 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
-import pickle
 import time
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,33 +19,38 @@ import torch
 from qat import io, paths, resources, robust, runs
 from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
-from qat.config import MODELS, PROFILES, REGIMES, TAPS, RunConfig, check_choice
-from qat.data import corpora, splits, synth
-from qat.data.dataset import LabelSpace, Normalizer, SERDataset
-from qat.data.features import FeatureConfig, extract_features
+from qat.config import MODELS, PROFILES, REGIMES, TAPS, RunConfig
+from qat.data import splits
+from qat.data.dataset import SERDataset
 from qat.data.records import corpus_digest
-from qat.models import VGG16_TAPS, RHEmo, vgg16
+from qat.models import VGG16_TAPS, vgg16
 from qat.probe import pooled_at_taps, probe_accuracy
-from qat.saved import load_model, load_rhemo, model_path, save_model, save_rhemo
+from qat.rundata import (
+    Data,
+    attach_groups,
+    device,
+    embed,
+    feature_config,
+    held_out_set,
+    load_records,
+    run_data,
+    subset,
+    take,
+    train_config,
+)
+from qat.saved import load_model, load_rhemo, model_path, save_model
 from qat.sweep import run_grid
 from qat.train import (
     Step,
-    TrainConfig,
     evaluate,
     fit,
-    fit_rhemo,
     make_optimizer,
     predict,
     rank_and_world,
 )
+from qat.upstream import pretrain_orthogonal, pretrain_rhemo
 
 PROBE_TAPS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3", "penultimate")
-
-
-def _device() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
 
 
 @contextlib.contextmanager
@@ -63,402 +63,6 @@ def _rank_zero_first():
     yield
     if world > 1 and rank == 0:
         torch.distributed.barrier()
-
-
-# ---------------------------------------------------------------- data
-
-
-def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, progress=True):
-    """The corpus's utterance records: SynthEmo is synthesised (or reused) under
-    qat.paths.DATA; a real corpus is read from `root`, the folder in its official layout."""
-    check_choice("profile", profile, PROFILES)
-    if corpus == "synthemo" and root is None:
-        options = _synth_options(PROFILES[profile]["corpus"], synth.DEFAULT_SPEAKERS)
-        return synth.make_synthemo(synthemo_folder(profile), progress=progress, **options)
-    if root is None:
-        raise FileNotFoundError(
-            f"corpus={corpus!r} needs root=<folder of the corpus in its official layout>; "
-            "or use corpus='synthemo', which the kit builds itself"
-        )
-    check_choice("corpus", corpus, corpora.CORPORA)
-    return corpora.load_corpus(corpus, root)
-
-
-def synthemo_folder(profile: str) -> Path:
-    """The profile's SynthEmo folder: profiles with the same corpus sizes share one."""
-    return paths.DATA / f"synthemo-{runs.config_key(PROFILES[profile]['corpus'])[:8]}"
-
-
-def load_orthogonal_records(profile: str = "cpu", progress=True):
-    """Neutral-prosody SynthEmo with more speakers: data for the word and speaker networks."""
-    sizes = PROFILES[profile]["orthogonal_corpus"]
-    out = paths.DATA / f"synthemo-orthogonal-{runs.config_key(sizes)[:8]}"
-    options = _synth_options(sizes, synth.MORE_SPEAKERS)
-    return synth.make_orthogonal_corpus(out, progress=progress, **options)
-
-
-def _synth_options(sizes: dict, speakers) -> dict:
-    """A profile names corpus sizes (n_speakers, n_words); SynthEmo takes the lists."""
-    options = dict(sizes)
-    if "n_speakers" in options:
-        options["speakers"] = speakers[: options.pop("n_speakers")]
-    if "n_words" in options:
-        options["words"] = synth.DEFAULT_WORDS[: options.pop("n_words")]
-    return options
-
-
-def feature_config(profile: str) -> FeatureConfig:
-    return FeatureConfig(**PROFILES[profile]["features"])
-
-
-@dataclass
-class Data:
-    """A corpus with its features, split and datasets (features normalised with the training
-    statistics only). `label_space` maps emotions, speakers and words to class indices."""
-
-    records: list
-    split: splits.Split
-    label_space: LabelSpace
-    train: SERDataset
-    val: SERDataset
-    test: SERDataset
-    dropped_silent: int
-    warnings: list[str]
-    normalizer: Normalizer | None = None
-    x: np.ndarray | None = None  # the kept items' raw features (e.g. for DFR's held-out set)
-
-
-MIN_TEST_PER_CLASS = 5  # below this a test class's recall moves in steps of 20 points or more
-
-
-def _check_task(records, kept, split, test_idx, x, target: str = "emotion") -> list[str]:
-    """Refuse a degenerate task; return the warnings a run record carries."""
-    attr = {"emotion": "emotion", "word": "text", "speaker": "speaker"}[target]
-    lost = sorted({getattr(r, attr) for r in records} - {getattr(r, attr) for r in kept})
-    if lost:
-        raise ValueError(
-            f"{target}(s) {lost}: every file is near-silent (peak below the silence threshold); "
-            "the task would silently lose the class. Check those files or leave the class out"
-        )
-    classes = sorted({getattr(r, attr) for r in kept})
-    if len(classes) < 2:
-        raise ValueError(f"{target} classes {classes}: a classification task needs at least two")
-    test_classes = {getattr(kept[i], attr) for i in test_idx}
-    if len(test_idx) < 2 or len(test_classes) < 2:
-        raise ValueError(
-            f"the {split.setup} split's test set holds {len(test_idx)} item(s) of "
-            f"{len(test_classes)} {target} class(es) (test speakers/words "
-            f"{split.meta.get('test_speakers') or split.meta.get('test_words')}); a score on it "
-            "would mean nothing. Choose another setup or a corpus with more test items"
-        )
-    bad = [
-        kept[start + i].uid
-        for start in range(0, len(kept), 512)
-        for i in np.flatnonzero(~np.isfinite(np.asarray(x[start : start + 512])).all(axis=(1, 2)))
-    ]
-    if bad:
-        raise ValueError(
-            f"{len(bad)} item(s) have NaN or infinite features, e.g. {bad[:3]}; check their "
-            "audio files, or delete the feature cache under QAT_CACHE/features"
-        )
-    counts = {c: sum(getattr(kept[i], attr) == c for i in test_idx) for c in classes}
-    few = {c: n for c, n in counts.items() if n < MIN_TEST_PER_CLASS}
-    out = []
-    if few and target == "emotion":
-        out.append(f"test set: fewer than {MIN_TEST_PER_CLASS} items for {few}; per-class "
-                   "recall, and so UA, is coarse")  # fmt: skip
-    if len(kept) < len(records):
-        out.append(f"{len(records) - len(kept)} near-silent file(s) dropped")
-    return out
-
-
-def prepare_data(
-    records,
-    setup: str,
-    profile: str,
-    seed: int = 0,
-    progress: bool = True,
-    target: str = "emotion",
-    **split_options,
-) -> Data:
-    check_choice("setup", setup, splits.SETUPS)
-    config = feature_config(profile)
-    feats = extract_features(records, config, paths.CACHE / "features", progress=progress)
-    keep = np.flatnonzero(~feats.silent)
-    kept = [records[i] for i in keep]
-    x = feats.x[keep] if len(keep) < len(records) else feats.x
-    synthemo = kept[0].corpus == synth.CORPUS
-    split_options.setdefault("val_fraction", PROFILES[profile].get("val_fraction", 0.1))
-    if synthemo and setup not in ("random", "word") and "fold" not in split_options:
-        # SynthEmo's held-out speakers; a real corpus takes its share (or its folds).
-        split_options.setdefault("n_test_speakers", PROFILES[profile]["n_test_speakers"])
-    if "fold" in split_options:
-        real_folds = not synthemo and setup == "speaker"
-        speakers = [r.speaker for r in kept]
-        folds = splits.default_folds(kept[0].corpus, speakers) if real_folds else None
-        split_options.setdefault("folds", folds or PROFILES[profile].get("folds", 5))
-    split = splits.make_split(kept, setup, seed=seed, **split_options)
-    train_idx, val_idx, test_idx = split.indices(kept)
-    notes = _check_task(records, kept, split, test_idx, x, target)
-    label_space = LabelSpace.from_records(kept)
-    normalizer = Normalizer.fit(np.asarray(x[train_idx]))
-    datasets = [
-        SERDataset(x, kept, idx, label_space, normalizer) for idx in (train_idx, val_idx, test_idx)
-    ]
-    dropped = len(records) - len(kept)
-    return Data(kept, split, label_space, *datasets, dropped_silent=dropped, warnings=notes,
-                normalizer=normalizer, x=x)  # fmt: skip
-
-
-RECIPE = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "device"}
-
-
-def train_config(profile: str, seed: int, **overrides) -> TrainConfig:
-    """The training recipe of a profile (every TrainConfig field it names), with per-run
-    overrides."""
-    recipe = {k: v for k, v in PROFILES[profile].items() if k in RECIPE}
-    return TrainConfig(**{**recipe, "seed": seed, "device": _device(), **overrides})
-
-
-def with_inputs(dataset: SERDataset, x: torch.Tensor) -> SERDataset:
-    """The same items and labels with other network inputs (e.g. RH-emo embeddings)."""
-    out = copy.copy(dataset)
-    out.x = x
-    return out
-
-
-def subset(dataset: SERDataset, n: int | None, seed: int = 0) -> SERDataset:
-    """At most `n` items of a dataset, drawn once with a fixed seed (all of them if n is None)."""
-    if n is None or n >= len(dataset.x):
-        return dataset
-    keep = torch.as_tensor(np.sort(np.random.default_rng(seed).permutation(len(dataset.x))[:n]))
-    out = with_inputs(dataset, dataset.x[keep])
-    out.labels = {k: v[keep] for k, v in dataset.labels.items()}
-    out.indices = np.asarray(dataset.indices)[keep.numpy()]
-    return out
-
-
-@torch.no_grad()
-def embed(rhemo: RHEmo, dataset: SERDataset, batch_size: int = 256) -> SERDataset:
-    rhemo.eval()
-    x = torch.cat(
-        [rhemo.encode(dataset.x[i : i + batch_size]) for i in range(0, len(dataset.x), batch_size)]
-    )
-    return with_inputs(dataset, x)
-
-
-# ---------------------------------------------------------------- cached networks
-
-
-def _cached_network(kind: str, config: dict, build, train_fn):
-    """Load a trained network from the cache, or build, train, save and record it."""
-    key = runs.config_key(config)
-    path = paths.CACHE / "networks" / f"{kind}-{key}.pt"
-    net = build()
-    if path.exists():
-        try:
-            net.load_state_dict(torch.load(path, weights_only=True))
-            return net.eval(), path
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-            # The kit's own cache file, truncated or from other code: retrain it.
-            warnings.warn(f"{path}: unreadable cached network ({err}); retraining", stacklevel=2)
-            net = build()
-    io.ensure_folder(path.parent, "network cache")
-    t0 = time.perf_counter()
-    info = train_fn(net)
-    io.write_atomic(path, lambda tmp: torch.save(net.state_dict(), tmp))
-    record = {
-        "kind": kind,
-        "config": config,
-        "network": str(path.relative_to(paths.ROOT))
-        if path.is_relative_to(paths.ROOT)
-        else str(path),
-        "wall_time_s": time.perf_counter() - t0,
-        "code_version": runs.code_version(),
-        **info,
-    }
-    with contextlib.suppress(FileExistsError):  # another process trained the same network
-        io.write_json_once(runs.record_path(kind, config), record)
-    return net.eval(), path
-
-
-def fold_count(run: RunConfig) -> int:
-    """How many folds the run's corpus and setup have: the profile's for SynthEmo, the corpus's
-    speaker folds (splits.default_folds) for a real corpus."""
-    if run.corpus == "synthemo" and run.root is None:
-        return PROFILES[run.profile].get("folds") or 0
-    records = load_records(run.corpus, run.profile, run.root, progress=False)
-    if run.setup == "speaker":
-        return len(splits.default_folds(records[0].corpus, [r.speaker for r in records]))
-    return PROFILES[run.profile].get("folds", 5)
-
-
-def run_data(run: RunConfig, progress: bool = True, records=None) -> Data:
-    """The corpus, features and split of a run (`records`: the corpus, if already loaded)."""
-    records = records or load_records(run.corpus, run.profile, run.root, progress)
-    return prepare_data(records, run.setup, run.profile, run.seed, progress, **run.split_options)
-
-
-def rhemo_key(run: RunConfig) -> dict:
-    """What the RH-emo a run reads depends on: the corpus, its split and the profile (not the
-    method), so every method on a (seed, fold) shares one RH-emo."""
-    k = run.key_dict()
-    return {name: k[name] for name in ("corpus", "setup", "profile", "profile_settings", "seed",
-                                       "root", "split")}  # fmt: skip
-
-
-def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = True) -> RHEmo:
-    """RH-emo trained on the training items of the run's split (never the test set)."""
-    p = PROFILES[run.profile]
-    data = data or run_data(run, progress)
-
-    def build():
-        return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"])
-
-    def train_fn(net):
-        return fit_rhemo(
-            net, data.train, data.val, epochs=p["rhemo_epochs"], lr=p["lr"], seed=run.seed,
-            progress=progress,
-        )  # fmt: skip
-
-    return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
-
-
-def _word_corpus(root: str, progress: bool):
-    """A word corpus from the user's disk: a Speech Commands folder (one folder per word) or any
-    manifest with a text column."""
-    root = Path(root)
-    if root.is_dir() and not (root / "manifest.csv").exists():
-        return corpora.load_corpus("speechcommands", root)
-    return corpora.load_corpus("manifest", root)
-
-
-def _as_sessions(records) -> list:
-    """IEMOCAP records with the session (Ses01..Ses05) as their speaker: the published code's
-    "speaker" network was a session classifier."""
-    return [dataclasses.replace(r, speaker=r.speaker[:5]) for r in records]
-
-
-def _orthogonal_data(run: RunConfig, ser: Data | None, task: str, progress: bool):
-    """What the orthogonal network of `run` learns from: (records, setup, label, source)."""
-    p = PROFILES[run.profile]
-    synthemo = run.corpus == "synthemo" and run.root is None
-    if task == "word" and run.orthogonal_root is None and not synthemo:
-        raise ValueError(
-            f"orthogonal_root=None: a word network for corpus={run.corpus!r} needs words from "
-            "the user's data: a Speech Commands folder or a manifest with a text column"
-        )
-    if task == "word" and run.orthogonal_root is not None:
-        records = _word_corpus(run.orthogonal_root, progress)
-        root = str(Path(run.orthogonal_root).resolve())
-        return (
-            records,
-            p.get("orthogonal_setup", "random"),
-            "word",
-            {"corpus": records[0].corpus, "root": root, "digest": corpus_digest(records)},
-        )
-    if synthemo:  # the kit's neutral-prosody corpus, more speakers
-        records = load_orthogonal_records(run.profile, progress)
-        setup = p.get("orthogonal_setup", "random") if task == "word" else "random"
-        return records, setup, task, None
-    # The SER corpus's own training speakers (never the test fold's), or their sessions.
-    records = [ser.records[i] for i in ser.train.indices]
-    if task == "session":
-        if run.corpus != "iemocap":
-            raise ValueError(f"orthogonal='session': expected corpus='iemocap', got {run.corpus!r}")
-        records = _as_sessions(records)
-    source = {"corpus": run.corpus, "root": str(Path(run.root).resolve()),
-              "split": ser.split.digest(), "part": "train"}  # fmt: skip
-    return records, "random", "speaker", source
-
-
-def export_rhemo(run: RunConfig, out: str | os.PathLike | None = None, progress=True) -> Path:
-    """Pretrain RH-emo on the training items of a corpus's split (e.g. IEMOCAP) and save it
-    frozen, with its feature config, for reuse on other corpora (`rhemo=PATH`). An existing
-    file is never overwritten."""
-    data = run_data(run, progress)
-    rhemo = pretrain_rhemo(run, data, progress)
-    key = rhemo_key(run)
-    out = Path(out) if out else paths.CACHE / "rhemo" / f"rhemo-{runs.config_key(key)}.pt"
-    if out.exists():
-        raise FileExistsError(f"{out} exists; choose another --out (files are never overwritten)")
-    source = {**key, "corpus": run.corpus, "emotions": list(data.label_space.emotions),
-              "split": data.split.digest(), "train_items": len(data.train.x)}  # fmt: skip
-    return save_rhemo(out, rhemo, feature_config=feature_config(run.profile), source=source)
-
-
-def pretrain_orthogonal(
-    run: RunConfig, ser: Data | None = None, rhemo=None, progress: bool = True
-) -> torch.nn.Module:
-    """The frozen orthogonal network of a run: a word, speaker or (IEMOCAP) session classifier
-    VGG16; or a placebo of the same architecture, "random" (left at its initial weights) or
-    "shuffled" (trained on word labels shuffled across items). The quaternion one reads RH-emo
-    embeddings, so it is tied to (and keyed by) that RH-emo's weights. Its record says which
-    corpus, task and classes it used."""
-    model, profile, p = run.model, run.profile, PROFILES[run.profile]
-    task = "word" if run.orthogonal in ("random", "shuffled") else run.orthogonal
-    records, setup, label, source = _orthogonal_data(run, ser, task, progress)
-    data = prepare_data(records, setup, profile, 0, progress, target=label)
-    if run.orthogonal == "shuffled":
-        data = _shuffled(data, label)
-    train, val, test = data.train, data.val, data.test
-    rhemo_key = None
-    if model == "quaternion":
-        if rhemo is None:
-            raise ValueError(
-                "a quaternion orthogonal network needs the frozen RH-emo it reads: pass rhemo="
-            )
-        train, val, test = (embed(rhemo, d) for d in (train, val, test))
-        rhemo_key = runs.config_key({k: v.tolist() for k, v in rhemo.state_dict().items()})
-    classes = list(getattr(data.label_space, f"{label}s"))
-    in_channels = train.x.shape[1]
-
-    def build():
-        torch.manual_seed(0)  # the placebo's "initial weights" are a fixed draw
-        return vgg16(
-            len(classes), in_channels=in_channels, quaternion=model == "quaternion",
-            width=p["width"],
-        )  # fmt: skip
-
-    if run.orthogonal == "random":
-        net = build().eval()
-        for param in net.parameters():
-            param.requires_grad_(False)
-        return net
-    config = dict(task=run.orthogonal, model=model, profile=profile,
-                  profile_settings=runs.config_key(p), seed=0, rhemo=rhemo_key)  # fmt: skip
-    if source is not None:
-        config["source"] = source
-
-    def train_fn(net):
-        cfg = train_config(profile, 0, epochs=p["orthogonal_epochs"], target=label)
-        result = fit(net, train, val, cfg, progress=progress, name=f"{run.orthogonal} network")
-        return {
-            "history": result["history"],
-            "metrics": evaluate(net, test, target=label, num_classes=len(classes)),
-            "source": {
-                "corpus": records[0].corpus,
-                "task": run.orthogonal,
-                "label": label,
-                "classes": classes,
-                "setup": setup,
-            },
-        }
-
-    return _cached_network(f"orthogonal-{run.orthogonal}-{model}", config, build, train_fn)[0]
-
-
-def _shuffled(data: Data, label: str) -> Data:
-    """The same items with `label` permuted across the training, validation and test items (a
-    fixed permutation): a network trained on it learns nothing that generalises about words."""
-    rng = np.random.default_rng(0)
-    for part in (data.train, data.val, data.test):
-        values = part.labels[label].numpy()
-        part.labels[label] = torch.from_numpy(values[rng.permutation(len(values))])
-    return data
-
-
-# ---------------------------------------------------------------- SER runs
 
 
 def _save_split(split: splits.Split) -> str:
@@ -530,15 +134,6 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message names the checkpoint a rerun resumes from."""
 
 
-def attach_groups(data: Data) -> None:
-    """Each item's group, (emotion, the emotion its word or speaker was paired with in
-    training), as the label "group" of the training, validation and test sets."""
-    emotions = data.label_space.emotions
-    for part in (data.train, data.val, data.test):
-        ids = data.split.groups(data.records, part.indices, emotions)
-        part.labels[robust.GROUP_LABEL] = torch.from_numpy(ids)
-
-
 def group_metrics(data: Data, test: SERDataset, pred: np.ndarray) -> dict:
     """Per-group and worst-group test accuracy, and the accuracy averaged with the training
     group shares (the spurious-correlation literature's "average accuracy")."""
@@ -556,15 +151,6 @@ def group_metrics(data: Data, test: SERDataset, pred: np.ndarray) -> dict:
     }
 
 
-def _take(dataset: SERDataset, positions: np.ndarray) -> SERDataset:
-    """The items of a dataset at `positions` (positions within the dataset)."""
-    keep = torch.as_tensor(np.asarray(positions))
-    out = with_inputs(dataset, dataset.x[keep])
-    out.labels = {k: v[keep] for k, v in dataset.labels.items()}
-    out.indices = np.asarray(dataset.indices)[keep.numpy()]
-    return out
-
-
 def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, name):
     """(training set, objective, what the record says) of the group methods and JTT."""
     groups = train.labels[robust.GROUP_LABEL].numpy()
@@ -572,7 +158,7 @@ def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, 
     by_position = np.zeros(len(data.records))
     if config.method == "subsample":
         keep = robust.balanced_subsample(groups, config.seed)
-        return _take(train, keep), None, {"train_items": len(keep)}
+        return take(train, keep), None, {"train_items": len(keep)}
     if config.method == "reweight":
         by_position[train.indices] = robust.group_weights(groups, n_groups)
         return train, robust.ReweightObjective(by_position), {}
@@ -599,23 +185,6 @@ def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, 
     return train, robust.ReweightObjective(by_position), {"upweighted": int(wrong.sum())}
 
 
-def held_out_set(data: Data, per_group: int, seed: int, rhemo=None) -> SERDataset:
-    """A group-balanced set of training-speaker items no run trains on: the items the
-    confounded split left out and the validation items. The split keeps every congruent
-    training item, so the left-out items are all incongruent; the validation items supply the
-    congruent groups. At most `per_group` items of each group, drawn with `seed`."""
-    pool = np.concatenate([data.split.unused_indices(data.records), data.val.indices])
-    groups = data.split.groups(data.records, pool, data.label_space.emotions)
-    rng = np.random.default_rng(seed)
-    chosen = np.concatenate(
-        [rng.permutation(pool[groups == g])[:per_group] for g in np.unique(groups)]
-    )
-    held = SERDataset(data.x, data.records, np.sort(chosen), data.label_space, data.normalizer)
-    attach = data.split.groups(data.records, held.indices, data.label_space.emotions)
-    held.labels[robust.GROUP_LABEL] = torch.from_numpy(attach)
-    return embed(rhemo, held) if rhemo is not None else held
-
-
 SELECTION_PER_GROUP = 40  # the decorrelated validation set: up to 40 items of each group
 
 
@@ -635,6 +204,8 @@ def selection_scores(data: Data, net, rhemo) -> dict:
 
 
 DFR_PER_GROUP = 200  # held-out items per group fed to DFR (it balances them itself)
+
+
 DFR_REFITS = 10
 
 
@@ -735,7 +306,7 @@ def train_ser(
         return runs.load_record(target)
     _check_writable()
     t_start = time.perf_counter()
-    device = _device()
+    where = device()
     name = config.label()
 
     with _rank_zero_first():
@@ -826,7 +397,7 @@ def train_ser(
         )  # fmt: skip
 
     t_evaluated = time.perf_counter()
-    cost = {**step_cost(config, net, tcfg, anti_transfer, adversary, train, device),
+    cost = {**step_cost(config, net, tcfg, anti_transfer, adversary, train, where),
             "train_time_s": train_time}  # fmt: skip
     t_costed = time.perf_counter()
     target_label = config.probe_target
@@ -861,7 +432,7 @@ def train_ser(
         "dropped_silent": data.dropped_silent,
         "warnings": data.warnings,
         "code_version": runs.code_version(),
-        "device": device,
+        "device": where,
         "wall_time_s": time.perf_counter() - t_start,
         "timings_s": {  # overhead: prepare, step_cost and probe; evaluate is the measurement
             "prepare": t_prepared - t_start,

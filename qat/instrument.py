@@ -48,8 +48,9 @@ def oracle(run: RunConfig) -> dict:
     """The prosody oracle on a run's split (its training items, its held-out speakers), as an
     "oracle" record keyed like the run's data; reused when it exists."""
     from qat.data.synth import CORPUS
-    from qat.experiments import rhemo_key, run_data, synthemo_folder
     from qat.oracle import prosody_oracle, read_prosody
+    from qat.rundata import run_data, synthemo_folder
+    from qat.upstream import rhemo_key
 
     key = rhemo_key(run)
     target = runs.record_path("oracle", key)
@@ -71,14 +72,14 @@ def oracle(run: RunConfig) -> dict:
 def upstream(profile: str, pairs=PAIRS) -> None:
     """The word and speaker networks (real), and for each (seed, fold) its RH-emo and the
     quaternion word network that reads it: their records hold their quality."""
-    from qat import experiments
+    from qat import upstream as networks
 
     for task in ("word", "speaker"):
-        experiments.pretrain_orthogonal(RunConfig(profile=profile, orthogonal=task))
+        networks.pretrain_orthogonal(RunConfig(profile=profile, orthogonal=task))
     for seed, fold in pairs:
         run = RunConfig(profile=profile, model="quaternion", seed=seed, fold=fold)
-        rhemo = experiments.pretrain_rhemo(run)
-        experiments.pretrain_orthogonal(run, rhemo=rhemo)
+        rhemo = networks.pretrain_rhemo(run)
+        networks.pretrain_orthogonal(run, rhemo=rhemo)
 
 
 def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:

@@ -873,7 +873,7 @@ def _stale_features(folder: Path) -> str:
 def _prepare(folder: Path, setup: str = "random", **corpus) -> str:
     """prepare_data (the smoke profile) on a user's manifest corpus."""
     from qat.data.corpora import load_corpus
-    from qat.experiments import prepare_data
+    from qat.rundata import prepare_data
 
     split = {k: corpus.pop(k) for k in ("fold",) if k in corpus}
     records = load_corpus("manifest", _write_corpus(folder / "mine", **corpus))
@@ -889,7 +889,7 @@ def _nan_features(folder: Path, part: str) -> str:
     before anything trains."""
     from qat.data.corpora import load_corpus
     from qat.data.records import file_digest
-    from qat.experiments import prepare_data
+    from qat.rundata import prepare_data
 
     records = load_corpus("manifest", _write_corpus(folder / "mine"))
     with _scratch_paths(folder):
@@ -999,11 +999,11 @@ def _truncated_checkpoint(folder: Path) -> str:
 
 def _truncated_network(folder: Path) -> str:
     """A cached pretrained network (RH-emo, an orthogonal network) whose file is truncated.
-    Called through the private qat.experiments._cached_network: the public paths to it
+    Called through the private qat.upstream._cached_network: the public paths to it
     (pretrain_rhemo, pretrain_orthogonal) need a prepared corpus."""
     import torch
 
-    from qat import experiments, paths, runs
+    from qat import paths, runs, upstream
 
     config = {"case": "truncated cached network"}
     with _scratch_paths(folder):
@@ -1014,7 +1014,7 @@ def _truncated_network(folder: Path) -> str:
             raise TrainingStepReached("retraining started")
 
         try:
-            experiments._cached_network("rhemo", config, lambda: torch.nn.Linear(4, 2), retrain)
+            upstream._cached_network("rhemo", config, lambda: torch.nn.Linear(4, 2), retrain)
         except TrainingStepReached as reached:
             return f"{path.name} discarded; {reached}"
     raise WrongResult("_cached_network returned the truncated network's weights")
@@ -1420,7 +1420,7 @@ CASES: tuple[Case, ...] = (
            "first training step of epoch 1"], _truncated_checkpoint),
     _case("cached-network-truncated", "records and caches",
           "a truncated cached network (networks/rhemo-<key>.pt)",
-          "experiments._cached_network (private: its public callers need a prepared corpus)",
+          "upstream._cached_network (private: its public callers need a prepared corpus)",
           HANDLED, ["unreadable cached network", "retraining started"], _truncated_network),
     # --- issue 17: the environment
     _case("env-qat-profile", "environment", "QAT_PROFILE=paper", "RunConfig(); qat train",

@@ -274,13 +274,15 @@ def test_a_wrong_conversion_is_reported_as_wrong(tmp_path, monkeypatch, name, br
 def test_train_ser_cases_stop_before_any_data_work(tmp_path, monkeypatch):
     """Parameters that pass validation reach the stop, never SynthEmo synthesis or training:
     the outcome is a crash ("parameters accepted"), not a rejection, so such a case fails."""
-    from qat import experiments
+    from qat import experiments, rundata
 
     def fail(*args, **kwargs):
         raise AssertionError("data preparation or training started")
 
-    for name in ("prepare_data", "load_records", "fit", "extract_features"):
-        monkeypatch.setattr(experiments, name, fail)
+    for module, name in ((experiments, "run_data"), (experiments, "load_records"),
+                         (experiments, "fit"), (rundata, "prepare_data"),
+                         (rundata, "extract_features")):  # fmt: skip
+        monkeypatch.setattr(module, name, fail)
     outcome, message = run_case(
         _case(
             lambda folder: bad_input_cases._train_ser(
@@ -320,7 +322,7 @@ def test_a_wrong_at_value_is_reported_as_wrong(tmp_path, monkeypatch):
 
 def _undo_fix(monkeypatch, name: str) -> None:
     """Put back, for one case, the behaviour issue 17 reported (or a like one)."""
-    from qat import experiments
+    from qat import experiments, rundata
     from qat.data import features, synth
 
     if name == "synth-users-manifest":  # the guard looked only at wav/
@@ -328,7 +330,7 @@ def _undo_fix(monkeypatch, name: str) -> None:
     elif name == "features-same-size-mtime-kept":  # the key was path, size and mtime
         monkeypatch.setattr(features, "file_digest", lambda p: str(os.stat(p)[6:9:2]))
     elif name in ("nan-features-val", "degenerate-single-emotion"):
-        monkeypatch.setattr(experiments, "_check_task", lambda *args, **kwargs: [])
+        monkeypatch.setattr(rundata, "_check_task", lambda *args, **kwargs: [])
     elif name == "env-reports-read-only":  # writability checked only after training
         monkeypatch.setattr(experiments, "_check_writable", lambda: None)
     elif name == "results-relabelled-manifest":  # the key held the path, not the content

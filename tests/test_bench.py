@@ -11,7 +11,7 @@ import torch
 
 from qat.antitransfer import AntiTransfer
 from qat.bench import SUBCOMMANDS, antitransfer, efficiency, quaternion, scaling
-from qat.experiments import PROFILES
+from qat.config import PROFILES
 from qat.models import vgg16
 from qat.resources import step_flops
 

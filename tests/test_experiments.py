@@ -4,7 +4,7 @@ quaternion models, and check that every run record holds every field."""
 import pytest
 import torch
 
-from qat import experiments, runs
+from qat import experiments, rundata, runs, upstream
 
 RECORD_FIELDS = {"kind", "config", "split", "labels", "metrics", "confound", "probe", "history",
                  "best_epoch", "resources", "at_cache", "code_version", "wall_time_s"}  # fmt: skip
@@ -68,8 +68,8 @@ def test_a_relabelled_manifest_gets_a_new_record_and_a_moved_one_the_same(tmp_pa
 
     from qat.config import RunConfig
 
-    corpus = experiments.load_records("synthemo", "smoke", progress=False)
-    source = experiments.synthemo_folder("smoke")
+    corpus = rundata.load_records("synthemo", "smoke", progress=False)
+    source = rundata.synthemo_folder("smoke")
     folder = tmp_path / "mine"
     shutil.copytree(source / "wav", folder / "audio")
     rows = [{"path": "audio/" + str(Path(r.path).relative_to(source / "wav")),
@@ -109,7 +109,7 @@ def test_the_saved_model_predicts_what_the_run_recorded(model):
     config = RunConfig(model=model, method="baseline", profile="smoke")
     record = experiments.train_ser(config, progress=False)
     predictor = load_model(record["model"])
-    data = experiments.run_data(config, progress=False)
+    data = rundata.run_data(config, progress=False)
     files = [data.records[i].path for i in data.test.indices]
     rows = predictor.predict_files(files)
     assert all(row.error is None for row in rows)
@@ -122,9 +122,9 @@ def test_an_exported_rhemo_is_reused_and_a_feature_mismatch_is_named(tmp_path):
     from qat.saved import load_rhemo
 
     run = RunConfig(model="quaternion", setup="random", profile="smoke")
-    path = experiments.export_rhemo(run, tmp_path / "rhemo.pt", progress=False)
+    path = upstream.export_rhemo(run, tmp_path / "rhemo.pt", progress=False)
     with pytest.raises(FileExistsError, match=r"rhemo\.pt exists"):
-        experiments.export_rhemo(run, path, progress=False)
+        upstream.export_rhemo(run, path, progress=False)
     rhemo, source = load_rhemo(path)
     assert source["corpus"] == "synthemo" and source["train_items"] > 0
     record = experiments.train_ser(run.replace(rhemo=str(path), setup="confounded"),
@@ -148,8 +148,8 @@ def test_fold_all_runs_every_speaker_fold_of_a_four_speaker_manifest(tmp_path, c
 
     from qat import cli
 
-    corpus = experiments.load_records("synthemo", "smoke", progress=False)
-    source = experiments.synthemo_folder("smoke")
+    corpus = rundata.load_records("synthemo", "smoke", progress=False)
+    source = rundata.synthemo_folder("smoke")
     shutil.copytree(source / "wav", tmp_path / "audio")
     with open(tmp_path / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "emotion", "speaker", "text"])

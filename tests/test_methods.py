@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from qat import config as cfg
-from qat import experiments
+from qat import experiments, robust, rundata, upstream
 from qat.config import RunConfig
+from qat.models import vgg16
 
 # The smoke corpus holds too few items per group for DFR's balanced held-out set (two per
 # group at least, on each of 25 groups): three repetitions and a larger validation share.
@@ -49,15 +50,15 @@ def test_each_method_trains_and_records_worst_group_accuracy(method, model):
         base = experiments.train_ser(record["method"]["dfr"]["baseline"] and RunConfig(
             method="baseline", model=model, profile="smoke-groups"), progress=False)  # fmt: skip
         assert record["history"] == base["history"]  # DFR starts from the baseline's network
-        assert record["method"]["dfr"]["C"] in experiments.robust.DFR_C_GRID
+        assert record["method"]["dfr"]["C"] in robust.DFR_C_GRID
 
 
 def test_the_random_placebo_is_the_untrained_network_frozen():
     run = RunConfig(method="at", orthogonal="random", tap="conv2_1", profile="smoke")
-    data = experiments.run_data(run, progress=False)
-    placebo = experiments.pretrain_orthogonal(run, data, progress=False)
+    data = rundata.run_data(run, progress=False)
+    placebo = upstream.pretrain_orthogonal(run, data, progress=False)
     torch.manual_seed(0)
-    fresh = experiments.vgg16(len(placebo.head.classifier.weight), in_channels=1,
+    fresh = vgg16(len(placebo.head.classifier.weight), in_channels=1,
                               width=cfg.PROFILES["smoke"]["width"])  # fmt: skip
     for (name, a), b in zip(placebo.state_dict().items(), fresh.state_dict().values(),
                             strict=True):  # fmt: skip

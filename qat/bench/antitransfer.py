@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from qat.antitransfer import AntiTransfer, at_loss
 from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.config import PROFILES
 from qat.data.features import FeatureConfig
-from qat.experiments import PROFILES
 from qat.models import vgg16
 from qat.resources import peak_step_memory
 from qat.train import Step, TrainConfig, make_optimizer

@@ -15,8 +15,8 @@ import torch
 
 from qat.bench.antitransfer import NUM_EMOTIONS, load_note, random_batch, training_step, workload
 from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.config import PROFILES
 from qat.data.features import FeatureConfig
-from qat.experiments import PROFILES
 from qat.models import vgg16
 
 BATCHES, QUICK_BATCHES = (8, 16, 32, 64), (2, 4)

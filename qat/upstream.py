@@ -1,0 +1,228 @@
+"""The networks a run stands on, trained once and cached under qat.paths.CACHE (keyed by the
+hash of everything that determines them): RH-emo (or a reused frozen one) and the orthogonal
+networks, from the kit's corpus or the user's data, and their placebos."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qat import io, paths, runs
+from qat.config import PROFILES, RunConfig
+from qat.data import corpora
+from qat.data.records import corpus_digest
+from qat.models import RHEmo, vgg16
+from qat.rundata import (
+    Data,
+    embed,
+    feature_config,
+    load_orthogonal_records,
+    prepare_data,
+    run_data,
+    train_config,
+)
+from qat.saved import save_rhemo
+from qat.train import (
+    evaluate,
+    fit,
+    fit_rhemo,
+)
+
+
+def _cached_network(kind: str, config: dict, build, train_fn):
+    """Load a trained network from the cache, or build, train, save and record it."""
+    key = runs.config_key(config)
+    path = paths.CACHE / "networks" / f"{kind}-{key}.pt"
+    net = build()
+    if path.exists():
+        try:
+            net.load_state_dict(torch.load(path, weights_only=True))
+            return net.eval(), path
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+            # The kit's own cache file, truncated or from other code: retrain it.
+            warnings.warn(f"{path}: unreadable cached network ({err}); retraining", stacklevel=2)
+            net = build()
+    io.ensure_folder(path.parent, "network cache")
+    t0 = time.perf_counter()
+    info = train_fn(net)
+    io.write_atomic(path, lambda tmp: torch.save(net.state_dict(), tmp))
+    record = {
+        "kind": kind,
+        "config": config,
+        "network": str(path.relative_to(paths.ROOT))
+        if path.is_relative_to(paths.ROOT)
+        else str(path),
+        "wall_time_s": time.perf_counter() - t0,
+        "code_version": runs.code_version(),
+        **info,
+    }
+    with contextlib.suppress(FileExistsError):  # another process trained the same network
+        io.write_json_once(runs.record_path(kind, config), record)
+    return net.eval(), path
+
+
+def rhemo_key(run: RunConfig) -> dict:
+    """What the RH-emo a run reads depends on: the corpus, its split and the profile (not the
+    method), so every method on a (seed, fold) shares one RH-emo."""
+    k = run.key_dict()
+    return {name: k[name] for name in ("corpus", "setup", "profile", "profile_settings", "seed",
+                                       "root", "split")}  # fmt: skip
+
+
+def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = True) -> RHEmo:
+    """RH-emo trained on the training items of the run's split (never the test set)."""
+    p = PROFILES[run.profile]
+    data = data or run_data(run, progress)
+
+    def build():
+        return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"])
+
+    def train_fn(net):
+        return fit_rhemo(
+            net, data.train, data.val, epochs=p["rhemo_epochs"], lr=p["lr"], seed=run.seed,
+            progress=progress,
+        )  # fmt: skip
+
+    return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
+
+
+def _word_corpus(root: str, progress: bool):
+    """A word corpus from the user's disk: a Speech Commands folder (one folder per word) or any
+    manifest with a text column."""
+    root = Path(root)
+    if root.is_dir() and not (root / "manifest.csv").exists():
+        return corpora.load_corpus("speechcommands", root)
+    return corpora.load_corpus("manifest", root)
+
+
+def _as_sessions(records) -> list:
+    """IEMOCAP records with the session (Ses01..Ses05) as their speaker: the published code's
+    "speaker" network was a session classifier."""
+    return [dataclasses.replace(r, speaker=r.speaker[:5]) for r in records]
+
+
+def _orthogonal_data(run: RunConfig, ser: Data | None, task: str, progress: bool):
+    """What the orthogonal network of `run` learns from: (records, setup, label, source)."""
+    p = PROFILES[run.profile]
+    synthemo = run.corpus == "synthemo" and run.root is None
+    if task == "word" and run.orthogonal_root is None and not synthemo:
+        raise ValueError(
+            f"orthogonal_root=None: a word network for corpus={run.corpus!r} needs words from "
+            "the user's data: a Speech Commands folder or a manifest with a text column"
+        )
+    if task == "word" and run.orthogonal_root is not None:
+        records = _word_corpus(run.orthogonal_root, progress)
+        root = str(Path(run.orthogonal_root).resolve())
+        return (
+            records,
+            p.get("orthogonal_setup", "random"),
+            "word",
+            {"corpus": records[0].corpus, "root": root, "digest": corpus_digest(records)},
+        )
+    if synthemo:  # the kit's neutral-prosody corpus, more speakers
+        records = load_orthogonal_records(run.profile, progress)
+        setup = p.get("orthogonal_setup", "random") if task == "word" else "random"
+        return records, setup, task, None
+    # The SER corpus's own training speakers (never the test fold's), or their sessions.
+    records = [ser.records[i] for i in ser.train.indices]
+    if task == "session":
+        if run.corpus != "iemocap":
+            raise ValueError(f"orthogonal='session': expected corpus='iemocap', got {run.corpus!r}")
+        records = _as_sessions(records)
+    source = {"corpus": run.corpus, "root": str(Path(run.root).resolve()),
+              "split": ser.split.digest(), "part": "train"}  # fmt: skip
+    return records, "random", "speaker", source
+
+
+def export_rhemo(run: RunConfig, out: str | os.PathLike | None = None, progress=True) -> Path:
+    """Pretrain RH-emo on the training items of a corpus's split (e.g. IEMOCAP) and save it
+    frozen, with its feature config, for reuse on other corpora (`rhemo=PATH`). An existing
+    file is never overwritten."""
+    data = run_data(run, progress)
+    rhemo = pretrain_rhemo(run, data, progress)
+    key = rhemo_key(run)
+    out = Path(out) if out else paths.CACHE / "rhemo" / f"rhemo-{runs.config_key(key)}.pt"
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose another --out (files are never overwritten)")
+    source = {**key, "corpus": run.corpus, "emotions": list(data.label_space.emotions),
+              "split": data.split.digest(), "train_items": len(data.train.x)}  # fmt: skip
+    return save_rhemo(out, rhemo, feature_config=feature_config(run.profile), source=source)
+
+
+def pretrain_orthogonal(
+    run: RunConfig, ser: Data | None = None, rhemo=None, progress: bool = True
+) -> torch.nn.Module:
+    """The frozen orthogonal network of a run: a word, speaker or (IEMOCAP) session classifier
+    VGG16; or a placebo of the same architecture, "random" (left at its initial weights) or
+    "shuffled" (trained on word labels shuffled across items). The quaternion one reads RH-emo
+    embeddings, so it is tied to (and keyed by) that RH-emo's weights. Its record says which
+    corpus, task and classes it used."""
+    model, profile, p = run.model, run.profile, PROFILES[run.profile]
+    task = "word" if run.orthogonal in ("random", "shuffled") else run.orthogonal
+    records, setup, label, source = _orthogonal_data(run, ser, task, progress)
+    data = prepare_data(records, setup, profile, 0, progress, target=label)
+    if run.orthogonal == "shuffled":
+        data = _shuffled(data, label)
+    train, val, test = data.train, data.val, data.test
+    rhemo_key = None
+    if model == "quaternion":
+        if rhemo is None:
+            raise ValueError(
+                "a quaternion orthogonal network needs the frozen RH-emo it reads: pass rhemo="
+            )
+        train, val, test = (embed(rhemo, d) for d in (train, val, test))
+        rhemo_key = runs.config_key({k: v.tolist() for k, v in rhemo.state_dict().items()})
+    classes = list(getattr(data.label_space, f"{label}s"))
+    in_channels = train.x.shape[1]
+
+    def build():
+        torch.manual_seed(0)  # the placebo's "initial weights" are a fixed draw
+        return vgg16(
+            len(classes), in_channels=in_channels, quaternion=model == "quaternion",
+            width=p["width"],
+        )  # fmt: skip
+
+    if run.orthogonal == "random":
+        net = build().eval()
+        for param in net.parameters():
+            param.requires_grad_(False)
+        return net
+    config = dict(task=run.orthogonal, model=model, profile=profile,
+                  profile_settings=runs.config_key(p), seed=0, rhemo=rhemo_key)  # fmt: skip
+    if source is not None:
+        config["source"] = source
+
+    def train_fn(net):
+        cfg = train_config(profile, 0, epochs=p["orthogonal_epochs"], target=label)
+        result = fit(net, train, val, cfg, progress=progress, name=f"{run.orthogonal} network")
+        return {
+            "history": result["history"],
+            "metrics": evaluate(net, test, target=label, num_classes=len(classes)),
+            "source": {
+                "corpus": records[0].corpus,
+                "task": run.orthogonal,
+                "label": label,
+                "classes": classes,
+                "setup": setup,
+            },
+        }
+
+    return _cached_network(f"orthogonal-{run.orthogonal}-{model}", config, build, train_fn)[0]
+
+
+def _shuffled(data: Data, label: str) -> Data:
+    """The same items with `label` permuted across the training, validation and test items (a
+    fixed permutation): a network trained on it learns nothing that generalises about words."""
+    rng = np.random.default_rng(0)
+    for part in (data.train, data.val, data.test):
+        values = part.labels[label].numpy()
+        part.labels[label] = torch.from_numpy(values[rng.permutation(len(values))])
+    return data
