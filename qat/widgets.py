@@ -126,14 +126,21 @@ def run_and_show(**params) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- the panel
 
+DEFAULT = "default"  # an optional choice left to the profile
+
 # Which methods use which control (the others are greyed out).
 _RELEVANT = {
+    "eta": ("groupdro",),
+    "group_adjustment": ("groupdro",),
+    "jtt_epochs": ("jtt",),
+    "lambda_up": ("jtt",),
+    "orthogonal_root": cfg.TAP_METHODS,
     "tap": cfg.TAP_METHODS,
     "beta": cfg.TAP_METHODS,
     "gram": ("at",),
     "lam": cfg.ADVERSARY_METHODS,
-    "orthogonal": tuple(m for m in cfg.METHODS if m != "baseline"),
-    "init_from_orthogonal": tuple(m for m in cfg.METHODS if m != "baseline"),
+    "orthogonal": (*cfg.TAP_METHODS, *cfg.ADVERSARY_METHODS),
+    "init_from_orthogonal": (*cfg.TAP_METHODS, *cfg.ADVERSARY_METHODS),
     "rho": cfg.METHODS,
     "factor": cfg.METHODS,
 }
@@ -150,8 +157,8 @@ def _control(field: dataclasses.Field, value):
     if field.name == "tap":
         return w.Dropdown(options=cfg.TAPS, value=value[0] if value else cfg.TAPS[2], **common)
     if field.metadata["choices"] is not None and field.type.endswith("| None"):
-        options = [("default", None), *((c, c) for c in field.metadata["choices"])]
-        return w.Dropdown(options=options, value=value, **common)
+        options = (DEFAULT, *field.metadata["choices"])
+        return w.Dropdown(options=options, value=DEFAULT if value is None else value, **common)
     if field.metadata["choices"] is not None:
         return w.Dropdown(options=field.metadata["choices"], value=value, **common)
     if field.type == "bool":
@@ -171,7 +178,7 @@ def _read(field: dataclasses.Field, value):
     if not isinstance(value, str) or field.type == "str":
         return value
     text = value.strip()
-    if not text:
+    if not text or text == DEFAULT:
         return None
     number = {"int | None": int, "float | None": float}.get(field.type)
     try:
@@ -238,7 +245,8 @@ class AntiTransferPanel:
         for name, methods in _RELEVANT.items():
             self.controls[name].disabled = method not in methods
         confounded = self.controls["setup"].value in ("confounded", "unconfounded")
-        self.controls["rho"].disabled = self.controls["factor"].disabled = not confounded
+        for name in ("rho", "factor", "selection"):  # only a confounded split has groups
+            self.controls[name].disabled = not confounded
 
     def values(self) -> dict:
         """The chosen values, as keyword arguments of `compare` / `run_and_show`."""

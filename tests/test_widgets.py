@@ -138,7 +138,7 @@ def test_optional_settings_read_empty_as_unset_and_text_as_numbers():
     calls = []
     panel = widgets.AntiTransferPanel(on_run=lambda **kw: calls.append(kw), method="groupdro",
                                       profile="smoke")  # fmt: skip
-    assert panel.controls["selection"].value is None  # "default": the profile's rule
+    assert panel.controls["selection"].value == "default"  # the profile's rule
     panel.controls["weight_decay"].value = " 0.1 "
     panel.controls["fold"].value = ""
     panel.controls["selection"].value = "worst_group"
