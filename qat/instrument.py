@@ -174,8 +174,10 @@ def summarise(records, profile: str, model: str) -> dict:
 
 
 def _overhead(t: dict) -> float:
-    """Data preparation, step-cost measurement and probes over training time. Records from
-    before the split of these timings count everything after training (evaluation too)."""
+    """Data preparation, step-cost measurement and probes over training time (training the
+    upstream networks, cached and shared by every method on a split, is not counted where the
+    record separates it). Records from before the split of these timings count everything
+    after training (evaluation too)."""
     if "probe" in t:
         return (t["prepare"] + t["step_cost"] + t["probe"]) / t["train"]
     return (t["prepare"] + t["after"]) / t["train"]
