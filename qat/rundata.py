@@ -193,11 +193,7 @@ def subset(dataset: SERDataset, n: int | None, seed: int = 0) -> SERDataset:
     """At most `n` items of a dataset, drawn once with a fixed seed (all of them if n is None)."""
     if n is None or n >= len(dataset.x):
         return dataset
-    keep = torch.as_tensor(np.sort(np.random.default_rng(seed).permutation(len(dataset.x))[:n]))
-    out = with_inputs(dataset, dataset.x[keep])
-    out.labels = {k: v[keep] for k, v in dataset.labels.items()}
-    out.indices = np.asarray(dataset.indices)[keep.numpy()]
-    return out
+    return take(dataset, np.sort(np.random.default_rng(seed).permutation(len(dataset.x))[:n]))
 
 
 @torch.no_grad()
