@@ -171,18 +171,19 @@ def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, 
         return train, dro, {}
     # JTT: ERM for T epochs, then train afresh with the items it got wrong upweighted.
     torch.manual_seed(config.seed)
-    first = vgg16(
-        len(data.label_space.emotions),
-        in_channels=train.x.shape[1],
-        quaternion=config.model == "quaternion",
-        width=PROFILES[config.profile]["width"],
-    )
+    first = vgg16(**_vgg_args(config, len(data.label_space.emotions), train.x.shape[1]))
     stage1 = dataclasses.replace(tcfg, epochs=config.jtt_epochs, selection="final")
     fit(first, train, val, stage1, progress=progress, name=f"{name} (JTT stage 1)")
     wrong = (predict(first, train.x).argmax(1) != train.labels["emotion"]).numpy()
     by_position[train.indices] = robust.jtt_upweights(wrong, config.lambda_up)
     torch.manual_seed(config.seed)
     return train, robust.ReweightObjective(by_position), {"upweighted": int(wrong.sum())}
+
+
+def _vgg_args(config: RunConfig, num_classes: int, in_channels: int) -> dict:
+    """vgg16's arguments for a run's network (also what its saved model file stores)."""
+    return dict(num_classes=num_classes, in_channels=in_channels,
+                quaternion=config.model == "quaternion", width=config.width)  # fmt: skip
 
 
 SELECTION_PER_GROUP = 40  # the decorrelated validation set: up to 40 items of each group
@@ -316,9 +317,9 @@ def train_ser(
         train, val, test = data.train, data.val, data.test
         rhemo = orth_net = None
         t_upstream = time.perf_counter()  # networks shared by every method on this split
-        if config.model == "quaternion" and config.rhemo:
+        if config.reads_rhemo and config.rhemo:
             rhemo = load_rhemo(config.rhemo, feature_config(config.profile))[0]
-        elif config.model == "quaternion":
+        elif config.reads_rhemo:
             rhemo = pretrain_rhemo(config, data, progress)
         if config.uses_taps or config.init_from_orthogonal:
             orth_net = pretrain_orthogonal(config, data, rhemo, progress)
@@ -327,12 +328,8 @@ def train_ser(
             train, val, test = (embed(rhemo, d) for d in (train, val, test))
     num_classes = len(data.label_space.emotions)
     torch.manual_seed(config.seed)
-    net = vgg16(
-        num_classes,
-        in_channels=train.x.shape[1],
-        quaternion=config.model == "quaternion",
-        width=p["width"],
-    )
+    model_config = _vgg_args(config, num_classes, train.x.shape[1])
+    net = vgg16(**model_config)
 
     anti_transfer = adversary = objective = None
     method_info: dict = {"information": REGIMES[config.method]}
@@ -393,8 +390,7 @@ def train_ser(
     if rank == 0:  # the trained network, ready to predict (kept in the cache, not committed)
         save_model(
             model_file, net, feature_config=feature_config(config.profile),
-            model_config=dict(num_classes=num_classes, in_channels=train.x.shape[1],
-                              quaternion=config.model == "quaternion", width=p["width"]),
+            model_config=model_config,
             normalizer=data.normalizer, label_space=data.label_space, rhemo=rhemo, run=key,
         )  # fmt: skip
 

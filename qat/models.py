@@ -283,13 +283,16 @@ def vgg16(
 # --------------------------------------------------------------------------- RH-emo
 
 
+ENCODER_CHANNELS = (1, 2, 4, 4)  # RH-emo's encoder, as published
+
+
 class RHEmo(nn.Module):
     """RH-emo (Guizzo et al., TASLP 2023): real spectrogram (B, 1, T, F) -> quaternion
     embedding (B, 4, T', F'), trained to reconstruct the input and to predict emotion and
     valence/arousal/dominance, one embedding channel (quaternion component) per task.
 
-    - encoder (real): three 3x3 conv + BN + ReLU + max-pool blocks, 1 -> 2 -> 4 -> 4 channels;
-      with the default pools a 512x128 spectrogram becomes 4x64x64.
+    - encoder (real): three 3x3 conv + BN + ReLU + max-pool blocks, 1 -> 2 -> 4 -> 4 channels
+      (`channels`); with the default pools a 512x128 spectrogram becomes 4x64x64.
     - decoder (quaternion): transposed convs that undo each pool (kernel 3, stride = the pool),
       4 -> `decoder_channels` -> `decoder_channels` -> 4 real channels. It reads the whole
       quaternion and outputs one quaternion per pixel whose FOUR components each reconstruct
@@ -308,6 +311,7 @@ class RHEmo(nn.Module):
         pools: Sequence[Sequence[int]] = ((2, 2), (2, 1), (2, 1)),
         hidden: int = 16,
         decoder_channels: int = 8,
+        channels: Sequence[int] = ENCODER_CHANNELS,
     ) -> None:
         super().__init__()
         if not isinstance(num_emotions, int) or num_emotions < 1:
@@ -317,8 +321,16 @@ class RHEmo(nn.Module):
             raise ValueError(f"hidden={hidden!r}: expected a positive int")
         if not isinstance(decoder_channels, int) or decoder_channels < 4 or decoder_channels % 4:
             raise ValueError(f"decoder_channels={decoder_channels!r}: expected a multiple of 4")
+        channels = tuple(channels)
+        if (len(channels) != 4 or channels[0] != 1 or channels[-1] != 4
+                or not all(isinstance(c, int) and c >= 1 for c in channels)):  # fmt: skip
+            raise ValueError(
+                f"channels={channels!r}: expected four positive ints 1, a, b, 4 (the encoder "
+                "reads one spectrogram channel and writes one quaternion)"
+            )
         self.num_emotions = num_emotions
-        self.encoder = _rhemo_encoder(self.pools)
+        self.channels = channels
+        self.encoder = _rhemo_encoder(self.pools, channels)
         self.decoder = _rhemo_decoder(self.pools, decoder_channels)
         out_sizes = {"emotion": num_emotions, "valence": 2, "arousal": 2, "dominance": 2}
         self.heads = nn.ModuleDict(
@@ -376,8 +388,7 @@ def _check_pools(pools: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
     return parsed  # type: ignore[return-value]
 
 
-def _rhemo_encoder(pools: tuple[tuple[int, int], ...]) -> nn.Sequential:
-    channels = (1, 2, 4, 4)
+def _rhemo_encoder(pools: tuple[tuple[int, int], ...], channels: tuple[int, ...]) -> nn.Sequential:
     blocks = OrderedDict()
     for n, pool in enumerate(pools):
         blocks[f"block{n + 1}"] = nn.Sequential(

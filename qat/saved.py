@@ -67,6 +67,7 @@ def rhemo_config(rhemo: RHEmo) -> dict:
         "pools": [list(pool) for pool in rhemo.pools],
         "hidden": rhemo.heads["emotion"][0].out_channels,
         "decoder_channels": rhemo.decoder[0].out_channels,
+        "channels": list(rhemo.channels),
     }
 
 

@@ -420,15 +420,21 @@ def _binarised(values: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def fit_rhemo(
     rhemo, train, val, epochs: tuple[int, int] = (4, 4), lr: float = 1e-3, batch_size: int = 32,
-    seed: int = 0, progress: bool = True,
+    seed: int = 0, progress: bool = True, recipe: TrainConfig | None = None,
 ) -> dict:  # fmt: skip
     """Two-stage RH-emo training as in the paper: `epochs[0]` epochs of reconstruction alone,
     then `epochs[1]` epochs of reconstruction plus the four heads (emotion on channel 0,
     binarised valence/arousal/dominance on channels 1-3 at `balanced_threshold` of the
-    training items; a rating the corpus lacks is left out of the loss). Leaves the network
-    frozen in eval mode and returns per-epoch validation reconstruction error and head
-    accuracies, and each rating's threshold and share of "high" training items."""
-    optimizer = torch.optim.Adam(rhemo.parameters(), lr=lr)
+    training items; a rating the corpus lacks is left out of the loss). Adam at a constant
+    `lr`, or `recipe`'s optimizer and schedule (a one-cycle schedule restarts at each stage).
+    Leaves the network frozen in eval mode and returns per-epoch validation reconstruction
+    error and head accuracies, and each rating's threshold and share of "high" training
+    items."""
+    recipe = recipe or TrainConfig(lr=lr, batch_size=batch_size)
+    batch_size = recipe.batch_size
+    optimizer = make_optimizer(rhemo, recipe)
+    steps_per_epoch = -(-len(train.x) // batch_size)
+    schedule = None
     ratings = ("valence", "arousal", "dominance")
     thresholds = {k: balanced_threshold(train.labels[k]) for k in ratings}
     ratings = tuple(k for k in ratings if not math.isnan(thresholds[k]))
@@ -449,6 +455,9 @@ def fit_rhemo(
     n = len(train.x)
     for epoch in range(sum(epochs)):
         with_heads = epoch >= epochs[0]
+        if epoch in (0, epochs[0]):  # each stage starts its own cycle
+            stage_epochs = epochs[0] if epoch < epochs[0] else epochs[1]
+            schedule = make_schedule(optimizer, recipe, stage_epochs * steps_per_epoch)
         seed_e = _epoch_seed(seed, epoch)
         torch.manual_seed(seed_e)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_e))
@@ -463,12 +472,15 @@ def fit_rhemo(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
         rhemo.eval()
         with torch.no_grad():
             out = rhemo(val.x)
             row = {
                 "epoch": epoch + 1,
                 "stage": "heads" if with_heads else "reconstruction",
+                "lr": optimizer.param_groups[0]["lr"],
                 "val_reconstruction_mse": float(
                     F.mse_loss(out["reconstruction"], rhemo.reconstruction_target(val.x))
                 ),

@@ -19,7 +19,7 @@ from qat import io, paths, runs
 from qat.config import PROFILES, RunConfig
 from qat.data import corpora
 from qat.data.records import corpus_digest
-from qat.models import RHEmo, vgg16
+from qat.models import ENCODER_CHANNELS, RHEmo, vgg16
 from qat.rundata import (
     Data,
     embed,
@@ -30,11 +30,7 @@ from qat.rundata import (
     train_config,
 )
 from qat.saved import save_rhemo
-from qat.train import (
-    evaluate,
-    fit,
-    fit_rhemo,
-)
+from qat.train import TrainConfig, evaluate, fit, fit_rhemo
 
 
 def _cached_network(kind: str, config: dict, build, train_fn):
@@ -69,26 +65,51 @@ def _cached_network(kind: str, config: dict, build, train_fn):
     return net.eval(), path
 
 
+# Profile keys that shape the data an RH-emo is trained on and its lr.
+RHEMO_DATA = ("corpus", "features", "val_fraction", "folds", "n_test_speakers", "lr")
+
+
+def _rhemo_run(run: RunConfig) -> RunConfig:
+    """The run whose RH-emo `run` reads: itself, or the same split under the profile its own
+    names as `rhemo_profile` (which must compute the same data and features)."""
+    source = PROFILES[run.profile].get("rhemo_profile")
+    if source is None:
+        return run
+    ours, theirs = PROFILES[run.profile], PROFILES[source]
+    differ = [k for k in (*RHEMO_DATA, *(k for k in {*ours, *theirs} if k.startswith("rhemo_")))
+              if k != "rhemo_profile" and ours.get(k) != theirs.get(k)]  # fmt: skip
+    if differ:
+        raise ValueError(
+            f"profile={run.profile!r}: rhemo_profile={source!r} differs in "
+            f"{', '.join(differ)}; expected the same data, features and RH-emo"
+        )
+    return run.replace(profile=source)
+
+
 def rhemo_key(run: RunConfig) -> dict:
     """What the RH-emo a run reads depends on: the corpus, its split and the profile (not the
     method), so every method on a (seed, fold) shares one RH-emo."""
-    k = run.key_dict()
+    k = _rhemo_run(run).key_dict()
     return {name: k[name] for name in ("corpus", "setup", "profile", "profile_settings", "seed",
                                        "root", "split")}  # fmt: skip
 
 
 def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = True) -> RHEmo:
-    """RH-emo trained on the training items of the run's split (never the test set)."""
+    """RH-emo trained on the training items of the run's split (never the test set): Adam at
+    the profile's lr, or its `rhemo_recipe`; the encoder's `rhemo_channels`."""
+    run = _rhemo_run(run)
     p = PROFILES[run.profile]
     data = data or run_data(run, progress)
+    recipe = p.get("rhemo_recipe")
 
     def build():
-        return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"])
+        return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"],
+                     channels=p.get("rhemo_channels", ENCODER_CHANNELS))  # fmt: skip
 
     def train_fn(net):
         return fit_rhemo(
             net, data.train, data.val, epochs=p["rhemo_epochs"], lr=p["lr"], seed=run.seed,
-            progress=progress,
+            progress=progress, recipe=recipe and TrainConfig(lr=p["lr"], **recipe),
         )  # fmt: skip
 
     return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
@@ -187,7 +208,7 @@ def pretrain_orthogonal(
         torch.manual_seed(0)  # the placebo's "initial weights" are a fixed draw
         return vgg16(
             len(classes), in_channels=in_channels, quaternion=model == "quaternion",
-            width=p["width"],
+            width=run.width,
         )  # fmt: skip
 
     if run.orthogonal == "random":

@@ -1,0 +1,110 @@
+"""The diagnostic profiles (why the quaternion ceiling lags): each changes one thing of the
+frozen instrument, reuses its RH-emo where that is unchanged, and runs baselines only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qat import config as cfg
+from qat import experiments, rundata, upstream
+from qat.config import RunConfig
+from qat.models import RHEmo
+from qat.saved import load_model
+from qat.train import TrainConfig, fit_rhemo
+
+SMOKE = cfg.PROFILES["smoke"]
+DIAG = {
+    "diag-smoke-width": {**SMOKE, "quaternion_width": 1 / 8, "rhemo_profile": "smoke"},
+    "diag-smoke-real-on-rhemo": {**SMOKE, "real_input": "rhemo", "rhemo_profile": "smoke"},
+    "diag-smoke-encoder": {**SMOKE, "rhemo_channels": (1, 3, 5, 4)},
+    "diag-smoke-bad": {**SMOKE, "lr": 0.5, "rhemo_profile": "smoke"},
+}
+
+
+@pytest.fixture(autouse=True)
+def diag_profiles(monkeypatch):
+    for name, settings in DIAG.items():
+        monkeypatch.setitem(cfg.PROFILES, name, settings)
+
+
+def test_every_shipped_diagnosis_changes_the_frozen_instrument_in_one_place():
+    frozen = cfg.PROFILES["cpu"]
+    for name, (what, change) in cfg.DIAGNOSES.items():
+        profile = cfg.PROFILES[f"diag-{name}"]
+        assert what and {k for k in profile if profile[k] != frozen.get(k)} == set(change)
+        upstream.rhemo_key(RunConfig(profile=f"diag-{name}", model="quaternion"))  # consistent
+
+
+def test_width_and_input_follow_the_profile():
+    assert RunConfig(profile="diag-smoke-width", model="quaternion").width == 1 / 8
+    assert RunConfig(profile="diag-smoke-width", model="real").width == SMOKE["width"]
+    assert RunConfig(profile="diag-smoke-real-on-rhemo", model="real").reads_rhemo
+    assert not RunConfig(profile="smoke", model="real").reads_rhemo
+    assert RunConfig(profile="smoke", model="quaternion").reads_rhemo
+
+
+def test_a_diagnostic_profile_runs_baselines_only():
+    with pytest.raises(ValueError, match=r"profile='diag-smoke-width': expected method='baseline'"):
+        RunConfig(profile="diag-smoke-width", method="dann")
+
+
+def test_rhemo_profile_reuses_that_profiles_rhemo_and_refuses_other_data():
+    ours = RunConfig(profile="diag-smoke-width", model="quaternion", seed=3)
+    theirs = RunConfig(profile="smoke", model="quaternion", seed=3)
+    assert upstream.rhemo_key(ours) == upstream.rhemo_key(theirs)
+    assert upstream.rhemo_key(RunConfig(profile="diag-smoke-encoder", model="quaternion")) != (
+        upstream.rhemo_key(RunConfig(profile="smoke", model="quaternion"))
+    )
+    with pytest.raises(ValueError, match=r"rhemo_profile='smoke' differs in lr"):
+        upstream.rhemo_key(RunConfig(profile="diag-smoke-bad", model="quaternion"))
+
+
+def test_the_encoders_channels_are_checked_and_shape_the_network():
+    net = RHEmo(5, pools=((2, 1), (1, 1), (1, 1)), channels=(1, 3, 5, 4))
+    convs = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 3), (3, 5), (5, 4)]
+    assert net.encode(torch.randn(2, 1, 8, 6)).shape == (2, 4, 4, 6)
+    for bad in ((1, 2, 4, 3), (2, 2, 4, 4), (1, 2, 4), (1, 0, 4, 4)):
+        with pytest.raises(ValueError, match="channels="):
+            RHEmo(5, channels=bad)
+
+
+def test_real_on_rhemo_trains_on_the_embedding_and_its_saved_model_predicts():
+    run = RunConfig(profile="diag-smoke-real-on-rhemo", model="real", setup="unconfounded")
+    record = experiments.train_ser(run, progress=False)
+    predictor = load_model(record["model"])
+    assert predictor.rhemo is not None and not predictor.net.quaternion
+    assert predictor.net.in_channels == 4
+    shared = upstream.pretrain_rhemo(run.replace(profile="smoke", model="quaternion"),
+                                     progress=False)  # fmt: skip
+    for a, b in zip(predictor.rhemo.state_dict().values(), shared.state_dict().values(),
+                    strict=True):  # fmt: skip
+        assert torch.equal(a, b)  # the smoke profile's RH-emo of the same split, reused
+
+
+def test_the_quaternion_width_is_the_trained_and_saved_width():
+    run = RunConfig(profile="diag-smoke-width", model="quaternion", setup="unconfounded")
+    record = experiments.train_ser(run, progress=False)
+    net = load_model(record["model"]).net
+    first = net.features.conv1_1.conv
+    base = load_model(experiments.train_ser(run.replace(profile="smoke"), progress=False)["model"])
+    assert first.out_channels == 2 * base.net.features.conv1_1.conv.out_channels
+
+
+def _lrs(recipe, epochs=(3, 3)):
+    data = rundata.run_data(RunConfig(profile="smoke"), progress=False)
+    net = RHEmo(len(data.label_space.emotions), pools=SMOKE["rhemo_pools"])
+    history = fit_rhemo(net, data.train, data.val, epochs=epochs, seed=0, progress=False,
+                        recipe=recipe)["history"]  # fmt: skip
+    return [h["lr"] for h in history]
+
+
+def test_rhemo_recipe_runs_one_cycle_per_stage():
+    peak = 4e-3
+    lrs = _lrs(TrainConfig(lr=peak, batch_size=8, optimizer="adamw", schedule="onecycle",
+                           warmup=0.3))  # fmt: skip
+    # Each stage warms up to near the peak and decays to a small share of it; the second
+    # stage restarts the same cycle.
+    assert lrs[3:] == lrs[:3] and peak / 2 < lrs[0] <= peak and lrs[2] < peak / 20
+    assert _lrs(None) == [1e-3] * 6  # the default: Adam at a constant lr
