@@ -114,7 +114,7 @@ DIAGNOSES = {
     "rhemo-recipe": ("RH-emo trained with the frozen recipe's AdamW and one-cycle schedule",
                      dict(rhemo_recipe=dict(optimizer="adamw", weight_decay=0.05,
                                             schedule="onecycle", warmup=0.15))),
-    "rhemo-encoder": ("RH-emo's encoder at 1 -> 8 -> 16 -> 4 channels (254 -> 1,512 weights)",
+    "rhemo-encoder": ("RH-emo's encoder at 1 -> 8 -> 16 -> 4 channels, not 1 -> 2 -> 4 -> 4",
                       dict(rhemo_channels=(1, 8, 16, 4))),
     "rhemo-pools": ("RH-emo without compression: pools (2,1),(1,1),(1,1), a 4x64x64 embedding",
                     dict(rhemo_pools=((2, 1), (1, 1), (1, 1)))),

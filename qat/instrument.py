@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qat import io, paths, plots, runs, stats, tables
-from qat.config import DIAGNOSES, PROFILES, RECIPES, RunConfig
+from qat import diagnosis, io, paths, plots, runs, stats, tables
+from qat.config import PROFILES, RECIPES, RunConfig
 from qat.report import update_readme_block
 
 PAIRS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 0))  # (seed, fold): five seeds, every fold
@@ -82,26 +82,6 @@ def upstream(profile: str, pairs=PAIRS) -> None:
         networks.pretrain_orthogonal(run, rhemo=rhemo)
 
 
-def diagnosis_configs(pairs=PAIRS) -> list[RunConfig]:
-    """The ceiling (baseline on the unconfounded split) of each diagnostic profile: the
-    quaternion model, or the real one where the profile feeds it RH-emo embeddings."""
-    return [
-        RunConfig(
-            profile=f"diag-{name}",
-            model=_diagnosed_model(name),
-            seed=seed,
-            fold=fold,
-            setup="unconfounded",
-        )
-        for name in DIAGNOSES
-        for seed, fold in pairs
-    ]
-
-
-def _diagnosed_model(name: str) -> str:
-    return "real" if PROFILES[f"diag-{name}"].get("real_input") == "rhemo" else "quaternion"
-
-
 def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
     """Train what a stage needs (runs whose record exists are skipped, so it resumes):
     "pilot": baseline and ceiling under each candidate recipe; "final": the same under the
@@ -110,7 +90,7 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
     from qat.experiments import run_configs
 
     if stage == "diagnose":
-        run_configs(diagnosis_configs(), jobs=jobs)
+        run_configs(diagnosis.configs(PAIRS), jobs=jobs)
         return
     profiles = PILOT if stage == "pilot" else (FROZEN,)
     for profile in profiles:
@@ -397,6 +377,9 @@ def write_report(reports=None) -> Path:
                 f"runs for +{g * 100:.0f} points": stats.runs_for_power(g, sd) for g in POWER_GAINS
             }})  # fmt: skip
     lines += ["", tables.markdown_table(power)]
+    lines += ["", "## 7. Why the ceilings fall short: the quaternion one of the real one, the "
+              "real one of the oracle", ""]  # fmt: skip
+    lines += diagnosis.section(records, FROZEN, PAIRS, figures)
     target = reports / "instrument.md"
     io.write_text(target, "\n".join(lines) + "\n")
     if reports.resolve() == (paths.ROOT / "reports").resolve():

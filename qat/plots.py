@@ -628,6 +628,33 @@ def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> F
     return fig
 
 
+def diagnosis(rows: Sequence[Mapping], within: float) -> Figure:
+    """Left: each network's ceiling minus the real ceiling on the same (seed, fold) pairs, with
+    its 95% interval, and the margin the quaternion one should stay within; right: its step
+    time relative to the real network's. `rows`: qat.diagnosis.rows with a "_vs_real"
+    PairedResult."""
+    fig = Figure(figsize=(10.5, 1.4 + 0.45 * len(rows)), layout="constrained")
+    gain, cost = fig.subplots(1, 2, sharey=True, width_ratios=(2, 1))
+    names = [r["network"] for r in rows]
+    for y, r in enumerate(rows):
+        d = r["_vs_real"]
+        gain.errorbar(d.mean, y, xerr=[[d.mean - d.t_low], [d.t_high - d.mean]], fmt="o",
+                      capsize=3, color="C0")  # fmt: skip
+        if r["step time vs real"]:
+            cost.barh(y, r["step time vs real"], color="C1")
+    gain.axvline(0, color="0.3", linewidth=1)
+    gain.axvline(-within, color="C3", linestyle="--", linewidth=1, label=f"-{within} UA")
+    gain.set_yticks(range(len(rows)), names)
+    gain.invert_yaxis()
+    gain.set_xlabel("ceiling UA minus the real ceiling (fraction; paired 95% interval)")
+    gain.legend(fontsize="x-small", loc="lower right")
+    cost.axvline(1, color="0.3", linewidth=1)
+    cost.set_xlabel("step time / the real network's (ratio)")
+    for ax in (gain, cost):
+        ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
 def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]]) -> Figure:
     """The layer sweep: per tap, the UA gain of AT over the baseline with its 95% interval,
     and the step time and peak memory of AT at that tap, one line per model."""

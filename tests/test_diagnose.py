@@ -3,6 +3,7 @@ frozen instrument, reuses its RH-emo where that is unchanged, and runs baselines
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,43 @@ def test_rhemo_recipe_runs_one_cycle_per_stage():
     # stage restarts the same cycle.
     assert lrs[3:] == lrs[:3] and peak / 2 < lrs[0] <= peak and lrs[2] < peak / 20
     assert _lrs(None) == [1e-3] * 6  # the default: Adam at a constant lr
+
+
+def _ceiling(profile, model, seed, fold, ua, step):
+    config = RunConfig(profile=profile, model=model, setup="unconfounded", seed=seed, fold=fold)
+    last = {"epoch": 1, "train_loss": 0.5, "train_acc": 0.9, "val_loss": 0.6, "val_ua": ua + 0.1}
+    return {"kind": "ser", "config": config.key_dict(), "metrics": {"ua": ua},
+            "history": [last], "resources": {"step_time_s": step, "params": 100}}  # fmt: skip
+
+
+def test_the_diagnosis_table_pairs_runs_as_scipy_does(tmp_path):
+    from scipy import stats as sps
+
+    from qat import diagnosis, instrument
+
+    rng = np.random.default_rng(1)
+    real = rng.uniform(0.55, 0.62, 5)
+    quat = real - rng.uniform(0.05, 0.12, 5)
+    wide = quat + rng.uniform(0.0, 0.06, 5)
+    records = []
+    for (seed, fold), r, q, w in zip(instrument.PAIRS, real, quat, wide, strict=True):
+        records += [
+            _ceiling("cpu", "real", seed, fold, r, 0.4),
+            _ceiling("cpu", "quaternion", seed, fold, q, 0.04),
+            _ceiling("diag-quaternion-width", "quaternion", seed, fold, w, 0.1),
+        ]
+    rows = {r["network"]: r for r in diagnosis.rows(records, "cpu", instrument.PAIRS)}
+    low, high = sps.ttest_rel(wide, real).confidence_interval(0.95)
+    d = rows["quaternion-width"]["_vs_real"]
+    assert (d.mean, d.t_low, d.t_high) == pytest.approx(((wide - real).mean(), low, high))
+    assert rows["quaternion-width"]["ceiling UA"] == pytest.approx(wide.mean())
+    assert rows["quaternion-width"]["step time vs real"] == pytest.approx(0.25)
+    expected = "met" if low >= -diagnosis.WITHIN else "not met"
+    assert rows["quaternion-width"]["within 0.05 of real"] == expected
+    assert rows["real-on-rhemo"]["runs"] == 0  # no runs: an empty row, never a number
+    lines = diagnosis.section(records, "cpu", instrument.PAIRS, tmp_path)
+    assert any(line.startswith("- `quaternion-width`") and f"{low:+.3f}" in line for line in lines)
+    shift = {r["model"]: r for r in diagnosis.speaker_shift(records, "cpu", instrument.PAIRS)}
+    assert shift["real"]["validation UA, training speakers (last epoch)"] == pytest.approx(
+        real.mean() + 0.1
+    )
