@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qat.models import vgg16
-from qat.probe import pooled_activations, probe_accuracy
+from qat.probe import fit_logistic, pooled_activations, probe_accuracy
 
 
 def _linear_features(labels, num_classes, dim, rng, noise=0.3):
@@ -108,3 +108,26 @@ def test_all_taps_in_one_pass_equal_the_taps_one_by_one():
             np.testing.assert_allclose(
                 together[tap], pooled_activations(net, tap, x), rtol=1e-5, atol=1e-6
             )
+
+
+@pytest.mark.parametrize("dims, classes", [(8, 2), (64, 12), (256, 40)])
+def test_the_probe_predicts_as_scikit_learns_logistic_regression(dims, classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(dims)
+    labels = rng.integers(0, classes, 1200)
+    centres = rng.normal(size=(classes, dims))
+    feats = centres[labels] * 0.3 + rng.normal(size=(1200, dims)) * rng.uniform(0.1, 5, dims)
+    feats[:, 0] = 7.0  # a constant feature is only centred, as StandardScaler does
+    fit, held = slice(0, 800), slice(800, None)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, tol=1e-6))
+    expected = reference.fit(feats[fit], labels[fit]).predict(feats[held])
+    weight, bias, mean, scale = fit_logistic(feats[fit], labels[fit], classes, max_iter=3000,
+                                             tol=1e-6)  # fmt: skip
+    x = (torch.as_tensor(feats[held], dtype=torch.float32) - mean) / scale
+    ours = (x @ weight + bias).argmax(1).numpy()
+    assert np.mean(ours == expected) >= 0.97  # float32 vs float64, the same optimum
+    accuracy = probe_accuracy(feats[fit], labels[fit], feats[held], labels[held])
+    assert accuracy == pytest.approx(np.mean(expected == labels[held]), abs=0.02)
