@@ -383,7 +383,8 @@ def write_report(reports=None) -> Path:
     target = reports / "instrument.md"
     io.write_text(target, "\n".join(lines) + "\n")
     if reports.resolve() == (paths.ROOT / "reports").resolve():
-        update_readme_block("instrument", _summary(chosen, why, frozen, oracle_ua))
+        summary = _summary(chosen, why, frozen, oracle_ua)
+        update_readme_block("instrument", summary + diagnosis.reading(records, FROZEN, PAIRS))
     return target
 
 
