@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "then write reports/demonstration.md",
     )
     demo.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    demo.add_argument("--models", default="real,quaternion", help="comma-separated models")
+    demo.add_argument("--stages", default="selection,finalists,sweep,variants",
+                      help="comma-separated stages, run in this order")  # fmt: skip
     demo.add_argument("--report-only", action="store_true",
                       help="rebuild the page from the records without training")  # fmt: skip
 
@@ -262,8 +265,13 @@ def _dispatch(args) -> int:
         from qat import demonstration
 
         cfg.check_number("jobs", args.jobs, 1, integer=True)
+        models, stages = args.models.split(","), args.stages.split(",")
+        for model in models:
+            cfg.validate_field("model", model)
+        for stage in stages:
+            cfg.check_choice("stages", stage, demonstration.STAGES)
         if not args.report_only:
-            demonstration.run(jobs=args.jobs)
+            demonstration.run(models, jobs=args.jobs, stages=stages)
         print(demonstration.write_report())
     elif args.command == "rhemo":
         from qat.upstream import export_rhemo

@@ -141,6 +141,9 @@ def test_train_help_lists_every_field_with_its_choices(capsys):
         (["sweep", "--taps", "conv1_1,nope"], "tap='nope'"),
         (["sweep", "--models", "real,complex"], "model='complex'"),
         (["demonstration", "--jobs", "0", "--report-only"], "jobs=0"),
+        (["demonstration", "--models", "complex", "--report-only"], "model='complex'"),
+        (["demonstration", "--stages", "selection,last", "--report-only"], "stages='last'"),
+        (["instrument", "--stage", "final", "--models", "complex"], "model='complex'"),
     ],
 )
 def test_cli_errors_are_one_line_naming_the_field(argv, named, capsys):
