@@ -35,16 +35,7 @@ def configs(pairs: Sequence[tuple[int, int]]) -> list[RunConfig]:
 
 
 def _ceilings(ser, profile_name: str, model: str, pairs) -> dict[tuple, dict]:
-    """One ceiling record per (seed, fold) of `pairs` (a rerun beside a record is not a pair)."""
-    out = {}
-    for r in ser:
-        c = r["config"]
-        key = (c["seed"], c["split"].get("fold"))
-        if (c.get("profile"), c.get("model"), c.get("setup"), c.get("method")) == (
-            profile_name, model, SETUP, "baseline",
-        ) and key in pairs:  # fmt: skip
-            out.setdefault(key, r)
-    return out
+    return tables.baseline_by_pair(ser, pairs, profile_name, model, SETUP)
 
 
 def _rhemo_ua(record: dict, rhemo_records: dict) -> float | None:

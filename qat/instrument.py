@@ -104,23 +104,6 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
 # ---------------------------------------------------------------- summaries
 
 
-def _pair(record: dict) -> tuple[int, int]:
-    c = record["config"]
-    return c["seed"], c["split"].get("fold")
-
-
-def _by_pair(records, profile: str, model: str, setup: str) -> dict[tuple, dict]:
-    """One record per (seed, fold): a rerun written beside a record is not a new pair."""
-    out = {}
-    for r in records:
-        c = r["config"]
-        if (c.get("profile"), c.get("model"), c.get("setup"), c.get("method")) == (
-            profile, model, setup, "baseline",
-        ) and _pair(r) in PAIRS:  # fmt: skip
-            out.setdefault(_pair(r), r)
-    return out
-
-
 def _ua(records: dict[tuple, dict]) -> dict[tuple, float]:
     return {k: r["metrics"]["ua"] for k, r in records.items()}
 
@@ -152,8 +135,8 @@ def _history_stats(records) -> dict:
 def summarise(records, profile: str, model: str) -> dict:
     """Baseline and ceiling of one profile and model over the pairs: means, SDs, the paired
     confound gap with its interval, and convergence."""
-    base = _by_pair(records, profile, model, "confounded")
-    ceil = _by_pair(records, profile, model, "unconfounded")
+    base = tables.baseline_by_pair(records, PAIRS, profile, model, "confounded")
+    ceil = tables.baseline_by_pair(records, PAIRS, profile, model, "unconfounded")
     b_mean, b_sd = _mean_sd(_ua(base).values())
     c_mean, c_sd = _mean_sd(_ua(ceil).values())
     sizes = [r["split"]["sizes"] for r in base.values() if "sizes" in r.get("split", {})]
