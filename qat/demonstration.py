@@ -268,6 +268,8 @@ def compare(records, model: str, variant=MAIN) -> list[dict]:
         row["peak memory (MiB)"] = statistics.fmean(
             r["resources"]["peak_memory_bytes"] / 2**20 for r in mine.values()
         )
+        shares = [tables.overhead_share(r["timings_s"]) for r in mine.values() if "timings_s" in r]
+        row["overhead / training"] = statistics.fmean(shares) if shares else None
         row["_method"] = method
         rows.append(row)
     tested = [r for r in rows if r.get("p") is not None and r["finalist"] != "ceiling"]

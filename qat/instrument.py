@@ -152,22 +152,12 @@ def summarise(records, profile: str, model: str) -> dict:
                 "gap 95% high": gap and gap.t_high, "gap paired SD": gap and gap.sd})  # fmt: skip
     row.update(_history_stats([*base.values(), *ceil.values()]))
     timings = [r.get("timings_s") for r in [*base.values(), *ceil.values()]]
-    shares = [_overhead(t) for t in timings if t]
+    shares = [tables.overhead_share(t) for t in timings if t]
     row["overhead / training time"] = statistics.fmean(shares) if shares else None
     times = [r["resources"]["step_time_s"] for r in base.values()]
     row["step time (ms)"] = 1000 * statistics.fmean(times) if times else None
     row["_base"], row["_ceil"] = base, ceil
     return row
-
-
-def _overhead(t: dict) -> float:
-    """Data preparation, step-cost measurement and probes over training time (training the
-    upstream networks, cached and shared by every method on a split, is not counted where the
-    record separates it). Records from before the split of these timings count everything
-    after training (evaluation too)."""
-    if "probe" in t:
-        return (t["prepare"] + t["step_cost"] + t["probe"]) / t["train"]
-    return (t["prepare"] + t["after"]) / t["train"]
 
 
 def choose(rows: Sequence[dict]) -> tuple[str | None, str]:
@@ -339,6 +329,12 @@ def write_report(reports=None) -> Path:
                  f"volume, held-out speakers): UA {_fmt(oracle_ua)} (SD {_fmt(oracle_sd)}, "
                  f"{len(oracles)} folds/seeds).")  # fmt: skip
     lines += ["", tables.markdown_table([_public(r) for r in frozen.values()])]
+    lines += ["", "Overhead / training time is data preparation, step-cost measurement and probes "
+              "over training time. The frozen runs' records predate the split of these timings, "
+              "so their share counts everything outside training, and the quaternion one "
+              "includes pretraining the split's RH-emo (shared by every method on the split). "
+              "The demonstration's records measure it as defined (reports/demonstration.md, "
+              "column overhead / training)."]  # fmt: skip
     if any(r["_base"] for r in frozen.values()):
         fig = plots.paired_runs({m: (r["_base"], r["_ceil"]) for m, r in frozen.items()})
         io.save_figure(fig, figures, "instrument_pairs")

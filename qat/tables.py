@@ -501,3 +501,13 @@ def baseline_by_pair(records, pairs, profile: str, model: str, setup: str) -> di
         ) and pair in pairs:  # fmt: skip
             out.setdefault(pair, r)
     return out
+
+
+def overhead_share(t: dict) -> float:
+    """Data preparation, step-cost measurement and probes over training time (training the
+    upstream networks, cached and shared by every method on a split, is not counted where the
+    record separates it). Records from before the split of these timings count everything
+    after training (evaluation too)."""
+    if "probe" in t:
+        return (t["prepare"] + t["step_cost"] + t["probe"]) / t["train"]
+    return (t["prepare"] + t["after"]) / t["train"]
