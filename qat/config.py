@@ -20,7 +20,7 @@ from pathlib import Path
 
 from qat.data.corpora import CORPORA
 from qat.data.splits import FACTORS, SETUPS
-from qat.models import PENULTIMATE, VGG16_TAPS
+from qat.models import ENCODERS, PENULTIMATE, VGG16_TAPS
 from qat.runs import config_key
 
 MODELS = ("real", "quaternion")
@@ -72,6 +72,9 @@ RECIPES = {
                                ema_decay=0.99, epochs=12, patience=12),
 }  # fmt: skip
 CPU_RECIPE = "adamw-onecycle-ema"  # chosen by the pilot's rule (qat.instrument.choose)
+# The instrument's quaternion pipeline reads RH-emo with this encoder, chosen on ceiling runs by
+# the diagnosis (reports/instrument.md, section 7): the published one is its bottleneck.
+INSTRUMENT_ENCODER = "wide"
 
 # Sizes and recipe per profile. "cpu" runs on this machine; "paper" is the WASPAA 2023
 # setting (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20,
@@ -103,9 +106,10 @@ PROFILES.update({f"pilot-{name}": {**INSTRUMENT_DATA, **r} for name, r in RECIPE
 # Why the quaternion ceiling lags the real one (reports/instrument.md): the frozen instrument
 # with one change each, run as ceilings (baseline on the unconfounded split) only. Keys beside
 # the cpu profile's: quaternion_width (the quaternion VGG16's width), real_input="rhemo" (the
-# real VGG16 reads the RH-emo embedding), rhemo_channels (RH-emo's encoder), rhemo_recipe
-# (RH-emo's optimizer and schedule), rhemo_profile (reuse that profile's RH-emo per split: the
-# data and features are the same).
+# real VGG16 reads the RH-emo embedding), rhemo_recipe (RH-emo's optimizer and schedule),
+# rhemo_profile (reuse that profile's RH-emo per split: the data and features are the same).
+# RH-emo's encoder is a run setting (rhemo_encoder): its diagnosis is the cpu profile's
+# quaternion runs with rhemo_encoder="wide".
 DIAGNOSES = {
     "quaternion-width": ("the quaternion VGG16 at width 1/4: the real one's parameter count",
                          dict(quaternion_width=1 / 4, rhemo_profile="cpu")),
@@ -114,8 +118,6 @@ DIAGNOSES = {
     "rhemo-recipe": ("RH-emo trained with the frozen recipe's AdamW and one-cycle schedule",
                      dict(rhemo_recipe=dict(optimizer="adamw", weight_decay=0.05,
                                             schedule="onecycle", warmup=0.15))),
-    "rhemo-encoder": ("RH-emo's encoder at 1 -> 8 -> 16 -> 4 channels, not 1 -> 2 -> 4 -> 4",
-                      dict(rhemo_channels=(1, 8, 16, 4))),
     "rhemo-pools": ("RH-emo without compression: pools (2,1),(1,1),(1,1), a 4x64x64 embedding",
                     dict(rhemo_pools=((2, 1), (1, 1), (1, 1)))),
 }  # fmt: skip
@@ -178,6 +180,9 @@ class RunConfig:
                                         "folder or a manifest with text", default=None)  # fmt: skip
     rhemo: str | None = _spec("quaternion: a frozen RH-emo file from `qat rhemo` to reuse "
                               "(default: one trained on this split)", default=None)  # fmt: skip
+    rhemo_encoder: str = _spec("quaternion: RH-emo's encoder channels, published (1-2-4-4) or "
+                               "wide (1-8-16-4: the instrument's choice, reports/instrument.md)",
+                               tuple(ENCODERS), default="published")  # fmt: skip
     tap: tuple[str, ...] = _spec("tap(s) where at/cka act; several (comma-separated) sum the "
                                  "terms", TAPS, default=("conv2_1",))  # fmt: skip
     beta: float = _spec("weight of the at/cka term (applied once)", default=1.0)
@@ -355,6 +360,8 @@ class RunConfig:
             out["weight_decay"] = self.weight_decay
         if self.selection is not None:
             out["selection"] = self.selection
+        if self.reads_rhemo and not self.rhemo and self.rhemo_encoder != "published":
+            out["rhemo_encoder"] = self.rhemo_encoder
         return out
 
     def key(self) -> str:
@@ -425,6 +432,8 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
         parts.append(f"λ={config['lam']:g}")
     if config.get("init_from_orthogonal"):
         parts.append("+init")
+    if config.get("rhemo_encoder"):
+        parts.append(f"RH-emo {config['rhemo_encoder']}")
     for key, name in (("eta", "η"), ("group_adjustment", "C"), ("jtt_epochs", "T"),
                       ("lambda_up", "λup"), ("weight_decay", "wd")):  # fmt: skip
         if config.get(key):

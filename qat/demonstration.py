@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qat import io, paths, plots, runs, stats, tables
-from qat.config import REGIMES, RunConfig, label_of
+from qat.config import INSTRUMENT_ENCODER, REGIMES, RunConfig, label_of
 from qat.models import VGG16_TAPS
 from qat.report import update_readme_block
 
@@ -66,6 +66,8 @@ def base(model: str, variant=MAIN, **changes) -> RunConfig:
     rho, factor = variant
     settings = dict(profile=PROFILE, setup="confounded", model=model, rho=rho, factor=factor,
                     orthogonal=factor)  # fmt: skip
+    if model == "quaternion":  # the instrument's quaternion pipeline
+        settings["rhemo_encoder"] = INSTRUMENT_ENCODER
     return RunConfig(**{**settings, **changes})
 
 

@@ -283,7 +283,10 @@ def vgg16(
 # --------------------------------------------------------------------------- RH-emo
 
 
-ENCODER_CHANNELS = (1, 2, 4, 4)  # RH-emo's encoder, as published
+# RH-emo's encoder channels: as published, and the wider one the instrument's diagnosis chose
+# (reports/instrument.md: the published encoder is the quaternion pipeline's bottleneck).
+ENCODERS = {"published": (1, 2, 4, 4), "wide": (1, 8, 16, 4)}
+ENCODER_CHANNELS = ENCODERS["published"]
 
 
 class RHEmo(nn.Module):

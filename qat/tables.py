@@ -489,16 +489,20 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def baseline_by_pair(records, pairs, profile: str, model: str, setup: str) -> dict[tuple, dict]:
-    """{(seed, fold): record} of the baseline runs of a profile, model and setup on `pairs`;
-    one record per pair (a rerun written beside a record is not a new pair)."""
+def baseline_by_pair(
+    records, pairs, profile: str, model: str, setup: str, encoder: str | None = None
+) -> dict[tuple, dict]:
+    """{(seed, fold): record} of the baseline runs of a profile, model, setup and RH-emo encoder
+    (None: the published one) on `pairs`; one record per pair (a rerun written beside a record
+    is not a new pair)."""
     out = {}
     for r in records:
         c = r["config"]
         pair = (c.get("seed"), (c.get("split") or {}).get("fold"))
-        if (c.get("profile"), c.get("model"), c.get("setup"), c.get("method")) == (
-            profile, model, setup, "baseline",
-        ) and pair in pairs:  # fmt: skip
+        if (c.get("profile"), c.get("model"), c.get("setup"), c.get("method"),
+            c.get("rhemo_encoder")) == (profile, model, setup, "baseline", encoder) and (
+            pair in pairs
+        ):  # fmt: skip
             out.setdefault(pair, r)
     return out
 

@@ -19,7 +19,7 @@ from qat import io, paths, runs
 from qat.config import PROFILES, RunConfig
 from qat.data import corpora
 from qat.data.records import corpus_digest
-from qat.models import ENCODER_CHANNELS, RHEmo, vgg16
+from qat.models import ENCODERS, RHEmo, vgg16
 from qat.rundata import (
     Data,
     embed,
@@ -91,12 +91,12 @@ def rhemo_key(run: RunConfig) -> dict:
     method), so every method on a (seed, fold) shares one RH-emo."""
     k = _rhemo_run(run).key_dict()
     return {name: k[name] for name in ("corpus", "setup", "profile", "profile_settings", "seed",
-                                       "root", "split")}  # fmt: skip
+                                       "root", "split", "rhemo_encoder") if name in k}  # fmt: skip
 
 
 def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = True) -> RHEmo:
     """RH-emo trained on the training items of the run's split (never the test set): Adam at
-    the profile's lr, or its `rhemo_recipe`; the encoder's `rhemo_channels`."""
+    the profile's lr, or its `rhemo_recipe`; the run's `rhemo_encoder`."""
     run = _rhemo_run(run)
     p = PROFILES[run.profile]
     data = data or run_data(run, progress)
@@ -104,7 +104,7 @@ def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = Tr
 
     def build():
         return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"],
-                     channels=p.get("rhemo_channels", ENCODER_CHANNELS))  # fmt: skip
+                     channels=ENCODERS[run.rhemo_encoder])  # fmt: skip
 
     def train_fn(net):
         return fit_rhemo(

@@ -10,7 +10,7 @@ import torch
 from qat import config as cfg
 from qat import experiments, rundata, upstream
 from qat.config import RunConfig
-from qat.models import RHEmo
+from qat.models import ENCODERS, RHEmo
 from qat.saved import load_model
 from qat.train import TrainConfig, fit_rhemo
 
@@ -18,7 +18,7 @@ SMOKE = cfg.PROFILES["smoke"]
 DIAG = {
     "diag-smoke-width": {**SMOKE, "quaternion_width": 1 / 8, "rhemo_profile": "smoke"},
     "diag-smoke-real-on-rhemo": {**SMOKE, "real_input": "rhemo", "rhemo_profile": "smoke"},
-    "diag-smoke-encoder": {**SMOKE, "rhemo_channels": (1, 3, 5, 4)},
+    "diag-smoke-recipe": {**SMOKE, "rhemo_recipe": dict(optimizer="adamw", schedule="onecycle")},
     "diag-smoke-bad": {**SMOKE, "lr": 0.5, "rhemo_profile": "smoke"},
 }
 
@@ -54,11 +54,28 @@ def test_rhemo_profile_reuses_that_profiles_rhemo_and_refuses_other_data():
     ours = RunConfig(profile="diag-smoke-width", model="quaternion", seed=3)
     theirs = RunConfig(profile="smoke", model="quaternion", seed=3)
     assert upstream.rhemo_key(ours) == upstream.rhemo_key(theirs)
-    assert upstream.rhemo_key(RunConfig(profile="diag-smoke-encoder", model="quaternion")) != (
+    assert upstream.rhemo_key(RunConfig(profile="diag-smoke-recipe", model="quaternion")) != (
         upstream.rhemo_key(RunConfig(profile="smoke", model="quaternion"))
     )
     with pytest.raises(ValueError, match=r"rhemo_profile='smoke' differs in lr"):
         upstream.rhemo_key(RunConfig(profile="diag-smoke-bad", model="quaternion"))
+
+
+def test_the_rhemo_encoder_is_a_run_setting_in_the_key_only_when_not_published():
+    published = RunConfig(profile="smoke", model="quaternion")
+    wide = published.replace(rhemo_encoder="wide")
+    assert "rhemo_encoder" not in published.key_dict() and wide.key_dict()["rhemo_encoder"]
+    assert wide.key() != published.key()
+    assert upstream.rhemo_key(wide) != upstream.rhemo_key(published)
+    real = RunConfig(profile="smoke", model="real")
+    assert real.replace(rhemo_encoder="wide").key() == real.key()  # a real run reads no RH-emo
+    assert "RH-emo wide" in wide.label()
+    with pytest.raises(ValueError, match="rhemo_encoder='huge': expected one of published, wide"):
+        RunConfig(rhemo_encoder="huge")
+    record = experiments.train_ser(wide.replace(setup="unconfounded"), progress=False)
+    rhemo = load_model(record["model"]).rhemo
+    convs = [m for m in rhemo.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == list(ENCODERS["wide"][1:])
 
 
 def test_the_encoders_channels_are_checked_and_shape_the_network():
