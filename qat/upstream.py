@@ -220,6 +220,8 @@ def pretrain_orthogonal(
                   profile_settings=runs.config_key(p), seed=0, rhemo=rhemo_key)  # fmt: skip
     if source is not None:
         config["source"] = source
+    if model == "quaternion" and run.rhemo_encoder != "published":  # named, for its reader
+        config["rhemo_encoder"] = run.rhemo_encoder
 
     def train_fn(net):
         cfg = train_config(profile, 0, epochs=p["orthogonal_epochs"], target=label)
