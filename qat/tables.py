@@ -446,12 +446,12 @@ def markdown_table(
     """A GitHub-flavoured Markdown table: the kit's one table writer.
 
     `table` is a DataFrame (its columns, index dropped), a list of dicts (columns: `columns`,
-    else the first row's keys) or a list of row sequences (`columns` required, one name per
-    value). Cells: None and NaN print as `missing`; bools and integers as they are; text with
-    "|" escaped; floats with `formats[column]` if given, else `float_format` for every float
-    column (e.g. ".3g"), else the report's rule (default_float_format: gains "+.3f",
-    fractions ".3f", other numbers ".4g"). Formats are format-spec strings (format(value,
-    spec)). A table without rows prints as `empty`."""
+    else every row's keys in order of appearance) or a list of row sequences (`columns`
+    required, one name per value). Cells: None and NaN print as `missing`; bools and integers
+    as they are; text with "|" escaped; floats with `formats[column]` if given, else
+    `float_format` for every float column (e.g. ".3g"), else the report's rule
+    (default_float_format: gains "+.3f", fractions ".3f", other numbers ".4g"). Formats are
+    format-spec strings (format(value, spec)). A table without rows prints as `empty`."""
     formats = dict(formats or {})
     if isinstance(table, pd.DataFrame):
         names = [str(c) for c in (columns if columns is not None else table.columns)]
@@ -462,7 +462,8 @@ def markdown_table(
         if not records:
             return empty
         if isinstance(records[0], Mapping):
-            names = [str(c) for c in (columns if columns is not None else records[0])]
+            union = dict.fromkeys(k for r in records for k in r)  # every row's keys, in order
+            names = [str(c) for c in (columns if columns is not None else union)]
             rows = [[r.get(c) for c in names] for r in records]
         else:
             if columns is None:

@@ -219,3 +219,11 @@ def test_reporting_modules_import_only_downwards(module):
     assert "tables" in qat_imports("plots") and {"tables", "plots", "io", "notebooks", "runs"} <= (
         qat_imports("report")
     )
+
+
+def test_a_markdown_table_of_dicts_shows_every_rows_columns():
+    from qat.tables import markdown_table
+
+    text = markdown_table([{"a": 1}, {"a": 2, "b": 0.5}])
+    assert text.splitlines()[0] == "| a | b |"
+    assert text.splitlines()[2:] == ["| 1 | – |", "| 2 | 0.5 |"]
