@@ -5,4 +5,4 @@ in one process, prints its table, writes its section of reports/benchmarks.md (u
 and returns the markdown body.
 """
 
-SUBCOMMANDS = ("layers", "data", "antitransfer", "quaternion", "efficiency", "scaling")
+SUBCOMMANDS = ("layers", "data", "antitransfer", "quaternion", "efficiency", "scaling", "probe")
