@@ -103,6 +103,7 @@ def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = Tr
     recipe = p.get("rhemo_recipe")
 
     def build():
+        torch.manual_seed(run.seed)  # the initial weights follow the run, not the process
         return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"],
                      channels=ENCODERS[run.rhemo_encoder])  # fmt: skip
 

@@ -166,3 +166,19 @@ def test_the_diagnosis_table_pairs_runs_as_scipy_does(tmp_path):
     assert shift["real"]["validation UA, training speakers (last epoch)"] == pytest.approx(
         real.mean() + 0.1
     )
+
+
+def test_rhemo_starts_from_the_runs_seed_whatever_the_process_drew_before(tmp_path, monkeypatch):
+    from qat import paths
+
+    monkeypatch.setattr(paths, "CACHE", tmp_path)  # nothing cached: both train from scratch
+    run = RunConfig(profile="smoke", model="quaternion", seed=5)
+    weights = []
+    for history in (1, 2):
+        torch.manual_seed(history)  # another sweep job ran something else first
+        torch.rand(history * 7)
+        net = upstream.pretrain_rhemo(run, progress=False)
+        weights.append([t.clone() for t in net.state_dict().values()])
+        for f in (tmp_path / "networks").iterdir():
+            f.unlink()
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
