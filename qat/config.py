@@ -72,9 +72,10 @@ RECIPES = {
                                ema_decay=0.99, epochs=12, patience=12),
 }  # fmt: skip
 CPU_RECIPE = "adamw-onecycle-ema"  # chosen by the pilot's rule (qat.instrument.choose)
-# The instrument's quaternion pipeline reads RH-emo with this encoder, chosen on ceiling runs by
-# the diagnosis (reports/instrument.md, section 7): the published one is its bottleneck.
-INSTRUMENT_ENCODER = "wide"
+# The instrument's quaternion pipeline reads RH-emo with this encoder. The diagnosis
+# (reports/instrument.md, section 7) compares the wide one on ceiling runs; it is adopted only
+# when a gain is confirmed on fresh (seed, fold) pairs, which it has not been.
+INSTRUMENT_ENCODER = "published"
 
 # Sizes and recipe per profile. "cpu" runs on this machine; "paper" is the WASPAA 2023
 # setting (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20,
