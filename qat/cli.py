@@ -186,10 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     inst = sub.add_parser(
         "instrument",
         help="the instrument's pilot (candidate recipes), final (frozen cpu) baseline and "
-        "ceiling runs, oracle and upstream networks, or diagnose (ceilings with one upstream "
-        "or width change each); it resumes; then reports/instrument.md",
+        "ceiling runs, oracle and upstream networks, diagnose (ceilings with one upstream or "
+        "width change each) or confirm (those that helped, on fresh pairs); it resumes; then "
+        "reports/instrument.md",
     )
-    inst.add_argument("--stage", choices=("pilot", "final", "diagnose"), default="pilot")
+    inst.add_argument("--stage", choices=("pilot", "final", "diagnose", "confirm"),
+                      default="pilot")  # fmt: skip
     inst.add_argument("--models", default="real,quaternion", help="comma-separated models")
     inst.add_argument("--jobs", type=int, default=2, help="parallel processes")
     inst.add_argument("--report-only", action="store_true",

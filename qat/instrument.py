@@ -92,8 +92,9 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
     the diagnostic profiles (why the quaternion ceiling lags)."""
     from qat.experiments import run_configs
 
-    if stage == "diagnose":
-        run_configs(diagnosis.configs(PAIRS), jobs=jobs)
+    if stage in ("diagnose", "confirm"):
+        grid = diagnosis.configs(PAIRS) if stage == "diagnose" else diagnosis.confirm_configs()
+        run_configs(grid, jobs=jobs)
         return
     profiles = PILOT if stage == "pilot" else (FROZEN,)
     for profile in profiles:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import stats as sps
 
 from qat import config as cfg
 from qat import experiments, rundata, upstream
@@ -136,8 +137,6 @@ def _ceiling(profile, model, seed, fold, ua, step):
 
 
 def test_the_diagnosis_table_pairs_runs_as_scipy_does(tmp_path):
-    from scipy import stats as sps
-
     from qat import diagnosis, instrument
 
     rng = np.random.default_rng(1)
@@ -182,3 +181,27 @@ def test_rhemo_starts_from_the_runs_seed_whatever_the_process_drew_before(tmp_pa
         for f in (tmp_path / "networks").iterdir():
             f.unlink()
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_confirmation_uses_fresh_pairs_and_calls_a_gain_confirmed_only_by_its_interval():
+    from qat import demonstration, diagnosis, instrument
+
+    fresh = set(diagnosis.CONFIRM_PAIRS)
+    used = {*instrument.PAIRS, *demonstration.SELECTION_PAIRS, *demonstration.FINAL_PAIRS}
+    assert not fresh & used and len(diagnosis.confirm_configs()) == 3 * len(fresh)
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.45, 0.5, len(fresh))
+    records = []
+    for (seed, fold), b in zip(diagnosis.CONFIRM_PAIRS, base, strict=True):
+        records.append(_ceiling("cpu", "quaternion", seed, fold, b, 0.04))
+        records.append(_ceiling("diag-rhemo-pools", "quaternion", seed, fold, b + 0.05, 0.07))
+        wide = RunConfig(profile="cpu", model="quaternion", setup="unconfounded", seed=seed,
+                         fold=fold, rhemo_encoder="wide")  # fmt: skip
+        records.append({**records[-2], "config": wide.key_dict(),
+                        "metrics": {"ua": b + rng.normal(0, 0.03)}})  # fmt: skip
+    rows = {r["candidate"]: r for r in diagnosis.confirmation(records, "cpu")}
+    assert rows["rhemo-pools"]["gain confirmed (95% low > 0)"] == "confirmed"
+    assert rows["rhemo-pools"]["vs frozen quaternion"].startswith("+0.050 [+0.050")
+    low, _ = sps.ttest_rel([r["metrics"]["ua"] for r in records[2::3]], base).confidence_interval()
+    expected = "confirmed" if low > 0 else "not confirmed"
+    assert rows["rhemo-encoder"]["gain confirmed (95% low > 0)"] == expected
