@@ -372,8 +372,9 @@ class RunConfig:
         """What the shared inputs of a run (split, RH-emo, orthogonal network) depend on: runs
         with equal prerequisites can share them."""
         orthogonal = self.orthogonal if self.uses_orthogonal else None
+        encoder = self.rhemo_encoder if self.reads_rhemo else None
         return (self.corpus, self.root, self.setup, self.model, self.seed, self.profile,
-                orthogonal, *self.split_options.values())  # fmt: skip
+                orthogonal, encoder, *self.split_options.values())  # fmt: skip
 
     def label(self, without: Sequence[str] = ()) -> str:
         """A short human name, e.g. "[confounded] quaternion at word@conv2_1 β=1 seed 1".

@@ -71,6 +71,7 @@ def test_the_rhemo_encoder_is_a_run_setting_in_the_key_only_when_not_published()
     real = RunConfig(profile="smoke", model="real")
     assert real.replace(rhemo_encoder="wide").key() == real.key()  # a real run reads no RH-emo
     assert "RH-emo wide" in wide.label()
+    assert wide.prerequisites() != published.prerequisites()  # they share no RH-emo
     with pytest.raises(ValueError, match="rhemo_encoder='huge': expected one of published, wide"):
         RunConfig(rhemo_encoder="huge")
     record = experiments.train_ser(wide.replace(setup="unconfounded"), progress=False)
