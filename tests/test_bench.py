@@ -37,7 +37,9 @@ def test_every_subcommand_runs_quick_and_returns_a_table_without_writing(
     def refuse(*args, **kwargs):
         raise AssertionError(f"{name}: quick mode must not write reports/benchmarks.md")
 
-    monkeypatch.setattr(module, "write_section", refuse)
+    from qat.bench import common
+
+    monkeypatch.setattr(common, "write_section", refuse)
     body = module.run(quick=True)
     assert TABLE.search(body), f"{name}: no markdown table in\n{body}"
 

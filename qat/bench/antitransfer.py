@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from qat.antitransfer import AntiTransfer, at_loss
-from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.bench.common import interleaved_medians, markdown_table, publish
 from qat.config import PROFILES
 from qat.data.features import FeatureConfig
 from qat.models import vgg16
@@ -336,7 +336,4 @@ def run(quick: bool = False) -> str:
         + "\n\nMemory, from the same numbers:\n\n"
         + "\n".join(memory_notes(rows))
     )
-    print(body)
-    if not quick:
-        write_section("antitransfer", body)
-    return body
+    return publish("antitransfer", body, quick)

@@ -67,3 +67,12 @@ def write_section(name: str, body: str, report: Path | None = None) -> Path:
     for title in sorted(sections):
         text += f"\n## {title}\n\n{sections[title]}\n"
     return io.write_text(report, text)
+
+
+def publish(name: str, body: str, quick: bool) -> str:
+    """Print a benchmark's section and, unless `quick` (a smoke test), write it into
+    benchmarks.md with the command that reproduces it."""
+    print(body)
+    if not quick:
+        write_section(name, body)
+    return body

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.bench.common import interleaved_medians, markdown_table, publish
 from qat.data.features import FeatureConfig, extract_features
 from qat.data.records import Utterance
 
@@ -88,7 +88,4 @@ def run(quick: bool = False) -> str:
         f"(target >= {SPEEDUP_TARGET:.0f}x: {verdict}); 2 vs 1 workers: "
         f"{times['extract, 1 worker'] / times['extract, 2 workers']:.2f}x."
     )
-    print(body)
-    if not quick:
-        write_section("data", body)
-    return body
+    return publish("data", body, quick)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 from qat.bench.antitransfer import NUM_EMOTIONS, load_note, random_batch, training_step, workload
-from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.bench.common import interleaved_medians, markdown_table, publish
 from qat.models import vgg16
 from qat.resources import step_flops
 
@@ -362,7 +362,4 @@ def run(quick: bool = False) -> str:
         + "\n\nWhat limits it:\n\n"
         + "\n".join(_findings(m, fractions, block_total))
     )
-    print(body)
-    if not quick:
-        write_section("efficiency", body)
-    return body
+    return publish("efficiency", body, quick)

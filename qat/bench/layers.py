@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.bench.common import interleaved_medians, markdown_table, publish
 from qat.nn import QuaternionConv2d, quaternion_block_weight
 
 # (C_in, C_out, H, W) per row; batch 8.
@@ -129,7 +129,4 @@ def run(quick: bool = False) -> str:
         "alone (forward + backward), torch.cat (used) vs stack+index.\n\n"
         + markdown_table(header, rows)
     )
-    print(body)
-    if not quick:
-        write_section("layers", body)
-    return body
+    return publish("layers", body, quick)

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.bench.common import interleaved_medians, markdown_table, publish
 from qat.probe import probe_accuracy
 
 CLASSES = 40
@@ -64,7 +64,4 @@ def run(quick: bool = False) -> str:
         "with C = 1, stopping at gradient tolerance 1e-3 or 300 L-BFGS iterations.\n\n"
         + markdown_table(header, rows)
     )
-    print(body)
-    if not quick:
-        write_section("probe", body)
-    return body
+    return publish("probe", body, quick)

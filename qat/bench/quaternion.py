@@ -23,7 +23,7 @@ from qat.bench.antitransfer import (
     training_step,
     workload,
 )
-from qat.bench.common import markdown_table, write_section
+from qat.bench.common import markdown_table, publish
 from qat.bench.efficiency import profile_step
 from qat.models import RHEmo, vgg16
 from qat.resources import count_parameters, peak_step_memory, step_flops
@@ -161,7 +161,4 @@ def run(quick: bool = False) -> str:
             category_rows(results),
         )
     )
-    print(body)
-    if not quick:
-        write_section("quaternion", body)
-    return body
+    return publish("quaternion", body, quick)

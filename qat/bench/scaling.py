@@ -14,7 +14,7 @@ import copy
 import torch
 
 from qat.bench.antitransfer import NUM_EMOTIONS, load_note, random_batch, training_step, workload
-from qat.bench.common import interleaved_medians, markdown_table, write_section
+from qat.bench.common import interleaved_medians, markdown_table, publish
 from qat.config import PROFILES
 from qat.data.features import FeatureConfig
 from qat.models import vgg16
@@ -102,7 +102,4 @@ def run(quick: bool = False) -> str:
             length_rows,
         )
     )
-    print(body)
-    if not quick:
-        write_section("scaling", body)
-    return body
+    return publish("scaling", body, quick)
