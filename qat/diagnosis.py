@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from qat import io, plots, runs, stats, tables
 from qat.config import DIAGNOSES, PROFILES, RunConfig
 from qat.models import ENCODERS, RHEmo
+from qat.upstream import rhemo_key
 
 SETUP = "unconfounded"  # the ceiling: same test set and size as the baseline, no shortcut
 WITHIN = 0.05  # the issue's target: the quaternion ceiling within 0.05 UA of the real one
@@ -66,9 +67,7 @@ def confirmation(records, frozen: str) -> list[dict]:
     quat = _ceilings(ser, frozen, "quaternion", CONFIRM_PAIRS)
     out = []
     for name in CANDIDATES:
-        run = _candidate(name, frozen, 0, 0)
-        found = _ceilings(ser, run.profile, run.model, CONFIRM_PAIRS,
-                          WIDE if name == "rhemo-encoder" else None)  # fmt: skip
+        found = _candidate_ceilings(ser, name, frozen, CONFIRM_PAIRS)
         d = _paired(found, quat)
         verdict = "–" if d is None else "confirmed" if d.t_low > 0 else "not confirmed"
         out.append({"candidate": name, "runs": len(found), "ceiling UA": _mean(
@@ -81,10 +80,22 @@ def _ceilings(ser, profile_name: str, model: str, pairs, encoder=None) -> dict[t
     return tables.baseline_by_pair(ser, pairs, profile_name, model, SETUP, encoder)
 
 
+def _candidate_ceilings(ser, name: str, frozen: str, pairs) -> dict[tuple, dict]:
+    run = _candidate(name, frozen, 0, 0)
+    encoder = None if run.rhemo_encoder == "published" else run.rhemo_encoder
+    return _ceilings(ser, run.profile, run.model, pairs, encoder)
+
+
+def _change(name: str) -> str:
+    """What a diagnosis changes, in words."""
+    if name == "rhemo-encoder":
+        return (f"RH-emo's encoder at {_channels(WIDE)} channels, not {_channels('published')} "
+                f"(rhemo_encoder={WIDE!r})")  # fmt: skip
+    return DIAGNOSES[name][0]
+
+
 def _rhemo_ua(record: dict, rhemo_records: dict) -> float | None:
     """The emotion head's last-epoch validation UA of the RH-emo a quaternion run read."""
-    from qat.upstream import rhemo_key
-
     run = RunConfig.from_record(record)
     if not run.reads_rhemo:
         return None
@@ -118,12 +129,10 @@ def rows(records, frozen: str, pairs) -> list[dict]:
         ("frozen real", "real VGG16 on spectrograms", frozen, "real", real),
         ("frozen quaternion", "quaternion VGG16 on RH-emo", frozen, "quaternion", quat),
     ]
-    candidates += [(name, what, profile(name), model_of(name),
-                    _ceilings(ser, profile(name), model_of(name), pairs))
-                   for name, (what, _) in DIAGNOSES.items()]  # fmt: skip
-    candidates.append(("rhemo-encoder", f"RH-emo's encoder at {_channels(WIDE)} channels, not "
-                       f"{_channels('published')} (rhemo_encoder={WIDE!r})", frozen, "quaternion",
-                       _ceilings(ser, frozen, "quaternion", pairs, WIDE)))  # fmt: skip
+    for name in (*DIAGNOSES, "rhemo-encoder"):
+        run = _candidate(name, frozen, 0, 0)
+        candidates.append((name, _change(name), run.profile, run.model,
+                           _candidate_ceilings(ser, name, frozen, pairs)))  # fmt: skip
     real_step = _mean(r["resources"]["step_time_s"] for r in real.values())
     out = []
     for name, what, profile_name, model, found in candidates:
