@@ -20,6 +20,7 @@ import numpy as np
 
 from qat import diagnosis, io, paths, plots, runs, stats, tables
 from qat.config import INSTRUMENT_ENCODER, PROFILES, RECIPES, RunConfig
+from qat.models import ENCODERS  # RH-emo encoders (published first): each gets its rows
 from qat.report import update_readme_block
 
 PAIRS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 0))  # (seed, fold): five seeds, every fold
@@ -29,7 +30,6 @@ FROZEN = "cpu"
 SETUPS = ("confounded", "unconfounded")  # baseline and ceiling
 GOOD_CEILING = 0.60  # the real ceiling a recipe must reach to be chosen (the issue's target)
 POWER_GAINS = (0.02, 0.03, 0.05)
-ENCODERS = ("published", "wide")  # RH-emo encoders with baseline and ceiling runs
 ADOPTED = f"quaternion, RH-emo {INSTRUMENT_ENCODER}"  # the instrument's quaternion pipeline
 
 
@@ -88,8 +88,9 @@ def upstream(profile: str, pairs=PAIRS) -> None:
 def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
     """Train what a stage needs (runs whose record exists are skipped, so it resumes):
     "pilot": baseline and ceiling under each candidate recipe; "final": the same under the
-    frozen recipe, the prosody oracle and the upstream networks; "diagnose": the ceilings of
-    the diagnostic profiles (why the quaternion ceiling lags)."""
+    frozen recipe (for every RH-emo encoder), the prosody oracle and the upstream networks;
+    "diagnose": the ceilings of the diagnoses (why the quaternion ceiling lags); "confirm":
+    those that raised it, on fresh pairs."""
     from qat.experiments import run_configs
 
     if stage in ("diagnose", "confirm"):
@@ -100,7 +101,7 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
     for profile in profiles:
         run_configs(configs(profile, models), jobs=jobs)
     if stage == "final" and "quaternion" in models:  # the other RH-emo encoders
-        for encoder in ENCODERS[1:]:
+        for encoder in list(ENCODERS)[1:]:
             run_configs(configs(FROZEN, ("quaternion",), rhemo_encoder=encoder), jobs=jobs)
     if stage == "final":
         for seed, fold in PAIRS:
