@@ -69,7 +69,10 @@ def confirmation(records, frozen: str) -> list[dict]:
     for name in CANDIDATES:
         found = _candidate_ceilings(ser, name, frozen, CONFIRM_PAIRS)
         d = _paired(found, quat)
-        verdict = "–" if d is None else "confirmed" if d.t_low > 0 else "not confirmed"
+        if d is None or d.n < len(CONFIRM_PAIRS):
+            verdict = f"pending ({0 if d is None else d.n}/{len(CONFIRM_PAIRS)} pairs)"
+        else:
+            verdict = "confirmed" if d.t_low > 0 else "not confirmed"
         out.append({"candidate": name, "runs": len(found), "ceiling UA": _mean(
             r["metrics"]["ua"] for r in found.values()), "vs frozen quaternion": _interval(d),
             "gain confirmed (95% low > 0)": verdict})  # fmt: skip
