@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from qat.nn import (
@@ -111,20 +112,34 @@ def _check_image_input(x: Tensor, in_channels: int, min_size: int, who: str) -> 
         )
 
 
+# The real VGG16 keeps its activations and conv weights channels-last: oneDNN's CPU
+# convolutions run faster in that layout (`python -m qat.bench layout` measures both side by
+# side). The quaternion one assembles its weights at every step and keeps the default layout.
+REAL_LAYOUT = torch.channels_last
+
+
 class TruncatedVGG(nn.Module):
     """The front of a VGG up to and including one tap; shares the parent's modules (no copy),
     so putting it in eval mode also puts those modules of the parent in eval mode."""
 
-    def __init__(self, layers: nn.Sequential, tap: str, in_channels: int, min_size: int) -> None:
+    def __init__(
+        self,
+        layers: nn.Sequential,
+        tap: str,
+        in_channels: int,
+        min_size: int,
+        layout: torch.memory_format,
+    ) -> None:
         super().__init__()
         self.layers = layers
         self.tap = tap
         self.in_channels = in_channels
         self.min_size = min_size
+        self.layout = layout
 
     def forward(self, x: Tensor) -> Tensor:
         _check_image_input(x, self.in_channels, self.min_size, f"TruncatedVGG({self.tap})")
-        return self.layers(x)
+        return self.layers(x.contiguous(memory_format=self.layout))
 
 
 class VGG(nn.Module):
@@ -186,14 +201,21 @@ class VGG(nn.Module):
             )
         )
 
+        self.set_layout(torch.contiguous_format if quaternion else REAL_LAYOUT)
+
+    def set_layout(self, layout: torch.memory_format) -> VGG:
+        """Keep conv weights and activations in `layout` (channels_last or contiguous_format)."""
+        self.layout = layout
+        return self.to(memory_format=layout)
+
     def forward(self, x: Tensor) -> Tensor:
         _check_image_input(x, self.in_channels, self.min_size, "VGG")
-        return self.head(self.features(x))
+        return self.head(self.features(x.contiguous(memory_format=self.layout)))
 
     def embed(self, x: Tensor) -> Tensor:
         """Penultimate features (B, hidden): the input of the final real classifier."""
         _check_image_input(x, self.in_channels, self.min_size, "VGG.embed")
-        h = self.features(x)
+        h = self.features(x.contiguous(memory_format=self.layout))
         for name, module in self.head.named_children():
             if name == "classifier":
                 break
@@ -221,7 +243,8 @@ class VGG(nn.Module):
                 front.append((name, module))
                 if name == PENULTIMATE:
                     break
-        return TruncatedVGG(nn.Sequential(OrderedDict(front)), tap, self.in_channels, self.min_size)
+        layers = nn.Sequential(OrderedDict(front))
+        return TruncatedVGG(layers, tap, self.in_channels, self.min_size, self.layout)
 
     def _check_tap(self, name: str) -> None:
         valid = (*self.taps, PENULTIMATE)

@@ -248,3 +248,19 @@ def test_rhemo_rejects_indivisible_input_and_bad_arguments():
         RHEmo(4, pools=((2, 0), (2, 1), (2, 1)))
     with pytest.raises(ValueError, match="num_emotions=0"):
         RHEmo(0)
+
+
+def test_real_vgg_runs_channels_last_and_computes_what_the_default_layout_does():
+    torch.manual_seed(0)
+    net = vgg16(5, width=1 / 16).double().eval()
+    x = torch.randn(3, 1, 40, 36, dtype=torch.float64)
+    conv = net.features.conv2_1.conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fast, tapped = net(x), net.truncated("conv3_2")(x)
+    assert tapped.is_contiguous(memory_format=torch.channels_last)
+    net.set_layout(torch.contiguous_format)
+    assert net.features.conv2_1.conv.weight.is_contiguous()
+    torch.testing.assert_close(fast, net(x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(tapped, net.truncated("conv3_2")(x), rtol=1e-10, atol=1e-12)
+    quaternion = vgg16(5, in_channels=4, quaternion=True, width=1 / 16)
+    assert quaternion.layout == torch.contiguous_format

@@ -5,4 +5,13 @@ in one process, prints its table, writes its section of reports/benchmarks.md (u
 and returns the markdown body.
 """
 
-SUBCOMMANDS = ("layers", "data", "antitransfer", "quaternion", "efficiency", "scaling", "probe")
+SUBCOMMANDS = (
+    "layers",
+    "data",
+    "antitransfer",
+    "quaternion",
+    "efficiency",
+    "scaling",
+    "probe",
+    "layout",
+)
