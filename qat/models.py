@@ -114,7 +114,7 @@ def _check_image_input(x: Tensor, in_channels: int, min_size: int, who: str) -> 
 
 # The real VGG16 keeps its activations and conv weights channels-last: oneDNN's CPU
 # convolutions run faster in that layout (`python -m qat.bench layout` measures both side by
-# side). The quaternion one assembles its weights at every step and keeps the default layout.
+# side). The quaternion one showed no consistent gain there and keeps the default layout.
 REAL_LAYOUT = torch.channels_last
 
 
