@@ -414,7 +414,7 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
             setting.append(f"by {split['factor']}")
         if split.get("rho", 0.9) != 0.9:
             setting.append(f"ρ={split['rho']:g}")
-        if split.get("fold") is not None:
+        if split.get("fold") is not None and "fold" not in without:
             setting.append(f"fold {split['fold']}")
         parts.append(f"[{' '.join(map(str, setting))}]")
     if "model" not in without:

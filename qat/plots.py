@@ -275,27 +275,38 @@ def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
 
 
 def rhemo_heads(records) -> Figure:
-    """Validation accuracy of RH-emo's four heads at the last epoch, one bar per embedding
-    axis (emotion UA on r, binarised valence/arousal/dominance accuracy on i, j, k): the mean
-    over the RH-emo records given, with their range as error bars; one compact figure however
-    many RH-emos (one per split) there are."""
+    """Validation accuracy of RH-emo's four heads at the last epoch (emotion UA on r,
+    binarised valence/arousal/dominance accuracy on i, j, k), one bar per head and RH-emo
+    configuration (profile, setup, encoder): the mean over that configuration's RH-emos (one
+    per split), their range as error bars. One compact figure however many RH-emos there
+    are."""
     records = tables.check_records(records)
-    lasts = [(r.get("history") or [None])[-1] for r in records]
-    if any(last is None for last in lasts):
-        raise ValueError("records: an RH-emo record has no history to read head accuracies")
-    values = np.array([[tables.as_float(last.get(k)) for k in tables.RHEMO_HEAD_KEYS]
-                       for last in lasts])  # fmt: skip
-    mean = np.nanmean(values, axis=0)
-    low, high = mean - np.nanmin(values, axis=0), np.nanmax(values, axis=0) - mean
-    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    groups: dict[str, list[np.ndarray]] = {}
+    for r in records:
+        last = (r.get("history") or [None])[-1]
+        if last is None:
+            raise ValueError("records: an RH-emo record has no history to read head accuracies")
+        c = r["config"]
+        name = " ".join(str(x) for x in (c.get("profile"), c.get("setup"),
+                                          c.get("rhemo_encoder") or "published") if x)  # fmt: skip
+        values = [tables.as_float(last.get(k)) for k in tables.RHEMO_HEAD_KEYS]
+        groups.setdefault(name, []).append(np.array(values))
+    fig = Figure(figsize=(max(5.5, 1.1 * len(groups) + 4.0), 3.6), layout="constrained")
     ax = fig.subplots()
-    bars = ax.bar(tables.RHEMO_AXES, mean, yerr=[low, high], capsize=4,
-                  color=["C0", "C1", "C2", "C3"])  # fmt: skip
-    ax.bar_label(bars, fmt="%.2f", label_type="center")
+    width = 0.8 / len(groups)
+    x = np.arange(len(tables.RHEMO_AXES))
+    for i, (name, rows) in enumerate(sorted(groups.items())):
+        values = np.array(rows)
+        mean = np.nanmean(values, axis=0)
+        spread = [mean - np.nanmin(values, axis=0), np.nanmax(values, axis=0) - mean]
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, mean, width, yerr=spread, capsize=3,
+               color=f"C{i % 10}", label=f"{name} (n={len(rows)})")  # fmt: skip
+    ax.set_xticks(x, tables.RHEMO_AXES)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("embedding axis: head")
     ax.set_ylabel("validation accuracy (fraction)")
     ax.set_title(f"RH-emo heads, last epoch: mean and range of {len(records)} RH-emo(s)")
+    ax.legend(fontsize="x-small", loc="lower right")
     return fig
 
 
@@ -415,8 +426,9 @@ def _reference_line(ax, records, metric: str, label: str, color: str, style: str
 
 
 def tap_sweep(records) -> Figure:
-    """Layer sweep: UA gain over the matching baseline, training-step time and peak memory
-    against the tap, one line per configuration (e.g. real and quaternion AT). Dashed lines:
+    """Layer sweep: UA gain over the matching baseline (mean over (seed, fold) runs, 95%
+    t-interval), training-step time and peak memory against the tap, one line per
+    configuration (e.g. real and quaternion AT). Dashed lines:
     the baselines' step time and memory (the cost without anti-transfer)."""
     summary = tables.sweep_summary(records)
     taps = sorted(summary["tap"].unique(), key=tables.tap_order)
@@ -426,10 +438,15 @@ def tap_sweep(records) -> Figure:
     for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
         x = part["tap"].map(position).to_numpy(dtype=float)
         color = f"C{i % 10}"
+        gain = part["UA gain"].to_numpy(dtype=float)
+        spread = np.nan_to_num(  # the 95% t-interval; none for a tap with one run
+            [gain - part["UA gain 95% low"].to_numpy(dtype=float),
+             part["UA gain 95% high"].to_numpy(dtype=float) - gain]
+        )  # fmt: skip
         gain_ax.errorbar(
             x,
-            part["UA gain"].to_numpy(dtype=float),
-            yerr=part["UA gain SD"].to_numpy(dtype=float),
+            gain,
+            yerr=spread,
             color=color,
             marker="o",
             capsize=3,
@@ -442,7 +459,7 @@ def tap_sweep(records) -> Figure:
                 ax.axhline(base, color=color, linestyle="--", alpha=0.7, label=f"{group}: baseline")
     gain_ax.axhline(0.0, color="k", linewidth=0.8)
     for ax, ylabel in (
-        (gain_ax, "UA gain over baseline (fraction)"),
+        (gain_ax, "UA gain over baseline (fraction, 95% CI)"),
         (time_ax, "training step time (ms)"),
         (mem_ax, "peak memory per step (MiB)"),
     ):

@@ -52,6 +52,18 @@ def _command(text: str) -> str:
     return f"Reproduce: `{text}`"
 
 
+def _traced(table: pd.DataFrame, names: Sequence[str] = ("configuration",)) -> str:
+    """`table` as Markdown without its "records" column, then a collapsed list naming the
+    record files (under runs/) behind each row, so every number can be traced to them."""
+    shown = tables.markdown_table(table.drop(columns="records"))
+    items = [
+        f"- {' '.join(str(row[n]) for n in names)}: " + ", ".join(f"`{r}`" for r in row["records"])
+        for _, row in table.iterrows()
+    ]
+    return "\n".join([shown, "", "<details><summary>records behind each row</summary>", "",
+                      *items, "", "</details>"])  # fmt: skip
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -87,29 +99,28 @@ def _corpus_section(profile: str) -> str:
     )
 
 
-def _orthogonal_section(records: list[dict], figures: Path, profile: str) -> str:
-    networks = [r for r in records if str(r.get("kind", "")).startswith("orthogonal-")]
-    lines = ["## 2. Orthogonal networks (word and speaker recognition)", ""]
+def _upstream_section(records: list[dict], figures: Path, profile: str) -> str:
+    lines = ["## 2. Upstream networks: word and speaker recognition, RH-emo", ""]
     lines.append(_command(f"qat run notebooks/02_orthogonal_networks.ipynb -p profile {profile}"))
-    if not networks:
-        return "\n".join([*lines, "", "_No orthogonal-network records yet._"])
-    lines += ["", tables.markdown_table(tables.pretrained_table(networks))]
-    fig = plots.learning_curves(networks, title="orthogonal networks")
-    lines += ["", _image(_figure(fig, figures, "orthogonal_learning_curves"), "curves")]
-    return "\n".join(lines)
-
-
-def _rhemo_section(records: list[dict], figures: Path, profile: str) -> str:
-    rhemo = [r for r in records if r.get("kind") == "rhemo"]
-    lines = ["## 3. RH-emo quaternion embeddings", ""]
+    lines.append("")
     lines.append(_command(f"qat run notebooks/03_quaternion_embeddings.ipynb -p profile {profile}"))
-    if not rhemo:
-        return "\n".join([*lines, "", "_No RH-emo records yet._"])
-    lines += ["", tables.markdown_table(tables.rhemo_table(rhemo))]
-    fig = plots.learning_curves(rhemo, title="RH-emo: reconstruction and heads (validation)")
-    lines += ["", _image(_figure(fig, figures, "rhemo_history"), "RH-emo history")]
-    path = _figure(plots.rhemo_heads(rhemo), figures, "rhemo_heads")
-    lines += ["", _image(path, "RH-emo heads over every RH-emo")]
+    table = tables.upstream_table(records) if records else pd.DataFrame()
+    if table.empty:
+        return "\n".join([*lines, "", "_No upstream-network records yet._"])
+    table = table.dropna(axis=1, how="all")
+    table.insert(0, "row", range(1, len(table) + 1))
+    lines += [
+        "",
+        "One row per configuration: mean and 95% t-interval of the accuracy over its networks "
+        "(one per seed and fold). A quaternion word network reads the frozen RH-emo of one "
+        "split, so there is one per RH-emo it serves (the same seed, hence the ×n).",
+        "",
+        _traced(table, ("row",)),
+    ]
+    rhemo = [r for r in records if r.get("kind") == "rhemo"]
+    if rhemo:
+        path = _figure(plots.rhemo_heads(rhemo), figures, "rhemo_heads")
+        lines += ["", _image(path, "RH-emo heads per configuration")]
     return "\n".join(lines)
 
 
@@ -117,9 +128,19 @@ def _setup_model(record: dict) -> tuple:
     return record["config"].get("setup"), record["config"].get("model")
 
 
+def _validation_ua(record: dict) -> float:
+    """A run's validation UA: the decorrelated validation set's when recorded, else the best
+    epoch's; never test."""
+    chosen = (record.get("selection_set") or {}).get("ua")
+    if chosen is not None:
+        return chosen
+    return max((h.get("val_ua") or 0.0 for h in record.get("history") or []), default=0.0)
+
+
 def _showcase_pairs(ser: list[dict]) -> list[list[dict]]:
-    """Per (setup, model): the baseline (lowest seed) and the best-UA method run, the pair
-    whose curves and confusion matrices the README shows."""
+    """Per (setup, model): the baseline (lowest seed) and the method run with the best
+    validation UA (never test), the pair whose curves and confusion matrices the README
+    shows."""
     pairs = []
     keys = sorted({_setup_model(r) for r in ser}, key=str)
     for setup, model in keys:
@@ -129,7 +150,7 @@ def _showcase_pairs(ser: list[dict]) -> list[list[dict]]:
             key=lambda r: r["config"].get("seed", 0),
         )
         others = [r for r in mine if r["config"].get("method") != "baseline"]
-        pair = base[:1] + ([max(others, key=lambda r: r["metrics"]["ua"])] if others else [])
+        pair = base[:1] + ([max(others, key=_validation_ua)] if others else [])
         pairs.append(pair)
     return pairs
 
@@ -148,7 +169,7 @@ def _compared_setups(ser: list[dict]) -> list[str]:
 
 
 def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
-    lines = ["## 4. Anti-transfer and the other invariance methods vs the baseline", ""]
+    lines = ["## 3. Anti-transfer and the other invariance methods vs the baseline", ""]
     lines.append(
         _command(
             f"qat run notebooks/04_anti_transfer.ipynb -p profile {profile} -p method at "
@@ -158,7 +179,7 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     )
     if not ser:
         return "\n".join([*lines, "", "_No SER run records yet._"])
-    table = tables.configuration_table(sorted(ser, key=tables.configuration_order))
+    table = tables.configuration_table(ser)
     table = table.dropna(axis=1, how="all")  # e.g. no worst-group column without a confound
     lines += [
         "",
@@ -168,7 +189,7 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
         "configuration with that seed and fold (`qat train ... --seed S --fold F`).",
         "",
     ]
-    lines.append(tables.markdown_table(table))
+    lines.append(_traced(table))
     for setup in _compared_setups(ser):
         fig = plots.method_comparison(ser, setup=setup)
         lines += ["", _image(_figure(fig, figures, f"method_comparison_{setup}"), setup)]
@@ -177,7 +198,12 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
             continue
         setup, model = pair[0]["config"].get("setup"), pair[0]["config"].get("model")
         name = f"{setup}_{model}"
-        lines += ["", f"### {model} model, {setup} setup: baseline vs the best method run", ""]
+        lines += [
+            "",
+            f"### {model} model, {setup} setup: a baseline run and the method run with the best "
+            "validation UA (one run each: their curves, not a result)",
+            "",
+        ]
         lines.append(
             _image(_figure(plots.learning_curves(pair), figures, f"curves_{name}"), "curves")
         )
@@ -191,23 +217,29 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
 
 
 def _sweep_section(ser: list[dict], figures: Path, profile: str) -> str:
-    lines = ["## 5. Layer sweep: anti-transfer at each tap, real vs quaternion", ""]
+    lines = ["## 4. Layer sweep: anti-transfer at each tap, real vs quaternion", ""]
     lines.append(_command(f"qat run notebooks/05_layer_sweep.ipynb -p profile {profile}"))
-    table = tables.sweep_table(ser) if ser else pd.DataFrame()
-    if table.empty:
+    if not ser or tables.sweep_table(ser).empty:
         return "\n".join([*lines, "", "_No single-tap anti-transfer records yet._"])
     columns = [
-        "group", "tap", "seed", "UA", "baseline UA", "UA gain", "step time (ms)",
-        "baseline step time (ms)", "peak memory (MiB)", "baseline peak memory (MiB)",
+        "group", "tap", "runs", "UA", "UA gain", "UA gain 95% low", "UA gain 95% high",
+        "step time (ms)", "baseline step time (ms)", "peak memory (MiB)",
+        "baseline peak memory (MiB)", "records",
     ]  # fmt: skip
-    lines += ["", tables.markdown_table(table[columns])]
+    lines += [
+        "",
+        "One row per configuration and tap: the mean UA gain over the matching baseline of the "
+        "same (seed, fold), with its 95% t-interval.",
+        "",
+        _traced(tables.sweep_summary(ser)[columns], ("group", "tap")),
+    ]
     lines += ["", _image(_figure(plots.tap_sweep(ser), figures, "tap_sweep"), "sweep")]
     lines += ["", _image(_figure(plots.tradeoff(ser), figures, "tradeoff"), "trade-off")]
     return "\n".join(lines)
 
 
 def _probe_section(ser: list[dict], figures: Path, profile: str) -> str:
-    lines = ["## 6. Invariance probe: how much orthogonal information each tap keeps", ""]
+    lines = ["## 5. Invariance probe: how much orthogonal information each tap keeps", ""]
     lines.append(
         "Accuracy of a linear probe decoding the orthogonal label (word or speaker) of held-out "
         "items from each tap of the trained network; lower means more invariant. Recorded by "
@@ -216,8 +248,8 @@ def _probe_section(ser: list[dict], figures: Path, profile: str) -> str:
     probed = [r for r in ser if r.get("probe")]
     if not probed:
         return "\n".join([*lines, "", "_No probe accuracies recorded yet._"])
-    probed = sorted(probed, key=tables.configuration_order)
-    lines += ["", tables.markdown_table(tables.probe_table(probed))]
+    lines += ["", "One row per configuration: the mean over its runs.", ""]
+    lines.append(_traced(tables.probe_table(probed)))
     shown = [r for pair in _showcase_pairs(probed) for r in pair]
     lines += ["", _image(_figure(plots.probe_by_tap(shown), figures, "probe_by_tap"), "probe")]
     return "\n".join(lines)
@@ -242,8 +274,7 @@ def write_readme(reports_dir: str | os.PathLike | None = None, profile: str | No
     sections = [
         _header(records, profile, reports_dir),
         _corpus_section(shown),
-        _orthogonal_section(records, figures, shown),
-        _rhemo_section(records, figures, shown),
+        _upstream_section(records, figures, shown),
         _comparison_section(ser, figures, shown),
         _sweep_section(ser, figures, shown),
         _probe_section(ser, figures, shown),

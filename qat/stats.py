@@ -22,6 +22,7 @@ __all__ = [
     "PairedResult",
     "gap_closed",
     "holm",
+    "mean_interval",
     "paired",
     "paired_differences",
     "paired_power",
@@ -197,6 +198,19 @@ def paired(
         p_value=p,
         level=level,
     )
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean of independent `values` (e.g. one configuration's runs, or
+    the upstream networks of one setting): NaN ends for fewer than two values, the point
+    itself when all values are equal."""
+    _check_level(level, 1)
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return math.nan, math.nan
+    mean, se = float(x.mean()), float(x.std(ddof=1)) / math.sqrt(x.size)
+    half = float(_st.t.ppf(0.5 + level / 2.0, x.size - 1)) * se if se > 0 else 0.0
+    return mean - half, mean + half
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,51 +190,92 @@ def results_table(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _t_interval(values: list[float]) -> tuple[float, float]:
-    from scipy import stats as sps
+def record_id(record: Mapping) -> str:
+    """The file stem of a record under runs/ (<kind>-<config key>): how a table row names the
+    records its numbers were read from."""
+    from qat.runs import config_key
 
-    if len(values) < 2 or np.std(values) == 0:
-        return (math.nan, math.nan) if len(values) < 2 else (values[0], values[0])
-    low, high = sps.t.interval(0.95, len(values) - 1, loc=np.mean(values),
-                               scale=sps.sem(values))  # fmt: skip
-    return float(low), float(high)
+    return f"{record.get('kind')}-{config_key(record['config'])}"
+
+
+def configurations(records) -> list[dict]:
+    """The SER runs among `records` grouped per configuration (everything but seed and fold),
+    in configuration_order: [{"config": its first run's config, "runs": {(seed, fold):
+    record}}]. A forced rerun written beside a record is not a new run."""
+    groups: dict[str, dict] = {}
+    for r in sorted(ser_only(records, "configurations"), key=configuration_order):
+        run = RunConfig.from_record(r)
+        key = run.replace(seed=0, fold=None).key()
+        group = groups.setdefault(key, {"config": r["config"], "runs": {}})
+        group["runs"].setdefault((run.seed, run.fold), r)
+    return list(groups.values())
+
+
+def _pairs_text(pairs) -> str:
+    """ "seed/fold" of each pair ("-": no fold), a repeated pair once with its count."""
+    counts: dict[tuple, int] = defaultdict(int)
+    for pair in pairs:
+        counts[tuple(pair)] += 1
+    return ", ".join(
+        f"{s}/{'-' if f is None else f}" + (f" ×{n}" if n > 1 else "")
+        for (s, f), n in sorted(counts.items(), key=str)
+    )
+
+
+def _encoder(config: Mapping) -> str | None:
+    """The RH-emo encoder a quaternion run reads (None for a real run)."""
+    if config.get("model") != "quaternion":
+        return None
+    return config.get("rhemo_encoder") or "published"
+
+
+def _settings(config: Mapping) -> dict:
+    """A configuration's setting columns: what tells two rows with similar labels apart."""
+    split = config.get("split") or {}
+    return {
+        "corpus": config.get("corpus"),
+        "setup": config.get("setup"),
+        "rho": split.get("rho"),
+        "factor": split.get("factor"),
+        "model": config.get("model"),
+        "RH-emo encoder": _encoder(config),
+        "profile": config.get("profile"),
+    }
+
+
+def _mean_and_interval(values: Sequence[float], name: str) -> dict:
+    """{name, "<name> SD", "<name> 95% low", "<name> 95% high"} of independent values
+    (qat.stats.mean_interval); no SD or interval for a single value."""
+    from qat.stats import mean_interval
+
+    low, high = mean_interval(values)
+    return {
+        name: float(np.mean(values)),
+        f"{name} SD": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+        f"{name} 95% low": low,
+        f"{name} 95% high": high,
+    }
 
 
 def configuration_table(records) -> pd.DataFrame:
     """One row per configuration (everything but seed and fold): its setting columns, the
     (seed, fold) runs it has, and mean, SD and 95% t-interval of test UA over them, with mean
-    WA, macro-F1, worst-group accuracy and step cost. A forced rerun written beside a record
-    is not a new run."""
-    groups: dict[str, dict] = {}
-    for r in ser_only(records, "configuration_table"):
-        run = RunConfig.from_record(r)
-        key = run.replace(seed=0, fold=None).key()
-        pair = (run.seed, run.fold)
-        groups.setdefault(key, {"config": r["config"], "runs": {}})["runs"].setdefault(pair, r)
+    WA, macro-F1, worst-group accuracy and step cost; "records" names the record files."""
     rows = []
-    for group in groups.values():
+    for group in configurations(records):
         c, runs = group["config"], list(group["runs"].values())
-        ua = [r["metrics"]["ua"] for r in runs]
-        low, high = _t_interval(ua)
         worst = [r["groups"]["worst_group"] for r in runs if (r.get("groups") or {})]
-        split = c.get("split") or {}
         rows.append({
-            "configuration": label_of(c, without=("seed",)),
-            "corpus": c.get("corpus"), "setup": c.get("setup"),
-            "rho": split.get("rho"), "factor": split.get("factor"),
-            "model": c.get("model"), "profile": c.get("profile"),
-            "RH-emo": "reused" if c.get("rhemo") else ("own" if c.get("model") == "quaternion"
-                                                       else None),
+            "configuration": label_of(c, without=("seed", "fold")),
+            **_settings(c),
             "runs": len(runs),
-            "(seed, fold)": ", ".join(f"{s}/{'-' if f is None else f}"
-                                      for s, f in sorted(group["runs"], key=str)),
-            "UA": float(np.mean(ua)), "UA SD": float(np.std(ua, ddof=1)) if len(ua) > 1
-            else math.nan, "UA 95% low": low, "UA 95% high": high,
+            "(seed, fold)": _pairs_text(group["runs"]),
+            **_mean_and_interval([r["metrics"]["ua"] for r in runs], "UA"),
             "WA": float(np.mean([r["metrics"]["wa"] for r in runs])),
             "macro-F1": float(np.mean([r["metrics"]["macro_f1"] for r in runs])),
             "worst-group accuracy": float(np.mean(worst)) if worst else math.nan,
-            "step time (ms)": 1e3 * float(np.mean([as_float((r.get("resources") or {}).get(
-                "step_time_s")) for r in runs])),
+            "step time (ms)": 1e3 * _mean_resource(runs, "step_time_s"),
+            "records": [record_id(r) for r in runs],
         })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -271,6 +312,7 @@ def sweep_table(records) -> pd.DataFrame:
                 "peak memory (MiB)": as_float(res.get("peak_memory_bytes")) / MIB,
                 "baseline peak memory (MiB)": base_mem / MIB,
                 "GFLOPs/step": as_float(res.get("flops_per_step")) / 1e9,
+                "records": [record_id(r)] + [record_id(b) for b in base],
             }
         )
     columns = ["group", "model", "method", "tap", "seed", "UA", "baseline UA", "UA gain"]
@@ -290,16 +332,32 @@ def _mean_resource(records: Sequence[Mapping], key: str) -> float:
 
 
 def probe_table(records) -> pd.DataFrame:
-    """Linear-probe accuracy of the orthogonal label (word or speaker) at each probed tap of
-    each SER run: rows are runs, columns "<label> @ <tap>" in network order."""
+    """Linear-probe accuracy of the orthogonal label (word or speaker) at each probed tap, one
+    row per configuration: the mean over its (seed, fold) runs, columns "<label> @ <tap>" in
+    network order; "records" names the record files."""
     rows = []
-    for r in ser_only(records, "probe_table"):
-        row = {"run": run_label(r)}
-        for label, by_tap in (r.get("probe") or {}).items():
-            for tap in sorted(by_tap, key=tap_order):
-                row[f"{label} @ {tap}"] = as_float(by_tap[tap])
-        rows.append(row)
-    return pd.DataFrame(rows)
+    for group in configurations(records):
+        runs = [r for r in group["runs"].values() if r.get("probe")]
+        if not runs:
+            continue
+        values: dict[str, list[float]] = defaultdict(list)
+        for r in runs:
+            for label, by_tap in r["probe"].items():
+                for tap, value in by_tap.items():
+                    values[f"{label} @ {tap}"].append(as_float(value))
+        ordered = sorted(values, key=lambda k: (k.split(" @ ")[0], tap_order(k.split(" @ ")[1])))
+        rows.append(
+            {
+                "configuration": label_of(group["config"], without=("seed", "fold")),
+                "runs": len(runs),
+                **{k: float(np.mean(values[k])) for k in ordered},
+                "records": [record_id(r) for r in runs],
+            }
+        )
+    table = pd.DataFrame(rows)
+    probes = sorted((c for c in table.columns if " @ " in c),
+                    key=lambda k: (k.split(" @ ")[0], tap_order(k.split(" @ ")[1])))  # fmt: skip
+    return table[["configuration", "runs", *probes, "records"]] if rows else table
 
 
 def pretrained_table(records) -> pd.DataFrame:
@@ -349,6 +407,70 @@ def rhemo_table(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def upstream_table(records) -> pd.DataFrame:
+    """The upstream networks' quality, one row per configuration (profile, network, the data it
+    was trained on, the RH-emo encoder): the orthogonal networks (word or speaker recognition;
+    accuracy = their test UA on the orthogonal task, held-out speakers for words where the
+    profile says so) and RH-emo (accuracy = its emotion head's validation UA on r, with the
+    reconstruction MSE and the valence/arousal/dominance heads on i, j, k, last epoch). Mean
+    and 95% t-interval over the networks of a row (one per seed, fold); "records" names the
+    record files."""
+    from qat.config import PROFILES
+
+    records = check_records(records, "upstream-network records")
+    groups: dict[tuple, list[Mapping]] = defaultdict(list)
+    for r in records:
+        kind, c = str(r.get("kind", "")), r["config"]
+        split = c.get("split") or {}
+        if kind.startswith("orthogonal-"):
+            held_out = c.get("task") == "word" and (PROFILES.get(c.get("profile")) or {}).get(
+                "orthogonal_setup"
+            )
+            key = (f"{c.get('task')} recognition", c.get("model"), _encoder(c), c.get("profile"),
+                   "orthogonal corpus", None, None,
+                   "test, held-out speakers" if held_out else "test, random split")  # fmt: skip
+        elif kind == "rhemo":
+            key = ("RH-emo", "quaternion", _encoder({"model": "quaternion", **c}),
+                   c.get("profile"), c.get("setup"), split.get("rho"), split.get("factor"),
+                   "validation (emotion head)")  # fmt: skip
+        else:
+            continue
+        groups[key].append(r)
+    rows = []
+    for key, members in groups.items():
+        network, model, encoder, profile, data, rho, factor, scored = key
+        rhemo = network == "RH-emo"
+        lasts = [(r.get("history") or [{}])[-1] for r in members]
+        accuracy = [
+            as_float(last.get("val_emotion_ua")) if rhemo else as_float(r["metrics"].get("ua"))
+            for r, last in zip(members, lasts, strict=True)
+        ]
+        pairs = [(r["config"].get("seed"), (r["config"].get("split") or {}).get("fold"))
+                 for r in members]  # fmt: skip
+        row = {
+            "network": network, "model": model, "RH-emo encoder": encoder, "profile": profile,
+            "trained on": data, "rho": rho, "factor": factor, "scored on": scored,
+            "networks": len(members), "(seed, fold)": _pairs_text(pairs),
+            **_mean_and_interval(accuracy, "accuracy"),
+            "epochs": float(np.mean([len(r.get("history") or []) for r in members])),
+        }  # fmt: skip
+        if rhemo:
+            row["reconstruction MSE"] = float(
+                np.mean([as_float(last.get("val_reconstruction_mse")) for last in lasts])
+            )
+            for axis, head in zip(RHEMO_AXES[1:], RHEMO_HEAD_KEYS[1:], strict=True):
+                row[f"{axis} accuracy"] = float(np.mean([as_float(x.get(head)) for x in lasts]))
+        row["train time (s)"] = float(np.mean([as_float(r.get("wall_time_s")) for r in members]))
+        row["records"] = [record_id(r) for r in members]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = ["network", "model", "profile", "trained on", "RH-emo encoder"]
+    table = table.sort_values(order, key=lambda col: col.astype(str)).reset_index(drop=True)
+    return table[[c for c in table.columns if c != "records"] + ["records"]]
+
+
 def pick_examples(utterances, per_emotion: int = 1) -> list[int]:
     """Positions of the first `per_emotion` utterances of each emotion (emotions in the
     common vocabulary's order): a small deterministic set of examples to look at."""
@@ -387,17 +509,26 @@ def ordered_values(values, field: str) -> list:
 
 
 def sweep_summary(records) -> pd.DataFrame:
-    """sweep_table averaged over seeds per (group, tap): mean and SD of the gain, mean costs."""
+    """sweep_table averaged over seeds per (group, tap): runs, mean UA gain with its SD and 95%
+    t-interval (the gains are paired with each run's own baseline), mean costs, and the record
+    files ("records")."""
     table = sweep_table(records)
     if table.empty:
         raise ValueError(
             "records: no single-tap method run (e.g. AT at one tap) to plot against its tap"
         )
-    numeric = [c for c in table.columns if c not in ("group", "model", "method", "tap", "seed")]
-    summary = table.groupby(["group", "tap"], sort=False)[numeric].mean().reset_index()
-    spread = table.groupby(["group", "tap"], sort=False)["UA gain"].std().fillna(0.0)
-    summary["UA gain SD"] = spread.to_numpy()
-    return summary
+    rows = []
+    for (group, tap), part in table.groupby(["group", "tap"], sort=False):
+        gains = part["UA gain"].dropna().tolist()
+        interval = _mean_and_interval(gains, "UA gain") if gains else {}
+        means = part.drop(columns=["group", "model", "method", "tap", "seed", "records"]).mean()
+        rows.append({
+            "group": group, "model": part["model"].iloc[0], "method": part["method"].iloc[0],
+            "tap": tap, "runs": len(part), **means.to_dict(),
+            **{k: v for k, v in interval.items() if k != "UA gain"},
+            "records": [r for ids in part["records"] for r in ids],
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- Markdown

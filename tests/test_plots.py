@@ -270,3 +270,14 @@ def test_rhemo_heads_of_several_rhemos_show_mean_and_range():
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([0.4, 0.8, 0.8, 0.65])  # (0.6 + 0.2) / 2, (0.7 + 0.9) / 2
     assert "2 RH-emo(s)" in fig.axes[0].get_title()
+
+
+def test_rhemo_heads_draw_one_bar_per_head_and_configuration():
+    a, b = rhemo_record(), rhemo_record()
+    b["config"] = {**b["config"], "rhemo_encoder": "wide"}
+    b["history"][-1] = {**b["history"][-1], "val_emotion_ua": 0.3}
+    ax = plots.rhemo_heads([a, b]).axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx([0.6, 0.7, 0.8, 0.65, 0.3, 0.7, 0.8, 0.65])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["confounded published (n=1)", "confounded wide (n=1)"]

@@ -118,35 +118,58 @@ def test_readme_tables_hold_the_records_numbers(text):
     assert "from the 7 run records" in text
     ceiling = table_rows(text, "[unconfounded] real baseline")
     assert ceiling[0][9] == "0.625"
-    assert probe[1:] == ["0.600", "0.400"]  # section 6: the probe, per run
+    assert probe[1:] == ["2", "0.600", "0.400"]  # section 5: the probe, per configuration
+
+
+def test_every_row_names_the_records_it_was_read_from(reports, text):
+    from qat import runs, tables
+
+    on_disk = {p.stem: runs.load_record(p) for p in (reports / "runs").glob("*.json")}
+    by_id = {tables.record_id(r): r for r in on_disk.values()}
+    traced = re.findall(r"^- \[confounded\] real baseline: (.+)$", text, flags=re.M)
+    named = re.findall(r"`([^`]+)`", traced[0])
+    assert sorted(by_id[n]["metrics"]["ua"] for n in named) == [0.5, 0.7]
+    for name in re.findall(r"`((?:ser|rhemo|orthogonal-[a-z-]+)-[0-9a-f]{16})`", text):
+        assert name in by_id  # every named record is one under runs/
 
 
 def test_readme_sweep_table_has_gain_over_the_matching_baseline(text):
     sweep = {row[1]: row for row in table_rows(text, "real at word β=1")}
     assert list(sweep) == ["conv1_1", "conv2_1"]  # network order
-    assert sweep["conv2_1"][3:6] == ["0.562", "0.500", "+0.062"]
-    assert sweep["conv1_1"][3:6] == ["0.438", "0.500", "-0.062"]
+    assert sweep["conv2_1"][2:5] == ["1", "0.562", "+0.062"]  # runs, UA, gain over seed 0's 0.5
+    assert sweep["conv1_1"][2:5] == ["1", "0.438", "-0.062"]
+    assert sweep["conv1_1"][5:7] == ["–", "–"]  # one run: no interval
 
 
-def test_readme_pretrained_networks_and_rhemo(text):
-    (orth,) = table_rows(text, "orthogonal-word-real")
-    assert orth[1:] == ["word", "real", "0", "1", "0.875", "0.900", "0.860", "3"]
-    (row,) = table_rows(text, "synthemo")
-    assert row[4:9] == ["0.25", "0.500", "0.625", "0.750", "0.500"]
+def test_readme_upstream_networks_in_one_table(text):
+    header = next(line for line in text.splitlines() if line.startswith("| row | network |"))
+    names = [c.strip() for c in header.strip().strip("|").split("|")]
+    rows = [dict(zip(names, r, strict=True)) for n in ("1", "2") for r in table_rows(text, n)]
+    by_network = {r["network"]: r for r in rows}
+    assert set(by_network) == {"word recognition", "RH-emo"}
+    word, rhemo = by_network["word recognition"], by_network["RH-emo"]
+    assert (word["model"], word["profile"], word["accuracy"]) == ("real", "smoke", "0.875")
+    assert word["RH-emo encoder"] == "–" and word["networks"] == "1"
+    assert (rhemo["RH-emo encoder"], rhemo["trained on"], rhemo["accuracy"]) == (
+        "published",
+        "confounded",
+        "0.500",
+    )
+    assert rhemo["reconstruction MSE"] == "0.25" and rhemo["j: arousal accuracy"] == "0.750"
 
 
 def test_readme_figures_exist_and_every_section_names_its_command(reports, text):
     images = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
     assert {"figures/tap_sweep.png", "figures/tradeoff.png", "figures/probe_by_tap.png",
             "figures/method_comparison_confounded.png",
-            "figures/orthogonal_learning_curves.png"} <= set(images)  # fmt: skip
+            "figures/rhemo_heads.png"} <= set(images)  # fmt: skip
     # The unconfounded control holds baselines only: drawn as the ceiling, not a figure.
     assert not any("unconfounded" in image for image in images)
     for image in images:
         assert (reports / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sections = text.split("\n## ")[1:]
-    assert len(sections) == 6
-    for section in sections[:5]:
+    assert len(sections) == 5
+    for section in sections[:4]:
         assert "Reproduce: `qat run notebooks/0" in section and "-p profile smoke" in section
     leftovers = [p.name for p in reports.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []

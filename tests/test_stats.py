@@ -73,6 +73,15 @@ def test_t_interval_and_p_value_match_scipy(seed, n, level):
     assert r.t_high == pytest.approx(hi, rel=1e-10)
 
 
+@pytest.mark.parametrize("seed, n, level", [(0, 2, 0.95), (1, 5, 0.95), (2, 9, 0.9)])
+def test_mean_interval_matches_scipy(seed, n, level):
+    x = np.random.default_rng(seed).normal(0.5, 0.1, size=n)
+    ref = st.t.interval(level, n - 1, loc=x.mean(), scale=st.sem(x))
+    np.testing.assert_allclose(qs.mean_interval(list(x), level), ref, rtol=1e-12)
+    assert all(math.isnan(v) for v in qs.mean_interval([0.4]))  # one value: no interval
+    assert qs.mean_interval([0.3, 0.3, 0.3]) == (0.3, 0.3)  # no spread: the point
+
+
 def test_constant_differences_give_a_point_interval_and_extreme_p():
     base = {(s, f): 0.5 + 0.1 * s + 0.01 * f for s in range(3) for f in range(2)}
     r = qs.paired({k: v + 0.25 for k, v in base.items()}, base, n_boot=100)

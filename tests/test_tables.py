@@ -86,11 +86,53 @@ def test_sweep_table_pairs_each_run_with_its_own_baseline(rng):
     assert list(real["tap"]) == ["conv1_2", "conv1_2", "conv1_2", "conv3_1"]  # network order
 
 
-def test_probe_table_columns_follow_network_order(rng):
-    record = ser_record(rng)
-    table = tables.probe_table([record])
-    assert list(table.columns) == ["run", "word @ conv2_2", "word @ conv5_3"]
-    assert table.loc[0, "word @ conv5_3"] == record["probe"]["word"]["conv5_3"]
+def test_probe_table_is_one_row_per_configuration_in_network_order(rng):
+    runs = [ser_record(rng, seed=0), ser_record(rng, seed=1)]
+    other = ser_record(rng, method="at", tap="conv2_1")
+    table = tables.probe_table([*runs, other])
+    assert list(table.columns) == ["configuration", "runs", "word @ conv2_2", "word @ conv5_3",
+                                   "records"]  # fmt: skip
+    row = table.set_index("configuration").loc["[confounded] real baseline"]
+    assert row["runs"] == 2
+    for tap in ("conv2_2", "conv5_3"):
+        assert row[f"word @ {tap}"] == pytest.approx(
+            np.mean([r["probe"]["word"][tap] for r in runs])
+        )
+    assert sorted(row["records"]) == sorted(tables.record_id(r) for r in runs)
+
+
+def test_upstream_table_groups_networks_per_configuration_with_intervals(rng):
+    from scipy import stats as st
+
+    def rhemo(seed, fold, ua, setup="confounded", encoder=None):
+        r = rhemo_record()
+        r["config"] = {**r["config"], "seed": seed, "profile": "smoke", "setup": setup,
+                       "split": {"rho": 0.9, "factor": "word", "fold": fold}}  # fmt: skip
+        if encoder:
+            r["config"]["rhemo_encoder"] = encoder
+        r["history"][-1] = {**r["history"][-1], "val_emotion_ua": ua}
+        return r
+
+    word = {"kind": "orthogonal-word-real", "metrics": {"ua": 0.91}, "wall_time_s": 2.0,
+            "config": {"task": "word", "model": "real", "seed": 0, "profile": "smoke"},
+            "history": [{"epoch": 1, "val_loss": 1.0}]}  # fmt: skip
+    uas = rng.uniform(0.3, 0.7, size=4)
+    confounded = [rhemo(s, s % 2, float(u)) for s, u in enumerate(uas)]
+    records = [*confounded, rhemo(0, 0, 0.2, "unconfounded"), rhemo(0, 0, 0.3, encoder="wide"),
+               word, ser_record(rng)]  # fmt: skip
+    table = tables.upstream_table(records)
+    assert len(table) == 4  # RH-emo x (confounded, unconfounded, wide), the word network
+    row = table[(table["trained on"] == "confounded") & (table["RH-emo encoder"] == "published")]
+    row = row.iloc[0]
+    assert row["networks"] == 4 and row["(seed, fold)"] == "0/0, 1/1, 2/0, 3/1"
+    assert row["accuracy"] == pytest.approx(uas.mean())
+    low, high = st.t.interval(0.95, 3, loc=uas.mean(), scale=st.sem(uas))
+    assert (row["accuracy 95% low"], row["accuracy 95% high"]) == pytest.approx((low, high))
+    assert row["j: arousal accuracy"] == 0.8 and row["reconstruction MSE"] == 0.5
+    assert sorted(row["records"]) == sorted(tables.record_id(r) for r in confounded)
+    w = table[table["network"] == "word recognition"].iloc[0]
+    assert w["accuracy"] == 0.91 and w["networks"] == 1
+    assert math.isnan(w["accuracy 95% low"])  # one network: no interval
 
 
 def test_cooccurrence_table_counts_match_a_hand_count(rng):
