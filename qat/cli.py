@@ -165,14 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demonstration",
         help="compare the invariance methods on the confounded SynthEmo grid (it resumes), "
-        "then write reports/demonstration.md",
+        "then write the pages built from the records: reports/demonstration.md, "
+        "reports/instrument.md and reports/README.md",
     )
     demo.add_argument("--jobs", type=int, default=2, help="parallel processes")
     demo.add_argument("--models", default="real,quaternion", help="comma-separated models")
     demo.add_argument("--stages", default="selection,finalists,sweep,variants",
                       help="comma-separated stages, run in this order")  # fmt: skip
     demo.add_argument("--report-only", action="store_true",
-                      help="rebuild the page from the records without training")  # fmt: skip
+                      help="rebuild the pages from the records without training")  # fmt: skip
 
     rhemo = sub.add_parser(
         "rhemo", help="pretrain RH-emo on a corpus's training split and save it for reuse "
@@ -274,7 +275,7 @@ def _dispatch(args) -> int:
             cfg.check_choice("stages", stage, demonstration.STAGES)
         if not args.report_only:
             demonstration.run(models, jobs=args.jobs, stages=stages)
-        print(demonstration.write_report())
+        print("\n".join(map(str, demonstration.write_pages())))
     elif args.command == "rhemo":
         from qat.upstream import export_rhemo
 

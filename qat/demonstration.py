@@ -467,3 +467,17 @@ def write_report(reports=None) -> Path:
     if reports.resolve() == (paths.ROOT / "reports").resolve():
         update_readme_block("demonstration", answer)
     return target
+
+
+def write_pages(reports=None) -> list[Path]:
+    """Every page built from the run records (`qat demonstration --report-only`):
+    reports/instrument.md, reports/demonstration.md and reports/README.md (the cpu profile's
+    records), with their figures. The same records give the same bytes."""
+    from qat import instrument, report
+
+    reports = Path(reports or paths.REPORTS)
+    return [
+        instrument.write_report(reports),
+        write_report(reports),
+        report.write_readme(reports, profile=PROFILE),
+    ]

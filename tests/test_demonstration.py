@@ -131,3 +131,23 @@ def test_page_leads_with_the_answer_then_the_protocol(finalist_records, tmp_path
     assert "at vs its random-network placebo" in page
     assert (tmp_path / "figures" / "demonstration_forest_word_rho0.9.png").exists()
     assert "decorrelated validation UA" in page
+
+
+def test_report_only_rebuilds_every_page_byte_for_byte(finalist_records, tmp_path):
+    import hashlib
+
+    for r in finalist_records:
+        io.write_json_once(runs.record_path("ser", r["config"], tmp_path), r)
+
+    def pages() -> dict[str, str]:
+        written = demo.write_pages(tmp_path)
+        assert [p.name for p in written] == ["instrument.md", "demonstration.md", "README.md"]
+        return {
+            str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp_path.rglob("*"))
+            if p.is_file() and "runs" not in p.parts
+        }
+
+    first = pages()
+    assert any(name.endswith(".png") for name in first)
+    assert pages() == first
