@@ -372,6 +372,81 @@ def _verdicts(rows: list[dict], who: str) -> list[str]:
     return out
 
 
+AT_VARIANTS = ("at", "cka")  # the anti-transfer penalties, each with its placebo
+GAP_TARGET = "best method's share of the real model's gap closed >= 75%, 95% low >= 50%"
+
+
+def _fmt(value: float, low: float, high: float, spec: str = "+.3f") -> str:
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def _target(target: str, measured: str = "–", met: bool | None = None) -> dict:
+    verdict = "pending" if met is None else ("met" if met else "not met")
+    return {"target": target, "measured": measured, "met": verdict}
+
+
+def _gap_target(rows: list[dict]) -> dict:
+    closed = [r for r in rows if r.get("gap closed") is not None]
+    if not closed:
+        return _target(GAP_TARGET)
+    b = max(closed, key=lambda r: r["gap closed"])
+    share = _fmt(b["gap closed"], b["closed 95% low"], b["closed 95% high"], ".0%")
+    return _target(GAP_TARGET, f"{b['finalist']}: {share}",
+                   b["gap closed"] >= 0.75 and b["closed 95% low"] >= 0.5)  # fmt: skip
+
+
+def _at_target(model: str, rows: list[dict]) -> dict:
+    target = f"best anti-transfer variant ({model}) beats the baseline and its placebo"
+    at = [r for r in rows if r["finalist"] in AT_VARIANTS and r.get("UA gain") is not None]
+    if not at:
+        return _target(target)
+    b = max(at, key=lambda r: r["UA gain"])
+    measured = f"{b['finalist']}: {_fmt(b['UA gain'], b['gain 95% low'], b['gain 95% high'])}"
+    if b.get("vs placebo") is None:
+        return _target(target, measured + " vs baseline; placebo pending")
+    placebo = _fmt(b["vs placebo"], b["placebo 95% low"], b["placebo 95% high"])
+    return _target(target, f"{measured} vs baseline; {placebo} vs placebo",
+                   b["gain 95% low"] > 0 and b["placebo 95% low"] > 0)  # fmt: skip
+
+
+def _cost_targets(records, name: str, rows: dict[str, dict]) -> list[dict]:
+    """Quaternion against real, each with its own finalist of method `name`: step time and
+    peak memory ratios, and the UA difference paired by (seed, fold)."""
+    cost = f"quaternion vs real {name}: step time <= 0.25x, peak memory <= 0.20x"
+    close = f"quaternion {name} within 0.05 UA of real {name}"
+    if any(name not in rows.get(m, {}) for m in MODELS):
+        return [_target(cost), _target(close)]
+    q, r = rows["quaternion"][name], rows["real"][name]
+    time, memory = q["step time (ms)"] / r["step time (ms)"], (
+        q["peak memory (MiB)"] / r["peak memory (MiB)"])  # fmt: skip
+    out = [_target(cost, f"{time:.2f}x, {memory:.2f}x (run records)",
+                   time <= 0.25 and memory <= 0.20)]  # fmt: skip
+    pairs = {
+        m: {k: v for k, v in _matching(records, finalists(records, m)[name]).items()
+            if k in FINAL_PAIRS}
+        for m in MODELS
+    }  # fmt: skip
+    both = set(pairs["real"]) & set(pairs["quaternion"])
+    if len(both) < 2:
+        return [*out, _target(close)]
+    d = stats.paired(_ua({k: pairs["quaternion"][k] for k in both}),
+                     _ua({k: pairs["real"][k] for k in both}))  # fmt: skip
+    return [*out, _target(close, _fmt(d.mean, d.t_low, d.t_high),
+                          d.t_low >= -0.05 and d.t_high <= 0.05)]  # fmt: skip
+
+
+def targets(records, by_model: dict[str, list[dict]]) -> list[dict]:
+    """The issue's targets on the main setting: "met" only when the interval supports it,
+    "not met" otherwise, "pending" without the runs. `by_model`: compare()'s rows per model."""
+    methods = {m: {r["finalist"]: r for r in rows if r["finalist"] in METHODS}
+               for m, rows in by_model.items()}  # fmt: skip
+    out = [_gap_target(list(methods.get("real", {}).values()))]
+    out += [_at_target(m, list(rows.values())) for m, rows in methods.items()]
+    for name in AT_VARIANTS:
+        out += _cost_targets(records, name, methods)
+    return out
+
+
 def grid_time(records) -> str:
     """The grid's measured cost so far: its SER runs and the RH-emos of its splits (the
     demonstration's seeds, never the instrument's), by the wall times their records hold."""
@@ -396,9 +471,12 @@ def write_report(reports=None) -> Path:
     records = [r for r in everything if r.get("kind") == "ser"]
     lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
     answer, body = [], []
+    goals: list[dict] = []
     for variant in (MAIN, *VARIANTS):
         name = f"{variant[1]}-confounded, rho {variant[0]:g}"
         by_model = {m: compare(records, m, variant) for m in MODELS}
+        if variant == MAIN:
+            goals = targets(records, by_model)
         if not any(by_model.values()):
             continue
         body += [f"## {name}", ""]
@@ -461,6 +539,8 @@ def write_report(reports=None) -> Path:
     }
     answer = (answer or ["- No finalist has run yet."]) + [grid_time(everything)]
     lines += ["## Short answer", "", *answer, ""]
+    lines += ["## Targets (main setting; met only when the 95% interval says so)", "",
+              tables.markdown_table(goals), ""]  # fmt: skip
     lines += [PROTOCOL.format(**pairs), *body]
     target = reports / "demonstration.md"
     io.write_text(target, "\n".join(lines) + "\n")
