@@ -181,8 +181,9 @@ class RunConfig:
                                         "folder or a manifest with text", default=None)  # fmt: skip
     rhemo: str | None = _spec("quaternion: a frozen RH-emo file from `qat rhemo` to reuse "
                               "(default: one trained on this split)", default=None)  # fmt: skip
-    rhemo_encoder: str = _spec("quaternion: RH-emo's encoder channels, published (1-2-4-4) or "
-                               "wide (1-8-16-4: the instrument's choice, reports/instrument.md)",
+    rhemo_encoder: str = _spec("quaternion: RH-emo's encoder, published (channels 1-2-4-4), "
+                               "wide (1-8-16-4) or uncompressed (1-2-4-4 with pools (2,1),(1,1),"
+                               "(1,1)); reports/instrument.md section 7 compares them",
                                tuple(ENCODERS), default="published")  # fmt: skip
     tap: tuple[str, ...] = _spec("tap(s) where at/cka act; several (comma-separated) sum the "
                                  "terms", TAPS, default=("conv2_1",))  # fmt: skip

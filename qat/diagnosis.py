@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from qat import io, plots, runs, stats, tables
 from qat.config import DIAGNOSES, PROFILES, RunConfig
-from qat.models import ENCODERS, RHEmo
+from qat.models import ENCODERS
 from qat.upstream import rhemo_key
 
 SETUP = "unconfounded"  # the ceiling: same test set and size as the baseline, no shortcut
@@ -165,7 +165,7 @@ def rows(records, frozen: str, pairs) -> list[dict]:
 
 
 def _channels(encoder: str) -> str:
-    return " -> ".join(map(str, ENCODERS[encoder]))
+    return ENCODERS[encoder].describe()
 
 
 def _encoder_parameters(found: dict) -> int:
@@ -173,7 +173,7 @@ def _encoder_parameters(found: dict) -> int:
     run = RunConfig.from_record(next(iter(found.values())))
     p = PROFILES[run.profile]
     p = PROFILES[p.get("rhemo_profile")] if p.get("rhemo_profile") else p
-    net = RHEmo(2, pools=p["rhemo_pools"], channels=ENCODERS[run.rhemo_encoder])
+    net = ENCODERS[run.rhemo_encoder].build(2, p["rhemo_pools"])
     return sum(t.numel() for t in net.encoder.parameters())
 
 

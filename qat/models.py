@@ -306,10 +306,29 @@ def vgg16(
 # --------------------------------------------------------------------------- RH-emo
 
 
-# RH-emo's encoder channels: as published, and the wider one the instrument's diagnosis chose
-# (reports/instrument.md: the published encoder is the quaternion pipeline's bottleneck).
-ENCODERS = {"published": (1, 2, 4, 4), "wide": (1, 8, 16, 4)}
-ENCODER_CHANNELS = ENCODERS["published"]
+class Encoder(NamedTuple):
+    """An RH-emo encoder: its channels (input first) and pools (None: the profile's)."""
+
+    channels: tuple[int, ...]
+    pools: tuple[tuple[int, int], ...] | None = None
+
+    def build(self, num_emotions: int, profile_pools) -> RHEmo:
+        """An untrained RH-emo with this encoder (pools: its own, else `profile_pools`)."""
+        return RHEmo(num_emotions, pools=self.pools or profile_pools, channels=self.channels)
+
+    def describe(self) -> str:
+        pools = "" if self.pools is None else ", pools " + ",".join(map(str, self.pools))
+        return " -> ".join(map(str, self.channels)) + pools
+
+
+# RH-emo's encoders, diagnosed in reports/instrument.md (section 7): as published; wider; and
+# the published channels without its compression (pools (2,1),(1,1),(1,1)).
+ENCODERS = {
+    "published": Encoder((1, 2, 4, 4)),
+    "wide": Encoder((1, 8, 16, 4)),
+    "uncompressed": Encoder((1, 2, 4, 4), pools=((2, 1), (1, 1), (1, 1))),
+}
+ENCODER_CHANNELS = ENCODERS["published"].channels
 
 
 class RHEmo(nn.Module):

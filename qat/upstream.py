@@ -104,8 +104,7 @@ def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = Tr
 
     def build():
         torch.manual_seed(run.seed)  # the initial weights follow the run, not the process
-        return RHEmo(len(data.label_space.emotions), pools=p["rhemo_pools"],
-                     channels=ENCODERS[run.rhemo_encoder])  # fmt: skip
+        return ENCODERS[run.rhemo_encoder].build(len(data.label_space.emotions), p["rhemo_pools"])
 
     def train_fn(net):
         return fit_rhemo(

@@ -77,7 +77,7 @@ def test_the_rhemo_encoder_is_a_run_setting_in_the_key_only_when_not_published()
     record = experiments.train_ser(wide.replace(setup="unconfounded"), progress=False)
     rhemo = load_model(record["model"]).rhemo
     convs = [m for m in rhemo.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == list(ENCODERS["wide"][1:])
+    assert [c.out_channels for c in convs] == list(ENCODERS["wide"].channels[1:])
 
 
 def test_the_encoders_channels_are_checked_and_shape_the_network():

@@ -1,5 +1,7 @@
 """VGG16 (real and quaternion) and RH-emo: shapes, taps, truncation, parameter counts, errors."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -264,3 +266,18 @@ def test_real_vgg_runs_channels_last_and_computes_what_the_default_layout_does()
     torch.testing.assert_close(tapped, net.truncated("conv3_2")(x), rtol=1e-10, atol=1e-12)
     quaternion = vgg16(5, in_channels=4, quaternion=True, width=1 / 16)
     assert quaternion.layout == torch.contiguous_format
+
+
+def test_rhemo_encoders_build_their_channels_and_pools():
+    from qat.models import ENCODERS
+
+    profile_pools = ((2, 2), (2, 1), (1, 1))
+    x = torch.randn(2, 1, 32, 16)
+    for name, encoder in ENCODERS.items():
+        net = encoder.build(3, profile_pools)
+        pools = encoder.pools or profile_pools
+        assert net.channels == encoder.channels and net.pools == tuple(map(tuple, pools)), name
+        t = 32 // math.prod(p[0] for p in pools)
+        f = 16 // math.prod(p[1] for p in pools)
+        assert net.encode(x).shape == (2, 4, t, f), name
+    assert ENCODERS["uncompressed"].describe() == "1 -> 2 -> 4 -> 4, pools (2, 1),(1, 1),(1, 1)"
