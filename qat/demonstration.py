@@ -464,13 +464,46 @@ def grid_time(records) -> str:
             "summed wall time from their records (two ran at a time on 2 cores).")  # fmt: skip
 
 
+def _save(fig, reports: Path, stem: str, caption: str) -> list[str]:
+    io.save_figure(fig, reports / "figures", stem)
+    return [f"![{caption}](figures/{stem}.png)", ""]
+
+
+def _probe_rows(by_model: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    return {
+        m: [{"configuration": r["finalist"], "method": r["_method"], "seeds": r["runs"],
+             "probe": r["_probes"]} for r in rows if r["_probes"]]
+        for m, rows in by_model.items()
+    }  # fmt: skip
+
+
+def _selection_table(records) -> str:
+    return tables.markdown_table(
+        [
+            {
+                "model": m,
+                "method": method,
+                "configuration": label_of(
+                    s["config"].key_dict(), without=("setup", "model", "seed")
+                ),
+                "pairs": s["pairs"],
+                "decorrelated validation UA": s["score"],
+            }
+            for m in MODELS
+            for method in METHODS
+            for s in choose(records, m, method)[1]
+        ]
+    )
+
+
 def write_report(reports=None) -> Path:
-    """reports/demonstration.md and its figures, from the run records only."""
+    """reports/demonstration.md and its figures, from the run records only: the short answer,
+    the protocol, the figures (forest plot per setting, layer sweep), the targets, then the
+    tables."""
     reports = Path(reports or paths.REPORTS)
     everything = runs.load_records(reports)
     records = [r for r in everything if r.get("kind") == "ser"]
-    lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
-    answer, body = [], []
+    answer, figures, body = [], [], []
     goals: list[dict] = []
     for variant in (MAIN, *VARIANTS):
         name = f"{variant[1]}-confounded, rho {variant[0]:g}"
@@ -479,69 +512,39 @@ def write_report(reports=None) -> Path:
             goals = targets(records, by_model)
         if not any(by_model.values()):
             continue
+        stem = f"{variant[1]}_rho{variant[0]:g}"
+        figures += [f"### {name}", ""]
+        figures += _save(plots.forest(by_model, f"{name}: paired UA difference vs the baseline"),
+                         reports, f"demonstration_forest_{stem}", "forest plot")  # fmt: skip
         body += [f"## {name}", ""]
         for model, rows in by_model.items():
-            if not rows:
-                continue
-            answer += _verdicts(rows, f"{model}, {name}")
-            shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-            body += [f"### {model} VGG16", "", tables.markdown_table(shown), ""]
-        profiles = {
-            m: [
-                {
-                    "configuration": r["finalist"],
-                    "method": r["_method"],
-                    "seeds": r["runs"],
-                    "probe": r["_probes"],
-                }
-                for r in rows
-                if r["_probes"]
-            ]
-            for m, rows in by_model.items()
-        }
-        if any(profiles.values()):
-            stem = f"demonstration_probe_{variant[1]}_rho{variant[0]:g}"
-            io.save_figure(
-                plots.probe_profiles(profiles, f"{variant[1]} probe"), reports / "figures", stem
-            )
-            body += [f"![probe at every tap](figures/{stem}.png)", ""]
-        fig = plots.forest(by_model, f"{name}: paired UA difference vs the baseline")
-        stem = f"demonstration_forest_{variant[1]}_rho{variant[0]:g}"
-        io.save_figure(fig, reports / "figures", stem)
-        body += [f"![forest plot]({'figures/' + stem}.png)", ""]
+            if rows:
+                answer += _verdicts(rows, f"{model}, {name}")
+                shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+                body += [f"### {model} VGG16", "", tables.markdown_table(shown), ""]
+        probes = _probe_rows(by_model)
+        if any(probes.values()):
+            body += _save(plots.probe_profiles(probes, f"{variant[1]} probe"), reports,
+                          f"demonstration_probe_{stem}", "probe at every tap")  # fmt: skip
     sweep = {m: layer_sweep(records, m) for m in MODELS}
     if any(sweep.values()):
-        io.save_figure(plots.layer_sweep(sweep), reports / "figures", "demonstration_layers")
-        body += ["## The layer sweep", "", "![layer sweep](figures/demonstration_layers.png)", ""]
+        figures += ["### The layer sweep", ""]
+        figures += _save(plots.layer_sweep(sweep), reports, "demonstration_layers", "layer sweep")
+        body += ["## The layer sweep", ""]
         for model, rows in sweep.items():
             body += [f"### {model} VGG16", "", tables.markdown_table(rows), ""]
-    selection = [
-        {
-            "model": m,
-            "method": meth,
-            "configuration": label_of(s["config"].key_dict(), without=("setup", "model", "seed")),
-            "pairs": s["pairs"],
-            "decorrelated validation UA": s["score"],
-        }
-        for m in MODELS
-        for meth in METHODS
-        for s in choose(records, m, meth)[1]
-    ]
-    body += [
-        "## Selection (decorrelated validation UA, never test)",
-        "",
-        tables.markdown_table(selection),
-        "",
-    ]
+    body += ["## Selection (decorrelated validation UA, never test)", "",
+             _selection_table(records), ""]  # fmt: skip
     pairs = {
         k: ", ".join(f"{s}/{f}" for s, f in v)
         for k, v in (("selection", SELECTION_PAIRS), ("final", FINAL_PAIRS), ("sweep", SWEEP_PAIRS))
     }
     answer = (answer or ["- No finalist has run yet."]) + [grid_time(everything)]
-    lines += ["## Short answer", "", *answer, ""]
+    lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
+    lines += ["## Short answer", "", *answer, "", PROTOCOL.format(**pairs)]
+    lines += ["## At a glance", "", *(figures or ["_No finalist has run yet._", ""])]
     lines += ["## Targets (main setting; met only when the 95% interval says so)", "",
-              tables.markdown_table(goals), ""]  # fmt: skip
-    lines += [PROTOCOL.format(**pairs), *body]
+              tables.markdown_table(goals), "", *body]  # fmt: skip
     target = reports / "demonstration.md"
     io.write_text(target, "\n".join(lines) + "\n")
     if reports.resolve() == (paths.ROOT / "reports").resolve():
