@@ -24,8 +24,8 @@ demo: $(STAMP)
 # .test-output/, never into reports/.
 TEST_OUT := $(CURDIR)/.test-output
 test: $(STAMP)
-	$(BIN)/ruff check qat tests scripts
-	$(BIN)/ruff format --check qat tests scripts
+	$(BIN)/ruff check qat tests scripts notebooks
+	$(BIN)/ruff format --check qat tests scripts notebooks
 	rm -rf $(TEST_OUT)/reports $(TEST_OUT)/cache  # records and networks are built afresh
 	QAT_PROFILE=smoke QAT_REPORTS=$(TEST_OUT)/reports QAT_DATA=$(TEST_OUT)/data \
 	QAT_CACHE=$(TEST_OUT)/cache $(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider
