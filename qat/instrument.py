@@ -253,35 +253,12 @@ def _targets(frozen: dict[str, dict], oracle_ua: float | None) -> list[dict]:
     return out
 
 
-def _upstream_rows(records, profile: str) -> list[dict]:
-    rows = []
-    for r in records:
-        c = r["config"]
-        if c.get("profile") != profile:
-            continue
-        held_out = c.get("task") == "word" and PROFILES[profile].get("orthogonal_setup")
-        if str(r.get("kind", "")).startswith("orthogonal-"):
-            val = [h["val_loss"] for h in r["history"]]
-            model = f"{c['model']}, RH-emo {c['rhemo_encoder']}" if c.get("rhemo_encoder") else (
-                c["model"])  # fmt: skip
-            rows.append({"network": f"{c['task']} ({model})",
-                         "scored on": "held-out speakers" if held_out else "random split",
-                         "accuracy": r["metrics"]["ua"], "epochs": len(val),
-                         "best val loss at the last epoch": val[-1] <= min(val)})  # fmt: skip
-        elif r.get("kind") == "rhemo":
-            last = r["history"][-1]
-            recon = [h["val_reconstruction_mse"] for h in r["history"]]
-            ratings = r.get("ratings", {})
-            row = {"network": f"RH-emo {c.get('rhemo_encoder', 'published')} seed "
-                              f"{c['seed']} fold {c['split'].get('fold')} ({c['setup']})",
-                   "scored on": "validation", "accuracy": last.get("val_emotion_ua"),
-                   "epochs": len(recon),
-                   "reconstruction, last-epoch drop": 1 - recon[-1] / recon[-2]}  # fmt: skip
-            for k in ("valence", "arousal", "dominance"):
-                row[f"{k} acc"] = last.get(f"val_{k}_acc")
-                row[f"{k} high share"] = ratings.get(k, {}).get("share_high")
-            rows.append(row)
-    return rows
+def _upstream(records, profile: str) -> str:
+    """The upstream networks of the instrument's runs (its pairs and the confirmation's)."""
+    seeds = {s for s, _ in (*PAIRS, *diagnosis.CONFIRM_PAIRS)}
+    mine = [r for r in records if r["config"].get("profile") == profile
+            and (r.get("kind") != "rhemo" or r["config"].get("seed") in seeds)]  # fmt: skip
+    return tables.upstream_markdown(mine)
 
 
 def _intro() -> str:
@@ -366,7 +343,7 @@ def write_report(reports=None) -> Path:
 
     lines += ["", "## 4. Targets", "", tables.markdown_table(_targets(frozen, oracle_ua))]
     lines += ["", "## 5. Upstream networks", ""]
-    lines.append(tables.markdown_table(_upstream_rows(records, FROZEN)))
+    lines.append(_upstream(records, FROZEN))
     lines += ["", "## 6. Power: paired runs needed for 80% power (two-sided, alpha 0.05)", ""]
     lines.append(
         "The paired SD is that of the ceiling - baseline differences over the same (seed, fold) "

@@ -13,7 +13,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
@@ -50,18 +49,6 @@ def _image(path: str, caption: str) -> str:
 
 def _command(text: str) -> str:
     return f"Reproduce: `{text}`"
-
-
-def _traced(table: pd.DataFrame, names: Sequence[str] = ("configuration",)) -> str:
-    """`table` as Markdown without its "records" column, then a collapsed list naming the
-    record files (under runs/) behind each row, so every number can be traced to them."""
-    shown = tables.markdown_table(table.drop(columns="records"))
-    items = [
-        f"- {' '.join(str(row[n]) for n in names)}: " + ", ".join(f"`{r}`" for r in row["records"])
-        for _, row in table.iterrows()
-    ]
-    return "\n".join([shown, "", "<details><summary>records behind each row</summary>", "",
-                      *items, "", "</details>"])  # fmt: skip
 
 
 # ---------------------------------------------------------------- sections
@@ -104,19 +91,7 @@ def _upstream_section(records: list[dict], figures: Path, profile: str) -> str:
     lines.append(_command(f"qat run notebooks/02_orthogonal_networks.ipynb -p profile {profile}"))
     lines.append("")
     lines.append(_command(f"qat run notebooks/03_quaternion_embeddings.ipynb -p profile {profile}"))
-    table = tables.upstream_table(records) if records else pd.DataFrame()
-    if table.empty:
-        return "\n".join([*lines, "", "_No upstream-network records yet._"])
-    table = table.dropna(axis=1, how="all")
-    table.insert(0, "row", range(1, len(table) + 1))
-    lines += [
-        "",
-        "One row per configuration: mean and 95% t-interval of the accuracy over its networks "
-        "(one per seed and fold). A quaternion word network reads the frozen RH-emo of one "
-        "split, so there is one per RH-emo it serves (the same seed, hence the ×n).",
-        "",
-        _traced(table, ("row",)),
-    ]
+    lines += ["", tables.upstream_markdown(records)]
     rhemo = [r for r in records if r.get("kind") == "rhemo"]
     if rhemo:
         path = _figure(plots.rhemo_heads(rhemo), figures, "rhemo_heads")
@@ -189,7 +164,7 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
         "configuration with that seed and fold (`qat train ... --seed S --fold F`).",
         "",
     ]
-    lines.append(_traced(table))
+    lines.append(tables.traced_markdown(table))
     for setup in _compared_setups(ser):
         fig = plots.method_comparison(ser, setup=setup)
         lines += ["", _image(_figure(fig, figures, f"method_comparison_{setup}"), setup)]
@@ -232,7 +207,7 @@ def _sweep_section(ser: list[dict], figures: Path, profile: str) -> str:
         "One row per configuration and tap: the mean UA gain over the matching baseline of the "
         "same (seed, fold), with its 95% t-interval.",
         "",
-        _traced(tables.sweep_summary(ser)[columns], ("group", "tap")),
+        tables.traced_markdown(tables.sweep_summary(ser)[columns], ("group", "tap")),
     ]
     lines += ["", _image(_figure(plots.tap_sweep(ser), figures, "tap_sweep"), "sweep")]
     lines += ["", _image(_figure(plots.tradeoff(ser), figures, "tradeoff"), "trade-off")]
@@ -250,7 +225,7 @@ def _probe_section(ser: list[dict], figures: Path, profile: str) -> str:
     if not probed:
         return "\n".join([*lines, "", "_No probe accuracies recorded yet._"])
     lines += ["", "One row per configuration: the mean over its runs.", ""]
-    lines.append(_traced(tables.probe_table(probed)))
+    lines.append(tables.traced_markdown(tables.probe_table(probed)))
     shown = [r for pair in _showcase_pairs(probed) for r in pair]
     lines += ["", _image(_figure(plots.probe_by_tap(shown), figures, "probe_by_tap"), "probe")]
     return "\n".join(lines)

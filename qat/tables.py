@@ -407,6 +407,21 @@ def rhemo_table(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _best_at_last(record: Mapping) -> bool:
+    """Whether a network's validation loss was still at its best at the last epoch (it might
+    have improved with more epochs)."""
+    losses = [h["val_loss"] for h in record.get("history") or [] if "val_loss" in h]
+    return bool(losses) and losses[-1] <= min(losses)
+
+
+def _last_drop(record: Mapping) -> float:
+    """The relative drop of RH-emo's validation reconstruction MSE over its last epoch
+    (about 0 when it has converged)."""
+    mse = [h.get("val_reconstruction_mse") for h in record.get("history") or []]
+    mse = [as_float(m) for m in mse if m is not None]
+    return 1 - mse[-1] / mse[-2] if len(mse) >= 2 else math.nan
+
+
 def upstream_table(records) -> pd.DataFrame:
     """The upstream networks' quality, one row per configuration (profile, network, the data it
     was trained on, the RH-emo encoder): the orthogonal networks (word or speaker recognition;
@@ -453,10 +468,15 @@ def upstream_table(records) -> pd.DataFrame:
             "networks": len(members), "(seed, fold)": _pairs_text(pairs),
             **_mean_and_interval(accuracy, "accuracy"),
             "epochs": float(np.mean([len(r.get("history") or []) for r in members])),
+            "best val loss at the last epoch": None if rhemo else
+            f"{sum(_best_at_last(r) for r in members)}/{len(members)}",
         }  # fmt: skip
         if rhemo:
             row["reconstruction MSE"] = float(
                 np.mean([as_float(last.get("val_reconstruction_mse")) for last in lasts])
+            )
+            row["reconstruction, last-epoch drop"] = float(
+                np.mean([_last_drop(r) for r in members])
             )
             for axis, head in zip(RHEMO_AXES[1:], RHEMO_HEAD_KEYS[1:], strict=True):
                 row[f"{axis} accuracy"] = float(np.mean([as_float(x.get(head)) for x in lasts]))
@@ -619,6 +639,33 @@ def markdown_table(
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def traced_markdown(table: pd.DataFrame, names: Sequence[str] = ("configuration",)) -> str:
+    """`table` as Markdown without its "records" column, then a collapsed list naming the
+    record files (under runs/) behind each row (the row named by its `names` columns), so every
+    number can be traced to the records it was read from."""
+    shown = markdown_table(table.drop(columns="records"))
+    items = [
+        f"- {' '.join(str(row[n]) for n in names)}: " + ", ".join(f"`{r}`" for r in row["records"])
+        for _, row in table.iterrows()
+    ]
+    return "\n".join([shown, "", "<details><summary>records behind each row</summary>", "",
+                      *items, "", "</details>"])  # fmt: skip
+
+
+def upstream_markdown(records) -> str:
+    """upstream_table as a numbered Markdown table with its records, and what a row is."""
+    table = upstream_table(records) if records else pd.DataFrame()
+    if table.empty:
+        return "_No upstream-network records yet._"
+    table = table.dropna(axis=1, how="all")
+    table.insert(0, "row", range(1, len(table) + 1))
+    return (
+        "One row per configuration: mean and 95% t-interval of the accuracy over its networks "
+        "(one per seed and fold; a quaternion word network reads the frozen RH-emo of one "
+        "split, hence its repeated seed).\n\n" + traced_markdown(table, ("row",))
+    )
 
 
 def baseline_by_pair(

@@ -129,10 +129,12 @@ def test_upstream_table_groups_networks_per_configuration_with_intervals(rng):
     low, high = st.t.interval(0.95, 3, loc=uas.mean(), scale=st.sem(uas))
     assert (row["accuracy 95% low"], row["accuracy 95% high"]) == pytest.approx((low, high))
     assert row["j: arousal accuracy"] == 0.8 and row["reconstruction MSE"] == 0.5
+    assert row["reconstruction, last-epoch drop"] == pytest.approx(1 - 0.5 / 0.9)
     assert sorted(row["records"]) == sorted(tables.record_id(r) for r in confounded)
     w = table[table["network"] == "word recognition"].iloc[0]
     assert w["accuracy"] == 0.91 and w["networks"] == 1
     assert math.isnan(w["accuracy 95% low"])  # one network: no interval
+    assert w["best val loss at the last epoch"] == "1/1"
 
 
 def test_cooccurrence_table_counts_match_a_hand_count(rng):
