@@ -113,7 +113,9 @@ def show_comparison(runs: dict[str, dict]) -> None:
     display(table[list(tables.RESOURCE_COLUMNS)].round(3))
     if any(r.get("probe") for r in records):
         display(Markdown("### Invariance probe (orthogonal label decoded from each tap)"))
-        display(tables.probe_table(records).set_index("run").round(3))
+        display(
+            tables.probe_table(records).drop(columns="records").set_index("configuration").round(3)
+        )
         display(plots.probe_by_tap(records))
 
 
