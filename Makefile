@@ -28,4 +28,4 @@ test: $(STAMP)
 	$(BIN)/ruff format --check qat tests scripts notebooks
 	rm -rf $(TEST_OUT)/reports $(TEST_OUT)/cache  # records and networks are built afresh
 	QAT_PROFILE=smoke QAT_REPORTS=$(TEST_OUT)/reports QAT_DATA=$(TEST_OUT)/data \
-	QAT_CACHE=$(TEST_OUT)/cache $(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider
+	QAT_CACHE=$(TEST_OUT)/cache $(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=15
