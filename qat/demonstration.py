@@ -461,7 +461,8 @@ def grid_time(records) -> str:
     hours = sum(r.get("wall_time_s", 0.0) for r in mine) / 3600
     runs_ = sum(r["kind"] == "ser" for r in mine)
     return (f"- Grid so far: {runs_} runs and {len(mine) - runs_} RH-emos, {hours:.1f} h of "
-            "summed wall time from their records (two ran at a time on 2 cores).")  # fmt: skip
+            "summed wall time from their records (runs share the 2 cores, so the elapsed "
+            "time is shorter).")  # fmt: skip
 
 
 def _save(fig, reports: Path, stem: str, caption: str) -> list[str]:

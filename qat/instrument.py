@@ -317,9 +317,9 @@ def write_report(reports=None) -> Path:
 
     frozen = {"real": summarise(ser, FROZEN, "real")}
     for encoder in ENCODERS:
-        frozen[f"quaternion, RH-emo {encoder}"] = summarise(
-            ser, FROZEN, "quaternion", None if encoder == "published" else encoder
-        )
+        row = summarise(ser, FROZEN, "quaternion", None if encoder == "published" else encoder)
+        if row["pairs"] != "0/0" or encoder == INSTRUMENT_ENCODER:  # run, or the adopted one
+            frozen[f"quaternion, RH-emo {encoder}"] = row
     for name, row in frozen.items():
         row["model"] = name
     oracles = [r for r in records if r.get("kind") == "oracle"

@@ -540,7 +540,7 @@ def sweep_summary(records) -> pd.DataFrame:
     rows = []
     for (group, tap), part in table.groupby(["group", "tap"], sort=False):
         gains = part["UA gain"].dropna().tolist()
-        interval = _mean_and_interval(gains, "UA gain") if gains else {}
+        interval = _mean_and_interval(gains or [math.nan], "UA gain")  # NaN: no baseline
         means = part.drop(columns=["group", "model", "method", "tap", "seed", "records"]).mean()
         rows.append({
             "group": group, "model": part["model"].iloc[0], "method": part["method"].iloc[0],

@@ -271,3 +271,10 @@ def test_a_markdown_table_of_dicts_shows_every_rows_columns():
     text = markdown_table([{"a": 1}, {"a": 2, "b": 0.5}])
     assert text.splitlines()[0] == "| a | b |"
     assert text.splitlines()[2:] == ["| 1 | – |", "| 2 | 0.5 |"]
+
+
+def test_sweep_summary_of_a_tap_without_its_baseline_has_no_gain(rng):
+    summary = tables.sweep_summary([ser_record(rng, method="at", tap="conv2_1")])
+    row = summary.iloc[0]
+    assert row["runs"] == 1
+    assert all(math.isnan(row[c]) for c in ("UA gain", "UA gain 95% low", "UA gain 95% high"))
