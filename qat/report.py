@@ -169,7 +169,7 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
         fig = plots.method_comparison(ser, setup=setup)
         lines += ["", _image(_figure(fig, figures, f"method_comparison_{setup}"), setup)]
     drawable = [r for r in ser if r.get("history") and r["metrics"].get("confusion")]
-    for pair in _showcase_pairs(drawable) if drawable else []:
+    for pair in _showcase_pairs(drawable):
         if pair[0]["config"].get("setup") not in _compared_setups(ser):
             continue
         setup, model = pair[0]["config"].get("setup"), pair[0]["config"].get("model")
