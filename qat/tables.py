@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -213,9 +213,7 @@ def configurations(records) -> list[dict]:
 
 def _pairs_text(pairs) -> str:
     """ "seed/fold" of each pair ("-": no fold), a repeated pair once with its count."""
-    counts: dict[tuple, int] = defaultdict(int)
-    for pair in pairs:
-        counts[tuple(pair)] += 1
+    counts = Counter(tuple(pair) for pair in pairs)
     return ", ".join(
         f"{s}/{'-' if f is None else f}" + (f" ×{n}" if n > 1 else "")
         for (s, f), n in sorted(counts.items(), key=str)
@@ -345,12 +343,11 @@ def probe_table(records) -> pd.DataFrame:
             for label, by_tap in r["probe"].items():
                 for tap, value in by_tap.items():
                     values[f"{label} @ {tap}"].append(as_float(value))
-        ordered = sorted(values, key=lambda k: (k.split(" @ ")[0], tap_order(k.split(" @ ")[1])))
         rows.append(
             {
                 "configuration": label_of(group["config"], without=("seed", "fold")),
                 "runs": len(runs),
-                **{k: float(np.mean(values[k])) for k in ordered},
+                **{k: float(np.mean(v)) for k, v in values.items()},
                 "records": [record_id(r) for r in runs],
             }
         )
