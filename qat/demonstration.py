@@ -312,6 +312,35 @@ def layer_sweep(records, model: str) -> list[dict]:
     return out
 
 
+EARLY_TAPS = VGG16_TAPS[:4]  # the first two blocks: the paper's "early layers"
+
+
+def sweep_verdict(rows: list[dict], model: str) -> str:
+    """Where the paper's claim (early layers are the best compromise of gain and cost) holds,
+    read from layer_sweep()'s rows: the taps whose gain interval is above 0, and whether an
+    early one is among them."""
+    if not rows:
+        return f"- {model}: the layer sweep has not run."
+    helped = [r for r in rows if r["gain 95% low"] > 0]
+    best = max(rows, key=lambda r: r["UA gain"])
+    lead = (f"- {model}: the best tap by mean gain is {best['tap']} "
+            f"({_fmt(best['UA gain'], best['gain 95% low'], best['gain 95% high'])}, "
+            f"{best['step time (ms)']:.0f} ms a step); ")  # fmt: skip
+    if not helped:
+        return lead + (f"no tap's gain has a 95% interval above 0 ({len(rows)} taps swept): "
+                       "the sweep does not support the claim that early layers are the best "
+                       "compromise, because no layer helps measurably.")  # fmt: skip
+    early = [r for r in helped if r["tap"] in EARLY_TAPS]
+    names = ", ".join(r["tap"] for r in helped)
+    if not early:
+        return lead + (f"only deeper taps gain with an interval above 0 ({names}): the claim "
+                       "that early layers are the best compromise does not hold here.")  # fmt: skip
+    cheapest = min(early, key=lambda r: r["step time (ms)"])
+    return lead + (f"taps whose gain has an interval above 0: {names}; the early tap "
+                   f"{cheapest['tap']} gains at {cheapest['step time (ms)']:.0f} ms a step, so "
+                   "the claim that early layers are the best compromise holds.")  # fmt: skip
+
+
 PROTOCOL = """## Protocol
 
 Fixed before any result below was seen (qat/demonstration.py):
@@ -531,7 +560,9 @@ def write_report(reports=None) -> Path:
     if any(sweep.values()):
         figures += ["### The layer sweep", ""]
         figures += _save(plots.layer_sweep(sweep), reports, "demonstration_layers", "layer sweep")
-        body += ["## The layer sweep", ""]
+        said = [sweep_verdict(rows, model) for model, rows in sweep.items()]
+        answer += said
+        body += ["## The layer sweep", "", *said, ""]
         for model, rows in sweep.items():
             body += [f"### {model} VGG16", "", tables.markdown_table(rows), ""]
     body += ["## Selection (decorrelated validation UA, never test)", "",

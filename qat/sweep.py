@@ -27,6 +27,15 @@ def _run_one(run: Callable, config, threads: int):
         return config, None, traceback.format_exc()
 
 
+def _cores() -> int:
+    """The cores this sweep may use: OMP_NUM_THREADS when set (two sweeps side by side each
+    take their share), else the cores this process may run on."""
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    if budget.isdigit() and int(budget) > 0:
+        return int(budget)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_grid(
     configs: Sequence,
     run: Callable,
@@ -46,7 +55,7 @@ def run_grid(
         raise ValueError(f"jobs={jobs!r}: expected an integer >= 1")
     if not configs:
         return []
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, _cores() // jobs)
     members: dict = {}
     for config in configs:
         members.setdefault(group(config) if group else id(config), []).append(config)

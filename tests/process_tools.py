@@ -59,3 +59,10 @@ def kill_and_list_survivors(proc: subprocess.Popen, grace: float = 20.0) -> list
     for p in survivors:
         p.kill()  # the test started them; end them whatever the verdict
     return described
+
+
+def threads_of_a_run(config) -> tuple:
+    """A sweep's run that reports the intra-op threads it was given (importable by name)."""
+    import torch
+
+    return config, torch.get_num_threads()

@@ -172,3 +172,38 @@ def test_targets_are_met_only_when_the_interval_says_so(finalist_records):
     assert goals["quaternion vs real at: step time <= 0.25x, peak memory <= 0.20x"]["met"] == (
         "pending"
     )
+
+
+def test_layer_sweep_intervals_and_where_the_papers_claim_holds(finalist_records):
+    rng = np.random.default_rng(1)
+    beta = demo.choose(finalist_records, "real", "at")[0].beta
+    # conv2_1 (the AT finalist) gains 0.06 in finalist_records; every other tap: none.
+    gains = {"conv1_2": 0.05, "conv4_1": 0.08}
+    records = list(finalist_records)
+    uas: dict[str, dict] = {}
+    for tap in demo.VGG16_TAPS:
+        config = demo.base("real", method="at", tap=tap, beta=beta)
+        for s, f in demo.SWEEP_PAIRS:
+            if not any(r["config"] == config.replace(seed=s, fold=f).key_dict() for r in records):
+                ua = 0.40 + gains.get(tap, 0.0) + rng.normal(0, 0.005)
+                records.append(record(config.replace(seed=s, fold=f), ua))
+    for r in records:
+        run = RunConfig.from_record(r)
+        if (run.seed, run.fold) in demo.SWEEP_PAIRS and run.method in ("at", "baseline"):
+            if run.setup == "confounded" and run.orthogonal == "word" and run.beta in (beta, None):
+                tap = run.tap[0] if run.method == "at" else "baseline"
+                uas.setdefault(tap, {})[(run.seed, run.fold)] = r["metrics"]["ua"]
+    rows = {r["tap"]: r for r in demo.layer_sweep(records, "real")}
+    assert set(rows) == set(demo.VGG16_TAPS)
+    for tap, row in rows.items():
+        d = stats.paired(uas[tap], uas["baseline"])
+        assert (row["UA gain"], row["gain 95% low"], row["gain 95% high"]) == (
+            pytest.approx(d.mean), pytest.approx(d.t_low), pytest.approx(d.t_high))  # fmt: skip
+    said = demo.sweep_verdict(list(rows.values()), "real")
+    assert "best tap by mean gain is conv4_1" in said and "early tap conv1_2" in said
+    assert said.endswith("holds.")
+    deep = [r for r in rows.values() if r["tap"] not in demo.EARLY_TAPS]
+    assert "does not hold" in demo.sweep_verdict(deep, "real")
+    flat = [r for r in deep if r["tap"] != "conv4_1"]
+    assert "no layer helps measurably" in demo.sweep_verdict(flat, "real")
+    assert "has not run" in demo.sweep_verdict([], "quaternion")
