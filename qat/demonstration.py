@@ -489,9 +489,12 @@ def grid_time(records) -> str:
     ]
     hours = sum(r.get("wall_time_s", 0.0) for r in mine) / 3600
     runs_ = sum(r["kind"] == "ser" for r in mine)
+    resumed = sum(bool(r.get("resources", {}).get("resumed_from_epoch")) for r in mine)
+    partial = (f"; {resumed} run(s) resumed from a checkpoint and count only their last part"
+               if resumed else "")  # fmt: skip
     return (f"- Grid so far: {runs_} runs and {len(mine) - runs_} RH-emos, {hours:.1f} h of "
             "summed wall time from their records (runs share the 2 cores, so the elapsed "
-            "time is shorter).")  # fmt: skip
+            f"time is shorter{partial}).")  # fmt: skip
 
 
 def _save(fig, reports: Path, stem: str, caption: str) -> list[str]:

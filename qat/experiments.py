@@ -396,7 +396,8 @@ def train_ser(
 
     t_evaluated = time.perf_counter()
     cost = {**step_cost(config, net, tcfg, anti_transfer, adversary, train, where),
-            "train_time_s": train_time}  # fmt: skip
+            "train_time_s": train_time,  # of this process: a resumed run's last epochs only
+            "resumed_from_epoch": result.get("resumed_from_epoch", 0)}  # fmt: skip
     t_costed = time.perf_counter()
     target_label = config.probe_target
     probe_taps = sorted({*PROBE_TAPS, *config.taps}, key=TAPS.index)

@@ -182,7 +182,10 @@ def results_table(records) -> pd.DataFrame:
                 "GFLOPs/step": as_float(res.get("flops_per_step")) / 1e9,
                 "step time (ms)": as_float(res.get("step_time_s")) * 1e3,
                 "peak memory (MiB)": as_float(res.get("peak_memory_bytes")) / MIB,
-                "train time (s)": as_float(res.get("train_time_s")),
+                # a run resumed from a checkpoint timed its last epochs only
+                "train time (s)": math.nan
+                if res.get("resumed_from_epoch")
+                else as_float(res.get("train_time_s")),
                 "best epoch": r.get("best_epoch"),
                 "epochs": len(r.get("history") or []),
             }

@@ -289,6 +289,7 @@ def fit(
         state = saved["state"]
         best_weights = state.pop("best_weights")
     best_weights = best_weights or copy.deepcopy(model.state_dict())
+    resumed_from = state["epoch"]  # 0 unless a checkpoint had finished epochs
 
     prefix = f"{name}: " if name else ""
     early_stopping = config.selection in ("best_val_loss", "worst_group")
@@ -383,6 +384,7 @@ def fit(
         "history": state["history"],
         "best_epoch": state["best_epoch"],
         "best_val_loss": state["best_val"],
+        "resumed_from_epoch": resumed_from,
     }
 
 

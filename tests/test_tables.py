@@ -43,6 +43,15 @@ def test_results_table_reads_metrics_confound_and_resources_with_units(rng):
     assert table.loc[1, "taps"] == "conv2_1" and table.loc[1, "beta"] == 1.0
 
 
+def test_a_resumed_runs_partial_train_time_is_not_shown_as_its_cost(rng):
+    fresh, resumed = ser_record(rng), ser_record(rng)
+    fresh["resources"].update(train_time_s=412.0, resumed_from_epoch=0)
+    resumed["resources"].update(train_time_s=3.2, resumed_from_epoch=11)
+    table = tables.results_table([fresh, resumed])
+    assert table.loc[0, "train time (s)"] == 412.0
+    assert math.isnan(table.loc[1, "train time (s)"])
+
+
 def test_results_table_rejects_records_without_ser_runs(rng):
     with pytest.raises(ValueError, match="kind 'ser'"):
         tables.results_table([{"kind": "rhemo", "config": {}}])

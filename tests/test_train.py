@@ -58,6 +58,7 @@ def test_resumed_run_matches_uninterrupted(data, tmp_path):
     out = fit(resumed, train, val, cfg, checkpoint=tmp_path / "r.ckpt", progress=False)
     assert out["history"] == ref["history"]
     assert out["best_epoch"] == ref["best_epoch"]
+    assert (ref["resumed_from_epoch"], out["resumed_from_epoch"]) == (0, 1)  # the record says so
     assert weights_equal(full, resumed)
     assert evaluate(full, val) == evaluate(resumed, val)
 
