@@ -423,6 +423,7 @@ def _binarised(values: torch.Tensor, threshold: float) -> torch.Tensor:
 def fit_rhemo(
     rhemo, train, val, epochs: tuple[int, int] = (4, 4), lr: float = 1e-3, batch_size: int = 32,
     seed: int = 0, progress: bool = True, recipe: TrainConfig | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict:  # fmt: skip
     """Two-stage RH-emo training as in the paper: `epochs[0]` epochs of reconstruction alone,
     then `epochs[1]` epochs of reconstruction plus the four heads (emotion on channel 0,
@@ -431,7 +432,8 @@ def fit_rhemo(
     `lr`, or `recipe`'s optimizer and schedule (a one-cycle schedule restarts at each stage).
     Leaves the network frozen in eval mode and returns per-epoch validation reconstruction
     error and head accuracies, and each rating's threshold and share of "high" training
-    items."""
+    items. Every epoch ends with an atomic `checkpoint`; a rerun resumes from it and follows
+    the same path as an uninterrupted run."""
     recipe = recipe or TrainConfig(lr=lr, batch_size=batch_size)
     batch_size = recipe.batch_size
     optimizer = make_optimizer(rhemo, recipe)
@@ -453,13 +455,26 @@ def fit_rhemo(
                     total = total + F.cross_entropy(out[k][known], target)
         return total, out
 
-    history = []
+    def stage_schedule(epoch: int):  # each stage starts its own cycle
+        stage_epochs = epochs[0] if epoch < epochs[0] else epochs[1]
+        return make_schedule(optimizer, recipe, stage_epochs * steps_per_epoch)
+
+    history, start = [], 0
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    saved = _load_checkpoint(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
+    if saved is not None:
+        rhemo.load_state_dict(saved["model"])
+        history, start = saved["history"], len(saved["history"])
+        # The schedule first: creating it sets the lr, which the optimizer's state then restores.
+        schedule = stage_schedule(start) if start < sum(epochs) else None
+        optimizer.load_state_dict(saved["optimizer"])
+        if schedule is not None and saved["schedule"] is not None:
+            schedule.load_state_dict(saved["schedule"])
     n = len(train.x)
-    for epoch in range(sum(epochs)):
+    for epoch in range(start, sum(epochs)):
         with_heads = epoch >= epochs[0]
-        if epoch in (0, epochs[0]):  # each stage starts its own cycle
-            stage_epochs = epochs[0] if epoch < epochs[0] else epochs[1]
-            schedule = make_schedule(optimizer, recipe, stage_epochs * steps_per_epoch)
+        if epoch in (0, epochs[0]):
+            schedule = stage_schedule(epoch)
         seed_e = _epoch_seed(seed, epoch)
         torch.manual_seed(seed_e)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_e))
@@ -496,6 +511,14 @@ def fit_rhemo(
                     target = _binarised(val.labels[k][known], thresholds[k])
                     row[f"val_{k}_acc"] = float((out[k][known].argmax(1) == target).float().mean())
         history.append(row)
+        if ckpt_path is not None:
+            state = {
+                "model": rhemo.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule and schedule.state_dict(),
+                "history": history,
+            }
+            io.write_atomic(ckpt_path, lambda tmp, state=state: torch.save(state, tmp))
     rhemo.eval()
     for p in rhemo.parameters():
         p.requires_grad_(False)

@@ -47,8 +47,10 @@ def _cached_network(kind: str, config: dict, build, train_fn):
             warnings.warn(f"{path}: unreadable cached network ({err}); retraining", stacklevel=2)
             net = build()
     io.ensure_folder(path.parent, "network cache")
+    ckpt = paths.CACHE / "checkpoints" / f"{kind}-{key}.ckpt"  # a killed training resumes
+    io.ensure_folder(ckpt.parent, "checkpoint")
     t0 = time.perf_counter()
-    info = train_fn(net)
+    info = train_fn(net, ckpt)
     io.write_atomic(path, lambda tmp: torch.save(net.state_dict(), tmp))
     record = {
         "kind": kind,
@@ -62,6 +64,7 @@ def _cached_network(kind: str, config: dict, build, train_fn):
     }
     with contextlib.suppress(FileExistsError):  # another process trained the same network
         io.write_json_once(runs.record_path(kind, config), record)
+    ckpt.unlink(missing_ok=True)  # the network is saved; the resume point is no longer needed
     return net.eval(), path
 
 
@@ -106,10 +109,11 @@ def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = Tr
         torch.manual_seed(run.seed)  # the initial weights follow the run, not the process
         return ENCODERS[run.rhemo_encoder].build(len(data.label_space.emotions), p["rhemo_pools"])
 
-    def train_fn(net):
+    def train_fn(net, checkpoint):
         return fit_rhemo(
             net, data.train, data.val, epochs=p["rhemo_epochs"], lr=p["lr"], seed=run.seed,
             progress=progress, recipe=recipe and TrainConfig(lr=p["lr"], **recipe),
+            checkpoint=checkpoint,
         )  # fmt: skip
 
     return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
@@ -223,9 +227,10 @@ def pretrain_orthogonal(
     if model == "quaternion" and run.rhemo_encoder != "published":  # named, for its reader
         config["rhemo_encoder"] = run.rhemo_encoder
 
-    def train_fn(net):
+    def train_fn(net, checkpoint):
         cfg = train_config(profile, 0, epochs=p["orthogonal_epochs"], target=label)
-        result = fit(net, train, val, cfg, progress=progress, name=f"{run.orthogonal} network")
+        result = fit(net, train, val, cfg, progress=progress, name=f"{run.orthogonal} network",
+                     checkpoint=checkpoint)  # fmt: skip
         return {
             "history": result["history"],
             "metrics": evaluate(net, test, target=label, num_classes=len(classes)),

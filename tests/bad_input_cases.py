@@ -1010,7 +1010,7 @@ def _truncated_network(folder: Path) -> str:
         path = paths.CACHE / "networks" / f"rhemo-{runs.config_key(config)}.pt"
         _truncated_torch_file(path)
 
-        def retrain(net):
+        def retrain(net, checkpoint):
             raise TrainingStepReached("retraining started")
 
         try:

@@ -42,6 +42,13 @@ def test_baseline_and_anti_transfer_write_complete_records(model):
     assert again == runs.load_record(runs.record_path("ser", at["config"]))
     kinds = {r.get("kind") for r in runs.load_records()}
     assert {"orthogonal-word-" + model, "ser"} <= kinds
+    # Every network and run is saved with its record, so none of their resume points is left.
+    from qat import paths
+
+    saved = {p.stem for p in (paths.CACHE / "networks").glob("*.pt")}
+    saved |= {f"ser-{runs.config_key(r['config'])}" for r in (baseline, at)}
+    left = {p.stem for p in (paths.CACHE / "checkpoints").glob("*.ckpt")}
+    assert saved and not saved & left
 
 
 @pytest.mark.parametrize(

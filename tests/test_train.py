@@ -189,3 +189,47 @@ def test_balanced_threshold_splits_coarse_ratings_near_half_where_the_median_fai
         assert abs((values.numpy() >= got).mean() - 0.5) == pytest.approx(
             abs((values.numpy() >= best).mean() - 0.5)
         )
+
+
+def test_a_killed_rhemo_resumes_where_it_stopped_and_ends_as_if_never_stopped(tmp_path):
+    """Killed after epoch 2 of 2 + 2 (a stage boundary), then again after epoch 3 (inside the
+    second stage's one-cycle schedule), the reruns load the checkpoint and end with the
+    uninterrupted run's weights and history."""
+    from unittest import mock
+
+    from qat import io, rundata
+    from qat.config import PROFILES, RunConfig
+    from qat.models import RHEmo
+    from qat.train import fit_rhemo
+
+    data = rundata.run_data(RunConfig(profile="smoke"), progress=False)
+    recipe = TrainConfig(lr=4e-3, batch_size=8, optimizer="adamw", schedule="onecycle", warmup=0.3)
+
+    def rhemo(seed=5):
+        torch.manual_seed(seed)
+        return RHEmo(len(data.label_space.emotions), pools=PROFILES["smoke"]["rhemo_pools"])
+
+    def train(net, checkpoint=None):
+        return fit_rhemo(net, data.train, data.val, epochs=(2, 2), seed=3, progress=False,
+                         recipe=recipe, checkpoint=checkpoint)  # fmt: skip
+
+    full = rhemo()
+    reference = train(full)
+    ckpt, write = tmp_path / "rhemo.ckpt", io.write_atomic
+
+    def killed_at(epoch):
+        def write_then_kill(path, fn):
+            write(path, fn)
+            if len(torch.load(path, weights_only=False)["history"]) == epoch:
+                raise KeyboardInterrupt
+
+        return mock.patch.object(io, "write_atomic", write_then_kill)
+
+    with killed_at(2), pytest.raises(KeyboardInterrupt):
+        train(rhemo(), ckpt)
+    with killed_at(3), pytest.raises(KeyboardInterrupt):  # from here on the checkpoint's
+        train(rhemo(seed=3), ckpt)  # weights take over: another start changes nothing
+    resumed = rhemo(seed=99)
+    out = train(resumed, ckpt)
+    assert out["history"] == reference["history"]
+    assert weights_equal(full, resumed)
