@@ -48,7 +48,7 @@ from qat.train import (
     predict,
     rank_and_world,
 )
-from qat.upstream import pretrain_orthogonal, pretrain_rhemo
+from qat.upstream import pretrain_orthogonal, pretrain_rhemo, source_of
 
 PROBE_TAPS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3", "penultimate")
 
@@ -187,6 +187,13 @@ def _vgg_args(config: RunConfig, num_classes: int, in_channels: int) -> dict:
 
 
 SELECTION_PER_GROUP = 40  # the decorrelated validation set: up to 40 items of each group
+
+
+def _upstream_weights(rhemo, orth_net) -> dict:
+    """{"rhemo"/"orthogonal": {"record", "weights"}} of each cached network the run stood on
+    (a user's RH-emo file and the untrained random placebo have no record)."""
+    out = {"rhemo": rhemo and source_of(rhemo), "orthogonal": orth_net and source_of(orth_net)}
+    return {k: v for k, v in out.items() if v}
 
 
 def selection_scores(data: Data, net, rhemo) -> dict:
@@ -427,6 +434,7 @@ def train_ser(
         "selection_set": selection_scores(data, net, rhemo) if config.confounded else {},
         "method": method_info,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
+        "upstream_weights": _upstream_weights(rhemo, orth_net),
         "model": str(model_file),
         "dropped_silent": data.dropped_silent,
         "warnings": data.warnings,

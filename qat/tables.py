@@ -661,11 +661,34 @@ def upstream_markdown(records) -> str:
         return "_No upstream-network records yet._"
     table = table.dropna(axis=1, how="all")
     table.insert(0, "row", range(1, len(table) + 1))
+    stray = unrecorded_weights(records)
+    note = (
+        f"\n\n**{len(stray)} run(s) stood on network weights that no record here describes** "
+        "(a network retrained after its cache was lost): " + ", ".join(stray)
+        if stray
+        else ""
+    )
     return (
         "One row per configuration: mean and 95% t-interval of the accuracy over its networks "
         "(one per seed and fold; a quaternion word network reads the frozen RH-emo of one "
-        "split, hence its repeated seed).\n\n" + traced_markdown(table, ("row",))
+        "split, hence its repeated seed).\n\n" + traced_markdown(table, ("row",)) + note
     )
+
+
+def unrecorded_weights(records) -> list[str]:
+    """The ids of SER runs that stood on a network whose record describes other weights (the
+    network was retrained under it, e.g. after its cache was lost). Runs and networks from
+    before weights were recorded are not judged."""
+    digest = {record_id(r): r.get("weights_digest") for r in records if r.get("kind") != "ser"}
+    return [
+        record_id(r)
+        for r in records
+        if r.get("kind") == "ser"
+        and any(
+            digest.get(used["record"]) not in (None, used["weights"])
+            for used in (r.get("upstream_weights") or {}).values()
+        )
+    ]
 
 
 def baseline_by_pair(

@@ -4,12 +4,13 @@ networks, from the kit's corpus or the user's data, and their placebos."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import hashlib
 import os
 import pickle
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,25 @@ from qat.saved import save_rhemo
 from qat.train import TrainConfig, evaluate, fit, fit_rhemo
 
 
+def weights_digest(net: torch.nn.Module) -> str:
+    """A digest of a network's weights and buffers: a run's record names the networks it
+    stood on by it, so a network retrained under an older record (a lost cache) is noticed."""
+    h = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def source_of(net: torch.nn.Module) -> dict | None:
+    """{"record": the id of the cached network's record, "weights": its digest}, or None for
+    a network the cache did not give (a user's file, the untrained placebo)."""
+    return _SOURCES.get(net)
+
+
 def _cached_network(kind: str, config: dict, build, train_fn):
     """Load a trained network from the cache, or build, train, save and record it."""
     key = runs.config_key(config)
@@ -41,6 +61,7 @@ def _cached_network(kind: str, config: dict, build, train_fn):
     if path.exists():
         try:
             net.load_state_dict(torch.load(path, weights_only=True))
+            _SOURCES[net] = {"record": path.stem, "weights": weights_digest(net)}
             return net.eval(), path
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
             # The kit's own cache file, truncated or from other code: retrain it.
@@ -60,11 +81,23 @@ def _cached_network(kind: str, config: dict, build, train_fn):
         else str(path),
         "wall_time_s": time.perf_counter() - t0,
         "code_version": runs.code_version(),
+        "weights_digest": weights_digest(net),
         **info,
     }
-    with contextlib.suppress(FileExistsError):  # another process trained the same network
-        io.write_json_once(runs.record_path(kind, config), record)
+    target = runs.record_path(kind, config)
+    try:
+        io.write_json_once(target, record)
+    except FileExistsError:  # another process trained it, or the cache was lost since
+        earlier = runs.load_record(target).get("weights_digest")
+        if earlier != record["weights_digest"]:
+            warnings.warn(
+                f"{path}: retrained; its record {target} describes another training "
+                f"(weights {earlier or 'not recorded'}, now {record['weights_digest']}). "
+                "Runs name the weights they used (upstream_weights).",
+                stacklevel=2,
+            )
     ckpt.unlink(missing_ok=True)  # the network is saved; the resume point is no longer needed
+    _SOURCES[net] = {"record": path.stem, "weights": record["weights_digest"]}
     return net.eval(), path
 
 

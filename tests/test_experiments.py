@@ -4,10 +4,11 @@ quaternion models, and check that every run record holds every field."""
 import pytest
 import torch
 
-from qat import experiments, rundata, runs, upstream
+from qat import experiments, paths, rundata, runs, upstream
 
 RECORD_FIELDS = {"kind", "config", "split", "labels", "metrics", "confound", "probe", "history",
-                 "best_epoch", "resources", "at_cache", "code_version", "wall_time_s"}  # fmt: skip
+                 "best_epoch", "resources", "at_cache", "code_version", "wall_time_s",
+                 "upstream_weights"}  # fmt: skip
 
 
 @pytest.mark.parametrize("model", ["real", "quaternion"])
@@ -34,6 +35,12 @@ def test_baseline_and_anti_transfer_write_complete_records(model):
         assert res["params"] > 0 and res["flops_per_step"] > 0 and res["peak_memory_bytes"] > 0
         assert record["history"] and record["history"][0]["val_loss"] > 0
     assert "at" in at["history"][0] and "at" not in baseline["history"][0]
+    # The runs name the cached networks they stood on, by record and weights.
+    used = at["upstream_weights"]
+    assert set(used) == ({"rhemo", "orthogonal"} if model == "quaternion" else {"orthogonal"})
+    for network in used.values():
+        path = paths.REPORTS / "runs" / f"{network['record']}.json"
+        assert runs.load_record(path)["weights_digest"] == network["weights"]
     assert at["at_cache"]["misses"] > 0
     # Re-running the same configuration returns the stored record instead of training again.
     again = experiments.train_ser(
@@ -43,8 +50,6 @@ def test_baseline_and_anti_transfer_write_complete_records(model):
     kinds = {r.get("kind") for r in runs.load_records()}
     assert {"orthogonal-word-" + model, "ser"} <= kinds
     # Every network and run is saved with its record, so none of their resume points is left.
-    from qat import paths
-
     saved = {p.stem for p in (paths.CACHE / "networks").glob("*.pt")}
     saved |= {f"ser-{runs.config_key(r['config'])}" for r in (baseline, at)}
     left = {p.stem for p in (paths.CACHE / "checkpoints").glob("*.ckpt")}
