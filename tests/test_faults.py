@@ -130,6 +130,7 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path)
     ref = torch.load(tmp_path / "reference.pt", weights_only=False)
     got = torch.load(tmp_path / "resume.pt", weights_only=False)
     assert len(ref["out"]["history"]) == 3
+    assert got["out"].pop("resumed_from_epoch") == 1 and ref["out"].pop("resumed_from_epoch") == 0
     assert got["out"] == ref["out"]  # history (every loss, bit for bit), best epoch, best loss
     assert ref["weights"].keys() == got["weights"].keys()
     assert all(torch.equal(ref["weights"][k], got["weights"][k]) for k in ref["weights"])
@@ -179,6 +180,7 @@ def test_checkpoint_write_failure_names_the_file_and_keeps_the_last_good_one(
     resumed, uninterrupted = small_net(seed=99), small_net()
     out = fit(resumed, train, val, config, checkpoint=ckpt, progress=False)
     ref = fit(uninterrupted, train, val, config, progress=False)
+    assert (out.pop("resumed_from_epoch"), ref.pop("resumed_from_epoch")) == (1, 0)
     assert out == ref and weights_equal(resumed, uninterrupted)
     assert evaluate(resumed, val) == evaluate(uninterrupted, val)
 
