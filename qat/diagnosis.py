@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Sequence
 
 from qat import io, plots, runs, stats, tables
-from qat.config import DIAGNOSES, PROFILES, RunConfig
+from qat.config import DIAGNOSES, INSTRUMENT_ENCODER, PROFILES, RunConfig
 from qat.models import ENCODERS
 from qat.upstream import rhemo_key
 
@@ -77,6 +77,23 @@ def confirmation(records, frozen: str) -> list[dict]:
             r["metrics"]["ua"] for r in found.values()), "vs frozen quaternion": _interval(d),
             "gain confirmed (95% low > 0)": verdict})  # fmt: skip
     return out
+
+
+def confirmation_reading(rows: list[dict]) -> str:
+    """What the confirmation decides, from confirmation()'s rows."""
+    verdict = {r["candidate"]: r["gain confirmed (95% low > 0)"] for r in rows}
+    waiting = [name for name, v in verdict.items() if v.startswith("pending")]
+    confirmed = [name for name, v in verdict.items() if v == "confirmed"]
+    if waiting:
+        return f"Pending: {', '.join(waiting)}; nothing is adopted before every fresh pair ran."
+    if confirmed:
+        return (f"Confirmed: {', '.join(confirmed)}. Adopting one is a change of "
+                "qat.config.INSTRUMENT_ENCODER or the cpu profile, and reruns the quaternion "
+                "demonstration on it.")  # fmt: skip
+    return (
+        f"No candidate is confirmed: the instrument keeps the {INSTRUMENT_ENCODER!r} RH-emo "
+        "(qat.config.INSTRUMENT_ENCODER), and the quaternion demonstration runs on it."
+    )
 
 
 def _ceilings(ser, profile_name: str, model: str, pairs, encoder=None) -> dict[tuple, dict]:
@@ -228,7 +245,9 @@ def section(records, frozen: str, pairs, figures) -> list[str]:
         "ceiling. RH-emo's initial weights follow the run's seed since this stage (before, they "
         "followed the process's random state, so the diagnoses above also carry that draw).",
         "",
-        tables.markdown_table(confirmation(records, frozen)),
+        tables.markdown_table(confirmed := confirmation(records, frozen)),
+        "",
+        confirmation_reading(confirmed),
     ]
     shift = speaker_shift(records, frozen, pairs)
     if shift:
@@ -266,7 +285,11 @@ def _head_correlation(table: list[dict]) -> list[str]:
 def reading(records, frozen: str, pairs) -> list[str]:
     """The diagnosis in a few lines (for the README)."""
     table = rows(records, frozen, pairs)
-    return _reading(table) + _head_correlation(table)
+    confirmed = confirmation(records, frozen)
+    fresh = [f"`{r['candidate']}` {r['vs frozen quaternion']}" for r in confirmed]
+    return [*_reading(table), *_head_correlation(table),
+            f"- On fresh pairs against the frozen quaternion ceiling: {'; '.join(fresh)}. "
+            + confirmation_reading(confirmed)]  # fmt: skip
 
 
 def _reading(table: list[dict]) -> list[str]:

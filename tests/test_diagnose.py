@@ -206,3 +206,9 @@ def test_confirmation_uses_fresh_pairs_and_calls_a_gain_confirmed_only_by_its_in
     low, _ = sps.ttest_rel([r["metrics"]["ua"] for r in records[2::3]], base).confidence_interval()
     expected = "confirmed" if low > 0 else "not confirmed"
     assert rows["rhemo-encoder"]["gain confirmed (95% low > 0)"] == expected
+    said = diagnosis.confirmation_reading(list(rows.values()))
+    assert said.startswith("Confirmed: rhemo-pools")
+    neither = [{**r, "gain confirmed (95% low > 0)": "not confirmed"} for r in rows.values()]
+    assert diagnosis.confirmation_reading(neither).startswith("No candidate is confirmed")
+    partial = diagnosis.confirmation(records[3:], "cpu")  # the first fresh pair is missing
+    assert diagnosis.confirmation_reading(partial).startswith("Pending: rhemo-pools, rhemo-enc")
