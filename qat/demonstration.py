@@ -183,7 +183,8 @@ def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES) -> None:
     }
     for stage in stages:
         for model in models:
-            run_configs(grids[stage](model, runs.load_records(kind="ser")), jobs=jobs)
+            grid = grids[stage](model, runs.load_records(kind="ser"))
+            run_configs(grid, jobs=jobs, desc=f"demonstration {stage}, {model}")
 
 
 # ---------------------------------------------------------------- the analysis

@@ -473,13 +473,14 @@ def _train_quietly(config: RunConfig) -> dict:
     return train_ser(config, progress=False)
 
 
-def run_configs(configs: list[RunConfig], jobs: int = 1) -> list[dict]:
+def run_configs(configs: list[RunConfig], jobs: int = 1, desc: str = "sweep") -> list[dict]:
     """Run (or reuse) train_ser over `configs` in `jobs` parallel processes; the first
     configuration of each prerequisite group runs here first (with progress), building the
-    split, RH-emo and orthogonal network the others then read from the cache."""
+    split, RH-emo and orthogonal network the others then read from the cache. `desc` names
+    the grid on its progress bar."""
     return run_grid(
         configs, _train_quietly, jobs=jobs, group=RunConfig.prerequisites,
-        first=lambda c: train_ser(c, progress=True), name=RunConfig.label,
+        first=lambda c: train_ser(c, progress=True), name=RunConfig.label, desc=desc,
     )  # fmt: skip
 
 

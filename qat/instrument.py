@@ -95,14 +95,15 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
 
     if stage in ("diagnose", "confirm"):
         grid = diagnosis.configs(PAIRS) if stage == "diagnose" else diagnosis.confirm_configs()
-        run_configs(grid, jobs=jobs)
+        run_configs(grid, jobs=jobs, desc=f"instrument {stage}")
         return
     profiles = PILOT if stage == "pilot" else (FROZEN,)
     for profile in profiles:
-        run_configs(configs(profile, models), jobs=jobs)
+        run_configs(configs(profile, models), jobs=jobs, desc=f"instrument {stage}, {profile}")
     if stage == "final" and "quaternion" in models:  # the other RH-emo encoders
         for encoder in list(ENCODERS)[1:]:
-            run_configs(configs(FROZEN, ("quaternion",), rhemo_encoder=encoder), jobs=jobs)
+            run_configs(configs(FROZEN, ("quaternion",), rhemo_encoder=encoder), jobs=jobs,
+                        desc=f"instrument {stage}, RH-emo {encoder}")  # fmt: skip
     if stage == "final":
         for seed, fold in PAIRS:
             oracle(RunConfig(profile=FROZEN, seed=seed, fold=fold, setup="unconfounded"))

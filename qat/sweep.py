@@ -44,6 +44,7 @@ def run_grid(
     first: Callable | None = None,
     name: Callable[[object], str] = str,
     threads: int | None = None,
+    desc: str = "sweep",
 ) -> list:
     """Run `run(config)` for every configuration in `jobs` spawned processes; return the
     results. `run` must be importable by name (a module-level function).
@@ -63,7 +64,7 @@ def run_grid(
     leaders = {k: m[0] for k, m in members.items() if len(m) > 1}
     rest = [c for m in members.values() for c in (m[1:] if len(m) > 1 else m)]
     results, failures = [(first or run)(c) for c in leaders.values()], []
-    bar = tqdm(total=len(rest), desc=f"sweep ({jobs} jobs)")
+    bar = tqdm(total=len(rest), desc=f"{desc} ({jobs} jobs)")
     with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_run_one, run, c, threads) for c in rest]
         for future in cf.as_completed(futures):

@@ -15,9 +15,10 @@ def test_the_budget_is_omp_num_threads_when_set(monkeypatch, budget, expected):
 
 
 @pytest.mark.parametrize(("budget", "jobs", "expected"), [("4", 2, 2), ("1", 1, 1), ("2", 3, 1)])
-def test_each_job_gets_its_share_of_the_budget(monkeypatch, budget, jobs, expected):
+def test_each_job_gets_its_share_of_the_budget(monkeypatch, capsys, budget, jobs, expected):
     from process_tools import threads_of_a_run
 
     monkeypatch.setenv("OMP_NUM_THREADS", budget)
-    results = sweep.run_grid(list(range(jobs)), threads_of_a_run, jobs=jobs)
+    results = sweep.run_grid(list(range(jobs)), threads_of_a_run, jobs=jobs, desc="grid x")
     assert sorted(results) == [(i, expected) for i in range(jobs)]
+    assert f"grid x ({jobs} jobs)" in capsys.readouterr().err  # the bar names its grid
