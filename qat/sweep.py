@@ -14,6 +14,7 @@ import os
 import traceback
 from collections.abc import Callable, Hashable, Sequence
 
+from qat import io
 from qat.progress import tqdm
 
 
@@ -65,7 +66,9 @@ def run_grid(
     rest = [c for m in members.values() for c in (m[1:] if len(m) > 1 else m)]
     results, failures = [(first or run)(c) for c in leaders.values()], []
     bar = tqdm(total=len(rest), desc=f"{desc} ({jobs} jobs)")
-    with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+    with cf.ProcessPoolExecutor(
+        jobs, mp_context=mp.get_context("spawn"), initializer=io.exit_with_parent
+    ) as pool:  # a sweep killed with SIGTERM or SIGKILL leaves no worker training on
         futures = [pool.submit(_run_one, run, c, threads) for c in rest]
         for future in cf.as_completed(futures):
             config, result, error = future.result()

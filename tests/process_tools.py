@@ -66,3 +66,12 @@ def threads_of_a_run(config) -> tuple:
     import torch
 
     return config, torch.get_num_threads()
+
+
+def a_long_run(marker) -> None:
+    """A sweep's run that says it started (by creating `marker`), then works until killed."""
+    from pathlib import Path
+
+    Path(marker).touch()
+    while True:
+        time.sleep(0.1)

@@ -22,3 +22,25 @@ def test_each_job_gets_its_share_of_the_budget(monkeypatch, capsys, budget, jobs
     results = sweep.run_grid(list(range(jobs)), threads_of_a_run, jobs=jobs, desc="grid x")
     assert sorted(results) == [(i, expected) for i in range(jobs)]
     assert f"grid x ({jobs} jobs)" in capsys.readouterr().err  # the bar names its grid
+
+
+KILLED_SWEEP = """
+import sys
+sys.path.insert(0, {tests!r})
+from process_tools import a_long_run
+from qat import sweep
+if __name__ == "__main__":
+    sweep.run_grid([sys.argv[1]], a_long_run, jobs=1)
+"""
+
+
+def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
+    from pathlib import Path
+
+    from process_tools import kill_and_list_survivors, spawn, wait_until
+
+    marker, log = tmp_path / "started", tmp_path / "child.log"
+    tests = str(Path(__file__).parent)
+    child = spawn(KILLED_SWEEP.format(tests=tests), marker, log=log)
+    wait_until(marker.exists, child, log)
+    assert kill_and_list_survivors(child) == []  # the worker ended with its parent
