@@ -223,6 +223,7 @@ def compare(records, model: str, variant=MAIN) -> list[dict]:
             else "unconfounded training data",
             "runs": len(mine),
             "UA": statistics.fmean(_ua(mine).values()),
+            "_ua": _ua(mine),
         }
         if name != "baseline" and len(set(mine) & set(baseline)) >= 2:
             both = set(mine) & set(baseline)
@@ -403,6 +404,43 @@ def _verdicts(rows: list[dict], who: str) -> list[str]:
 
 
 AT_VARIANTS = ("at", "cka")  # the anti-transfer penalties, each with its placebo
+
+
+def headline(rows: list[dict], who: str) -> str:
+    """The finding for one model, first on the page: does the best anti-transfer variant (by
+    mean UA gain) beat its random-network placebo and the field's best method (by mean UA
+    gain), each by a paired 95% interval above 0? If not, that is the finding."""
+    gains = [r for r in rows if r["finalist"] in METHODS and r.get("UA gain") is not None]
+    at = [r for r in gains if r["finalist"] in AT_VARIANTS]
+    field = [r for r in gains if r["finalist"] not in AT_VARIANTS]
+    pending = f"- **{who}: anti-transfer against its placebo and the field's methods is pending.**"
+    if not at or not field:
+        return pending
+    a, f = max(at, key=lambda r: r["UA gain"]), max(field, key=lambda r: r["UA gain"])
+    both = set(a["_ua"]) & set(f["_ua"])
+    if len(both) < 2 or a.get("vs placebo") is None:
+        return pending
+    d = stats.paired({k: a["_ua"][k] for k in both}, {k: f["_ua"][k] for k in both})
+    rivals = {
+        "its placebo": a["placebo 95% low"] > 0,
+        f"the field's best, {f['finalist']}": d.t_low > 0,
+    }
+    lost = [name for name, beaten in rivals.items() if not beaten]
+    won = [name for name, beaten in rivals.items() if beaten]
+    said = []  # what it does not beat leads: that is the finding
+    if lost:
+        said.append(f"does not beat {' or '.join(lost)}")
+    if won:
+        said.append(f"beats {' and '.join(won)}")
+    finding = f"the best anti-transfer variant, {a['finalist']}, " + "; it ".join(said)
+    return (
+        f"- **{who}: {finding}.** Paired 95% intervals: {a['finalist']} vs the baseline "
+        f"{_fmt(a['UA gain'], a['gain 95% low'], a['gain 95% high'])} UA, vs its placebo "
+        f"{_fmt(a['vs placebo'], a['placebo 95% low'], a['placebo 95% high'])}, vs "
+        f"{f['finalist']} ({f['information']}) {_fmt(d.mean, d.t_low, d.t_high)}."
+    )
+
+
 GAP_TARGET = "best method's share of the real model's gap closed >= 75%, 95% low >= 50%"
 
 
@@ -537,13 +575,14 @@ def write_report(reports=None) -> Path:
     reports = Path(reports or paths.REPORTS)
     everything = runs.load_records(reports)
     records = [r for r in everything if r.get("kind") == "ser"]
-    answer, figures, body = [], [], []
+    answer, figures, body, found = [], [], [], []
     goals: list[dict] = []
     for variant in (MAIN, *VARIANTS):
         name = f"{variant[1]}-confounded, rho {variant[0]:g}"
         by_model = {m: compare(records, m, variant) for m in MODELS}
         if variant == MAIN:
             goals = targets(records, by_model)
+            found = [headline(rows, f"{m}, {name}") for m, rows in by_model.items() if rows]
         if not any(by_model.values()):
             continue
         stem = f"{variant[1]}_rho{variant[0]:g}"
@@ -575,7 +614,7 @@ def write_report(reports=None) -> Path:
         k: ", ".join(f"{s}/{f}" for s, f in v)
         for k, v in (("selection", SELECTION_PAIRS), ("final", FINAL_PAIRS), ("sweep", SWEEP_PAIRS))
     }
-    answer = (answer or ["- No finalist has run yet."]) + [grid_time(everything)]
+    answer = found + (answer or ["- No finalist has run yet."]) + [grid_time(everything)]
     lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
     lines += ["## Short answer", "", *answer, "", PROTOCOL.format(**pairs)]
     lines += ["## At a glance", "", *(figures or ["_No finalist has run yet._", ""])]

@@ -207,3 +207,41 @@ def test_layer_sweep_intervals_and_where_the_papers_claim_holds(finalist_records
     flat = [r for r in deep if r["tap"] != "conv4_1"]
     assert "no layer helps measurably" in demo.sweep_verdict(flat, "real")
     assert "has not run" in demo.sweep_verdict([], "quaternion")
+
+
+def test_the_short_answer_leads_with_anti_transfer_against_its_placebo_and_the_field(
+    finalist_records, tmp_path
+):
+    rows = demo.compare(finalist_records, "real")
+    by = {r["finalist"]: r for r in rows}
+    at = max((by[n] for n in demo.AT_VARIANTS), key=lambda r: r["UA gain"])
+    field = max(
+        (r for n, r in by.items() if n in demo.METHODS and n not in demo.AT_VARIANTS),
+        key=lambda r: r["UA gain"],
+    )
+    uas = {
+        name: {
+            (r["config"]["seed"], r["config"]["split"]["fold"]): r["metrics"]["ua"]
+            for r in finalist_records
+            if (r["config"]["seed"], r["config"]["split"]["fold"]) in demo.FINAL_PAIRS
+            and RunConfig.from_record(r).replace(seed=0, fold=None)
+            == demo.finalists(finalist_records, "real")[name].replace(seed=0, fold=None)
+        }
+        for name in (at["finalist"], field["finalist"])
+    }
+    d = stats.paired(uas[at["finalist"]], uas[field["finalist"]])
+    said = demo.headline(rows, "real")
+    # at gains 0.06 over the baseline, 0.01 over its placebo and 0.04 over every other method.
+    assert said.startswith(f"- **real: the best anti-transfer variant, {at['finalist']}, ")
+    assert ("does not beat its placebo" in said) == (at["placebo 95% low"] <= 0)
+    assert ("beats the field's best" in said) == (d.t_low > 0)
+    assert f"vs {field['finalist']} ({field['information']}) {d.mean:+.3f} [{d.t_low:+.3f}" in said
+    # Without the placebo's runs the finding is pending, never claimed.
+    no_placebo = [r | {"vs placebo": None} for r in rows]
+    assert "pending" in demo.headline(no_placebo, "real")
+    # On the page it is the first line of the short answer.
+    for r in finalist_records:
+        io.write_json_once(runs.record_path("ser", r["config"], tmp_path), r)
+    page = demo.write_report(tmp_path).read_text()
+    first = page.split("## Short answer\n\n")[1].splitlines()[0]
+    assert first == demo.headline(rows, "real, word-confounded, rho 0.9")
