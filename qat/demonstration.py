@@ -602,7 +602,9 @@ def write_report(reports=None) -> Path:
     sweep = {m: layer_sweep(records, m) for m in MODELS}
     if any(sweep.values()):
         figures += ["### The layer sweep", ""]
-        figures += _save(plots.layer_sweep(sweep), reports, "demonstration_layers", "layer sweep")
+        figures += _save(
+            plots.layer_sweep(sweep, VGG16_TAPS), reports, "demonstration_layers", "layer sweep"
+        )
         said = [sweep_verdict(rows, model) for model, rows in sweep.items()]
         answer += said
         body += ["## The layer sweep", "", *said, ""]

@@ -291,7 +291,7 @@ def rhemo_heads(records) -> Figure:
                                           c.get("rhemo_encoder") or "published") if x)  # fmt: skip
         values = [tables.as_float(last.get(k)) for k in tables.RHEMO_HEAD_KEYS]
         groups.setdefault(name, []).append(np.array(values))
-    fig = Figure(figsize=(max(5.5, 1.1 * len(groups) + 4.0), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(7.5, 1.1 * len(groups) + 6.0), 3.6), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(groups)
     x = np.arange(len(tables.RHEMO_AXES))
@@ -305,8 +305,8 @@ def rhemo_heads(records) -> Figure:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("embedding axis: head")
     ax.set_ylabel("validation accuracy (fraction)")
-    ax.set_title(f"RH-emo heads, last epoch: mean and range of {len(records)} RH-emo(s)")
-    ax.legend(fontsize="x-small", loc="lower right")
+    fig.suptitle(f"RH-emo heads, last epoch: mean and range of {len(records)} RH-emo(s)")
+    fig.legend(fontsize="x-small", loc="outside right upper")  # never over the bars
     return fig
 
 
@@ -625,6 +625,7 @@ def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> F
         ax.set_yticks(range(len(rows)), [r["finalist"] for r in reversed(rows)])
         ax.axvline(0, color="0.3", linewidth=1)
         ax.set_xlabel("paired UA difference vs the baseline (fraction; 95% interval)")
+        ax.set_ylabel("finalist")
         ax.set_title(f"{model} VGG16")
         ax.grid(alpha=0.3, axis="x")
     handles = [Line2D([], [], marker="o", linestyle="", color=colour[g], label=g) for g in regimes]
@@ -639,7 +640,8 @@ def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> F
             label="placebo (random network)",
         )
     )
-    fig.legend(handles=handles, loc="outside lower center", fontsize="x-small", ncols=2)
+    # One legend column per panel: the regimes' long names fit under one panel each.
+    fig.legend(handles=handles, loc="outside lower center", fontsize="x-small", ncols=len(panels))
     if title:
         fig.suptitle(title)
     return fig
@@ -672,15 +674,17 @@ def diagnosis(rows: Sequence[Mapping], within: float) -> Figure:
     return fig
 
 
-def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]]) -> Figure:
+def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]], taps: Sequence[str]) -> Figure:
     """The layer sweep: per tap, the UA gain of AT over the baseline with its 95% interval,
-    and the step time and peak memory of AT at that tap, one line per model."""
-    fig = Figure(figsize=(14, 4), layout="constrained")
-    gain_ax, time_ax, memory_ax = fig.subplots(1, 3)
+    and the step time and peak memory of AT at that tap, one line per model. `taps`: the
+    network's taps in order; a model whose sweep is partial leaves gaps at the same place."""
+    fig = Figure(figsize=(14, 4.5), layout="constrained")
+    axes = gain_ax, time_ax, memory_ax = fig.subplots(1, 3, sharex=True)
+    shown = [t for t in taps if any(r["tap"] == t for rows in rows_by_model.values() for r in rows)]
     for i, (model, rows) in enumerate(rows_by_model.items()):
         if not rows:
             continue
-        x = range(len(rows))
+        x = [shown.index(r["tap"]) for r in rows]
         gains = [r["UA gain"] for r in rows]
         low = [g - r["gain 95% low"] for g, r in zip(gains, rows, strict=True)]
         high = [r["gain 95% high"] - g for g, r in zip(gains, rows, strict=True)]
@@ -689,13 +693,12 @@ def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]]) -> Figure:
         )
         time_ax.plot(x, [r["step time (ms)"] for r in rows], "o-", color=f"C{i}", label=model)
         memory_ax.plot(x, [r["peak memory (MiB)"] for r in rows], "o-", color=f"C{i}", label=model)
-        for ax in (gain_ax, time_ax, memory_ax):
-            ax.set_xticks(list(x), [r["tap"] for r in rows], rotation=60, fontsize="small")
     gain_ax.axhline(0, color="0.3", linewidth=1)
-    gain_ax.set_ylabel("UA gain over the baseline (fraction; 95% interval)")
+    gain_ax.set_ylabel("UA gain vs baseline (fraction, 95% CI)")
     time_ax.set_ylabel("train step time (ms)")
     memory_ax.set_ylabel("train step peak memory (MiB)")
-    for ax in (gain_ax, time_ax, memory_ax):
+    for ax in axes:
+        ax.set_xticks(range(len(shown)), shown, rotation=60, fontsize="small")
         ax.set_xlabel("anti-transfer tap")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")

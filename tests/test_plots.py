@@ -94,6 +94,22 @@ def assert_labelled(fig):
         if ax.get_label() == "<colorbar>" or not ax.get_visible():
             continue
         assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes: {ax.get_title()!r}"
+    assert_nothing_clipped(fig)
+
+
+def assert_nothing_clipped(fig):
+    """Everything drawn (labels, ticks, titles, legends) lies inside the saved figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    drawn = fig.get_tightbbox(renderer)  # inches, like the figure's size
+    width, height = fig.get_size_inches()
+    tol = 0.02
+    assert drawn.x0 >= -tol and drawn.y0 >= -tol, f"cut off at the left or bottom: {drawn}"
+    assert drawn.x1 <= width + tol and drawn.y1 <= height + tol, (
+        f"cut off at the right or top: {drawn} in a {width} x {height} in figure"
+    )
 
 
 # ---------------------------------------------------------------- figures
@@ -149,6 +165,32 @@ def test_confusion_matrix_shows_row_normalised_counts(rng):
     assert [t.get_text() for t in ax.get_yticklabels()] == EMOTIONS
     raw = plots.confusion_matrix(record, normalize=False).axes[0]
     np.testing.assert_array_equal(np.asarray(raw.collections[0].get_array()).reshape(4, 4), counts)
+
+
+def test_confusion_matrices_one_panel_per_run(rng):
+    records = [ser_record(rng, seed=s) for s in range(3)]
+    fig = plots.confusion_matrices(records)
+    assert_labelled(fig)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.collections]
+    assert len(panels) == 3
+    for ax, r in zip(panels, records, strict=True):
+        counts = np.array(r["metrics"]["confusion"], dtype=np.float64)
+        shown = np.asarray(ax.collections[0].get_array(), dtype=np.float64).reshape(4, 4)
+        np.testing.assert_allclose(shown, counts / counts.sum(1, keepdims=True), rtol=1e-12)
+
+
+def test_cooccurrence_heatmap_cells_are_the_counts(rng):
+    items = utterances(rng)
+    fig = plots.cooccurrence_heatmap(items, column="speaker")
+    assert_labelled(fig)
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    cols = [t.get_text() for t in ax.get_xticklabels()]
+    expected = np.array([[sum(u.emotion == e and u.speaker == s for u in items) for s in cols]
+                         for e in rows])  # fmt: skip
+    shown = np.asarray(ax.collections[0].get_array()).reshape(len(rows), len(cols))
+    np.testing.assert_array_equal(shown, expected)
+    assert sorted(rows) == sorted({u.emotion for u in items})
 
 
 def test_class_balance_bars_are_the_counts(rng):
@@ -269,15 +311,145 @@ def test_rhemo_heads_of_several_rhemos_show_mean_and_range():
     fig = plots.rhemo_heads([a, b])
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([0.4, 0.8, 0.8, 0.65])  # (0.6 + 0.2) / 2, (0.7 + 0.9) / 2
-    assert "2 RH-emo(s)" in fig.axes[0].get_title()
+    assert "2 RH-emo(s)" in fig.get_suptitle()
 
 
 def test_rhemo_heads_draw_one_bar_per_head_and_configuration():
     a, b = rhemo_record(), rhemo_record()
     b["config"] = {**b["config"], "rhemo_encoder": "wide"}
     b["history"][-1] = {**b["history"][-1], "val_emotion_ua": 0.3}
-    ax = plots.rhemo_heads([a, b]).axes[0]
-    heights = [p.get_height() for p in ax.patches]
+    fig = plots.rhemo_heads([a, b])
+    assert_labelled(fig)
+    heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([0.6, 0.7, 0.8, 0.65, 0.3, 0.7, 0.8, 0.65])
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["confounded published (n=1)", "confounded wide (n=1)"]
+
+
+# ---------------------------------------------------------------- the demonstration's figures
+
+
+def finalist_rows(rng, names=("ceiling", "at", "at placebo", "reweight")):
+    rows = []
+    for name in names:
+        gain = float(rng.uniform(-0.05, 0.1))
+        low, high = sorted(rng.uniform(0.001, 0.03, size=2))
+        regime = "group labels" if name == "reweight" else "a network"
+        rows.append({"finalist": name, "UA gain": gain, "gain 95% low": gain - low,
+                     "gain 95% high": gain + high, "information": regime})  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("models", [("real",), ("real", "quaternion")])
+def test_forest_draws_each_gain_and_interval_placebos_hollow(rng, models):
+    by_model = {m: finalist_rows(rng) for m in models}
+    fig = plots.forest(by_model, "word-confounded")
+    assert_labelled(fig)
+    for ax, (model, rows) in zip(fig.axes, by_model.items(), strict=True):
+        assert ax.get_title() == f"{model} VGG16"
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels == [r["finalist"] for r in reversed(rows)]  # top to bottom as given
+        points = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        for y, (line, r) in enumerate(zip(points, reversed(rows), strict=True)):
+            assert (line.get_xdata()[0], line.get_ydata()[0]) == (r["UA gain"], y)
+            hollow = line.get_markerfacecolor() == "white"
+            assert hollow == r["finalist"].endswith("placebo")
+        bars = [c for c in ax.collections if c.get_segments()]
+        spans = sorted(tuple(s[:, 0]) for c in bars for s in c.get_segments())
+        expected = sorted((r["gain 95% low"], r["gain 95% high"]) for r in rows)
+        np.testing.assert_allclose(spans, expected, rtol=1e-12)
+
+
+def test_layer_sweep_aligns_a_partial_sweep_with_the_full_one(rng):
+    taps = ["conv1_1", "conv2_1", "conv3_1", "penultimate"]
+
+    def rows(mine):
+        out = []
+        for tap in mine:
+            gain = float(rng.uniform(-0.05, 0.1))
+            out.append({"tap": tap, "UA gain": gain, "gain 95% low": gain - 0.02,
+                        "gain 95% high": gain + 0.01, "step time (ms)": float(rng.uniform(10, 900)),
+                        "peak memory (MiB)": float(rng.uniform(10, 900))})  # fmt: skip
+        return out
+
+    by_model = {"real": rows(taps), "quaternion": rows(["conv1_1", "conv3_1"])}
+    fig = plots.layer_sweep(by_model, taps)
+    assert_labelled(fig)
+    gain_ax, time_ax, memory_ax = fig.axes
+    assert [t.get_text() for t in gain_ax.get_xticklabels()] == taps
+    for ax, key in ((gain_ax, "UA gain"), (time_ax, "step time (ms)"),
+                    (memory_ax, "peak memory (MiB)")):  # fmt: skip
+        lines = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        for line, (model, mine) in zip(lines, by_model.items(), strict=True):
+            assert list(line.get_xdata()) == [taps.index(r["tap"]) for r in mine], model
+            ys = np.asarray(line.get_ydata(), dtype=float)
+            np.testing.assert_allclose(ys, [r[key] for r in mine], rtol=1e-12)
+
+
+def test_probe_profiles_plot_each_configurations_probe_in_network_order(rng):
+    taps = ["penultimate", "conv1_1", "conv4_2"]  # out of order on purpose
+    rows = {
+        m: [{"configuration": c, "method": c.split()[0], "seeds": 5,
+             "probe": {t: float(rng.uniform()) for t in taps}}
+            for c in ("baseline", "at word@conv2_1", "at placebo")]
+        for m in ("real", "quaternion")
+    }  # fmt: skip
+    fig = plots.probe_profiles(rows)
+    assert_labelled(fig)
+    for ax, mine in zip(fig.axes, rows.values(), strict=True):
+        for line, r in zip(ax.get_lines(), mine, strict=True):
+            assert list(line.get_xdata()) == ["conv1_1", "conv4_2", "penultimate"]
+            assert list(line.get_ydata()) == [r["probe"][t] for t in line.get_xdata()]
+            assert (line.get_linestyle() == ":") == ("placebo" in r["configuration"])
+    with pytest.raises(ValueError, match="no configuration"):
+        plots.probe_profiles({"real": []})
+
+
+def test_paired_runs_join_each_pairs_baseline_and_ceiling(rng):
+    keys = [(0, 0), (1, 1), (2, 2)]
+    pairs = {
+        m: tuple({k: {"metrics": {"ua": float(rng.uniform())}} for k in keys} for _ in "bc")
+        for m in ("real", "quaternion")
+    }
+    fig = plots.paired_runs(pairs)
+    assert all(ax.get_ylabel() for ax in fig.axes)
+    assert_nothing_clipped(fig)
+    for ax, (base, ceil) in zip(fig.axes, pairs.values(), strict=True):
+        ys = [tuple(line.get_ydata()) for line in ax.get_lines()]
+        assert ys == [(base[k]["metrics"]["ua"], ceil[k]["metrics"]["ua"]) for k in keys]
+
+
+def test_pilot_curves_draw_the_mean_and_range_over_runs(rng):
+    def run():
+        return {"history": [{k: float(rng.uniform()) for k in ("train_loss", "val_ua", "test_ua")}
+                            for _ in range(4)]}  # fmt: skip
+
+    groups = {"cpu real": [run(), run(), run()], "cpu quaternion": [run()]}
+    fig = plots.pilot_curves(groups)
+    assert_labelled(fig)
+    for ax, key in zip(fig.axes, ("train_loss", "val_ua", "test_ua"), strict=True):
+        for line, runs in zip(ax.get_lines(), groups.values(), strict=True):
+            values = np.array([[h[key] for h in r["history"]] for r in runs])
+            np.testing.assert_allclose(line.get_ydata(), values.mean(0), rtol=1e-12)
+            np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
+
+
+def test_diagnosis_plots_each_networks_interval_and_cost():
+    from qat import stats
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for name in ("quaternion", "rhemo-pools", "rhemo-encoder"):
+        a = {(s, 0): float(rng.uniform(0.4, 0.6)) for s in range(5)}
+        b = {k: float(rng.uniform(0.4, 0.6)) for k in a}
+        rows.append({"network": name, "_vs_real": stats.paired(a, b),
+                     "step time vs real": float(rng.uniform(0.1, 1))})  # fmt: skip
+    fig = plots.diagnosis(rows, within=0.05)
+    assert_nothing_clipped(fig)
+    gain, cost = fig.axes
+    assert gain.get_xlabel() and cost.get_xlabel()
+    points = [line for line in gain.get_lines() if line.get_marker() == "o"]
+    for y, (line, r) in enumerate(zip(points, rows, strict=True)):
+        assert (line.get_xdata()[0], line.get_ydata()[0]) == (r["_vs_real"].mean, y)
+    widths = [p.get_width() for p in cost.patches]
+    assert widths == [r["step time vs real"] for r in rows]
