@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from test_plots import assert_nothing_clipped
 
 from qat import paths, plots, runs, widgets
 
@@ -55,6 +56,7 @@ def recall_by_hand(confusion, emotions, wanted):
 
 def test_cross_corpus_confusion_is_row_normalised_and_labelled():
     fig = plots.cross_corpus_confusion(eval_record())
+    assert_nothing_clipped(fig)
     ax = fig.axes[0]
     shown = np.asarray(ax.collections[0].get_array(), dtype=float).reshape(3, 3)
     for i, row in enumerate(CROSS):
@@ -72,6 +74,7 @@ def test_cross_corpus_confusion_is_row_normalised_and_labelled():
 
 def test_recall_bars_equal_the_recalls_of_both_confusion_matrices():
     fig = plots.recall_comparison(eval_record(), in_corpus_record())
+    assert_nothing_clipped(fig)
     ax = fig.axes[0]
     in_bars, cross_bars = ax.containers
     assert [b.get_height() for b in in_bars] == pytest.approx(

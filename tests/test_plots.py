@@ -158,6 +158,7 @@ def test_confusion_matrix_shows_row_normalised_counts(rng):
     fig = plots.confusion_matrix(record)
     ax = fig.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted emotion", "true emotion")
+    assert_nothing_clipped(fig)
     counts = np.array(record["metrics"]["confusion"], dtype=np.float64)
     expected = counts / counts.sum(axis=1, keepdims=True)
     shown = np.asarray(ax.collections[0].get_array(), dtype=np.float64).reshape(4, 4)
@@ -221,6 +222,7 @@ def test_spectrogram_grid_axes_are_seconds_and_bands(rng):
 def test_embedding_axes_one_column_per_quaternion_component(rng):
     z = rng.normal(size=(2, 4, 8, 6))
     fig = plots.embedding_axes(z, ["happy", "sad"])
+    assert_nothing_clipped(fig)
     grid = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in grid[:4]] == list(tables.RHEMO_AXES)
     assert [ax.get_ylabel() for ax in grid[::4]] == [
@@ -309,6 +311,7 @@ def test_rhemo_heads_of_several_rhemos_show_mean_and_range():
     a, b = rhemo_record(), rhemo_record()
     b["history"][-1] = {**b["history"][-1], "val_emotion_ua": 0.2, "val_valence_acc": 0.9}
     fig = plots.rhemo_heads([a, b])
+    assert_nothing_clipped(fig)
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([0.4, 0.8, 0.8, 0.65])  # (0.6 + 0.2) / 2, (0.7 + 0.9) / 2
     assert "2 RH-emo(s)" in fig.get_suptitle()
