@@ -536,6 +536,30 @@ def grid_time(records) -> str:
             f"time is shorter{partial}).")  # fmt: skip
 
 
+def grid_progress(records) -> str:
+    """Runs with a record out of the runs each stage plans, per model. A stage whose grid
+    depends on an unfinished selection counts against its full size (every method chosen)."""
+    done = {RunConfig.from_record(r).key() for r in records if r.get("kind") == "ser"}
+    full = {
+        "selection": lambda m: len(selection_grid(m)),
+        "finalists": lambda m: (2 + len(METHODS) + len(PLACEBO_OF)) * len(FINAL_PAIRS),
+        "sweep": lambda m: (len(VGG16_TAPS) + 2) * len(SWEEP_PAIRS),
+        "variants": lambda m: (
+            len(VARIANTS) * (len(METHODS) + len(PLACEBO_OF) + 2) * len(FINAL_PAIRS)
+        ),
+    }
+    grids = {"selection": lambda m, _: selection_grid(m), "finalists": final_grid,
+             "sweep": sweep_grid, "variants": variant_grid}  # fmt: skip
+    said = []
+    for model in MODELS:
+        counts = []
+        for stage in STAGES:
+            grid = {c.key() for c in grids[stage](model, records)}
+            counts.append(f"{stage} {len(grid & done)}/{max(len(grid), full[stage](model))}")
+        said.append(f"{model}: {', '.join(counts)}")
+    return f"- Runs with a record / planned: {'; '.join(said)}."
+
+
 def _save(fig, reports: Path, stem: str, caption: str) -> list[str]:
     io.save_figure(fig, reports / "figures", stem)
     return [f"![{caption}](figures/{stem}.png)", ""]
@@ -616,7 +640,8 @@ def write_report(reports=None) -> Path:
         k: ", ".join(f"{s}/{f}" for s, f in v)
         for k, v in (("selection", SELECTION_PAIRS), ("final", FINAL_PAIRS), ("sweep", SWEEP_PAIRS))
     }
-    answer = found + (answer or ["- No finalist has run yet."]) + [grid_time(everything)]
+    answer = found + (answer or ["- No finalist has run yet."])
+    answer += [grid_progress(records), grid_time(everything)]
     lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
     lines += ["## Short answer", "", *answer, "", PROTOCOL.format(**pairs)]
     lines += ["## At a glance", "", *(figures or ["_No finalist has run yet._", ""])]

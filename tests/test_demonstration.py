@@ -245,3 +245,19 @@ def test_the_short_answer_leads_with_anti_transfer_against_its_placebo_and_the_f
     page = demo.write_report(tmp_path).read_text()
     first = page.split("## Short answer\n\n")[1].splitlines()[0]
     assert first == demo.headline(rows, "real, word-confounded, rho 0.9")
+
+
+def test_grid_progress_counts_recorded_runs_against_each_stages_plan(finalist_records):
+    selection = demo.selection_grid("quaternion")
+    half = [record(c, 0.5) for c in selection[::2]]
+    said = demo.grid_progress(half)
+    n_final = (2 + len(demo.METHODS) + len(demo.PLACEBO_OF)) * len(demo.FINAL_PAIRS)
+    assert (
+        f"quaternion: selection {len(selection[::2])}/{len(selection)}, finalists 0/{n_final},"
+        in (said)
+    )
+    assert f"real: selection 0/{len(demo.selection_grid('real'))}," in said
+    # Every finalist of the fixture ran on every fresh pair; its selection is complete.
+    said = demo.grid_progress(finalist_records)
+    assert f"real: selection {len(demo.selection_grid('real'))}/" in said
+    assert f"finalists {n_final}/{n_final}" in said
