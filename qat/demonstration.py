@@ -167,7 +167,14 @@ def variant_grid(model: str, records) -> list[RunConfig]:
     ]
 
 
-STAGES = ("selection", "finalists", "sweep", "variants")
+# The stages in order, each with its grid of one model (from the records so far).
+GRIDS = {
+    "selection": lambda model, _: selection_grid(model),
+    "finalists": final_grid,
+    "sweep": sweep_grid,
+    "variants": variant_grid,
+}
+STAGES = tuple(GRIDS)
 
 
 def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES) -> None:
@@ -175,15 +182,9 @@ def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES) -> None:
     reads the records the previous ones wrote."""
     from qat.experiments import run_configs
 
-    grids = {
-        "selection": lambda m, _: selection_grid(m),
-        "finalists": final_grid,
-        "sweep": sweep_grid,
-        "variants": variant_grid,
-    }
     for stage in stages:
         for model in models:
-            grid = grids[stage](model, runs.load_records(kind="ser"))
+            grid = GRIDS[stage](model, runs.load_records(kind="ser"))
             run_configs(grid, jobs=jobs, desc=f"demonstration {stage}, {model}")
 
 
@@ -540,22 +541,18 @@ def grid_progress(records) -> str:
     """Runs with a record out of the runs each stage plans, per model. A stage whose grid
     depends on an unfinished selection counts against its full size (every method chosen)."""
     done = {RunConfig.from_record(r).key() for r in records if r.get("kind") == "ser"}
-    full = {
-        "selection": lambda m: len(selection_grid(m)),
-        "finalists": lambda m: (2 + len(METHODS) + len(PLACEBO_OF)) * len(FINAL_PAIRS),
-        "sweep": lambda m: (len(VGG16_TAPS) + 2) * len(SWEEP_PAIRS),
-        "variants": lambda m: (
-            len(VARIANTS) * (len(METHODS) + len(PLACEBO_OF) + 2) * len(FINAL_PAIRS)
-        ),
+    finals = 2 + len(METHODS) + len(PLACEBO_OF)  # the baseline, the ceiling, methods, placebos
+    planned = {
+        "finalists": finals * len(FINAL_PAIRS),
+        "sweep": (len(VGG16_TAPS) + 2) * len(SWEEP_PAIRS),  # every tap, baseline and ceiling
+        "variants": len(VARIANTS) * finals * len(FINAL_PAIRS),
     }
-    grids = {"selection": lambda m, _: selection_grid(m), "finalists": final_grid,
-             "sweep": sweep_grid, "variants": variant_grid}  # fmt: skip
     said = []
     for model in MODELS:
         counts = []
-        for stage in STAGES:
-            grid = {c.key() for c in grids[stage](model, records)}
-            counts.append(f"{stage} {len(grid & done)}/{max(len(grid), full[stage](model))}")
+        for stage, grid_of in GRIDS.items():
+            grid = {c.key() for c in grid_of(model, records)}
+            counts.append(f"{stage} {len(grid & done)}/{max(len(grid), planned.get(stage, 0))}")
         said.append(f"{model}: {', '.join(counts)}")
     return f"- Runs with a record / planned: {'; '.join(said)}."
 
