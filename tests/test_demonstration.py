@@ -219,13 +219,14 @@ def test_the_short_answer_leads_with_anti_transfer_against_its_placebo_and_the_f
         (r for n, r in by.items() if n in demo.METHODS and n not in demo.AT_VARIANTS),
         key=lambda r: r["UA gain"],
     )
+    chosen = demo.finalists(finalist_records, "real")
     uas = {
         name: {
             (r["config"]["seed"], r["config"]["split"]["fold"]): r["metrics"]["ua"]
             for r in finalist_records
             if (r["config"]["seed"], r["config"]["split"]["fold"]) in demo.FINAL_PAIRS
             and RunConfig.from_record(r).replace(seed=0, fold=None)
-            == demo.finalists(finalist_records, "real")[name].replace(seed=0, fold=None)
+            == chosen[name].replace(seed=0, fold=None)
         }
         for name in (at["finalist"], field["finalist"])
     }
