@@ -65,8 +65,12 @@ def _header(records: list[dict], profile: str | None, reports_dir: Path) -> str:
         + (f" of the `{profile}` profile" if profile else "")
         + ". Every number below is read from those records.",
     ]
-    if versions:
-        lines += ["", "Code versions: " + ", ".join(f"`{v}`" for v in versions)]
+    if len(versions) == 1:
+        lines += ["", f"Code version: `{versions[0]}`."]
+    elif versions:  # one line however many: each record names its own
+        dirty = sum(v.endswith("+dirty)") for v in versions)
+        lines += ["", f"Code versions: {len(versions)} ({dirty} with uncommitted changes, "
+                  "marked +dirty); each record's `code_version` names its own."]  # fmt: skip
     if executed:
         lines += ["", "Executed notebooks: " + ", ".join(f"[{n}]({n})" for n in executed)]
     return "\n".join(lines)

@@ -199,3 +199,13 @@ def test_run_pipeline_runs_the_notebooks_in_order_then_writes_the_readme(monkeyp
     assert readme == tmp_path / "README.md" and readme.exists()
     with pytest.raises(ValueError, match="profile='laptop'"):
         report.run_pipeline(profile="laptop")
+
+
+def test_the_header_counts_code_versions_in_one_line(tmp_path):
+    versions = ["qat 0.1.0 (abc1234)", "qat 0.1.0 (def5678+dirty)", "qat 0.1.0 (def5678+dirty)"]
+    records = [{"kind": "ser", "code_version": v} for v in versions]
+    header = report._header(records, "smoke", tmp_path)
+    assert "Code versions: 2 (1 with uncommitted changes, marked +dirty)" in header
+    assert "abc1234" not in header
+    one = report._header(records[:1], "smoke", tmp_path)
+    assert "Code version: `qat 0.1.0 (abc1234)`." in one
