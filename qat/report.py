@@ -163,9 +163,9 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     lines += [
         "",
         "Test metrics (fractions; UA is the headline), one row per configuration: "
-        "the mean over its (seed, fold) runs, with the SD and the 95% t-interval of UA "
-        "(a configuration with one run has none). Each run's record is named by its "
-        "configuration with that seed and fold (`qat train ... --seed S --fold F`).",
+        "the mean over its (seed, fold) runs, with the SD and the 95% t-interval of UA, "
+        "clipped to [0, 1] (a configuration with one run has none). Each run's record is named "
+        "by its configuration with that seed and fold (`qat train ... --seed S --fold F`).",
         "",
     ]
     lines.append(tables.traced_markdown(table))

@@ -38,6 +38,7 @@ RHEMO_AXES = ("r: emotion", "i: valence", "j: arousal", "k: dominance")
 RHEMO_HEAD_KEYS = ("val_emotion_ua", "val_valence_acc", "val_arousal_acc", "val_dominance_acc")
 
 MIB = 2**20
+ACCURACY_RANGE = (0.0, 1.0)  # UA, WA and any accuracy; intervals of them are clipped to it
 METRIC_NAMES = {
     "ua": "UA",
     "wa": "WA",
@@ -244,12 +245,14 @@ def _settings(config: Mapping) -> dict:
     }
 
 
-def _mean_and_interval(values: Sequence[float], name: str) -> dict:
+def _mean_and_interval(values: Sequence[float], name: str, bounds=(-math.inf, math.inf)) -> dict:
     """{name, "<name> SD", "<name> 95% low", "<name> 95% high"} of independent values
-    (qat.stats.mean_interval); no SD or interval for a single value."""
+    (qat.stats.mean_interval); no SD or interval for a single value. The interval is clipped to
+    `bounds`, the range the quantity can take (an accuracy's t-interval over 2 runs can
+    otherwise reach below 0)."""
     from qat.stats import mean_interval
 
-    low, high = mean_interval(values)
+    low, high = (float(v) for v in np.clip(mean_interval(values), *bounds))
     return {
         name: float(np.mean(values)),
         f"{name} SD": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
@@ -271,7 +274,7 @@ def configuration_table(records) -> pd.DataFrame:
             **_settings(c),
             "runs": len(runs),
             "(seed, fold)": _pairs_text(group["runs"]),
-            **_mean_and_interval([r["metrics"]["ua"] for r in runs], "UA"),
+            **_mean_and_interval([r["metrics"]["ua"] for r in runs], "UA", ACCURACY_RANGE),
             "WA": float(np.mean([r["metrics"]["wa"] for r in runs])),
             "macro-F1": float(np.mean([r["metrics"]["macro_f1"] for r in runs])),
             "worst-group accuracy": float(np.mean(worst)) if worst else math.nan,
@@ -466,7 +469,7 @@ def upstream_table(records) -> pd.DataFrame:
             "network": network, "model": model, "RH-emo encoder": encoder, "profile": profile,
             "trained on": data, "rho": rho, "factor": factor, "scored on": scored,
             "networks": len(members), "(seed, fold)": _pairs_text(pairs),
-            **_mean_and_interval(accuracy, "accuracy"),
+            **_mean_and_interval(accuracy, "accuracy", ACCURACY_RANGE),
             "epochs": float(np.mean([len(r.get("history") or []) for r in members])),
             "best val loss at the last epoch": None if rhemo else
             f"{sum(_best_at_last(r) for r in members)}/{len(members)}",
@@ -540,7 +543,8 @@ def sweep_summary(records) -> pd.DataFrame:
     rows = []
     for (group, tap), part in table.groupby(["group", "tap"], sort=False):
         gains = part["UA gain"].dropna().tolist()
-        interval = _mean_and_interval(gains or [math.nan], "UA gain")  # NaN: no baseline
+        gains = gains or [math.nan]  # NaN: no baseline
+        interval = _mean_and_interval(gains, "UA gain", (-1.0, 1.0))
         means = part.drop(columns=["group", "model", "method", "tap", "seed", "records"]).mean()
         rows.append({
             "group": group, "model": part["model"].iloc[0], "method": part["method"].iloc[0],
@@ -669,7 +673,8 @@ def upstream_markdown(records) -> str:
         else ""
     )
     return (
-        "One row per configuration: mean and 95% t-interval of the accuracy over its networks "
+        "One row per configuration: mean and 95% t-interval of the accuracy over its networks, "
+        "clipped to [0, 1] "
         "(one per seed and fold; a quaternion word network reads the frozen RH-emo of one "
         "split, hence its repeated seed).\n\n" + traced_markdown(table, ("row",)) + note
     )

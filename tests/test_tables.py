@@ -110,6 +110,19 @@ def test_probe_table_is_one_row_per_configuration_in_network_order(rng):
     assert sorted(row["records"]) == sorted(tables.record_id(r) for r in runs)
 
 
+def test_configuration_table_clips_the_ua_interval_to_what_an_accuracy_can_be(rng):
+    from scipy import stats as st
+
+    uas = np.array([0.02, 0.05, 0.3]) + rng.uniform(0, 0.01, size=3)  # interval reaches below 0
+    runs = [ser_record(rng, seed=s, ua=float(u)) for s, u in enumerate(uas)]
+    row = tables.configuration_table(runs).iloc[0]
+    low, high = st.t.interval(0.95, 2, loc=uas.mean(), scale=st.sem(uas))
+    assert low < 0  # the case the clipping is for
+    assert row["runs"] == 3 and row["UA"] == pytest.approx(uas.mean())
+    assert row["UA SD"] == pytest.approx(uas.std(ddof=1))
+    assert (row["UA 95% low"], row["UA 95% high"]) == pytest.approx((0.0, min(high, 1.0)))
+
+
 def test_upstream_table_groups_networks_per_configuration_with_intervals(rng):
     from scipy import stats as st
 
