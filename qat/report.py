@@ -202,14 +202,15 @@ def _sweep_section(ser: list[dict], figures: Path, profile: str) -> str:
     if not ser or tables.sweep_table(ser).empty:
         return "\n".join([*lines, "", "_No single-tap anti-transfer records yet._"])
     columns = [
-        "group", "tap", "runs", "UA", "UA gain", "UA gain 95% low", "UA gain 95% high",
+        "group", "tap", "runs", "UA", "pairs", "UA gain", "UA gain 95% low", "UA gain 95% high",
         "step time (ms)", "baseline step time (ms)", "peak memory (MiB)",
         "baseline peak memory (MiB)", "records",
     ]  # fmt: skip
     lines += [
         "",
-        "One row per configuration and tap: the mean UA gain over the matching baseline of the "
-        "same (seed, fold), with its 95% t-interval.",
+        "One row per configuration and tap: mean UA over its runs; the mean UA gain over the "
+        "matching baseline of the same (seed, fold), with its 95% t-interval, over the runs that "
+        "have one (pairs).",
         "",
         tables.traced_markdown(tables.sweep_summary(ser)[columns], ("group", "tap")),
     ]

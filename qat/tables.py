@@ -532,9 +532,9 @@ def ordered_values(values, field: str) -> list:
 
 
 def sweep_summary(records) -> pd.DataFrame:
-    """sweep_table averaged over seeds per (group, tap): runs, mean UA gain with its SD and 95%
-    t-interval (the gains are paired with each run's own baseline), mean costs, and the record
-    files ("records")."""
+    """sweep_table averaged over seeds per (group, tap): runs, "pairs" (the runs that have a
+    baseline of their own (seed, fold)), mean UA gain over those pairs with its SD and 95%
+    t-interval, mean costs, and the record files ("records")."""
     table = sweep_table(records)
     if table.empty:
         raise ValueError(
@@ -548,7 +548,8 @@ def sweep_summary(records) -> pd.DataFrame:
         means = part.drop(columns=["group", "model", "method", "tap", "seed", "records"]).mean()
         rows.append({
             "group": group, "model": part["model"].iloc[0], "method": part["method"].iloc[0],
-            "tap": tap, "runs": len(part), **means.to_dict(),
+            "tap": tap, "runs": len(part), "pairs": int(part["UA gain"].notna().sum()),
+            **means.to_dict(),
             **{k: v for k, v in interval.items() if k != "UA gain"},
             "records": [r for ids in part["records"] for r in ids],
         })  # fmt: skip

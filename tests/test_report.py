@@ -136,9 +136,9 @@ def test_every_row_names_the_records_it_was_read_from(reports, text):
 def test_readme_sweep_table_has_gain_over_the_matching_baseline(text):
     sweep = {row[1]: row for row in table_rows(text, "real at word β=1")}
     assert list(sweep) == ["conv1_1", "conv2_1"]  # network order
-    assert sweep["conv2_1"][2:5] == ["1", "0.562", "+0.062"]  # runs, UA, gain over seed 0's 0.5
-    assert sweep["conv1_1"][2:5] == ["1", "0.438", "-0.062"]
-    assert sweep["conv1_1"][5:7] == ["–", "–"]  # one run: no interval
+    assert sweep["conv2_1"][2:6] == ["1", "0.562", "1", "+0.062"]  # runs, UA, pairs, gain vs 0.5
+    assert sweep["conv1_1"][2:6] == ["1", "0.438", "1", "-0.062"]
+    assert sweep["conv1_1"][6:8] == ["–", "–"]  # one run: no interval
 
 
 def test_readme_upstream_networks_in_one_table(text):

@@ -295,8 +295,25 @@ def test_a_markdown_table_of_dicts_shows_every_rows_columns():
     assert text.splitlines()[2:] == ["| 1 | – |", "| 2 | 0.5 |"]
 
 
+def test_sweep_summary_averages_the_gain_over_the_runs_that_have_a_baseline(rng):
+    from scipy import stats as st
+
+    bases = [ser_record(rng, seed=s) for s in (0, 1, 2)]
+    runs = [ser_record(rng, method="at", tap="conv2_1", seed=s) for s in (0, 1, 2, 7)]  # 7: none
+    row = tables.sweep_summary([*bases, *runs]).iloc[0]
+    ua = [r["metrics"]["ua"] for r in runs]
+    gains = np.array(ua[:3]) - [b["metrics"]["ua"] for b in bases]
+    assert (row["runs"], row["pairs"]) == (4, 3)
+    assert row["UA"] == pytest.approx(np.mean(ua))
+    assert row["UA gain"] == pytest.approx(gains.mean())
+    low, high = st.t.interval(0.95, 2, loc=gains.mean(), scale=st.sem(gains))
+    assert (row["UA gain 95% low"], row["UA gain 95% high"]) == pytest.approx(
+        (max(low, -1), min(high, 1))
+    )
+
+
 def test_sweep_summary_of_a_tap_without_its_baseline_has_no_gain(rng):
     summary = tables.sweep_summary([ser_record(rng, method="at", tap="conv2_1")])
     row = summary.iloc[0]
-    assert row["runs"] == 1
+    assert (row["runs"], row["pairs"]) == (1, 0)
     assert all(math.isnan(row[c]) for c in ("UA gain", "UA gain 95% low", "UA gain 95% high"))
