@@ -237,11 +237,18 @@ def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dic
         n_groups=len(emotions) ** 2,
     )
     _fold_into_classifier(net, refit, len(emotions))
+    fits = len(refit.validation_scores) + DFR_REFITS
+    if refit.unconverged:
+        data.warnings.append(
+            f"DFR: {refit.unconverged} of {fits} L1 logistic fits stopped at their iteration "
+            "limit before reaching saga's tolerance"
+        )
     info = {
         "baseline": base["config"],
         "held_out_items": len(held.x),
         "C": refit.C,
         "validation_worst_group": {str(c): v for c, v in refit.validation_scores.items()},
+        "fits_at_iteration_limit": f"{refit.unconverged} of {fits}",
     }
     return {"history": base["history"], "best_epoch": base["best_epoch"]}, info
 

@@ -22,6 +22,7 @@ training; JTT uses none (only the emotion labels); DFR uses a group-balanced hel
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import sklearn
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -285,7 +287,8 @@ class DFRModel:
     ``coef`` (K, D) and ``intercept`` (K,) act on standardised features (one row, the second
     class's, when K = 2, as in scikit-learn); ``classes`` maps output columns to labels; ``C`` is
     the chosen inverse L1 strength and ``validation_scores`` the worst-group accuracy on the
-    tuning half for every C tried.
+    tuning half for every C tried. ``unconverged`` counts the fits (tuning and refits) that
+    stopped at ``max_iter`` before saga's tolerance was reached.
     """
 
     mean: np.ndarray
@@ -295,6 +298,7 @@ class DFRModel:
     classes: np.ndarray
     C: float
     validation_scores: dict[float, float]
+    unconverged: int = 0
 
     def decision_function(self, features: Any) -> np.ndarray:
         x = np.asarray(features, dtype=np.float64)
@@ -337,7 +341,9 @@ def _fit_l1(x, y, C, seed, max_iter, classes) -> LogisticRegression:
             f"all of {classes.tolist()}; every group should hold items of a single class"
         )
     model = LogisticRegression(C=C, solver="saga", max_iter=max_iter, random_state=seed, **_L1)
-    return model.fit(x, y)
+    with warnings.catch_warnings():  # counted by the caller from n_iter_ instead of printed
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(x, y)
 
 
 def dfr(
@@ -419,9 +425,10 @@ def dfr(
         first[members[: len(members) // 2]] = True
     fit_half, score_half = np.flatnonzero(first), np.flatnonzero(~first)
     fit_items = fit_half[balanced_subsample(groups[fit_half], draw())]
-    scores = {}
+    scores, fits = {}, []
     for c in grid:
         model = _fit_l1(z[fit_items], y[fit_items], c, draw(), max_iter, classes)
+        fits.append(model)
         predicted = model.predict(z[score_half])
         scores[c] = metrics.worst_group_accuracy(y[score_half], predicted, groups[score_half])
     best = max(grid, key=lambda c: scores[c])  # max keeps the first of equal scores
@@ -430,9 +437,11 @@ def dfr(
     for _ in range(n_refits):
         items = balanced_subsample(groups, draw())
         model = _fit_l1(z[items], y[items], best, draw(), max_iter, classes)
+        fits.append(model)
         coefs.append(model.coef_)
         intercepts.append(model.intercept_)
     return DFRModel(
         mean=scaler.mean_, scale=scaler.scale_, coef=np.mean(coefs, axis=0),
         intercept=np.mean(intercepts, axis=0), classes=classes, C=best, validation_scores=scores,
+        unconverged=sum(int(np.max(m.n_iter_)) >= max_iter for m in fits),
     )  # fmt: skip

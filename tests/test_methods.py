@@ -51,6 +51,9 @@ def test_each_method_trains_and_records_worst_group_accuracy(method, model):
             method="baseline", model=model, profile="smoke-groups"), progress=False)  # fmt: skip
         assert record["history"] == base["history"]  # DFR starts from the baseline's network
         assert record["method"]["dfr"]["C"] in robust.DFR_C_GRID
+        capped, fits = map(int, record["method"]["dfr"]["fits_at_iteration_limit"].split(" of "))
+        assert fits == len(robust.DFR_C_GRID) + experiments.DFR_REFITS and 0 <= capped <= fits
+        assert bool(capped) == any(w.startswith("DFR:") for w in record["warnings"])
 
 
 def test_the_random_placebo_is_the_untrained_network_frozen():

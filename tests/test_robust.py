@@ -5,6 +5,7 @@ an ERM fit and a core-feature oracle on a synthetic problem with a spurious feat
 
 import io
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -404,6 +405,17 @@ def test_dfr_is_seeded():
     first, second = (dfr(x, y, g, C_grid=[1.0, 0.1], n_refits=2, seed=3) for _ in range(2))
     np.testing.assert_array_equal(first.coef, second.coef)
     assert first.validation_scores == second.validation_scores
+
+
+def test_dfr_counts_fits_at_the_iteration_limit_instead_of_warning_each():
+    rng = np.random.default_rng(8)
+    x, y, g = spurious_problem(1500, 0.5, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a printed ConvergenceWarning fails the test
+        capped = dfr(x, y, g, C_grid=[1.0, 0.1], n_refits=3, seed=0, max_iter=1)
+        roomy = dfr(x, y, g, C_grid=[1.0, 0.1], n_refits=3, seed=0, max_iter=5000)
+    assert capped.unconverged == 2 + 3  # every tuning fit and refit
+    assert roomy.unconverged == 0
 
 
 def test_dfr_rejects_a_balanced_set_too_small_for_every_group():
