@@ -319,10 +319,12 @@ def method_comparison(
     setup: str | None = None,
     ceiling_setup: str | None = "unconfounded",
 ) -> Figure:
-    """`metric` per configuration (mean over seeds, error bar = SD), one panel per model, on one
-    setup (default: the most common setup of the records). Dashed line: that model's baseline
-    on the setup; dotted line: the ceiling, the baseline trained on `ceiling_setup` (e.g. the
-    unconfounded control of a confounded split), when such a record exists."""
+    """`metric` per configuration, one panel per model side by side, on one setup (default:
+    the most common setup of the records): a horizontal bar per configuration at the mean over
+    its (seed, fold) runs, coloured by method, with each run as a dot. Dashed line: that
+    model's baseline on the setup; dotted line: the ceiling, the baseline trained on
+    `ceiling_setup` (e.g. the unconfounded control of a confounded split), when such a record
+    exists."""
     ser = tables.ser_only(records, "method_comparison")
     if metric not in tables.METRIC_NAMES:
         raise ValueError(f"metric={metric!r}: expected one of {tuple(tables.METRIC_NAMES)}")
@@ -333,35 +335,42 @@ def method_comparison(
     if not on_setup:
         raise ValueError(f"setup={setup!r}: no SER record on that setup")
     models = sorted({r["config"].get("model") for r in on_setup})
-    fig = Figure(
-        figsize=(max(5.0, 0.55 * len(on_setup) + 3), 4.2 * len(models)), layout="constrained"
-    )
-    for ax, model in zip(fig.subplots(len(models), 1, squeeze=False)[:, 0], models, strict=True):
-        mine = [r for r in on_setup if r["config"].get("model") == model]
-        groups: dict[str, list[float]] = defaultdict(list)
-        for r in sorted(mine, key=tables.configuration_order):
-            groups[tables.run_label(r, without=("model", "seed", "setup"))].append(
-                tables.metric_value(r, metric)
-            )
-        names = list(groups)
-        means = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in groups.values()]
-        errors = [np.nanstd(v) if len(v) > 1 else 0.0 for v in groups.values()]
-        colors = ["0.6" if n.startswith("baseline") else "C0" for n in names]
-        ax.bar(range(len(names)), means, yerr=errors, color=colors, capsize=3)
-        _reference_line(ax, mine, metric, "baseline", "k", "--")
-        ceiling = [
-            r
-            for r in ser
-            if r["config"].get("setup") == ceiling_setup and r["config"].get("model") == model
-        ]
+    panels = {}
+    for model in models:
+        groups: dict[str, list[Mapping]] = defaultdict(list)
+        for r in sorted(on_setup, key=tables.configuration_order):
+            if r["config"].get("model") == model:
+                groups[tables.run_label(r, without=("model", "seed", "setup"))].append(r)
+        panels[model] = groups
+    rows = max(len(g) for g in panels.values())
+    fig = Figure(figsize=(6.5 * len(models), 0.28 * rows + 2.0), layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, (model, groups) in zip(axes, panels.items(), strict=True):
+        values = [[tables.metric_value(r, metric) for r in runs] for runs in groups.values()]
+        means = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in values]
+        colors = [METHOD_COLORS.get(runs[0]["config"].get("method"), "C7")
+                  for runs in groups.values()]  # fmt: skip
+        y = np.arange(len(groups))
+        ax.barh(y, means, color=colors, height=0.7)
+        for i, v in enumerate(values):
+            ax.plot(v, np.full(len(v), float(i)), "k.", markersize=4, label="_run")
+        ax.plot([], [], "k.", label="one (seed, fold) run")
+        _reference_line(ax, groups.get("baseline", []), metric, "baseline", "k", "--")
+        ceiling = [r for r in ser
+                   if r["config"].get("setup") == ceiling_setup
+                   and r["config"].get("model") == model]  # fmt: skip
         _reference_line(ax, ceiling, metric, f"ceiling (baseline on {ceiling_setup})", "C3", ":")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
-        ax.set_ylabel(f"test {tables.METRIC_NAMES.get(metric, metric)} (fraction)")
-        ax.set_xlabel("configuration")
+        ax.set_yticks(y, list(groups), fontsize="small")
+        ax.invert_yaxis()  # the first configuration on top
+        ax.set_xlabel(f"test {tables.METRIC_NAMES.get(metric, metric)} (fraction)")
+        ax.set_ylabel("configuration")
         ax.set_title(f"{model} model, {setup} setup")
-        ax.grid(axis="y", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+        ax.grid(axis="x", alpha=0.3)
+    handles = {
+        label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)
+    }
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize="x-small",
+               ncols=len(handles))  # fmt: skip
     return fig
 
 
@@ -412,17 +421,13 @@ def probe_profiles(rows: Mapping[str, Sequence[Mapping]], what: str = "word prob
 
 
 def _reference_line(ax, records, metric: str, label: str, color: str, style: str) -> None:
+    """A vertical line at the mean `metric` of the baseline runs among `records`."""
     values = [
         tables.metric_value(r, metric) for r in records if r["config"].get("method") == "baseline"
     ]
     values = [v for v in values if np.isfinite(v)]
     if values:
-        ax.axhline(
-            float(np.mean(values)),
-            color=color,
-            linestyle=style,
-            label=f"{label}: {np.mean(values):.3f}",
-        )
+        ax.axvline(float(np.mean(values)), color=color, linestyle=style, label=label)
 
 
 def tap_sweep(records) -> Figure:
@@ -433,7 +438,7 @@ def tap_sweep(records) -> Figure:
     summary = tables.sweep_summary(records)
     taps = sorted(summary["tap"].unique(), key=tables.tap_order)
     position = {t: i for i, t in enumerate(taps)}
-    fig = Figure(figsize=(max(10.0, 0.6 * len(taps) * 3), 3.8), layout="constrained")
+    fig = Figure(figsize=(max(10.0, 1.8 * len(taps)) + 2.5, 3.8), layout="constrained")
     gain_ax, time_ax, mem_ax = fig.subplots(1, 3)
     for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
         x = part["tap"].map(position).to_numpy(dtype=float)
@@ -456,7 +461,7 @@ def tap_sweep(records) -> Figure:
             ax.plot(x, part[column].to_numpy(dtype=float), color=color, marker="o", label=group)
             base = part[f"baseline {column}"].mean()
             if np.isfinite(base):
-                ax.axhline(base, color=color, linestyle="--", alpha=0.7, label=f"{group}: baseline")
+                ax.axhline(base, color=color, linestyle="--", alpha=0.7, label="_baseline")
     gain_ax.axhline(0.0, color="k", linewidth=0.8)
     for ax, ylabel in (
         (gain_ax, "UA gain over baseline (fraction, 95% CI)"),
@@ -467,8 +472,10 @@ def tap_sweep(records) -> Figure:
         ax.set_xlabel("AT tap")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    gain_ax.legend(fontsize="x-small")
-    time_ax.legend(fontsize="x-small")
+    handles, labels = gain_ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="0.4", linestyle="--"))
+    labels.append("dashed: the group's baseline")
+    fig.legend(handles, labels, loc="outside right upper", fontsize="x-small")
     return fig
 
 

@@ -293,16 +293,21 @@ def test_method_comparison_marks_baseline_and_ceiling(rng):
     fig = plots.method_comparison([*base, *at, ceiling], setup="confounded")
     assert_labelled(fig)
     ax = fig.axes[0]
-    heights = [p.get_height() for p in ax.patches]
+    widths = [p.get_width() for p in ax.patches]
     expected = [np.mean([r["metrics"]["ua"] for r in rs]) for rs in (base, at)]
-    np.testing.assert_allclose(heights, expected, rtol=1e-12)
-    lines = {line.get_label().split(":")[0]: line.get_ydata()[0] for line in ax.get_lines()}
-    assert lines["baseline"] == pytest.approx(expected[0])
-    assert lines["ceiling (baseline on unconfounded)"] == ceiling["metrics"]["ua"]
+    np.testing.assert_allclose(widths, expected, rtol=1e-12)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["baseline", "at word@conv2_1 β=1"]
+    lines = {line.get_label(): line.get_xdata() for line in ax.get_lines()}
+    assert lines["baseline"][0] == pytest.approx(expected[0])
+    assert lines["ceiling (baseline on unconfounded)"][0] == ceiling["metrics"]["ua"]
+    runs = sorted(
+        x for line in ax.get_lines() if line.get_label() == "_run" for x in line.get_xdata()
+    )
+    assert runs == sorted(r["metrics"]["ua"] for r in [*base, *at])  # one dot per run
     fig = plots.method_comparison([*base, *at], metric="incongruent_ua")
-    heights = [p.get_height() for p in fig.axes[0].patches]
-    assert heights[1] == pytest.approx(np.mean([r["confound"]["incongruent_ua"] for r in at]))
-    assert fig.axes[0].get_ylabel() == "test UA on incongruent items (fraction)"
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    assert widths[1] == pytest.approx(np.mean([r["confound"]["incongruent_ua"] for r in at]))
+    assert fig.axes[0].get_xlabel() == "test UA on incongruent items (fraction)"
     with pytest.raises(ValueError, match="metric='accuracy'"):
         plots.method_comparison(base, metric="accuracy")
 
