@@ -42,7 +42,7 @@ def _panel_of(key: str) -> str:
         return "adversary loss"
     if "mse" in key:
         return "reconstruction MSE"
-    if key.endswith(("_ua", "_acc")):
+    if key.endswith(("_ua", "_acc", "_worst_group")):
         return "accuracy (fraction)"
     return key
 
@@ -56,8 +56,9 @@ def _series_name(key: str, record: Mapping) -> str:
 
 def learning_curves(records, title: str | None = None) -> Figure:
     """Per-epoch history of one or more runs (SER, orthogonal networks or RH-emo): one panel per
-    kind of quantity (loss, AT term, accuracy, reconstruction error), one colour per run, one
-    line style per quantity; a dotted vertical line marks each SER run's selected epoch."""
+    kind of quantity (loss, AT term, accuracy, reconstruction error), one colour per run (the
+    figure's legend), one line style per quantity (each panel's legend); a thin dotted vertical
+    line marks each SER run's selected epoch."""
     records = tables.check_records(records)
     panels: dict[str, list[str]] = {}
     for r in records:
@@ -90,12 +91,22 @@ def learning_curves(records, title: str | None = None) -> Figure:
                         label=f"{label}: {_series_name(key, r)}",
                     )
             if r.get("best_epoch") and panel == "cross-entropy loss":
-                ax.axvline(r["best_epoch"], color=f"C{i % 10}", linestyle=":", alpha=0.6)
+                ax.axvline(r["best_epoch"], color=f"C{i % 10}", linestyle=":", linewidth=0.8)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        quantities = [Line2D([], [], color="0.35", linestyle=styles[j % len(styles)], marker=".",
+                             label="invariance term" if key == "at" else key)
+                      for j, key in enumerate(keys)]  # fmt: skip
+        ax.legend(handles=quantities, fontsize="x-small")
+    runs = [Line2D([], [], color=f"C{i % 10}", marker=".", label=label)
+            for i, label in enumerate(labels)]  # fmt: skip
+    if any(r.get("best_epoch") for r in records):
+        runs.append(Line2D([], [], color="0.35", linestyle=":", linewidth=0.8,
+                           label="vertical: the run's selected epoch"))  # fmt: skip
+    fig.legend(handles=runs, loc="outside lower center", fontsize="x-small",
+               ncols=min(len(runs), 3))  # fmt: skip
     if title:
         fig.suptitle(title)
     return fig
@@ -494,8 +505,12 @@ def tradeoff(records, cost: str = "step_time") -> Figure:
         raise ValueError(f"cost={cost!r}: expected one of {tuple(COSTS)}")
     column, xlabel = COSTS[cost]
     summary = tables.sweep_summary(records)
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    summary = summary[np.isfinite(summary["UA gain"].to_numpy(dtype=float))]  # has a baseline
+    fig = Figure(figsize=(8.4, 4.4), layout="constrained")
     ax = fig.subplots()
+    if summary.empty:
+        ax.text(0.5, 0.5, "no tap run has a baseline of its own (seed, fold) yet",
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
     for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
         ax.scatter(
             part[column].to_numpy(dtype=float),
@@ -516,7 +531,8 @@ def tradeoff(records, cost: str = "step_time") -> Figure:
     ax.set_ylabel("UA gain over baseline (fraction)")
     ax.set_title("gain vs cost per AT tap")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if len(summary):
+        fig.legend(loc="outside right upper", fontsize="small")
     return fig
 
 

@@ -151,6 +151,10 @@ def test_learning_curves_plot_the_history_values(rng):
     np.testing.assert_allclose(line.get_xdata(), [1, 2, 3])
     np.testing.assert_allclose(line.get_ydata(), [h["val_ua"] for h in records[1]["history"]])
     assert by_label["cross-entropy loss"].get_xlabel() == "epoch"
+    quantities = [t.get_text() for t in by_label["cross-entropy loss"].get_legend().get_texts()]
+    assert quantities == ["train_loss", "val_loss"]  # each panel's legend: its line styles
+    runs = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert runs[:3] == tables.unique_labels(records)  # the figure's legend: a colour per run
 
 
 def test_confusion_matrix_shows_row_normalised_counts(rng):
@@ -270,6 +274,10 @@ def test_tap_sweep_and_tradeoff_plot_gain_and_cost_per_tap(rng):
     np.testing.assert_allclose(points, np.c_[expected_time, expected_gain], rtol=1e-12)
     with pytest.raises(ValueError, match="cost='money'"):
         plots.tradeoff(records, cost="money")
+    unpaired = [*records, ser_record(rng, model="quaternion", method="at", tap="conv1_1")]
+    fig = plots.tradeoff(unpaired)  # a run with no baseline of its own has no gain to place
+    assert len(fig.axes[0].collections) == 1 and len(fig.legends[0].get_texts()) == 1
+    assert_labelled(plots.tradeoff(records[2:]))  # no pairs at all: an empty, labelled plot
     with pytest.raises(ValueError, match="single-tap"):
         plots.tap_sweep(records[:2])
 
