@@ -241,7 +241,7 @@ def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dic
     if refit.unconverged:
         data.warnings.append(
             f"DFR: {refit.unconverged} of {fits} L1 logistic fits stopped at their iteration "
-            "limit before reaching saga's tolerance"
+            "limit before reaching liblinear's tolerance"
         )
     info = {
         "baseline": base["config"],

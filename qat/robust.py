@@ -32,6 +32,7 @@ import sklearn
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
 from qat import metrics
@@ -285,10 +286,10 @@ class DFRModel:
     """The refitted last layer: standardisation, then the averaged linear layer.
 
     ``coef`` (K, D) and ``intercept`` (K,) act on standardised features (one row, the second
-    class's, when K = 2, as in scikit-learn); ``classes`` maps output columns to labels; ``C`` is
-    the chosen inverse L1 strength and ``validation_scores`` the worst-group accuracy on the
-    tuning half for every C tried. ``unconverged`` counts the fits (tuning and refits) that
-    stopped at ``max_iter`` before saga's tolerance was reached.
+    class's, when K = 2, as in scikit-learn); row k is the one-vs-rest model of class
+    ``classes[k]``. ``C`` is the chosen inverse L1 strength and ``validation_scores`` the
+    worst-group accuracy on the tuning half for every C tried. ``unconverged`` counts the fits
+    (tuning and refits) that stopped at ``max_iter`` before liblinear's tolerance was reached.
     """
 
     mean: np.ndarray
@@ -305,15 +306,14 @@ class DFRModel:
         return ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
 
     def predict_proba(self, features: Any) -> np.ndarray:
-        """Class probabilities, columns in ``classes`` order (logistic for two classes, softmax
-        of the multinomial model otherwise, as scikit-learn's LogisticRegression)."""
+        """Class probabilities, columns in ``classes`` order, as scikit-learn's one-vs-rest
+        logistic regression gives them: the logistic for two classes, otherwise every class's
+        logistic normalised to sum to 1."""
         z = self.decision_function(features)
+        p = 1.0 / (1.0 + np.exp(-z))
         if z.shape[1] == 1:
-            p = 1.0 / (1.0 + np.exp(-z[:, 0]))
-            return np.stack([1.0 - p, p], axis=1)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+            return np.hstack([1.0 - p, p])
+        return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, features: Any) -> np.ndarray:
         return self.classes[self.predict_proba(features).argmax(axis=1)]
@@ -332,18 +332,24 @@ def _check_c_grid(C_grid: Any) -> list[float]:
     return grid
 
 
-def _fit_l1(x, y, C, seed, max_iter, classes) -> LogisticRegression:
-    """One L1 logistic regression (saga: liblinear, the paper's solver, is one-vs-rest and
-    refuses more than two classes in current scikit-learn; saga fits the multinomial model)."""
+def _fit_l1(x, y, C, seed, max_iter, classes) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One L1 logistic regression, one-vs-rest by liblinear as in the DFR paper's code
+    (liblinear fits two classes only, hence OneVsRestClassifier; like the paper, the intercept
+    is liblinear's regularised synthetic feature). Returns (coef (K, D), intercept (K,),
+    whether a binary fit stopped at ``max_iter``); K = 1 for two classes."""
     if not np.array_equal(np.unique(y), classes):
         raise ValueError(
             f"y_balanced: a group-balanced subsample holds classes {np.unique(y).tolist()}, not "
             f"all of {classes.tolist()}; every group should hold items of a single class"
         )
-    model = LogisticRegression(C=C, solver="saga", max_iter=max_iter, random_state=seed, **_L1)
-    with warnings.catch_warnings():  # counted by the caller from n_iter_ instead of printed
+    binary = LogisticRegression(C=C, solver="liblinear", max_iter=max_iter, random_state=seed,
+                                **_L1)  # fmt: skip
+    with warnings.catch_warnings():  # counted from n_iter_ instead of printed per fit
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.fit(x, y)
+        fits = OneVsRestClassifier(binary).fit(x, y).estimators_
+    capped = any(int(np.max(f.n_iter_)) >= max_iter for f in fits)
+    return (np.vstack([f.coef_ for f in fits]), np.concatenate([f.intercept_ for f in fits]),
+            capped)  # fmt: skip
 
 
 def dfr(
@@ -371,9 +377,9 @@ def dfr(
     Features are standardised with the held-out set's statistics. As in the paper:
 
     1. choose C: split every group's items in two halves (seeded), fit an L1 logistic
-       regression on a balanced subsample of the first half for each C in ``C_grid``, and
-       keep the C with the best worst-group accuracy on the second half (the first in
-       ``C_grid`` order on a tie);
+       regression (one-vs-rest, liblinear) on a balanced subsample of the first half for each
+       C in ``C_grid``, and keep the C with the best worst-group accuracy on the second half
+       (the first in ``C_grid`` order on a tie);
     2. fit ``n_refits`` models with that C, each on a fresh balanced subsample of the whole
        set, and average their coefficients and intercepts.
 
@@ -425,23 +431,26 @@ def dfr(
         first[members[: len(members) // 2]] = True
     fit_half, score_half = np.flatnonzero(first), np.flatnonzero(~first)
     fit_items = fit_half[balanced_subsample(groups[fit_half], draw())]
-    scores, fits = {}, []
+    scores, capped = {}, []
     for c in grid:
-        model = _fit_l1(z[fit_items], y[fit_items], c, draw(), max_iter, classes)
-        fits.append(model)
-        predicted = model.predict(z[score_half])
+        coef, intercept, stopped = _fit_l1(z[fit_items], y[fit_items], c, draw(), max_iter,
+                                           classes)  # fmt: skip
+        capped.append(stopped)
+        tuned = DFRModel(np.zeros(z.shape[1]), np.ones(z.shape[1]), coef, intercept, classes,
+                         c, {})  # fmt: skip
+        predicted = tuned.predict(z[score_half])
         scores[c] = metrics.worst_group_accuracy(y[score_half], predicted, groups[score_half])
     best = max(grid, key=lambda c: scores[c])  # max keeps the first of equal scores
 
     coefs, intercepts = [], []
     for _ in range(n_refits):
         items = balanced_subsample(groups, draw())
-        model = _fit_l1(z[items], y[items], best, draw(), max_iter, classes)
-        fits.append(model)
-        coefs.append(model.coef_)
-        intercepts.append(model.intercept_)
+        coef, intercept, stopped = _fit_l1(z[items], y[items], best, draw(), max_iter, classes)
+        capped.append(stopped)
+        coefs.append(coef)
+        intercepts.append(intercept)
     return DFRModel(
         mean=scaler.mean_, scale=scaler.scale_, coef=np.mean(coefs, axis=0),
         intercept=np.mean(intercepts, axis=0), classes=classes, C=best, validation_scores=scores,
-        unconverged=sum(int(np.max(m.n_iter_)) >= max_iter for m in fits),
+        unconverged=sum(capped),
     )  # fmt: skip
