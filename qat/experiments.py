@@ -322,6 +322,7 @@ def train_ser(
         return runs.load_record(target)
     _check_writable()
     t_start = time.perf_counter()
+    runs.code_version()  # read now: the record names the code that starts the run
     where = device()
     name = config.label()
 

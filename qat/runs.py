@@ -5,6 +5,7 @@ truncated or foreign file with one warning naming it: one bad file never costs a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -20,7 +21,11 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@functools.cache
 def code_version() -> str:
+    """The qat this process runs: version, commit and "+dirty" when qat/ has uncommitted
+    changes. Read once per process, at the first call (a run calls it when it starts), so a
+    long sweep's worker keeps naming the code it imported while the tree changes under it."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(

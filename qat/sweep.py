@@ -9,16 +9,28 @@ each other's records.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from collections.abc import Callable, Hashable, Sequence
 
 from qat import io
 from qat.progress import tqdm
 
+_STOP = None  # in a worker: the sweep's stop event (set on Ctrl-C)
+
+
+def _start_worker(stop) -> None:
+    global _STOP
+    _STOP = stop
+    io.exit_with_parent()  # a sweep killed with SIGTERM or SIGKILL leaves no worker training on
+
 
 def _run_one(run: Callable, config, threads: int):
+    if _STOP is not None and _STOP.is_set():  # queued before Ctrl-C: never started
+        return config, None, "not started: the sweep was interrupted"
     import torch
 
     torch.set_num_threads(threads)  # N jobs share the cores instead of oversubscribing them
@@ -35,6 +47,19 @@ def _cores() -> int:
     if budget.isdigit() and int(budget) > 0:
         return int(budget)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _stop(pool: cf.ProcessPoolExecutor, futures, stop) -> None:
+    """Ctrl-C: start no further run (the pool hands a worker its next run in advance, hence
+    the event) and interrupt the running ones (a terminal's Ctrl-C reaches the workers too,
+    `kill -INT` only this process), then wait for them to stop."""
+    stop.set()
+    for future in futures:
+        future.cancel()
+    for worker in mp.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGINT)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_grid(
@@ -66,19 +91,31 @@ def run_grid(
     rest = [c for m in members.values() for c in (m[1:] if len(m) > 1 else m)]
     results, failures = [(first or run)(c) for c in leaders.values()], []
     bar = tqdm(total=len(rest), desc=f"{desc} ({jobs} jobs)")
+    context = mp.get_context("spawn")
+    stop = context.Event()
     with cf.ProcessPoolExecutor(
-        jobs, mp_context=mp.get_context("spawn"), initializer=io.exit_with_parent
-    ) as pool:  # a sweep killed with SIGTERM or SIGKILL leaves no worker training on
+        jobs, mp_context=context, initializer=_start_worker, initargs=(stop,)
+    ) as pool:
         futures = [pool.submit(_run_one, run, c, threads) for c in rest]
-        for future in cf.as_completed(futures):
-            config, result, error = future.result()
-            bar.update()
-            if error:
-                failures.append((config, error))
-                tqdm.write(f"FAILED {name(config)}:\n{error}")
-            else:
-                results.append(result)
-                bar.set_postfix_str(f"done: {name(config)}")
+        try:
+            for future in cf.as_completed(futures):
+                config, result, error = future.result()
+                bar.update()
+                if error:
+                    failures.append((config, error))
+                    tqdm.write(f"FAILED {name(config)}:\n{error}")
+                else:
+                    results.append(result)
+                    bar.set_postfix_str(f"done: {name(config)}")
+        except KeyboardInterrupt:
+            _stop(pool, futures, stop)
+            stopped = [f.exception() for f in futures if not f.cancelled()]
+            cut = [f"\n  {e}" for e in stopped if isinstance(e, KeyboardInterrupt)]
+            raise KeyboardInterrupt(
+                f"interrupted: {desc}, {bar.n} of {len(rest)} runs done; their records are "
+                "kept, a run cut short resumes from its checkpoint, the same command goes on"
+                + "".join(cut)
+            ) from None
     bar.close()
     if failures:
         raise RuntimeError(

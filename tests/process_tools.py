@@ -73,5 +73,8 @@ def a_long_run(marker) -> None:
     from pathlib import Path
 
     Path(marker).touch()
-    while True:
-        time.sleep(0.1)
+    try:
+        while True:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("a long run interrupted") from None

@@ -47,3 +47,25 @@ def test_unreadable_records_are_skipped_with_one_warning_naming_them(tmp_path):
     assert [r["metrics"]["ua"] for r in records] == [0.5]
     with pytest.raises(runs.RecordError, match=r"ser-truncated\.json"):
         runs.load_record(tmp_path / "runs" / "ser-truncated.json")
+
+
+def test_code_version_is_read_once_per_process(monkeypatch):
+    # A sweep's worker imports qat once; commits made while it trains must not relabel the
+    # code its later records were computed with.
+    import subprocess
+
+    import qat
+
+    calls = []
+    real_run = subprocess.run
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real_run(*args, **kwargs)
+
+    runs.code_version.cache_clear()
+    monkeypatch.setattr(subprocess, "run", counted)
+    first = runs.code_version()
+    assert first.startswith(f"qat {qat.__version__}")
+    asked = len(calls)
+    assert runs.code_version() == first and len(calls) == asked  # no second look at git

@@ -44,3 +44,40 @@ def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
     child = spawn(KILLED_SWEEP.format(tests=tests), marker, log=log)
     wait_until(marker.exists, child, log)
     assert kill_and_list_survivors(child) == []  # the worker ended with its parent
+
+
+INTERRUPTED_SWEEP = """
+import signal
+import sys
+sys.path.insert(0, {tests!r})
+from process_tools import a_long_run
+from qat import sweep
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's, even if ignored
+    try:
+        sweep.run_grid(sys.argv[1:], a_long_run, jobs=1, desc="grid y")
+    except KeyboardInterrupt as err:
+        print(err)
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_a_sweep_instead_of_running_the_queued_runs(tmp_path):
+    import os
+    import signal
+    from pathlib import Path
+
+    from process_tools import kill_and_list_survivors, spawn, wait_until
+
+    markers, log = [tmp_path / f"started-{i}" for i in range(3)], tmp_path / "child.log"
+    child = spawn(INTERRUPTED_SWEEP.format(tests=str(Path(__file__).parent)), *markers, log=log)
+    wait_until(markers[0].exists, child, log)
+    os.kill(child.pid, signal.SIGINT)  # as `kill -INT`: only the sweep's own process
+    try:
+        child.wait(timeout=60)
+    finally:
+        survivors = kill_and_list_survivors(child) if child.poll() is None else []
+    assert child.returncode == 130 and survivors == [], log.read_text()
+    assert not markers[1].exists() and not markers[2].exists()  # the queued runs never started
+    assert "interrupted: grid y, 0 of 3 runs done" in log.read_text()
+    assert "\n  a long run interrupted" in log.read_text()  # the run's own message, below
