@@ -13,5 +13,6 @@ SUBCOMMANDS = (
     "efficiency",
     "scaling",
     "probe",
+    "dfr",
     "layout",
 )

@@ -40,6 +40,19 @@ def interleaved_medians(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def tap_like_features(n: int, dims: int, classes: int, seed: int = 0):
+    """(features (n, dims), labels) like pooled activations of a trained network's tap:
+    non-negative, strongly correlated (a few latent directions carry the class signal and most
+    of the variance) and unevenly scaled, so solvers need as many iterations as on real taps."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    latent = rng.normal(size=(classes, 8))[labels] + 0.7 * rng.normal(size=(n, 8))
+    mixed = latent @ rng.normal(size=(8, dims)) + 0.05 * rng.normal(size=(n, dims))
+    return np.maximum(mixed, 0.0) * rng.uniform(0.2, 3.0, dims), labels
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A benchmark table: qat.tables.markdown_table with floats to 3 significant digits."""
     return tables.markdown_table(rows, header, float_format=FLOAT_FORMAT)

@@ -14,21 +14,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from qat.bench.common import interleaved_medians, markdown_table, publish
+from qat.bench.common import interleaved_medians, markdown_table, publish, tap_like_features
 from qat.probe import probe_accuracy
 
 CLASSES = 40
-
-
-def _features(n: int, dims: int, seed: int = 0):
-    """Pooled-activation-like features: non-negative, strongly correlated (a few latent
-    directions carry the class signal and most of the variance) and unevenly scaled, so the
-    solvers need as many iterations as they do on a trained network's taps."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, CLASSES, n)
-    latent = rng.normal(size=(CLASSES, 8))[labels] + 0.7 * rng.normal(size=(n, 8))
-    mixed = latent @ rng.normal(size=(8, dims)) + 0.05 * rng.normal(size=(n, dims))
-    return np.maximum(mixed, 0.0) * rng.uniform(0.2, 3.0, dims), labels
 
 
 def _sklearn(fit_x, fit_y, test_x):
@@ -44,7 +33,7 @@ def run(quick: bool = False) -> str:
     header = ["features", "qat (s)", "scikit-learn (s)", "speed-up", "qat accuracy",
               "scikit-learn accuracy"]  # fmt: skip
     for dims in sizes:
-        x, y = _features(2 * n, dims, seed=dims)
+        x, y = tap_like_features(2 * n, dims, CLASSES, seed=dims)
         fit_x, fit_y, test_x, test_y = x[:n], y[:n], x[n:], y[n:]
         times = interleaved_medians(
             {
