@@ -571,22 +571,22 @@ def _probe_rows(by_model: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 
 def _selection_table(records) -> str:
-    return tables.markdown_table(
-        [
-            {
+    """Every candidate's score; "finalist" marks each method's choice (none until all its
+    candidates have every selection pair)."""
+    rows = []
+    for m in MODELS:
+        for method in METHODS:
+            chosen, scored = choose(records, m, method)
+            rows += [{
                 "model": m,
                 "method": method,
-                "configuration": label_of(
-                    s["config"].key_dict(), without=("setup", "model", "seed")
-                ),
+                "configuration": label_of(s["config"].key_dict(),
+                                          without=("setup", "model", "seed")),
                 "pairs": s["pairs"],
                 "decorrelated validation UA": s["score"],
-            }
-            for m in MODELS
-            for method in METHODS
-            for s in choose(records, m, method)[1]
-        ]
-    )
+                "finalist": "yes" if s["config"] == chosen else "",
+            } for s in scored]  # fmt: skip
+    return tables.markdown_table(rows)
 
 
 def write_report(reports=None) -> Path:

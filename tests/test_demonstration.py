@@ -43,6 +43,8 @@ def test_selection_uses_the_decorrelated_validation_set_not_test():
         if not (r["config"]["taps"] == ["conv3_3"] and r["config"]["seed"] == 100)
     ]
     assert demo.choose(partial, "real", "at")[0].tap != ("conv3_3",)
+    marked = [line for line in demo._selection_table(records).splitlines() if "| yes |" in line]
+    assert len(marked) == 1 and "at word@conv3_3 β=10" in marked[0]  # the table names it
 
 
 def test_grids_cover_the_protocol():
