@@ -375,6 +375,8 @@ def _verdicts(rows: list[dict], who: str) -> list[str]:
     by = {r["finalist"]: r for r in rows}
     if "baseline" not in by:
         return [f"- {who}: no baseline runs yet."]
+    if not any(r.get("gain 95% low") is not None for r in rows):
+        return [f"- {who}: no finalist has 2 runs paired with the baseline yet."]
     better = [
         r
         for r in rows
@@ -607,9 +609,11 @@ def write_report(reports=None) -> Path:
         if not any(by_model.values()):
             continue
         stem = f"{variant[1]}_rho{variant[0]:g}"
-        figures += [f"### {name}", ""]
-        figures += _save(plots.forest(by_model, f"{name}: paired UA difference vs the baseline"),
-                         reports, f"demonstration_forest_{stem}", "forest plot")  # fmt: skip
+        if any(r.get("UA gain") is not None for rows in by_model.values() for r in rows):
+            figures += [f"### {name}", ""]
+            figures += _save(plots.forest(by_model, f"{name}: paired UA difference vs the "
+                                          "baseline"),
+                             reports, f"demonstration_forest_{stem}", "forest plot")  # fmt: skip
         body += [f"## {name}", ""]
         for model, rows in by_model.items():
             if rows:
@@ -641,7 +645,8 @@ def write_report(reports=None) -> Path:
     answer += [grid_progress(records), grid_time(everything)]
     lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
     lines += ["## Short answer", "", *answer, "", PROTOCOL.format(**pairs)]
-    lines += ["## At a glance", "", *(figures or ["_No finalist has run yet._", ""])]
+    waiting = ["_No finalist has a paired run against the baseline yet._", ""]
+    lines += ["## At a glance", "", *(figures or waiting)]
     lines += ["## Targets (main setting; met only when the 95% interval says so)", "",
               tables.markdown_table(goals), "", *body]  # fmt: skip
     target = reports / "demonstration.md"

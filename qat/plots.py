@@ -626,7 +626,9 @@ def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> F
     panels = {
         m: [r for r in rows if r.get("UA gain") is not None] for m, rows in rows_by_model.items()
     }
-    panels = {m: rows for m, rows in panels.items() if rows} or {"(no runs)": []}
+    panels = {m: rows for m, rows in panels.items() if rows}
+    if not panels:
+        raise ValueError("rows: no finalist has a paired UA difference against the baseline yet")
     regimes = sorted({r["information"] for rows in panels.values() for r in rows})
     colour = {regime: f"C{i % 10}" for i, regime in enumerate(regimes)}
     height = 1.2 + 0.32 * max(len(rows) for rows in panels.values())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qat import demonstration as demo
-from qat import io, runs, stats
+from qat import io, plots, runs, stats
 from qat.config import RunConfig
 
 
@@ -135,6 +135,19 @@ def test_page_leads_with_the_answer_then_the_protocol(finalist_records, tmp_path
     assert "at vs its random-network placebo" in page
     assert (tmp_path / "figures" / "demonstration_forest_word_rho0.9.png").exists()
     assert "decorrelated validation UA" in page
+
+
+def test_no_forest_plot_until_a_finalist_is_paired_with_the_baseline(tmp_path):
+    # The first finalist runs are baselines: a table row, but nothing to draw yet.
+    for s, f in demo.FINAL_PAIRS[:2]:
+        r = record(demo.base("quaternion", seed=s, fold=f), 0.4)
+        io.write_json_once(runs.record_path("ser", r["config"], tmp_path), r)
+    page = demo.write_report(tmp_path).read_text()
+    assert "![forest plot]" not in page and "### quaternion VGG16" in page
+    assert "quaternion, word-confounded, rho 0.9: no finalist has 2 runs paired" in page
+    assert not list((tmp_path / "figures").glob("demonstration_forest_*"))
+    with pytest.raises(ValueError, match="no finalist has a paired UA difference"):
+        plots.forest({"quaternion": [{"finalist": "baseline", "UA gain": None}]})
 
 
 def test_report_only_rebuilds_every_page_byte_for_byte(finalist_records, tmp_path):
