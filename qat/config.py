@@ -43,6 +43,7 @@ REGIMES = {
     "groupdro": "group labels in training",
     "dfr": "a group-balanced held-out set (group labels there, not in training)",
 }
+PLACEBO_REGIME = "nothing about the confound (placebo: an untrained or label-shuffled network)"
 ORTHOGONAL_TASKS = ("word", "speaker", "session")  # session: IEMOCAP, as the published code
 PLACEBOS = ("random", "shuffled")  # at/cka from a network that knows nothing of words
 GRAMS = ("sample", "batch")

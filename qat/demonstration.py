@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qat import io, paths, plots, runs, stats, tables
-from qat.config import INSTRUMENT_ENCODER, REGIMES, RunConfig, label_of
+from qat.config import INSTRUMENT_ENCODER, PLACEBO_REGIME, PLACEBOS, REGIMES, RunConfig, label_of
 from qat.models import VGG16_TAPS
 from qat.report import update_readme_block
 
@@ -219,9 +219,7 @@ def compare(records, model: str, variant=MAIN) -> list[dict]:
         row = {
             "finalist": name,
             "configuration": label_of(chosen[name].key_dict(), without=("setup", "model", "seed")),
-            "information": REGIMES.get(chosen[name].method, "-")
-            if name != "ceiling"
-            else "unconfounded training data",
+            "information": _information(name, chosen[name]),
             "runs": len(mine),
             "UA": statistics.fmean(_ua(mine).values()),
             "_ua": _ua(mine),
@@ -284,6 +282,15 @@ def compare(records, model: str, variant=MAIN) -> list[dict]:
     return rows
 
 
+def _information(name: str, config: RunConfig) -> str:
+    """What a finalist uses beyond the emotion labels (its information regime)."""
+    if name == "ceiling":
+        return "unconfounded training data"
+    if config.orthogonal in PLACEBOS and config.method in PLACEBO_OF:
+        return PLACEBO_REGIME
+    return REGIMES.get(config.method, "-")
+
+
 def layer_sweep(records, model: str) -> list[dict]:
     """Per tap: the UA gain of AT over the baseline on SWEEP_PAIRS with its interval, and the
     step time and peak memory of AT at that tap."""
@@ -329,6 +336,13 @@ def sweep_verdict(rows: list[dict], model: str) -> str:
     lead = (f"- {model}: the best tap by mean gain is {best['tap']} "
             f"({_fmt(best['UA gain'], best['gain 95% low'], best['gain 95% high'])}, "
             f"{best['step time (ms)']:.0f} ms a step); ")  # fmt: skip
+    complete = sum(r["runs"] >= len(SWEEP_PAIRS) for r in rows)
+    if complete < len(VGG16_TAPS):
+        names = ", ".join(r["tap"] for r in helped) or "none"
+        return lead + (f"taps with all {len(SWEEP_PAIRS)} pairs: {complete} of {len(VGG16_TAPS)}; "
+                       f"taps whose gain has a 95% interval above 0 so far: {names}. Whether "
+                       "early layers are the best compromise is pending until every tap has "
+                       "run.")  # fmt: skip
     if not helped:
         return lead + (f"no tap's gain has a 95% interval above 0 ({len(rows)} taps swept): "
                        "the sweep does not support the claim that early layers are the best "
@@ -572,6 +586,22 @@ def _probe_rows(by_model: dict[str, list[dict]]) -> dict[str, list[dict]]:
     }  # fmt: skip
 
 
+# Paired differences and their bounds signed like the gains they bound; shares of the gap
+# closed with 3 decimals, like the accuracies they are made of.
+FORMATS = {
+    **dict.fromkeys(("gain 95% low", "gain 95% high", "wg 95% low", "wg 95% high",
+                     "vs placebo", "placebo 95% low", "placebo 95% high"), "+.3f"),
+    **dict.fromkeys(("gap closed", "closed 95% low", "closed 95% high"), ".3f"),
+}  # fmt: skip
+
+
+def _table(rows: list[dict]) -> str:
+    """A results table in the report's formats (FORMATS, else tables' rule)."""
+    shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    present = {k for r in shown for k in r}
+    return tables.markdown_table(shown, formats={c: f for c, f in FORMATS.items() if c in present})
+
+
 def _selection_table(records) -> str:
     """Every candidate's score; "finalist" marks each method's choice (none until all its
     candidates have every selection pair)."""
@@ -618,8 +648,7 @@ def write_report(reports=None) -> Path:
         for model, rows in by_model.items():
             if rows:
                 answer += _verdicts(rows, f"{model}, {name}")
-                shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-                body += [f"### {model} VGG16", "", tables.markdown_table(shown), ""]
+                body += [f"### {model} VGG16", "", _table(rows), ""]
         probes = _probe_rows(by_model)
         if any(probes.values()):
             body += _save(plots.probe_profiles(probes, f"{variant[1]} probe"), reports,
@@ -634,7 +663,7 @@ def write_report(reports=None) -> Path:
         answer += said
         body += ["## The layer sweep", "", *said, ""]
         for model, rows in sweep.items():
-            body += [f"### {model} VGG16", "", tables.markdown_table(rows), ""]
+            body += [f"### {model} VGG16", "", _table(rows), ""]
     body += ["## Selection (decorrelated validation UA, never test)", "",
              _selection_table(records), ""]  # fmt: skip
     pairs = {

@@ -9,7 +9,7 @@ import pytest
 
 from qat import demonstration as demo
 from qat import io, plots, runs, stats
-from qat.config import RunConfig
+from qat.config import PLACEBO_REGIME, REGIMES, RunConfig
 
 
 def record(config: RunConfig, ua: float, selection: float = 0.5, worst: float = 0.2) -> dict:
@@ -122,6 +122,9 @@ def test_report_intervals_are_those_of_qat_stats(finalist_records):
         {k: v / 2 for k, v in by["at"].items()}, {k: v / 2 for k, v in by["baseline"].items()}
     )
     assert rows["at"]["worst-group gain"] == pytest.approx(w.mean)
+    # The placebo's information is none about the confound, not the orthogonal corpus.
+    assert rows["at placebo"]["information"] == PLACEBO_REGIME
+    assert rows["at"]["information"] == REGIMES["at"]
 
 
 def test_page_leads_with_the_answer_then_the_protocol(finalist_records, tmp_path):
@@ -135,6 +138,15 @@ def test_page_leads_with_the_answer_then_the_protocol(finalist_records, tmp_path
     assert "at vs its random-network placebo" in page
     assert (tmp_path / "figures" / "demonstration_forest_word_rho0.9.png").exists()
     assert "decorrelated validation UA" in page
+    # The finalist table prints a difference and its interval bounds the same way: signed.
+    table = page[page.index("### real VGG16") :].split("\n\n")[1].splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    at = next(r for r in table[2:] if r.startswith("| at |"))
+    cells = dict(zip(header, (c.strip() for c in at.strip("|").split("|")), strict=True))
+    row = next(r for r in demo.compare(finalist_records, "real") if r["finalist"] == "at")
+    for column in ("UA gain", "gain 95% low", "gain 95% high", "vs placebo", "placebo 95% low"):
+        assert cells[column] == f"{row[column]:+.3f}", column
+    assert cells["closed 95% low"] == f"{row['closed 95% low']:.3f}"
 
 
 def test_no_forest_plot_until_a_finalist_is_paired_with_the_baseline(tmp_path):
@@ -217,10 +229,27 @@ def test_layer_sweep_intervals_and_where_the_papers_claim_holds(finalist_records
     said = demo.sweep_verdict(list(rows.values()), "real")
     assert "best tap by mean gain is conv4_1" in said and "early tap conv1_2" in said
     assert said.endswith("holds.")
-    deep = [r for r in rows.values() if r["tap"] not in demo.EARLY_TAPS]
-    assert "does not hold" in demo.sweep_verdict(deep, "real")
-    flat = [r for r in deep if r["tap"] != "conv4_1"]
-    assert "no layer helps measurably" in demo.sweep_verdict(flat, "real")
+
+    def verdict(low: dict[str, float]) -> str:  # the full sweep, some taps' low bounds replaced
+        changed = [
+            {**r, "gain 95% low": low.get(r["tap"], r["gain 95% low"])} for r in rows.values()
+        ]
+        return demo.sweep_verdict(changed, "real")
+
+    assert "does not hold" in verdict(dict.fromkeys(demo.EARLY_TAPS, -0.01))
+    assert "no layer helps measurably" in verdict(dict.fromkeys(demo.VGG16_TAPS, -0.01))
+    assert {"conv1_2", "conv4_1"} <= {r["tap"] for r in rows.values() if r["gain 95% low"] > 0}
+    # Until every tap has all its pairs, the claim is pending, whatever the taps so far show.
+    n = len(demo.VGG16_TAPS)
+    for partial in (
+        [r for r in rows.values() if r["tap"] != "conv5_3"],
+        [{**r, "runs": 2} if r["tap"] == "conv1_1" else r for r in rows.values()],
+    ):
+        said = demo.sweep_verdict(partial, "real")
+        assert f"taps with all {len(demo.SWEEP_PAIRS)} pairs: {n - 1} of {n};" in said
+        helped = ", ".join(r["tap"] for r in partial if r["gain 95% low"] > 0)
+        assert f"so far: {helped}." in said and said.endswith("until every tap has run.")
+        assert "holds" not in said and "does not" not in said
     assert "has not run" in demo.sweep_verdict([], "quaternion")
 
 
