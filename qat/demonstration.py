@@ -328,7 +328,7 @@ EARLY_TAPS = VGG16_TAPS[:4]  # the first two blocks: the paper's "early layers"
 def sweep_verdict(rows: list[dict], model: str) -> str:
     """Where the paper's claim (early layers are the best compromise of gain and cost) holds,
     read from layer_sweep()'s rows: the taps whose gain interval is above 0, and whether an
-    early one is among them."""
+    early one is among them. Pending until every tap has all of SWEEP_PAIRS."""
     if not rows:
         return f"- {model}: the layer sweep has not run."
     helped = [r for r in rows if r["gain 95% low"] > 0]
