@@ -332,13 +332,13 @@ def sweep_verdict(rows: list[dict], model: str) -> str:
     if not rows:
         return f"- {model}: the layer sweep has not run."
     helped = [r for r in rows if r["gain 95% low"] > 0]
+    names = ", ".join(r["tap"] for r in helped) or "none"
     best = max(rows, key=lambda r: r["UA gain"])
     lead = (f"- {model}: the best tap by mean gain is {best['tap']} "
             f"({_fmt(best['UA gain'], best['gain 95% low'], best['gain 95% high'])}, "
             f"{best['step time (ms)']:.0f} ms a step); ")  # fmt: skip
     complete = sum(r["runs"] >= len(SWEEP_PAIRS) for r in rows)
     if complete < len(VGG16_TAPS):
-        names = ", ".join(r["tap"] for r in helped) or "none"
         return lead + (f"taps with all {len(SWEEP_PAIRS)} pairs: {complete} of {len(VGG16_TAPS)}; "
                        f"taps whose gain has a 95% interval above 0 so far: {names}. Whether "
                        "early layers are the best compromise is pending until every tap has "
@@ -348,7 +348,6 @@ def sweep_verdict(rows: list[dict], model: str) -> str:
                        "the sweep does not support the claim that early layers are the best "
                        "compromise, because no layer helps measurably.")  # fmt: skip
     early = [r for r in helped if r["tap"] in EARLY_TAPS]
-    names = ", ".join(r["tap"] for r in helped)
     if not early:
         return lead + (f"only deeper taps gain with an interval above 0 ({names}): the claim "
                        "that early layers are the best compromise does not hold here.")  # fmt: skip
