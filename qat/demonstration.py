@@ -453,7 +453,7 @@ def headline(rows: list[dict], who: str) -> str:
         f"- **{who}: {finding}.** Paired 95% intervals: {a['finalist']} vs the baseline "
         f"{_fmt(a['UA gain'], a['gain 95% low'], a['gain 95% high'])} UA, vs its placebo "
         f"{_fmt(a['vs placebo'], a['placebo 95% low'], a['placebo 95% high'])}, vs "
-        f"{f['finalist']} ({f['information']}) {_fmt(d.mean, d.t_low, d.t_high)}."
+        f"{f['finalist']} {_fmt(d.mean, d.t_low, d.t_high)}, which uses {f['information']}."
     )
 
 

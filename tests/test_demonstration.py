@@ -280,7 +280,8 @@ def test_the_short_answer_leads_with_anti_transfer_against_its_placebo_and_the_f
     assert said.startswith(f"- **real: the best anti-transfer variant, {at['finalist']}, ")
     assert ("does not beat its placebo" in said) == (at["placebo 95% low"] <= 0)
     assert ("beats the field's best" in said) == (d.t_low > 0)
-    assert f"vs {field['finalist']} ({field['information']}) {d.mean:+.3f} [{d.t_low:+.3f}" in said
+    interval = f"{d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}]"
+    assert f"vs {field['finalist']} {interval}, which uses {field['information']}." in said
     # Without the placebo's runs the finding is pending, never claimed.
     no_placebo = [r | {"vs placebo": None} for r in rows]
     assert "pending" in demo.headline(no_placebo, "real")
