@@ -116,10 +116,17 @@ def _validation_ua(record: dict) -> float:
     return max((h.get("val_ua") or 0.0 for h in record.get("history") or []), default=0.0)
 
 
+def _pairing(record: dict) -> tuple:
+    """What a baseline must share with a method run to be its pair: seed, fold and split."""
+    config = record["config"]
+    split = config.get("split") or {}
+    return config.get("seed"), split.get("fold"), split.get("rho"), split.get("factor")
+
+
 def _showcase_pairs(ser: list[dict]) -> list[list[dict]]:
-    """Per (setup, model): the baseline (lowest seed) and the method run with the best
-    validation UA (never test), the pair whose curves and confusion matrices the README
-    shows."""
+    """Per (setup, model): the method run with the best validation UA (never test) and the
+    baseline of the same (seed, fold, split), else the baseline of the lowest seed; the pair
+    whose curves and confusion matrices the README shows, baseline first."""
     pairs = []
     keys = sorted({_setup_model(r) for r in ser}, key=str)
     for setup, model in keys:
@@ -129,9 +136,28 @@ def _showcase_pairs(ser: list[dict]) -> list[list[dict]]:
             key=lambda r: r["config"].get("seed", 0),
         )
         others = [r for r in mine if r["config"].get("method") != "baseline"]
-        pair = base[:1] + ([max(others, key=_validation_ua)] if others else [])
-        pairs.append(pair)
+        if not others:
+            pairs.append(base[:1])
+            continue
+        best = max(others, key=_validation_ua)
+        paired = [b for b in base if _pairing(b) == _pairing(best)]
+        pairs.append([*(paired or base)[:1], best])
     return pairs
+
+
+def _pair_heading(pair: list[dict]) -> str:
+    setup, model = _setup_model(pair[0])
+    lead = f"### {model} model, {setup} setup: "
+    if len(pair) == 1:
+        return lead + "one run (its curves, not a result)"
+    seed, fold = _pairing(pair[0])[:2]
+    whose = "on the same (seed, fold)"
+    if _pairing(pair[0]) != _pairing(pair[1]):
+        whose = f"of seed {seed}, fold {fold} (no baseline shares the method run's)"
+    return (
+        lead + "the method run with the best validation UA and a baseline run "
+        f"{whose} (one run each: their curves, not a result)"
+    )
 
 
 def _compared_setups(ser: list[dict]) -> list[str]:
@@ -176,14 +202,8 @@ def _comparison_section(ser: list[dict], figures: Path, profile: str) -> str:
     for pair in _showcase_pairs(drawable):
         if pair[0]["config"].get("setup") not in _compared_setups(ser):
             continue
-        setup, model = pair[0]["config"].get("setup"), pair[0]["config"].get("model")
-        name = f"{setup}_{model}"
-        lines += [
-            "",
-            f"### {model} model, {setup} setup: a baseline run and the method run with the best "
-            "validation UA (one run each: their curves, not a result)",
-            "",
-        ]
+        name = "_".join(map(str, _setup_model(pair[0])))
+        lines += ["", _pair_heading(pair), ""]
         lines.append(
             _image(_figure(plots.learning_curves(pair), figures, f"curves_{name}"), "curves")
         )

@@ -209,3 +209,31 @@ def test_the_header_counts_code_versions_in_one_line(tmp_path):
     assert "abc1234" not in header
     one = report._header(records[:1], "smoke", tmp_path)
     assert "Code version: `qat 0.1.0 (abc1234)`." in one
+
+
+def test_curves_pair_the_best_method_run_with_the_baseline_of_its_seed_and_fold():
+    """The showcase is the method run with the best validation UA (never test) and the baseline
+    of the same (seed, fold, split); without one, the lowest-seed baseline, and the heading
+    says which."""
+
+    def run(method, seed, fold, val_ua, test_ua):
+        r = ser("real", method, test_ua, tap="conv2_2", seed=seed)
+        r["config"]["split"]["fold"] = fold
+        r["selection_set"] = {"ua": val_ua}
+        return r
+
+    baselines = [run("baseline", s, f, 0.4, 0.4) for s, f in ((0, 0), (5, 1), (7, 2))]
+    chosen = run("at", 5, 1, val_ua=0.6, test_ua=0.3)
+    by_test = run("at", 7, 2, val_ua=0.5, test_ua=0.9)  # best on test: never the choice
+    [pair] = report._showcase_pairs([by_test, *baselines, chosen])
+    assert pair == [baselines[1], chosen]
+    assert "a baseline run on the same (seed, fold)" in report._pair_heading(pair)
+
+    unpaired = run("at", 9, 3, val_ua=0.7, test_ua=0.5)
+    [pair] = report._showcase_pairs([*baselines, chosen, unpaired])
+    assert pair == [baselines[0], unpaired]
+    assert (
+        "a baseline run of seed 0, fold 0 (no baseline shares the method run's)"
+        in report._pair_heading(pair)
+    )
+    assert report._pair_heading(pair[:1]).endswith("one run (its curves, not a result)")
