@@ -44,6 +44,7 @@ REGIMES = {
     "dfr": "a group-balanced held-out set (group labels there, not in training)",
 }
 PLACEBO_REGIME = "nothing about the confound (placebo: an untrained or label-shuffled network)"
+CEILING_REGIME = "unconfounded training data"
 ORTHOGONAL_TASKS = ("word", "speaker", "session")  # session: IEMOCAP, as the published code
 PLACEBOS = ("random", "shuffled")  # at/cka from a network that knows nothing of words
 GRAMS = ("sample", "batch")
@@ -272,6 +273,16 @@ class RunConfig:
     @property
     def uses_taps(self) -> bool:
         return self.method in TAP_METHODS
+
+    @property
+    def information(self) -> str:
+        """What the run uses beyond the emotion labels: its information regime. A penalty from a
+        placebo network knows nothing of the confound; the unconfounded baseline is the ceiling."""
+        if self.method == "baseline" and self.setup == "unconfounded":
+            return CEILING_REGIME
+        if self.uses_taps and self.orthogonal in PLACEBOS:
+            return PLACEBO_REGIME
+        return REGIMES[self.method]
 
     @property
     def uses_adversary(self) -> bool:

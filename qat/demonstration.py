@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qat import io, paths, plots, runs, stats, tables
-from qat.config import INSTRUMENT_ENCODER, PLACEBO_REGIME, PLACEBOS, REGIMES, RunConfig, label_of
+from qat.config import INSTRUMENT_ENCODER, RunConfig, label_of
 from qat.models import VGG16_TAPS
 from qat.report import update_readme_block
 
@@ -219,7 +219,7 @@ def compare(records, model: str, variant=MAIN) -> list[dict]:
         row = {
             "finalist": name,
             "configuration": label_of(chosen[name].key_dict(), without=("setup", "model", "seed")),
-            "information": _information(name, chosen[name]),
+            "information": chosen[name].information,
             "runs": len(mine),
             "UA": statistics.fmean(_ua(mine).values()),
             "_ua": _ua(mine),
@@ -280,15 +280,6 @@ def compare(records, model: str, variant=MAIN) -> list[dict]:
     for r in rows:
         r["Holm p"] = adjusted.get(r["finalist"])
     return rows
-
-
-def _information(name: str, config: RunConfig) -> str:
-    """What a finalist uses beyond the emotion labels (its information regime)."""
-    if name == "ceiling":
-        return "unconfounded training data"
-    if config.orthogonal in PLACEBOS and config.method in PLACEBO_OF:
-        return PLACEBO_REGIME
-    return REGIMES.get(config.method, "-")
 
 
 def layer_sweep(records, model: str) -> list[dict]:

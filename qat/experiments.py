@@ -19,7 +19,7 @@ import torch
 from qat import io, paths, resources, robust, runs
 from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
-from qat.config import MODELS, PROFILES, REGIMES, TAPS, RunConfig
+from qat.config import MODELS, PROFILES, TAPS, RunConfig
 from qat.data import splits
 from qat.data.dataset import SERDataset
 from qat.data.records import corpus_digest
@@ -348,7 +348,7 @@ def train_ser(
     net = vgg16(**model_config)
 
     anti_transfer = adversary = objective = None
-    method_info: dict = {"information": REGIMES[config.method]}
+    method_info: dict = {"information": config.information}
     if config.init_from_orthogonal:
         init_from(net, orth_net)
     if config.uses_taps:

@@ -108,6 +108,18 @@ def test_label_names_method_taps_and_knobs():
     assert RunConfig(method="cdann", lam=0.3).label() == "[confounded] real cdann word λ=0.3"
 
 
+@pytest.mark.parametrize("method", config.METHODS)
+def test_information_regime_is_the_methods_unless_a_placebo_or_the_ceiling(method):
+    """A record names what its run used beyond the emotion labels: a placebo network knows
+    nothing of the confound (not the orthogonal corpus of its method), and the unconfounded
+    baseline is the ceiling."""
+    assert RunConfig(method=method).information == config.REGIMES[method]
+    for placebo in config.PLACEBOS if method in config.TAP_METHODS else ():
+        assert RunConfig(method=method, orthogonal=placebo).information == config.PLACEBO_REGIME
+    ceiling = RunConfig(method=method, setup="unconfounded").information
+    assert ceiling == (config.CEILING_REGIME if method == "baseline" else config.REGIMES[method])
+
+
 def test_profile_follows_qat_profile(monkeypatch):
     monkeypatch.setenv("QAT_PROFILE", "paper")
     assert RunConfig().profile == "paper"
