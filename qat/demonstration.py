@@ -484,18 +484,31 @@ def _at_target(model: str, rows: list[dict]) -> dict:
                    b["gain 95% low"] > 0 and b["placebo 95% low"] > 0)  # fmt: skip
 
 
-def _cost_targets(records, name: str, rows: dict[str, dict]) -> list[dict]:
-    """Quaternion against real, each with its own finalist of method `name`: step time and
-    peak memory ratios, and the UA difference paired by (seed, fold)."""
+def _cost_target(name: str, rows: dict[str, dict]) -> dict:
+    """Quaternion against real, each with its own finalist of method `name`. Peak memory is
+    counted (tensor storage), so the records' ratio decides. Each record's step time was timed
+    once per configuration, under whatever load the shared machine had then, so their ratio is
+    not a side-by-side measurement: it can refute the target only through memory."""
     cost = f"quaternion vs real {name}: step time <= 0.25x, peak memory <= 0.20x"
-    close = f"quaternion {name} within 0.05 UA of real {name}"
     if any(name not in rows.get(m, {}) for m in MODELS):
-        return [_target(cost), _target(close)]
+        return _target(cost)
     q, r = rows["quaternion"][name], rows["real"][name]
     time, memory = q["step time (ms)"] / r["step time (ms)"], (
         q["peak memory (MiB)"] / r["peak memory (MiB)"])  # fmt: skip
-    out = [_target(cost, f"{time:.2f}x, {memory:.2f}x (run records)",
-                   time <= 0.25 and memory <= 0.20)]  # fmt: skip
+    measured = (
+        f"peak memory {memory:.2f}x; step time {time:.2f}x, timed one configuration at a time "
+        "under different loads, so the time is pending a side-by-side run"
+    )
+    return _target(cost, measured, False if memory > 0.20 else None)
+
+
+def _cost_targets(records, name: str, rows: dict[str, dict]) -> list[dict]:
+    """Quaternion against real, each with its own finalist of method `name`: the cost target,
+    and the UA difference paired by (seed, fold)."""
+    close = f"quaternion {name} within 0.05 UA of real {name}"
+    out = [_cost_target(name, rows)]
+    if any(name not in rows.get(m, {}) for m in MODELS):
+        return [*out, _target(close)]
     pairs = {
         m: {k: v for k, v in _matching(records, finalists(records, m)[name]).items()
             if k in FINAL_PAIRS}

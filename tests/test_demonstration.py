@@ -201,6 +201,21 @@ def test_targets_are_met_only_when_the_interval_says_so(finalist_records):
     )
 
 
+@pytest.mark.parametrize(
+    ("time", "memory", "verdict"),
+    [(0.1, 0.1, "pending"), (0.1, 0.3, "not met"), (0.9, 0.15, "pending"), (0.9, 0.3, "not met")],
+)
+def test_cost_target_is_decided_by_counted_memory_never_by_one_off_timings(time, memory, verdict):
+    """Peak memory is counted, so the records decide it; the records' step times were timed one
+    configuration at a time under different loads, so they never make the target met."""
+    real = {"at": {"step time (ms)": 300.0, "peak memory (MiB)": 80.0}}
+    quaternion = {"at": {"step time (ms)": 300.0 * time, "peak memory (MiB)": 80.0 * memory}}
+    goal = demo._cost_target("at", {"real": real, "quaternion": quaternion})
+    assert goal["met"] == verdict
+    assert goal["measured"].startswith(f"peak memory {memory:.2f}x; step time {time:.2f}x, ")
+    assert demo._cost_target("at", {"real": real})["met"] == "pending"
+
+
 def test_layer_sweep_intervals_and_where_the_papers_claim_holds(finalist_records):
     rng = np.random.default_rng(1)
     beta = demo.choose(finalist_records, "real", "at")[0].beta
