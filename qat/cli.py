@@ -170,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--jobs", type=int, default=2, help="parallel processes")
     demo.add_argument("--models", default="real,quaternion", help="comma-separated models")
-    demo.add_argument("--stages", default="selection,finalists,sweep,variants",
-                      help="comma-separated stages, run in this order")  # fmt: skip
+    demo.add_argument("--stages", default="selection,finalists,sweep,variants,costs",
+                      help="comma-separated stages, run in this order; costs times every "
+                      "finalist's and swept tap's step side by side in one process")  # fmt: skip
     demo.add_argument("--report-only", action="store_true",
                       help="rebuild the pages from the records without training")  # fmt: skip
 

@@ -48,7 +48,7 @@ from qat.train import (
     predict,
     rank_and_world,
 )
-from qat.upstream import pretrain_orthogonal, pretrain_rhemo, source_of
+from qat.upstream import pretrain_orthogonal, pretrain_rhemo, source_of, untrained_rhemo
 
 # The probe reads every tap: one forward pass pools them all, so 14 taps cost about what 5 did.
 PROBE_TAPS = TAPS
@@ -268,29 +268,136 @@ def _fold_into_classifier(net, refit, num_classes: int) -> None:
         net.head.classifier.bias.copy_(torch.as_tensor(full_bias))
 
 
-def step_cost(config: RunConfig, net, tcfg, anti_transfer, adversary, train, device) -> dict:
+@dataclasses.dataclass
+class _Parts:
+    """What a run trains and how: the network, the invariance method's pieces, the recipe."""
+
+    net: torch.nn.Module
+    model_config: dict
+    tcfg: object
+    anti_transfer: AntiTransfer | None
+    adversary: Adversary | None
+    method_info: dict
+
+
+def _upstream(config: RunConfig, data: Data, progress: bool):
+    """(RH-emo, orthogonal network) a run stands on (None where it needs none), from the cache
+    or trained here."""
+    rhemo = orth_net = None
+    if config.reads_rhemo and config.rhemo:
+        rhemo = load_rhemo(config.rhemo, feature_config(config.profile))[0]
+    elif config.reads_rhemo:
+        rhemo = pretrain_rhemo(config, data, progress)
+    if config.uses_taps or config.init_from_orthogonal:
+        orth_net = pretrain_orthogonal(config, data, rhemo, progress)
+    return rhemo, orth_net
+
+
+def _parts(config: RunConfig, data: Data, train: SERDataset, orth_net) -> _Parts:
+    """The freshly initialised network (seeded), its anti-transfer or adversary, and the
+    training recipe of a run; `train` holds the network's inputs (embeddings if it reads
+    RH-emo)."""
+    p = PROFILES[config.profile]
+    num_classes = len(data.label_space.emotions)
+    torch.manual_seed(config.seed)
+    model_config = _vgg_args(config, num_classes, train.x.shape[1])
+    net = vgg16(**model_config)
+    anti_transfer = adversary = None
+    method_info: dict = {"information": config.information}
+    if config.init_from_orthogonal:
+        init_from(net, orth_net)
+    if config.uses_taps:
+        anti_transfer = AntiTransfer(
+            orth_net,
+            config.taps,
+            distance="cos2" if config.method == "at" else "cka",
+            gram=config.gram,
+            cache_budget_mb=p.get("cache_budget_mb", 512) if config.gram == "sample" else 0,
+        )
+    if config.uses_adversary:
+        num_domains = len(getattr(data.label_space, f"{config.orthogonal}s"))
+        hidden = net.embed(train.x[:2]).shape[1]
+        adversary = Adversary(
+            hidden, num_domains, num_classes=num_classes if config.method == "cdann" else None
+        )
+    overrides = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
+    if config.selection is not None:
+        overrides["selection"] = config.selection
+    method_info["selection"] = (
+        "worst-group validation accuracy" if config.selection == "worst_group"
+        else f"the instrument's rule ({p.get('selection', 'best_val_loss')})"
+    )  # fmt: skip
+    tcfg = train_config(
+        config.profile, config.seed, beta=config.beta, adversary_lambda=config.lam,
+        adversary_target=config.orthogonal, **overrides,
+    )  # fmt: skip
+    return _Parts(net, model_config, tcfg, anti_transfer, adversary, method_info)
+
+
+def _fixed_batch_step(config: RunConfig, parts: _Parts, train: SERDataset):
+    """(network, step): one training step of this configuration on the first batch of `train`,
+    on copies of the network and adversary (which stay as they are)."""
+    net, adversary = copy.deepcopy(parts.net), copy.deepcopy(parts.adversary)
+    step = Step(net, make_optimizer(net, parts.tcfg, adversary), parts.tcfg, parts.anti_transfer,
+                adversary)  # fmt: skip
+    idx = torch.arange(min(parts.tcfg.batch_size, len(train.x)))
+    x, labels = train.x[idx], {k: v[idx] for k, v in train.labels.items()}
+    keys = torch.as_tensor(np.asarray(train.indices))[idx]
+    net.train()
+    return net, lambda: step(x, labels, keys, config.lam)
+
+
+def step_cost(config: RunConfig, parts: _Parts, train: SERDataset, device: str) -> dict:
     """Cost of one training step of this configuration (parameters, FLOPs, peak memory, time),
     measured on a copy of the network (which stays as trained). The cost does not depend on the
     seed or fold, so it is measured once per configuration and machine and reused from the
-    cache; the record says whether it was."""
+    cache; the record says whether it was. Its time is timed alone, under whatever load the
+    machine had then; qat.costs times configurations side by side."""
     shared = config.replace(seed=0, fold=None).key_dict()
     key = runs.config_key({**shared, "device": device, "in_shape": list(train.x.shape[1:])})
     path = paths.CACHE / "step_costs" / f"{key}.json"
     if path.exists():
         with contextlib.suppress(runs.RecordError, KeyError):
             return {**runs.load_record(path)["cost"], "cost_reused": True}
-    probe_net, adv_copy = copy.deepcopy(net), copy.deepcopy(adversary)
-    step = Step(probe_net, make_optimizer(probe_net, tcfg, adv_copy), tcfg, anti_transfer, adv_copy)
-    idx = torch.arange(min(tcfg.batch_size, len(train.x)))
-    batch_labels = {k: v[idx] for k, v in train.labels.items()}
-    keys = torch.as_tensor(np.asarray(train.indices))[idx]
-    probe_net.train()
-    cost = resources.measure(
-        probe_net, lambda: step(train.x[idx], batch_labels, keys, config.lam), device=device
-    )
+    net, step = _fixed_batch_step(config, parts, train)
+    cost = resources.measure(net, step, device=device)
     with contextlib.suppress(OSError):  # a cache, not a result: a failed write costs nothing
         io.write_json(path, {"config": {"key": key}, "cost": cost})
     return {**cost, "cost_reused": False}
+
+
+def training_steps(configs, progress: bool = False) -> dict[str, tuple]:
+    """{config.key(): (network, step)}: each configuration's training step on a fixed batch of
+    its training data (the first batch, RH-emo embeddings where the model reads them). What
+    qat.costs times side by side. A step's cost does not depend on the weights, so every
+    network is at its initial weights: the SER network, RH-emo (unless the run names a file)
+    and the orthogonal network (the random placebo's, of the same architecture); nothing is
+    trained. Configurations that share a split load it once."""
+    by_split: dict[tuple, list[RunConfig]] = {}
+    for config in configs:
+        by_split.setdefault((*config.prerequisites(), config.rhemo), []).append(config)
+    out = {}
+    for group in by_split.values():
+        head = group[0]  # the group shares its split, RH-emo and orthogonal network
+        data = run_data(head, progress)
+        if head.confounded:
+            attach_groups(data)
+        batch_size = train_config(head.profile, head.seed).batch_size
+        train = take(data.train, np.arange(min(batch_size, len(data.train.x))))
+        rhemo = orth_net = None
+        if head.reads_rhemo and head.rhemo:
+            rhemo = load_rhemo(head.rhemo, feature_config(head.profile))[0]
+        elif head.reads_rhemo:
+            rhemo = untrained_rhemo(head, len(data.label_space.emotions))
+        if rhemo is not None:
+            train = embed(rhemo, train)
+        if any(c.uses_taps or c.init_from_orthogonal for c in group):
+            placebo = head.replace(orthogonal="random")
+            orth_net = pretrain_orthogonal(placebo, data, rhemo, progress)
+        for config in group:
+            out[config.key()] = _fixed_batch_step(config, _parts(config, data, train, orth_net),
+                                                  train)  # fmt: skip
+    return out
 
 
 def train_ser(
@@ -331,52 +438,15 @@ def train_ser(
         if config.confounded:
             attach_groups(data)
         train, val, test = data.train, data.val, data.test
-        rhemo = orth_net = None
         t_upstream = time.perf_counter()  # networks shared by every method on this split
-        if config.reads_rhemo and config.rhemo:
-            rhemo = load_rhemo(config.rhemo, feature_config(config.profile))[0]
-        elif config.reads_rhemo:
-            rhemo = pretrain_rhemo(config, data, progress)
-        if config.uses_taps or config.init_from_orthogonal:
-            orth_net = pretrain_orthogonal(config, data, rhemo, progress)
+        rhemo, orth_net = _upstream(config, data, progress)
         upstream_time = time.perf_counter() - t_upstream
         if rhemo is not None:
             train, val, test = (embed(rhemo, d) for d in (train, val, test))
     num_classes = len(data.label_space.emotions)
-    torch.manual_seed(config.seed)
-    model_config = _vgg_args(config, num_classes, train.x.shape[1])
-    net = vgg16(**model_config)
-
-    anti_transfer = adversary = objective = None
-    method_info: dict = {"information": config.information}
-    if config.init_from_orthogonal:
-        init_from(net, orth_net)
-    if config.uses_taps:
-        anti_transfer = AntiTransfer(
-            orth_net,
-            config.taps,
-            distance="cos2" if config.method == "at" else "cka",
-            gram=config.gram,
-            cache_budget_mb=p.get("cache_budget_mb", 512) if config.gram == "sample" else 0,
-        )
-    if config.uses_adversary:
-        num_domains = len(getattr(data.label_space, f"{config.orthogonal}s"))
-        hidden = net.embed(train.x[:2]).shape[1]
-        adversary = Adversary(
-            hidden, num_domains, num_classes=num_classes if config.method == "cdann" else None
-        )
-
-    overrides = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
-    if config.selection is not None:
-        overrides["selection"] = config.selection
-    method_info["selection"] = (
-        "worst-group validation accuracy" if config.selection == "worst_group"
-        else f"the instrument's rule ({PROFILES[config.profile].get('selection', 'best_val_loss')})"
-    )  # fmt: skip
-    tcfg = train_config(
-        config.profile, config.seed, beta=config.beta, adversary_lambda=config.lam,
-        adversary_target=config.orthogonal, **overrides,
-    )  # fmt: skip
+    parts = _parts(config, data, train, orth_net)
+    net, tcfg, method_info = parts.net, parts.tcfg, parts.method_info
+    anti_transfer, adversary, objective = parts.anti_transfer, parts.adversary, None
     ckpt = paths.CACHE / "checkpoints" / f"ser-{runs.config_key(key)}.ckpt"
     io.ensure_folder(ckpt.parent, "checkpoint")
     monitor = subset(test, p["monitor_items"]) if p.get("monitor_items") else None
@@ -406,12 +476,12 @@ def train_ser(
     if rank == 0:  # the trained network, ready to predict (kept in the cache, not committed)
         save_model(
             model_file, net, feature_config=feature_config(config.profile),
-            model_config=model_config,
+            model_config=parts.model_config,
             normalizer=data.normalizer, label_space=data.label_space, rhemo=rhemo, run=key,
         )  # fmt: skip
 
     t_evaluated = time.perf_counter()
-    cost = {**step_cost(config, net, tcfg, anti_transfer, adversary, train, where),
+    cost = {**step_cost(config, parts, train, where),
             "train_time_s": train_time,  # of this process: a resumed run's last epochs only
             "resumed_from_epoch": result.get("resumed_from_epoch", 0)}  # fmt: skip
     t_costed = time.perf_counter()

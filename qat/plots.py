@@ -701,8 +701,9 @@ def diagnosis(rows: Sequence[Mapping], within: float) -> Figure:
 
 def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]], taps: Sequence[str]) -> Figure:
     """The layer sweep: per tap, the UA gain of AT over the baseline with its 95% interval,
-    and the step time and peak memory of AT at that tap, one line per model. `taps`: the
-    network's taps in order; a model whose sweep is partial leaves gaps at the same place."""
+    and the step time (timed side by side, qat.costs; a gap where it was not) and peak memory
+    of AT at that tap, one line per model. `taps`: the network's taps in order; a model whose
+    sweep is partial leaves gaps at the same place."""
     fig = Figure(figsize=(14, 4.5), layout="constrained")
     axes = gain_ax, time_ax, memory_ax = fig.subplots(1, 3, sharex=True)
     shown = [t for t in taps if any(r["tap"] == t for rows in rows_by_model.values() for r in rows)]
@@ -716,11 +717,15 @@ def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]], taps: Sequence[s
         gain_ax.errorbar(
             x, gains, yerr=[low, high], fmt="o-", capsize=3, color=f"C{i}", label=model
         )
-        time_ax.plot(x, [r["step time (ms)"] for r in rows], "o-", color=f"C{i}", label=model)
+        times = [np.nan if r["step time (ms)"] is None else r["step time (ms)"] for r in rows]
+        time_ax.plot(x, times, "o-", color=f"C{i}", label=model)
         memory_ax.plot(x, [r["peak memory (MiB)"] for r in rows], "o-", color=f"C{i}", label=model)
     gain_ax.axhline(0, color="0.3", linewidth=1)
     gain_ax.set_ylabel("UA gain vs baseline (fraction, 95% CI)")
-    time_ax.set_ylabel("train step time (ms)")
+    time_ax.set_ylabel("train step time (ms, side by side)")
+    if not any(r["step time (ms)"] is not None for rows in rows_by_model.values() for r in rows):
+        time_ax.text(0.5, 0.5, "not yet timed side by side", ha="center", va="center",
+                     transform=time_ax.transAxes)  # fmt: skip
     memory_ax.set_ylabel("train step peak memory (MiB)")
     for ax in axes:
         ax.set_xticks(range(len(shown)), shown, rotation=60, fontsize="small")

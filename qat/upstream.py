@@ -28,6 +28,7 @@ from qat.rundata import (
     load_orthogonal_records,
     prepare_data,
     run_data,
+    subset,
     train_config,
 )
 from qat.saved import save_rhemo
@@ -139,8 +140,7 @@ def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = Tr
     recipe = p.get("rhemo_recipe")
 
     def build():
-        torch.manual_seed(run.seed)  # the initial weights follow the run, not the process
-        return ENCODERS[run.rhemo_encoder].build(len(data.label_space.emotions), p["rhemo_pools"])
+        return _initial_rhemo(run, len(data.label_space.emotions))
 
     def train_fn(net, checkpoint):
         return fit_rhemo(
@@ -150,6 +150,20 @@ def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = Tr
         )  # fmt: skip
 
     return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
+
+
+def _initial_rhemo(run: RunConfig, num_emotions: int) -> RHEmo:
+    """The run's RH-emo encoder at its initial weights (they follow the run, not the process)."""
+    torch.manual_seed(run.seed)
+    return ENCODERS[run.rhemo_encoder].build(num_emotions, PROFILES[run.profile]["rhemo_pools"])
+
+
+def untrained_rhemo(run: RunConfig, num_emotions: int) -> RHEmo:
+    """The run's RH-emo at its initial weights, frozen: embeddings of the trained one's shape,
+    for measuring what a step costs (which does not depend on the weights)."""
+    rhemo = _initial_rhemo(_rhemo_run(run), num_emotions).eval()
+    rhemo.requires_grad_(False)
+    return rhemo
 
 
 def _word_corpus(root: str, progress: bool):
@@ -230,16 +244,12 @@ def pretrain_orthogonal(
     if run.orthogonal == "shuffled":
         data = _shuffled(data, label)
     train, val, test = data.train, data.val, data.test
-    rhemo_key = None
-    if model == "quaternion":
-        if rhemo is None:
-            raise ValueError(
-                "a quaternion orthogonal network needs the frozen RH-emo it reads: pass rhemo="
-            )
-        train, val, test = (embed(rhemo, d) for d in (train, val, test))
-        rhemo_key = runs.config_key({k: v.tolist() for k, v in rhemo.state_dict().items()})
+    if model == "quaternion" and rhemo is None:
+        raise ValueError(
+            "a quaternion orthogonal network needs the frozen RH-emo it reads: pass rhemo="
+        )
     classes = list(getattr(data.label_space, f"{label}s"))
-    in_channels = train.x.shape[1]
+    in_channels = (embed(rhemo, subset(train, 1)) if model == "quaternion" else train).x.shape[1]
 
     def build():
         torch.manual_seed(0)  # the placebo's "initial weights" are a fixed draw
@@ -253,6 +263,10 @@ def pretrain_orthogonal(
         for param in net.parameters():
             param.requires_grad_(False)
         return net
+    rhemo_key = None
+    if model == "quaternion":  # a trained network reads every item's embedding
+        train, val, test = (embed(rhemo, d) for d in (train, val, test))
+        rhemo_key = runs.config_key({k: v.tolist() for k, v in rhemo.state_dict().items()})
     config = dict(task=run.orthogonal, model=model, profile=profile,
                   profile_settings=runs.config_key(p), seed=0, rhemo=rhemo_key)  # fmt: skip
     if source is not None:

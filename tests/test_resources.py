@@ -2,7 +2,13 @@
 
 import torch
 
-from qat.resources import PeakTensorMemory, count_parameters, measure, step_flops
+from qat.resources import (
+    PeakTensorMemory,
+    count_parameters,
+    interleaved_times,
+    measure,
+    step_flops,
+)
 
 
 def test_peak_memory_counts_live_tensors_once():
@@ -35,3 +41,16 @@ def test_linear_step_flops_and_memory():
     # The weight gradient (in*out floats) and the output (B*out floats) are both alive at once.
     assert cost["peak_memory_bytes"] >= 4 * (n_in * n_out + batch * n_out)
     assert cost["step_time_s"] > 0
+
+
+def test_interleaved_times_run_every_callable_once_per_round_in_a_fresh_order():
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcde"}
+    rounds: list[int] = []
+    times = interleaved_times(fns, repeats=6, warmup=2, seed=1,
+                              after_round=lambda: rounds.append(len(calls)))  # fmt: skip
+    assert rounds == [5 * i for i in range(1, 9)]  # after each of 2 warm-up and 6 timed rounds
+    timed = [calls[i : i + 5] for i in range(10, 40, 5)]
+    assert all(sorted(r) == list("abcde") for r in timed)
+    assert len({tuple(r) for r in timed}) > 1  # the order changes from round to round
+    assert set(times) == set(fns) and all(len(t) == 6 and min(t) >= 0 for t in times.values())

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import random
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from qat import io, paths, tables
+from qat import io, paths, resources, tables
 
 REPORT_NAME = "benchmarks.md"  # under qat.paths.REPORTS ($QAT_REPORTS or reports/)
 FLOAT_FORMAT = ".3g"  # timings and ratios: 3 significant digits
@@ -19,24 +17,9 @@ FLOAT_FORMAT = ".3g"  # timings and ratios: 3 significant digits
 def interleaved_medians(
     fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, seed: int = 0
 ) -> dict[str, float]:
-    """Median wall time in seconds of each callable, measured in rounds that run every
-    callable once, in a fresh (seeded) random order per round, so that machine noise hits all
-    of them alike. A fixed order biases the comparison: timing real and quaternion convs
-    strictly alternating, the same pair measured 0.57x to 1.21x depending only on which ran
-    first (the later step pays for allocator work on the earlier one's buffers), while a
-    random order gave 1.00-1.02x."""
-    rng = random.Random(seed)
-    names = list(fns)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        rng.shuffle(names)
-        for name in names:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
+    """Median wall time in seconds of each callable, timed side by side in interleaved rounds
+    of random order (qat.resources.interleaved_times)."""
+    times = resources.interleaved_times(fns, repeats, warmup, seed)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
