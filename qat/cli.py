@@ -189,10 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         "instrument",
         help="the instrument's pilot (candidate recipes), final (frozen cpu) baseline and "
         "ceiling runs, oracle and upstream networks, diagnose (ceilings with one upstream or "
-        "width change each) or confirm (those that helped, on fresh pairs); it resumes; then "
-        "reports/instrument.md",
+        "width change each), confirm (those that helped, on fresh pairs) or costs (the frozen "
+        "baselines' steps timed side by side); it resumes; then reports/instrument.md",
     )
-    inst.add_argument("--stage", choices=("pilot", "final", "diagnose", "confirm"),
+    inst.add_argument("--stage", choices=("pilot", "final", "diagnose", "confirm", "costs"),
                       default="pilot")  # fmt: skip
     inst.add_argument("--models", default="real,quaternion", help="comma-separated models")
     inst.add_argument("--jobs", type=int, default=2, help="parallel processes")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from qat import io, plots, runs, stats, tables
+from qat import costs, io, plots, runs, stats, tables
 from qat.config import DIAGNOSES, INSTRUMENT_ENCODER, PROFILES, RunConfig
 from qat.models import ENCODERS
 from qat.upstream import rhemo_key
@@ -47,6 +47,14 @@ def configs(pairs: Sequence[tuple[int, int]], frozen: str = "cpu") -> list[RunCo
     """The ceiling of every diagnosis on each (seed, fold)."""
     names = (*DIAGNOSES, "rhemo-encoder")
     return [_candidate(name, frozen, seed, fold) for name in names for seed, fold in pairs]
+
+
+def cost_configs(frozen: str = "cpu") -> dict[str, RunConfig]:
+    """{network: its ceiling on the first pair}: the steps whose times the diagnosis compares,
+    timed side by side (`qat instrument --stage costs`)."""
+    out = {f"frozen {m}": RunConfig(profile=frozen, model=m, seed=0, fold=0, setup=SETUP)
+           for m in ("real", "quaternion")}  # fmt: skip
+    return out | {name: _candidate(name, frozen, 0, 0) for name in (*DIAGNOSES, "rhemo-encoder")}
 
 
 def confirm_configs(frozen: str = "cpu") -> list[RunConfig]:
@@ -137,8 +145,8 @@ def _interval(d) -> str:
 
 def rows(records, frozen: str, pairs) -> list[dict]:
     """One row per network: the frozen real and quaternion ceilings, then each diagnosis, with
-    its mean ceiling, paired differences against both frozen ceilings, cost and RH-emo
-    quality."""
+    its mean ceiling, paired differences against both frozen ceilings, cost (the step time
+    against the real one's only from a side-by-side costs record) and RH-emo quality."""
     ser = [r for r in records if r.get("kind") == "ser"]
     rhemo_records = {
         runs.record_path("rhemo", r["config"]).name: r for r in records if r.get("kind") == "rhemo"
@@ -153,11 +161,12 @@ def rows(records, frozen: str, pairs) -> list[dict]:
         run = _candidate(name, frozen, 0, 0)
         candidates.append((name, _change(name), run.profile, run.model,
                            _candidate_ceilings(ser, name, frozen, pairs)))  # fmt: skip
-    real_step = _mean(r["resources"]["step_time_s"] for r in real.values())
+    steps = cost_configs(frozen)
+    timed = costs.find(records, list(steps.values()))
     out = []
     for name, what, profile_name, model, found in candidates:
         ua = [r["metrics"]["ua"] for r in found.values()]
-        step = _mean(r["resources"]["step_time_s"] for r in found.values())
+        time = timed and costs.time_ratio(timed, steps[name], steps["frozen real"])
         vs_real = _paired(found, real) if found is not real else None
         heads = [u for u in (_rhemo_ua(r, rhemo_records) for r in found.values()) if u is not None]
         verdict = None
@@ -170,10 +179,10 @@ def rows(records, frozen: str, pairs) -> list[dict]:
             "vs frozen real": _interval(vs_real) if found is not real else "–",
             f"within {WITHIN} of real": verdict or "–",
             "params": _mean(r["resources"]["params"] for r in found.values()),
-            "step time vs real": step / real_step if step and real_step else None,
+            "step time vs real": time[0] if time else None,
             "RH-emo encoder parameters": _encoder_parameters(found) if heads else None,
             "RH-emo emotion head UA": _mean(heads),
-            "_vs_real": vs_real,
+            "_vs_real": vs_real, "_time": time,
             # (RH-emo quality, ceiling) once per RH-emo: rows reusing another's are left out
             "_heads": [] if PROFILES[profile_name].get("rhemo_profile") else [
                 (_rhemo_ua(r, rhemo_records), r["metrics"]["ua"]) for r in found.values()],
@@ -307,8 +316,9 @@ def _reading(table: list[dict]) -> list[str]:
             claim = f"more than {WITHIN} UA below the real ceiling"
         else:
             claim = f"not resolved against the {WITHIN} UA margin by {d.n} runs"
-        cost = r["step time vs real"]
-        cost = f"; step time {cost:.2f}x the real network's" if cost else ""
+        time = r["_time"]
+        cost = (f"; step time {time[0]:.2f}x [{time[1]:.2f}, {time[2]:.2f}] the real network's "
+                "(side by side)" if time else "")  # fmt: skip
         out.append(
             f"- `{r['network']}` ({r['change']}): {r['vs frozen quaternion']} against the "
             f"frozen quaternion ceiling; {d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}] "
