@@ -230,7 +230,9 @@ def _sweep_section(ser: list[dict], figures: Path, profile: str) -> str:
         "",
         "One row per configuration and tap: mean UA over its runs; the mean UA gain over the "
         "matching baseline of the same (seed, fold), with its 95% t-interval, over the runs that "
-        "have one (pairs).",
+        "have one (pairs). Step times are each run's own, timed alone under whatever load the "
+        "machine had then, so they do not compare across rows; reports/demonstration.md times "
+        "the steps side by side.",
         "",
         tables.traced_markdown(tables.sweep_summary(ser)[columns], ("group", "tap")),
     ]

@@ -255,6 +255,16 @@ def test_cost_target_is_decided_by_counted_memory_and_the_side_by_side_time(rati
     assert demo._cost_target("at", {"real": real})["met"] == "pending"
 
 
+def test_the_costs_stage_times_both_models_steps_in_one_measurement(finalist_records, monkeypatch):
+    measured = []
+    monkeypatch.setattr(runs, "load_records", lambda *a, **k: finalist_records)
+    monkeypatch.setattr(costs, "run", measured.append)
+    demo.run(stages=("costs",))
+    wanted = [c for m in demo.MODELS for c in demo.cost_configs(finalist_records, m).values()]
+    assert measured == [wanted]  # one call: every step in the same interleaved rounds
+    assert {c.model for c in wanted} == {"real", "quaternion"}
+
+
 def test_step_times_come_from_the_side_by_side_record_only(finalist_records, tmp_path):
     steps = demo.cost_configs(finalist_records, "real")
     assert {f"tap {t}" for t in demo.VGG16_TAPS} <= set(steps)
