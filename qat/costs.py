@@ -105,10 +105,6 @@ def median_ms(record: Mapping, config: RunConfig) -> float:
     return 1e3 * statistics.median(record["entries"][config.key()]["step_times_s"])
 
 
-def peak_mib(record: Mapping, config: RunConfig) -> float:
-    return record["entries"][config.key()]["peak_memory_bytes"] / 2**20
-
-
 def time_ratio(record: Mapping, a: RunConfig, b: RunConfig, level: float = 0.95):
     """(ratio, low, high): the step time of `a` over that of `b`, as the geometric mean over
     rounds of their ratio within each round, with the t-interval of the mean log ratio."""

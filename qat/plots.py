@@ -476,7 +476,7 @@ def tap_sweep(records) -> Figure:
     gain_ax.axhline(0.0, color="k", linewidth=0.8)
     for ax, ylabel in (
         (gain_ax, "UA gain over baseline (fraction, 95% CI)"),
-        (time_ax, "training step time (ms, each run timed alone)"),
+        (time_ax, "step time (ms, each run timed alone)"),
         (mem_ax, "peak memory per step (MiB)"),
     ):
         ax.set_xticks(range(len(taps)), taps, rotation=45, ha="right")
@@ -491,7 +491,7 @@ def tap_sweep(records) -> Figure:
 
 
 COSTS = {
-    "step_time": ("step time (ms)", "training step time (ms, each run timed alone)"),
+    "step_time": ("step time (ms)", "step time (ms, each run timed alone)"),
     "memory": ("peak memory (MiB)", "peak memory per step (MiB)"),
     "flops": ("GFLOPs/step", "GFLOPs per training step"),
 }
