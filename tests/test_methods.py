@@ -134,3 +134,32 @@ def test_the_methods_page_lists_every_method_with_its_information_regime():
     page = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     for method in cfg.METHODS:
         assert f"| `{method}` |" in page and cfg.REGIMES[method] in page, method
+
+
+def test_dfr_retrains_a_baseline_whose_record_came_without_its_network():
+    # A committed baseline record on a fresh machine: its network is not in the cache. DFR
+    # retrains it without touching the record, says so, and (CPU, same seed and threads)
+    # gets the record's network back.
+    from qat import paths
+    from qat.saved import model_path
+
+    base_config = RunConfig(method="baseline", profile="smoke-groups", seed=7)
+    base = experiments.train_ser(base_config, progress=False)
+    records = sorted((paths.REPORTS / "runs").glob("ser-*.json"))
+    written = {p: p.read_bytes() for p in records}
+    model_path(base["config"]).unlink()
+    record = experiments.train_ser(base_config.replace(method="dfr"), progress=False)
+    retrained = record["method"]["dfr"]["baseline_network_retrained"]
+    assert retrained["record_test_ua"] == base["metrics"]["ua"]
+    assert retrained["test_ua"] == base["metrics"]["ua"]  # training is deterministic here
+    assert record["history"] == base["history"]
+    assert model_path(base["config"]).exists()
+    after = sorted((paths.REPORTS / "runs").glob("ser-*.json"))
+    assert {p: p.read_bytes() for p in after if p in written} == written  # nothing rewritten
+    assert len(after) == len(records) + 1  # the DFR record only
+
+
+def test_dfr_with_its_baseline_network_in_the_cache_does_not_retrain():
+    record = experiments.train_ser(RunConfig(method="dfr", profile="smoke-groups", seed=8),
+                                   progress=False)  # fmt: skip
+    assert "baseline_network_retrained" not in record["method"]["dfr"]
