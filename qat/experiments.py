@@ -225,9 +225,11 @@ def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dic
     history, what the record says)."""
     base_config = config.replace(method="baseline")
     base = train_ser(base_config, progress=progress)
-    retrained = {}
-    if not model_path(base["config"]).exists():  # the record came without its network
-        again = _train(base_config, *_identity(base_config, progress), progress, None)
+    retrained, saved = {}, model_path(base["config"])
+    if saved.exists():
+        trained = load_model(saved).net
+    else:  # the record came without its network: train it again, here, for this run only
+        again, trained = _train(base_config, *_identity(base_config, progress), progress, None)
         retrained = {
             "baseline_network_retrained": {
                 "why": "the baseline's record came without its network (not in this cache)",
@@ -236,7 +238,7 @@ def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dic
             }
         }
         base = again
-    net.load_state_dict(load_model(model_path(base["config"])).net.state_dict())
+    net.load_state_dict(trained.state_dict())
     held = held_out_set(data, DFR_PER_GROUP, config.seed, rhemo)
     features = pooled_at_taps(net, ["penultimate"], held.x)["penultimate"]
     emotions = data.label_space.emotions
@@ -433,7 +435,7 @@ def train_ser(
     target = runs.record_path("ser", key)
     if target.exists() and not force:
         return runs.load_record(target)
-    return _train(config, key, corpus, progress, target)
+    return _train(config, key, corpus, progress, target)[0]
 
 
 def _identity(config: RunConfig, progress: bool) -> tuple[dict, list | None]:
@@ -448,9 +450,10 @@ def _identity(config: RunConfig, progress: bool) -> tuple[dict, list | None]:
     return config.key_dict(**extra), corpus
 
 
-def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> dict:
-    """Train the run, save its network in the cache and return its record, written to
-    `target` unless that is None (a network rebuilt for another run's sake)."""
+def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tuple[dict, object]:
+    """Train the run; return its record and network. The record goes to `target` and the
+    network to the cache, unless `target` is None: a network rebuilt for another run's sake,
+    never served as the record's own."""
     p = PROFILES[config.profile]
     rank = rank_and_world()[0]
     _check_writable()
@@ -498,8 +501,8 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> dict
     train_time = time.perf_counter() - t_prepared
     test_metrics = evaluate(net, test, num_classes=num_classes)
     pred = np.asarray(test_metrics["predictions"])
-    model_file = model_path(key)
-    if rank == 0:  # the trained network, ready to predict (kept in the cache, not committed)
+    model_file = model_path(key) if target is not None else None
+    if rank == 0 and model_file:  # the network, ready to predict (in the cache, not committed)
         save_model(
             model_file, net, feature_config=feature_config(config.profile),
             model_config=parts.model_config,
@@ -540,7 +543,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> dict
         "method": method_info,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
         "upstream_weights": _upstream_weights(rhemo, orth_net),
-        "model": str(model_file),
+        "model": model_file and str(model_file),
         "dropped_silent": data.dropped_silent,
         "warnings": data.warnings,
         "code_version": runs.code_version(),
@@ -560,7 +563,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> dict
         io.write_json_beside(target, record)
     if rank == 0:
         ckpt.unlink(missing_ok=True)  # the record is safe; the resume point is no longer needed
-    return record
+    return record, net
 
 
 def sweep_configs(taps=None, models=MODELS, seeds=(0,), **settings) -> list[RunConfig]:
