@@ -642,6 +642,16 @@ def grid_time(records) -> str:
             f"time is shorter{partial}).")  # fmt: skip
 
 
+def targets_line(goals: list[dict]) -> str:
+    """The targets table in one line: how many are met, and which, by verdict."""
+    by: dict[str, list[str]] = {}
+    for g in goals:
+        by.setdefault(g["met"], []).append(g["target"])
+    said = "; ".join(f"{v}: {'; '.join(by[v])}" for v in ("met", WIDE, "not met", "pending")
+                     if v in by)  # fmt: skip
+    return f"- Targets: {len(by.get('met', []))} of {len(goals)} met ({said})."
+
+
 def retrained_lines(records) -> list[str]:
     """Per model, the DFR runs whose baseline record came without its network, so DFR refitted
     a network trained again: how far that network's test UA fell from the record's."""
@@ -649,7 +659,7 @@ def retrained_lines(records) -> list[str]:
     for model in MODELS:
         mine = [r for r in records if r.get("kind") == "ser" and r["config"]["model"] == model
                 and r["config"].get("profile") == PROFILE]  # fmt: skip
-        again = [r["method"].get("dfr", {}).get("baseline_network_retrained") for r in mine]
+        again = [r.get("method", {}).get("dfr", {}).get("baseline_network_retrained") for r in mine]
         d = [a["test_ua"] - a["record_test_ua"] for a in again if a]
         if d:
             said.append(f"- {model} DFR: {len(d)} run(s) refitted a baseline network trained "
@@ -781,6 +791,7 @@ def write_report(reports=None) -> Path:
         for k, v in (("selection", SELECTION_PAIRS), ("final", FINAL_PAIRS), ("sweep", SWEEP_PAIRS))
     }
     answer = found + (answer or ["- No finalist has run yet."])
+    answer += [targets_line(goals)] if goals else []
     answer += [grid_progress(records), costs_line(measured), grid_time(everything)]
     answer += retrained_lines(records)
     lines = ["# Which method removes the word shortcut, and is it invariance?", ""]

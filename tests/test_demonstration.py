@@ -453,3 +453,11 @@ def test_the_page_says_which_dfr_runs_refitted_a_retrained_baseline_network():
     d = (0.45 + shifts) - 0.45
     assert f"mean {d.mean():+.3f}, range [{d.min():+.3f}, {d.max():+.3f}]" in line
     assert demo.retrained_lines(records[-1:]) == []
+
+
+def test_the_short_answer_sums_up_the_targets_by_verdict():
+    verdicts = {"a": "not met", "b": "met", "c": demo.WIDE, "d": "met", "e": "pending"}
+    goals = [{"target": t, "met": v} for t, v in verdicts.items()]
+    assert demo.targets_line(goals) == (
+        "- Targets: 2 of 5 met (met: b; d; interval too wide: c; not met: a; pending: e)."
+    )
