@@ -507,11 +507,8 @@ def _fmt(value: float, low: float, high: float, spec: str = "+.3f") -> str:
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
-WIDE = "interval too wide"  # measured, but the interval straddles the threshold
-
-
 def _target(target: str, measured: str = "–", met: bool | str | None = None) -> dict:
-    """A target's row: met / not met by the interval, `WIDE`, or "pending" without runs."""
+    """A target's row: `met` is a verdict (stats.verdict), a bool, or None (pending)."""
     verdict = met if isinstance(met, str) else {None: "pending", True: "met", False: "not met"}[met]
     return {"target": target, "measured": measured, "met": verdict}
 
@@ -560,15 +557,14 @@ def _cost_target(name: str, rows: dict[str, dict], measured=None, steps=None) ->
     rounds = measured["config"]["rounds"]
     measured_text = (f"peak memory {memory:.2f}x; step time {_fmt(ratio, low, high, '.2f')}x "
                      f"(side by side, {rounds} rounds)")  # fmt: skip
-    if memory > 0.20 or low > 0.25:
-        return _target(cost, measured_text, False)
-    return _target(cost, measured_text, True if high <= 0.25 else WIDE)
+    return _target(cost, measured_text, False if memory > 0.20 else
+                   stats.verdict(low, high, at_most=0.25))  # fmt: skip
 
 
 def _cost_targets(records, name: str, rows: dict[str, dict], measured=None) -> list[dict]:
     """Quaternion against real, each with its own finalist of method `name`: the cost target,
     and the UA difference paired by (seed, fold)."""
-    close = f"quaternion {name} within 0.05 UA of real {name}"
+    close = f"quaternion {name} within 0.05 UA of real {name} (95% low >= -0.05)"
     steps = {m: cost_configs(records, m).get(name) for m in MODELS}
     out = [_cost_target(name, rows, measured, steps)]
     if any(name not in rows.get(m, {}) for m in MODELS):
@@ -583,14 +579,13 @@ def _cost_targets(records, name: str, rows: dict[str, dict], measured=None) -> l
         return [*out, _target(close)]
     d = stats.paired(_ua({k: pairs["quaternion"][k] for k in both}),
                      _ua({k: pairs["real"][k] for k in both}))  # fmt: skip
-    inside, outside = d.t_low >= -0.05 and d.t_high <= 0.05, d.t_low > 0.05 or d.t_high < -0.05
-    verdict = True if inside else False if outside else WIDE
+    verdict = stats.verdict(d.t_low, d.t_high, at_least=-0.05)
     return [*out, _target(close, _fmt(d.mean, d.t_low, d.t_high), verdict)]
 
 
 def targets(records, by_model: dict[str, list[dict]], measured=None) -> list[dict]:
     """The issue's targets on the main setting: "met" only when the interval supports it,
-    "not met" when it refutes it, `WIDE` when it does neither, "pending" without the runs.
+    "not met" when it refutes it, stats.WIDE when it does neither, "pending" without runs.
     `by_model`: compare()'s rows per model; `measured`: the costs record of both models'
     steps, if any."""
     methods = {m: {r["finalist"]: r for r in rows if r["finalist"] in METHODS}
@@ -647,7 +642,7 @@ def targets_line(goals: list[dict]) -> str:
     by: dict[str, list[str]] = {}
     for g in goals:
         by.setdefault(g["met"], []).append(g["target"])
-    said = "; ".join(f"{v}: {'; '.join(by[v])}" for v in ("met", WIDE, "not met", "pending")
+    said = "; ".join(f"{v}: {'; '.join(by[v])}" for v in ("met", stats.WIDE, "not met", "pending")
                      if v in by)  # fmt: skip
     return f"- Targets: {len(by.get('met', []))} of {len(goals)} met ({said})."
 

@@ -171,7 +171,7 @@ def rows(records, frozen: str, pairs) -> list[dict]:
         heads = [u for u in (_rhemo_ua(r, rhemo_records) for r in found.values()) if u is not None]
         verdict = None
         if vs_real is not None and model == "quaternion":
-            verdict = "met" if vs_real.t_low >= -WITHIN else "not met"
+            verdict = stats.verdict(vs_real.t_low, vs_real.t_high, at_least=-WITHIN)
         out.append({
             "network": name, "change": what, "runs": len(found),
             "ceiling UA": _mean(ua), "ceiling SD": statistics.stdev(ua) if len(ua) > 1 else None,
@@ -310,12 +310,11 @@ def _reading(table: list[dict]) -> list[str]:
         d = r["_vs_real"]
         if d is None or r["network"].startswith("frozen"):
             continue
-        if d.t_low >= -WITHIN:
-            claim = f"within {WITHIN} UA of the real ceiling"
-        elif d.t_high < -WITHIN:
-            claim = f"more than {WITHIN} UA below the real ceiling"
-        else:
-            claim = f"not resolved against the {WITHIN} UA margin by {d.n} runs"
+        claim = {
+            "met": f"within {WITHIN} UA of the real ceiling",
+            "not met": f"more than {WITHIN} UA below the real ceiling",
+            stats.WIDE: f"not resolved against the {WITHIN} UA margin by {d.n} runs",
+        }[stats.verdict(d.t_low, d.t_high, at_least=-WITHIN)]
         time = r["_time"]
         cost = (f"; step time {time[0]:.2f}x [{time[1]:.2f}, {time[2]:.2f}] the real network's "
                 "(side by side)" if time else "")  # fmt: skip

@@ -229,7 +229,7 @@ def _time_target(timed) -> dict:
     return {"target": target,
             "measured": f"{ratio:.2f} [{low:.2f}, {high:.2f}]x (side by side, "
                         f"{timed['config']['rounds']} rounds)",
-            "met": "met" if high <= 0.36 else "not met" if low > 0.36 else "pending"}  # fmt: skip
+            "met": stats.verdict(low, high, at_most=0.36)}  # fmt: skip
 
 
 def _targets(frozen: dict[str, dict], oracle_ua: float | None, timed=None) -> list[dict]:
@@ -243,19 +243,19 @@ def _targets(frozen: dict[str, dict], oracle_ua: float | None, timed=None) -> li
             return {"target": f"{who} baseline SD <= {limit}", "measured": "n/a", "met": "no runs"}
         n = len(row["_base"])
         low, high = _sd_interval(row["baseline SD"], n)
-        verdict = "met" if high <= limit else "not met" if low > limit else "interval too wide"
         measured = f"{row['baseline SD']:.4f} [{low:.4f}, {high:.4f}] (n={n})"
-        return {"target": f"{who} baseline SD <= {limit}", "measured": measured, "met": verdict}
+        return {"target": f"{who} baseline SD <= {limit}", "measured": measured,
+                "met": stats.verdict(low, high, at_most=limit)}  # fmt: skip
 
     out.append(sd_target(real, 0.015, "real"))
     out.append(sd_target(quat, 0.02, "quaternion"))
     if real and real["ceiling UA"] is not None:
-        ceil = _ua(real["_ceil"])
-        low = stats.paired(ceil, dict.fromkeys(ceil, 0.0)).t_low if len(ceil) >= 2 else None
+        low, high = stats.mean_interval(list(_ua(real["_ceil"]).values()))
+        ceiling = "pending" if np.isnan(low) else stats.verdict(low, high, at_least=0.60)
         share = real["ceiling UA"] / oracle_ua if oracle_ua else None
-        out.append({"target": "real ceiling UA >= 0.60", "measured":
-                    f"{real['ceiling UA']:.3f}, 95% low {_fmt(low)}",
-                    "met": "met" if low is not None and low >= 0.60 else "not met"})  # fmt: skip
+        out.append({"target": "real ceiling UA >= 0.60",
+                    "measured": f"{real['ceiling UA']:.3f} [{low:.3f}, {high:.3f}]",
+                    "met": ceiling})  # fmt: skip
         out.append({"target": "real ceiling >= 80% of the prosody oracle",
                     "measured": f"{_fmt(share, '.0%')} (oracle {_fmt(oracle_ua)})",
                     "met": "met" if share is not None and share >= 0.8 else "not met"})  # fmt: skip
@@ -263,7 +263,8 @@ def _targets(frozen: dict[str, dict], oracle_ua: float | None, timed=None) -> li
         out.append({"target": "real confound gap, 95% lower bound >= 0.05",
                     "measured": f"{real['gap']:.3f} [{real['gap 95% low']:.3f}, "
                                 f"{real['gap 95% high']:.3f}]",
-                    "met": "met" if real["gap 95% low"] >= 0.05 else "not met"})  # fmt: skip
+                    "met": stats.verdict(real["gap 95% low"], real["gap 95% high"],
+                                         at_least=0.05)})  # fmt: skip
     if real and quat and real["ceiling UA"] is not None and quat["ceiling UA"] is not None:
         keys = set(real["_ceil"]) & set(quat["_ceil"])
         if len(keys) >= 2:
@@ -271,7 +272,7 @@ def _targets(frozen: dict[str, dict], oracle_ua: float | None, timed=None) -> li
                              _ua({k: real["_ceil"][k] for k in keys}))  # fmt: skip
             out.append({"target": "quaternion ceiling within 0.05 UA of the real one",
                         "measured": f"{d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}]",
-                        "met": "met" if d.t_low >= -0.05 else "not met"})  # fmt: skip
+                        "met": stats.verdict(d.t_low, d.t_high, at_least=-0.05)})  # fmt: skip
         out.append(_time_target(timed))
     return out
 

@@ -27,6 +27,7 @@ __all__ = [
     "paired_differences",
     "paired_power",
     "runs_for_power",
+    "verdict",
 ]
 
 
@@ -363,3 +364,21 @@ def gap_closed(
         gap_uncertain=gap_uncertain,
         level=level,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+WIDE = "interval too wide"
+
+
+def verdict(low: float, high: float, *, at_most: float | None = None,
+            at_least: float | None = None) -> str:  # fmt: skip
+    """A target's verdict from a 95% interval [low, high] and its threshold (one of the two):
+    "met" when the whole interval is on the target's side, "not met" when the whole interval
+    is on the other side, and WIDE when the interval straddles the threshold."""
+    if (at_most is None) == (at_least is None):
+        raise ValueError("verdict: expected exactly one of at_most and at_least")
+    if at_most is not None:
+        return "met" if high <= at_most else "not met" if low > at_most else WIDE
+    return "met" if low >= at_least else "not met" if high < at_least else WIDE

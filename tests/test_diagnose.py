@@ -172,7 +172,8 @@ def test_the_diagnosis_table_pairs_runs_as_scipy_does(tmp_path):
     said = diagnosis.section([*records, timed], "cpu", instrument.PAIRS, tmp_path)
     assert any(f"step time {ratio:.2f}x [{low_t:.2f}, {high_t:.2f}] the real network's" in line
                for line in said)  # fmt: skip
-    expected = "met" if low >= -diagnosis.WITHIN else "not met"
+    m = diagnosis.WITHIN
+    expected = "met" if low >= -m else "not met" if high < -m else "interval too wide"
     assert rows["quaternion-width"]["within 0.05 of real"] == expected
     assert rows["real-on-rhemo"]["runs"] == 0  # no runs: an empty row, never a number
     lines = diagnosis.section(records, "cpu", instrument.PAIRS, tmp_path)

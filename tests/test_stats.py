@@ -454,3 +454,27 @@ def test_paired_validates_level_and_n_boot(kwargs):
     runs = {(0, 0): 0.5, (0, 1): 0.6}
     with pytest.raises(ValueError):
         qs.paired(runs, {k: v - 0.1 for k, v in runs.items()}, **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_verdict_places_the_interval_against_its_threshold(seed):
+    rng = np.random.default_rng(seed)
+    intervals = np.sort(rng.normal(0, 1, (200, 2)), axis=1)
+    seen = set()
+    for (low, high), limit in zip(intervals, rng.normal(0, 1, 200), strict=True):
+        below, above = high <= limit, low > limit  # the whole interval on one side
+        upper = qs.verdict(low, high, at_most=limit)
+        assert upper == ("met" if below else "not met" if above else "interval too wide")
+        assert qs.verdict(low, high, at_least=limit) == (
+            "met" if low >= limit else "not met" if high < limit else "interval too wide"
+        )
+        seen.add(upper)
+    assert seen == {"met", "not met", qs.WIDE}  # every case drawn
+    assert qs.verdict(0.1, 0.2, at_most=0.2) == "met"  # the boundary belongs to the target
+    assert qs.verdict(-0.05, 0.3, at_least=-0.05) == "met"
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"at_most": 1.0, "at_least": 0.0}])
+def test_verdict_needs_exactly_one_threshold(kwargs):
+    with pytest.raises(ValueError, match="exactly one of at_most and at_least"):
+        qs.verdict(0.0, 1.0, **kwargs)
