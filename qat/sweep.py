@@ -20,6 +20,10 @@ from qat import io
 from qat.progress import tqdm
 
 _STOP = None  # in a worker: the sweep's stop event (set on Ctrl-C)
+UNGUARDED = (
+    "Each worker imports the script that started the sweep, so a script must start it under "
+    '`if __name__ == "__main__":` (notebooks and `qat` commands need nothing).'
+)
 
 
 def _start_worker(stop) -> None:
@@ -107,6 +111,12 @@ def run_grid(
                 else:
                     results.append(result)
                     bar.set_postfix_str(f"done: {name(config)}")
+        except cf.process.BrokenProcessPool:
+            raise RuntimeError(
+                f"{desc}: a worker process ended abruptly (killed, out of memory, or a script "
+                f"without a main guard; {bar.n} of {len(rest)} runs done, their records are "
+                f"kept). {UNGUARDED}"
+            ) from None
         except KeyboardInterrupt:
             _stop(pool, futures, stop)
             stopped = [f.exception() for f in futures if not f.cancelled()]

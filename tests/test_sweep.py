@@ -81,3 +81,22 @@ def test_ctrl_c_stops_a_sweep_instead_of_running_the_queued_runs(tmp_path):
     assert not markers[1].exists() and not markers[2].exists()  # the queued runs never started
     assert "interrupted: grid y, 0 of 3 runs done" in log.read_text()
     assert "\n  a long run interrupted" in log.read_text()  # the run's own message, below
+
+
+def test_a_script_that_starts_a_sweep_without_a_main_guard_is_told_so(tmp_path):
+    # Spawned workers import the script again, which would start the sweep again in each.
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("from qat import sweep\nsweep.run_grid([1, 2], abs, jobs=2)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0
+    (said,) = [line for line in done.stderr.splitlines() if "RuntimeError: sweep:" in line]
+    assert said.endswith(
+        "RuntimeError: sweep: a worker process ended abruptly (killed, out of memory, or a "
+        f"script without a main guard; 0 of 2 runs done, their records are kept). "
+        f"{sweep.UNGUARDED}"
+    )
+    assert 'if __name__ == "__main__":' in sweep.UNGUARDED
