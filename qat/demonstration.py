@@ -652,7 +652,7 @@ def retrained_lines(records) -> list[str]:
     a network trained again: how far that network's test UA fell from the record's."""
     said = []
     for model in MODELS:
-        mine = [r for r in records if r.get("kind") == "ser" and r["config"]["model"] == model
+        mine = [r for r in records if r.get("kind") == "ser" and r["config"].get("model") == model
                 and r["config"].get("profile") == PROFILE]  # fmt: skip
         again = [r.get("method", {}).get("dfr", {}).get("baseline_network_retrained") for r in mine]
         d = [a["test_ua"] - a["record_test_ua"] for a in again if a]
