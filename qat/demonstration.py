@@ -322,9 +322,9 @@ def compare(records, model: str, variant=MAIN, measured=None) -> list[dict]:
 
 
 def layer_sweep(records, model: str, measured=None) -> list[dict]:
-    """Per tap: the UA gain of AT over the baseline on SWEEP_PAIRS with its interval, and the
-    step time (from `measured`, the costs record; None without one) and peak memory of AT at
-    that tap."""
+    """Per tap: the UA gain of AT over the baseline on SWEEP_PAIRS with its interval, its p
+    and Holm-adjusted p across the taps, and the step time (from `measured`, the costs record;
+    None without one) and peak memory of AT at that tap."""
     chosen, _ = choose(records, model, "at")
     if chosen is None:
         return []
@@ -343,12 +343,16 @@ def layer_sweep(records, model: str, measured=None) -> list[dict]:
                 "UA gain": d.mean,
                 "gain 95% low": d.t_low,
                 "gain 95% high": d.t_high,
+                "p": d.p_value,
                 "step time (ms)": _step_ms(measured, records, model, f"tap {tap}"),
                 "peak memory (MiB)": statistics.fmean(
                     mine[k]["resources"]["peak_memory_bytes"] / 2**20 for k in both
                 ),
             }
         )
+    adjusted = stats.holm([r["p"] for r in out]) if out else []
+    for r, p in zip(out, adjusted, strict=True):
+        r["Holm p (taps)"] = float(p)  # across the taps swept: 13 chances to gain by luck
     return out
 
 
@@ -377,6 +381,8 @@ def sweep_verdict(rows: list[dict], model: str) -> str:
         return lead + (f"no tap's gain has a 95% interval above 0 ({len(rows)} taps swept): "
                        "the sweep does not support the claim that early layers are the best "
                        "compromise, because no layer helps measurably.")  # fmt: skip
+    survive = ", ".join(r["tap"] for r in helped if r["Holm p (taps)"] < 0.05) or "none"
+    names += f"; of these, after Holm's adjustment across the {len(rows)} taps: {survive}"
     early = [r for r in helped if r["tap"] in EARLY_TAPS]
     if not early:
         return lead + (f"only deeper taps gain with an interval above 0 ({names}): the claim "

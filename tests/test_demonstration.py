@@ -349,8 +349,18 @@ def test_layer_sweep_intervals_and_where_the_papers_claim_holds(finalist_records
         d = stats.paired(uas[tap], uas["baseline"])
         assert (row["UA gain"], row["gain 95% low"], row["gain 95% high"]) == (
             pytest.approx(d.mean), pytest.approx(d.t_low), pytest.approx(d.t_high))  # fmt: skip
+    p = np.array([st.ttest_rel(list(uas[t].values()), [uas["baseline"][k] for k in uas[t]])
+                  .pvalue for t in demo.VGG16_TAPS])  # fmt: skip
+    order = np.argsort(p)  # Holm by hand: step down, monotone, capped at 1
+    holm = np.empty_like(p)
+    holm[order] = np.minimum(1, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+    for tap, expected in zip(demo.VGG16_TAPS, holm, strict=True):
+        assert rows[tap]["Holm p (taps)"] == pytest.approx(expected)
     said = demo.sweep_verdict(list(rows.values()), "real")
     assert "best tap by mean gain is conv4_1" in said
+    survive = [t for t in demo.VGG16_TAPS if rows[t]["gain 95% low"] > 0 and holm[
+        demo.VGG16_TAPS.index(t)] < 0.05]  # fmt: skip
+    assert f"after Holm's adjustment across the 13 taps: {', '.join(survive) or 'none'}" in said
     steps = demo.cost_configs(records, "real")
     ms = {
         t: 1e3 * np.median(timed["entries"][steps[f"tap {t}"].key()]["step_times_s"])
