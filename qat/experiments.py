@@ -584,9 +584,9 @@ def _train_quietly(config: RunConfig) -> dict:
 
 def run_configs(configs: list[RunConfig], jobs: int = 1, desc: str = "sweep") -> list[dict]:
     """Run (or reuse) train_ser over `configs` in `jobs` parallel processes; the first
-    configuration of each prerequisite group runs here first (with progress), building the
-    split, RH-emo and orthogonal network the others then read from the cache. `desc` names
-    the grid on its progress bar."""
+    configuration of each prerequisite group runs before the others (here with progress when
+    jobs is 1), building the split, RH-emo and orthogonal network the others then read from
+    the cache. `desc` names the grid on its progress bar."""
     return run_grid(
         configs, _train_quietly, jobs=jobs, group=RunConfig.prerequisites,
         first=lambda c: train_ser(c, progress=True), name=RunConfig.label, desc=desc,

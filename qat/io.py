@@ -1,5 +1,5 @@
 """Writing files safely: the one home for atomic writes, write-once and write-beside records,
-and figure saving.
+build locks and figure saving.
 
 Every write goes to a temporary file in the target's folder (same file system), is flushed
 to disk, then renamed onto its final name, so a crash, a full disk or a parallel writer
@@ -23,6 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; builds are not shared across processes there
+    fcntl = None
 
 TMP_SUFFIX = ".tmp"
 
@@ -114,6 +119,27 @@ def write_atomic(
             raise OSError(f"could not write {path}: {getattr(err, 'strerror', None) or err}; "
                           "any previous version is kept") from err  # fmt: skip
     return path
+
+
+@contextlib.contextmanager
+def locked(lock: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (created if missing, kept afterwards) for the
+    block: a second process building the same thing waits here (after calling `on_wait`),
+    then finds it built. flock: the system releases the lock if its holder dies."""
+    if fcntl is None:
+        yield
+        return
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

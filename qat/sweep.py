@@ -79,42 +79,58 @@ def run_grid(
     """Run `run(config)` for every configuration in `jobs` spawned processes; return the
     results. `run` must be importable by name (a module-level function).
 
-    With `group`, the first configuration of each group runs in this process first (through
-    `first`, default `run`), so that what a group shares (data, pretrained networks) is built
-    once and the workers only read it."""
+    With `group`, the first configuration of each group runs before the group's others, so
+    that what a group shares (data, pretrained networks) is built once and the others only
+    read it. With one job the first ones run in this process (through `first`, default `run`,
+    e.g. to show their progress); with more, the workers run every group's first side by side
+    and then its others (what two groups share is locked where it is built, e.g. SynthEmo's
+    folder and qat.upstream's network cache)."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r}: expected an integer >= 1")
     if not configs:
         return []
     threads = threads or max(1, _cores() // jobs)
     members: dict = {}
-    for config in configs:
-        members.setdefault(group(config) if group else id(config), []).append(config)
-    # A group of one shares nothing: it goes to the pool like the followers.
-    leaders = {k: m[0] for k, m in members.items() if len(m) > 1}
-    rest = [c for m in members.values() for c in (m[1:] if len(m) > 1 else m)]
-    results, failures = [(first or run)(c) for c in leaders.values()], []
-    bar = tqdm(total=len(rest), desc=f"{desc} ({jobs} jobs)")
+    for i, config in enumerate(configs):
+        members.setdefault(group(config) if group else i, []).append(config)
+    groups = list(members.values())
+    if jobs == 1:
+        # A group of one shares nothing: it goes to the pool like the followers.
+        results = [(first or run)(m[0]) for m in groups if len(m) > 1]
+        start = [(c, []) for m in groups for c in (m[1:] if len(m) > 1 else m)]
+    else:
+        results, start = [], [(m[0], m[1:]) for m in groups]
+    failures = []
+    bar = tqdm(total=len(configs) - len(results), desc=f"{desc} ({jobs} jobs)")
     context = mp.get_context("spawn")
     stop = context.Event()
     with cf.ProcessPoolExecutor(
         jobs, mp_context=context, initializer=_start_worker, initargs=(stop,)
     ) as pool:
-        futures = [pool.submit(_run_one, run, c, threads) for c in rest]
+        futures = []
+
+        def submit(config):
+            futures.append(pool.submit(_run_one, run, config, threads))
+            return futures[-1]
+
+        waiting = {submit(c): followers for c, followers in start}  # run -> who waits for it
         try:
-            for future in cf.as_completed(futures):
-                config, result, error = future.result()
-                bar.update()
-                if error:
-                    failures.append((config, error))
-                    tqdm.write(f"FAILED {name(config)}:\n{error}")
-                else:
-                    results.append(result)
-                    bar.set_postfix_str(f"done: {name(config)}")
+            while waiting:
+                done, _ = cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    waiting.update((submit(c), []) for c in waiting.pop(future))
+                    config, result, error = future.result()
+                    bar.update()
+                    if error:
+                        failures.append((config, error))
+                        tqdm.write(f"FAILED {name(config)}:\n{error}")
+                    else:
+                        results.append(result)
+                        bar.set_postfix_str(f"done: {name(config)}")
         except cf.process.BrokenProcessPool:
             raise RuntimeError(
                 f"{desc}: a worker process ended abruptly (killed, out of memory, or a script "
-                f"without a main guard; {bar.n} of {len(rest)} runs done, their records are "
+                f"without a main guard; {bar.n} of {bar.total} runs done, their records are "
                 f"kept). {UNGUARDED}"
             ) from None
         except KeyboardInterrupt:
@@ -122,7 +138,7 @@ def run_grid(
             stopped = [f.exception() for f in futures if not f.cancelled()]
             cut = [f"\n  {e}" for e in stopped if isinstance(e, KeyboardInterrupt)]
             raise KeyboardInterrupt(
-                f"interrupted: {desc}, {bar.n} of {len(rest)} runs done; their records are "
+                f"interrupted: {desc}, {bar.n} of {bar.total} runs done; their records are "
                 "kept, a run cut short resumes from its checkpoint, the same command goes on"
                 + "".join(cut)
             ) from None

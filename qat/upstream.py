@@ -54,22 +54,46 @@ def source_of(net: torch.nn.Module) -> dict | None:
     return _SOURCES.get(net)
 
 
+def _load_cached(path: Path, build):
+    """The network cached at `path`, or None when there is none or it is unreadable."""
+    if not path.exists():
+        return None
+    net = build()
+    try:
+        net.load_state_dict(torch.load(path, weights_only=True))
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        # The kit's own cache file, truncated or from other code: retrain it.
+        warnings.warn(f"{path}: unreadable cached network ({err}); retraining", stacklevel=3)
+        return None
+    _SOURCES[net] = {"record": path.stem, "weights": weights_digest(net)}
+    return net.eval()
+
+
 def _cached_network(kind: str, config: dict, build, train_fn):
-    """Load a trained network from the cache, or build, train, save and record it."""
+    """Load a trained network from the cache, or build, train, save and record it. Parallel
+    runs that need the same network train it once: the others wait for it, then load it."""
     key = runs.config_key(config)
     path = paths.CACHE / "networks" / f"{kind}-{key}.pt"
-    net = build()
-    if path.exists():
-        try:
-            net.load_state_dict(torch.load(path, weights_only=True))
-            _SOURCES[net] = {"record": path.stem, "weights": weights_digest(net)}
-            return net.eval(), path
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-            # The kit's own cache file, truncated or from other code: retrain it.
-            warnings.warn(f"{path}: unreadable cached network ({err}); retraining", stacklevel=2)
-            net = build()
+    seen = _stamp(path)
+    net = _load_cached(path, build)
+    if net is not None:
+        return net, path
     io.ensure_folder(path.parent, "network cache")
-    ckpt = paths.CACHE / "checkpoints" / f"{kind}-{key}.ckpt"  # a killed training resumes
+    with io.locked(path.with_suffix(".lock")):
+        if _stamp(path) != seen:  # another process trained it while this one waited
+            net = _load_cached(path, build)
+        if net is None:
+            net = _train_network(kind, config, path, build, train_fn)
+    return net, path
+
+
+def _stamp(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def _train_network(kind: str, config: dict, path: Path, build, train_fn):
+    net = build()
+    ckpt = paths.CACHE / "checkpoints" / f"{path.stem}.ckpt"  # a killed training resumes
     io.ensure_folder(ckpt.parent, "checkpoint")
     t0 = time.perf_counter()
     info = train_fn(net, ckpt)
@@ -99,7 +123,7 @@ def _cached_network(kind: str, config: dict, build, train_fn):
             )
     ckpt.unlink(missing_ok=True)  # the network is saved; the resume point is no longer needed
     _SOURCES[net] = {"record": path.stem, "weights": record["weights_digest"]}
-    return net.eval(), path
+    return net.eval()
 
 
 # Profile keys that shape the data an RH-emo is trained on and its lr.

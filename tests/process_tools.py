@@ -78,3 +78,52 @@ def a_long_run(marker) -> None:
             time.sleep(0.1)
     except KeyboardInterrupt:
         raise KeyboardInterrupt("a long run interrupted") from None
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def a_grouped_run(config) -> tuple:
+    """A sweep's run that checks the order within its group: a group's first waits until
+    every group's first has started (they must run side by side); a group's others need
+    their first to have finished."""
+    folder, group, index, groups = config
+    folder = Path(folder)
+    if index == 0:
+        (folder / f"started-{group}").touch()
+        started = lambda: all((folder / f"started-{g}").exists() for g in groups)  # noqa: E731
+        _wait_for(started, f"group {group}'s first ran alone")
+        time.sleep(0.3)  # a follower submitted too early would start meanwhile
+        (folder / f"done-{group}").touch()
+    elif not (folder / f"done-{group}").exists():
+        raise RuntimeError(f"group {group}'s run {index} started before its first finished")
+    return group, index
+
+
+def train_a_shared_network(folder) -> str:
+    """A sweep's run that asks qat.upstream's cache for the network a parallel run asks for
+    too; every training it does is counted in folder/trainings. Returns the weights' digest."""
+    import torch
+
+    from qat import upstream
+
+    folder = Path(folder)
+    (folder / f"ready-{os.getpid()}").touch()
+
+    def train_fn(net, checkpoint):
+        _wait_for(lambda: len(list(folder.glob("ready-*"))) == 2, "the other run never started")
+        time.sleep(1.0)  # the other run looks in the cache meanwhile
+        with open(folder / "trainings", "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        with torch.no_grad():
+            net.weight.normal_()
+        return {}
+
+    build = lambda: torch.nn.Linear(4, 2)  # noqa: E731
+    net, _ = upstream._cached_network("rhemo", {"case": "shared"}, build, train_fn)
+    return upstream.weights_digest(net)

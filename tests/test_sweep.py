@@ -24,6 +24,15 @@ def test_each_job_gets_its_share_of_the_budget(monkeypatch, capsys, budget, jobs
     assert f"grid x ({jobs} jobs)" in capsys.readouterr().err  # the bar names its grid
 
 
+def test_a_group_s_first_runs_before_its_others_and_beside_the_other_groups_firsts(tmp_path):
+    from process_tools import a_grouped_run
+
+    groups = ("a", "b")
+    configs = [(str(tmp_path), g, i, groups) for g in groups for i in range(3)]
+    results = sweep.run_grid(configs, a_grouped_run, jobs=2, group=lambda c: c[1])
+    assert sorted(results) == [(g, i) for g in groups for i in range(3)]
+
+
 KILLED_SWEEP = """
 import sys
 sys.path.insert(0, {tests!r})

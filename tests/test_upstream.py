@@ -68,3 +68,15 @@ def test_a_network_retrained_under_its_record_is_warned_about_and_its_runs_named
     assert tables.unrecorded_weights([network, old, new, before]) == [tables.record_id(new)]
     assert tables.unrecorded_weights([undated, old, new, before]) == []
     assert "1 run(s) stood on network weights" in tables.upstream_markdown([network, old, new])
+
+
+def test_parallel_runs_that_need_the_same_network_train_it_once(tmp_path, monkeypatch):
+    from process_tools import train_a_shared_network
+
+    from qat import sweep
+
+    monkeypatch.setenv("QAT_CACHE", str(tmp_path / "cache"))  # the workers' paths
+    monkeypatch.setenv("QAT_REPORTS", str(tmp_path / "reports"))
+    digests = sweep.run_grid([str(tmp_path)] * 2, train_a_shared_network, jobs=2)
+    assert len((tmp_path / "trainings").read_text().split()) == 1
+    assert digests[0] == digests[1]  # the waiting run loaded the network the other trained

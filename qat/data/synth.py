@@ -67,11 +67,6 @@ from qat.data import espeak
 from qat.data.audio import resample
 from qat.data.records import EMOTIONS, Utterance, write_manifest
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: concurrent builds still cannot clash on temporary names
-    fcntl = None
-
 
 class Prosody(NamedTuple):
     """eSpeak prosody controls: rate in words per minute, pitch level, pitch range (both 0-100,
@@ -513,7 +508,8 @@ def _build_corpus(out_dir, *, corpus, workers, progress, **params) -> list[Utter
             return records  # reading only: works on a read-only copy too
         _stored_corpus(out_dir)  # a folder that is not ours: stop before creating anything
         io.ensure_folder(out_dir, "out_dir")
-        with _locked(out_dir, progress):
+        waiting = f"waiting for another process that is building SynthEmo in {out_dir}"
+        with io.locked(out_dir / LOCK_FILE, (lambda: tqdm.write(waiting)) if progress else None):
             stored = _stored_corpus(out_dir)  # again, now that no other build can run
             if _is_complete(out_dir, digest, jobs, config):
                 return records  # another process built it while this one waited
@@ -782,26 +778,6 @@ def _stored_corpus(out_dir: Path) -> dict | None:
         f"{where} is not empty ({shown}) and holds no SynthEmo corpus (no {CONFIG_JSON}); "
         "expected a new, empty or SynthEmo folder"
     )
-
-
-@contextlib.contextmanager
-def _locked(out_dir: Path, progress: bool) -> Iterator[None]:
-    """Hold the folder's build lock (flock: the system releases it if the process dies). A
-    second build into the same folder waits here, then finds the corpus built and reuses it."""
-    if fcntl is None:
-        yield
-        return
-    with open(out_dir / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                tqdm.write(f"waiting for another process that is building SynthEmo in {out_dir}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _previous_files(out_dir: Path, stored: dict | None) -> set[Path]:
