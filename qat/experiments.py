@@ -295,14 +295,22 @@ class _Parts:
     method_info: dict
 
 
+def _rhemo(config: RunConfig, data: Data, progress: bool, trained: bool = True):
+    """The RH-emo a run reads (None when it reads none): the user's file it names, else the
+    split's, from the cache or trained here (`trained`), or at its initial weights."""
+    if not config.reads_rhemo:
+        return None
+    if config.rhemo:
+        return load_rhemo(config.rhemo, feature_config(config.profile))[0]
+    if trained:
+        return pretrain_rhemo(config, data, progress)
+    return untrained_rhemo(config, len(data.label_space.emotions))
+
+
 def _upstream(config: RunConfig, data: Data, progress: bool):
     """(RH-emo, orthogonal network) a run stands on (None where it needs none), from the cache
     or trained here."""
-    rhemo = orth_net = None
-    if config.reads_rhemo and config.rhemo:
-        rhemo = load_rhemo(config.rhemo, feature_config(config.profile))[0]
-    elif config.reads_rhemo:
-        rhemo = pretrain_rhemo(config, data, progress)
+    rhemo, orth_net = _rhemo(config, data, progress), None
     if config.uses_taps or config.init_from_orthogonal:
         orth_net = pretrain_orthogonal(config, data, rhemo, progress)
     return rhemo, orth_net
@@ -399,11 +407,7 @@ def training_steps(configs, progress: bool = False) -> dict[str, tuple]:
             attach_groups(data)
         batch_size = train_config(head.profile, head.seed).batch_size
         train = take(data.train, np.arange(min(batch_size, len(data.train.x))))
-        rhemo = orth_net = None
-        if head.reads_rhemo and head.rhemo:
-            rhemo = load_rhemo(head.rhemo, feature_config(head.profile))[0]
-        elif head.reads_rhemo:
-            rhemo = untrained_rhemo(head, len(data.label_space.emotions))
+        rhemo, orth_net = _rhemo(head, data, progress, trained=False), None
         if rhemo is not None:
             train = embed(rhemo, train)
         if any(c.uses_taps or c.init_from_orthogonal for c in group):
