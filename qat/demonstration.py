@@ -39,6 +39,7 @@ MAIN = (0.9, "word")  # (rho, factor)
 VARIANTS = ((0.95, "word"), (0.9, "speaker"))
 METHODS = ("at", "cka", "dann", "cdann", "reweight", "subsample", "groupdro", "jtt", "dfr")
 PLACEBO_OF = ("at", "cka")  # finalists that get a random-network placebo
+FINALISTS = 2 + len(METHODS) + len(PLACEBO_OF)  # with the baseline and the ceiling
 # Finalists that train with the baseline's step: the group methods only reweight (or subsample)
 # the per-item loss, DFR refits the baseline's last layer, the ceiling changes the data only.
 BASELINE_STEP = ("ceiling", "reweight", "subsample", "groupdro", "jtt", "dfr")
@@ -439,6 +440,10 @@ def _verdicts(rows: list[dict], who: str) -> list[str]:
         return [f"- {who}: no baseline runs yet."]
     if not any(r.get("gain 95% low") is not None for r in rows):
         return [f"- {who}: no finalist has 2 runs paired with the baseline yet."]
+    fewest = min(r["runs"] for r in rows)
+    if len(rows) < FINALISTS or fewest < len(FINAL_PAIRS):
+        who += (f" (so far: {len(rows)} of {FINALISTS} finalists have run, the fewest on "
+                f"{fewest} of {len(FINAL_PAIRS)} pairs)")  # fmt: skip
     better = [
         r
         for r in rows
@@ -676,11 +681,10 @@ def grid_progress(records) -> str:
     """Runs with a record out of the runs each stage plans, per model. A stage whose grid
     depends on an unfinished selection counts against its full size (every method chosen)."""
     done = {RunConfig.from_record(r).key() for r in records if r.get("kind") == "ser"}
-    finals = 2 + len(METHODS) + len(PLACEBO_OF)  # the baseline, the ceiling, methods, placebos
     planned = {
-        "finalists": finals * len(FINAL_PAIRS),
+        "finalists": FINALISTS * len(FINAL_PAIRS),
         "sweep": (len(VGG16_TAPS) + 2) * len(SWEEP_PAIRS),  # every tap, baseline and ceiling
-        "variants": len(VARIANTS) * finals * len(FINAL_PAIRS),
+        "variants": len(VARIANTS) * FINALISTS * len(FINAL_PAIRS),
     }
     said = []
     for model in MODELS:

@@ -89,6 +89,20 @@ def finalist_records():
     return finalist_set("real", truth, np.random.default_rng(0))
 
 
+def test_a_setting_whose_finalists_have_not_all_run_is_answered_so_far(finalist_records):
+    rows = demo.compare(finalist_records, "real")
+    assert len(rows) == demo.FINALISTS and all(r["runs"] == len(demo.FINAL_PAIRS) for r in rows)
+    assert not any("so far" in line for line in demo._verdicts(rows, "real"))
+    jtt = demo.finalists(finalist_records, "real")["jtt"].replace(seed=204, fold=0)
+    short = [r for r in finalist_records if RunConfig.from_record(r) != jtt]
+    said = demo._verdicts(demo.compare(short, "real"), "real")
+    n, k = demo.FINALISTS, len(demo.FINAL_PAIRS)
+    assert said[0].startswith(f"- real (so far: {n} of {n} finalists have run, the fewest on "
+                              f"{k - 1} of {k} pairs): finalists whose UA gain")  # fmt: skip
+    missing = [r for r in rows if r["finalist"] != "jtt"]
+    assert f"so far: {n - 1} of {n} finalists have run" in demo._verdicts(missing, "real")[0]
+
+
 def test_report_intervals_are_those_of_qat_stats(finalist_records):
     rows = {r["finalist"]: r for r in demo.compare(finalist_records, "real")}
     by = {
