@@ -21,6 +21,8 @@ Everything on the page comes from run records; `qat demonstration` resumes where
 
 from __future__ import annotations
 
+import functools
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,12 +101,19 @@ def _matching(records, config: RunConfig) -> dict[tuple, dict]:
     key = config.replace(seed=0, fold=None).key()
     out = {}
     for r in records:
-        if r.get("kind") != "ser":
-            continue
-        run = RunConfig.from_record(r)
-        if run.replace(seed=0, fold=None).key() == key:
-            out.setdefault((run.seed, run.fold), r)
+        if r.get("kind") == "ser" and r["config"].get("method") == config.method:
+            setting, pair = _setting(json.dumps(r["config"], sort_keys=True, default=str))
+            if setting == key:
+                out.setdefault(pair, r)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _setting(config: str) -> tuple[str, tuple]:
+    """A record's configuration (as JSON) without its pair, and its (seed, fold); cached on
+    the content, because the page matches every record against every finalist."""
+    run = RunConfig.from_record(json.loads(config))
+    return run.replace(seed=0, fold=None).key(), (run.seed, run.fold)
 
 
 def choose(records, model: str, method: str) -> tuple[RunConfig, list[dict]]:
@@ -627,9 +636,10 @@ def costs_line(measured: dict[str, dict | None]) -> str:
     return f"- Step times: {'; '.join(said)}."
 
 
-def grid_time(records) -> str:
-    """The grid's measured cost so far: its SER runs and the RH-emos of its splits (the
-    demonstration's seeds, never the instrument's), by the wall times their records hold."""
+def grid_time(records, complete: bool = False) -> str:
+    """The grid's measured cost (so far, unless `complete`): its SER runs and the RH-emos of
+    its splits (the demonstration's seeds, never the instrument's), by the wall times their
+    records hold."""
     seeds = {s for s, _ in (*SELECTION_PAIRS, *FINAL_PAIRS)}
     mine = [
         r
@@ -643,7 +653,8 @@ def grid_time(records) -> str:
     resumed = sum(bool(r.get("resources", {}).get("resumed_from_epoch")) for r in mine)
     partial = (f"; {resumed} run(s) resumed from a checkpoint and count only their last part"
                if resumed else "")  # fmt: skip
-    return (f"- Grid so far: {runs_} runs and {len(mine) - runs_} RH-emos, {hours:.1f} h of "
+    said = "The whole grid" if complete else "Grid so far"
+    return (f"- {said}: {runs_} runs and {len(mine) - runs_} RH-emos, {hours:.1f} h of "
             "summed wall time from their records (runs share the 2 cores, so the elapsed "
             f"time is shorter{partial}).")  # fmt: skip
 
@@ -677,22 +688,34 @@ def retrained_lines(records) -> list[str]:
     return said
 
 
-def grid_progress(records) -> str:
-    """Runs with a record out of the runs each stage plans, per model. A stage whose grid
-    depends on an unfinished selection counts against its full size (every method chosen)."""
+def grid_counts(records) -> dict[str, dict[str, tuple[int, int]]]:
+    """{model: {stage: (runs with a record, runs planned)}}. A stage whose grid depends on an
+    unfinished selection counts against its full size (every method chosen)."""
     done = {RunConfig.from_record(r).key() for r in records if r.get("kind") == "ser"}
     planned = {
         "finalists": FINALISTS * len(FINAL_PAIRS),
         "sweep": (len(VGG16_TAPS) + 2) * len(SWEEP_PAIRS),  # every tap, baseline and ceiling
         "variants": len(VARIANTS) * FINALISTS * len(FINAL_PAIRS),
     }
-    said = []
+    counts = {}
     for model in MODELS:
-        counts = []
+        counts[model] = {}
         for stage, grid_of in GRIDS.items():
             grid = {c.key() for c in grid_of(model, records)}
-            counts.append(f"{stage} {len(grid & done)}/{max(len(grid), planned.get(stage, 0))}")
-        said.append(f"{model}: {', '.join(counts)}")
+            counts[model][stage] = len(grid & done), max(len(grid), planned.get(stage, 0))
+    return counts
+
+
+def grid_complete(counts: dict[str, dict[str, tuple[int, int]]]) -> bool:
+    return all(done == planned for stages in counts.values() for done, planned in stages.values())
+
+
+def grid_progress(counts: dict[str, dict[str, tuple[int, int]]]) -> str:
+    """One line: runs with a record / planned, per model and stage (from `grid_counts`)."""
+    said = [
+        f"{model}: " + ", ".join(f"{stage} {d}/{p}" for stage, (d, p) in stages.items())
+        for model, stages in counts.items()
+    ]
     return f"- Runs with a record / planned: {'; '.join(said)}."
 
 
@@ -797,7 +820,9 @@ def write_report(reports=None) -> Path:
     }
     answer = found + (answer or ["- No finalist has run yet."])
     answer += [targets_line(goals)] if goals else []
-    answer += [grid_progress(records), costs_line(measured), grid_time(everything)]
+    counts = grid_counts(records)
+    answer += [grid_progress(counts), costs_line(measured)]
+    answer += [grid_time(everything, complete=grid_complete(counts))]
     answer += retrained_lines(records)
     lines = ["# Which method removes the word shortcut, and is it invariance?", ""]
     lines += ["## Short answer", "", *answer, "", PROTOCOL.format(**pairs)]

@@ -450,7 +450,7 @@ def test_the_short_answer_leads_with_anti_transfer_against_its_placebo_and_the_f
 def test_grid_progress_counts_recorded_runs_against_each_stages_plan(finalist_records):
     selection = demo.selection_grid("quaternion")
     half = [record(c, 0.5) for c in selection[::2]]
-    said = demo.grid_progress(half)
+    said = demo.grid_progress(demo.grid_counts(half))
     n_final = (2 + len(demo.METHODS) + len(demo.PLACEBO_OF)) * len(demo.FINAL_PAIRS)
     assert (
         f"quaternion: selection {len(selection[::2])}/{len(selection)}, finalists 0/{n_final},"
@@ -458,9 +458,45 @@ def test_grid_progress_counts_recorded_runs_against_each_stages_plan(finalist_re
     )
     assert f"real: selection 0/{len(demo.selection_grid('real'))}," in said
     # Every finalist of the fixture ran on every fresh pair; its selection is complete.
-    said = demo.grid_progress(finalist_records)
+    said = demo.grid_progress(demo.grid_counts(finalist_records))
     assert f"real: selection {len(demo.selection_grid('real'))}/" in said
     assert f"finalists {n_final}/{n_final}" in said
+
+
+def test_runs_are_matched_to_a_setting_by_their_content_each_time():
+    at = demo.base("real", method="at", tap="conv2_1", beta=1.0)
+    records = [record(at.replace(seed=s, fold=f), 0.5) for s, f in demo.FINAL_PAIRS]
+    records.append(record(at.replace(beta=10.0, seed=1, fold=1), 0.5))
+    assert set(demo._matching(records, at)) == set(demo.FINAL_PAIRS)
+    # A record edited in place now belongs to its new setting (nothing stale is served).
+    records[0]["config"] = at.replace(beta=10.0, seed=7, fold=0).key_dict()
+    assert set(demo._matching(records, at)) == set(demo.FINAL_PAIRS[1:])
+    assert set(demo._matching(records, at.replace(beta=10.0))) == {(1, 1), (7, 0)}
+
+
+def test_the_whole_grid_s_time_is_stated_only_when_every_stage_has_run():
+    rng = np.random.default_rng(3)
+    records, seen = [], set()
+    for grid_of in demo.GRIDS.values():  # each stage's grid from the records so far
+        for model in demo.MODELS:
+            for c in grid_of(model, records):
+                if c.key() not in seen:
+                    seen.add(c.key())
+                    records.append(record(c, 0.5) | {"wall_time_s": rng.uniform(100, 300)})
+    rhemo = {"kind": "rhemo", "config": records[0]["config"], "wall_time_s": 400.0}
+    hours = (sum(r["wall_time_s"] for r in records) + 400.0) / 3600
+    counts = demo.grid_counts(records)
+    assert demo.grid_complete(counts)
+    said = demo.grid_time([*records, rhemo], complete=True)
+    assert said.startswith(f"- The whole grid: {len(records)} runs and 1 RH-emos, {hours:.1f} h")
+    # One variant run short: the grid is not complete, and its time is "so far".
+    short = records[:-1]
+    counts = demo.grid_counts(short)
+    assert not demo.grid_complete(counts)
+    n = demo.FINALISTS * len(demo.FINAL_PAIRS) * len(demo.VARIANTS)
+    assert f"variants {n - 1}/{n}" in demo.grid_progress(counts)
+    said = demo.grid_time(short, complete=False)
+    assert said.startswith(f"- Grid so far: {len(short)} runs and 0 RH-emos")
 
 
 def test_the_page_says_which_dfr_runs_refitted_a_retrained_baseline_network():
