@@ -141,6 +141,56 @@ def test_report_intervals_are_those_of_qat_stats(finalist_records):
     assert rows["at"]["information"] == REGIMES["at"]
 
 
+def test_placebo_comparisons_are_holm_adjusted_across_every_setting_on_the_page(
+    finalist_records, tmp_path
+):
+    # Three settings x two models of at and cka rows, with random p-values and bounds.
+    rng = np.random.default_rng(3)
+    settings = [
+        [{"finalist": "baseline"}]
+        + [{"finalist": name, "_placebo p": p, "placebo 95% low": low} for name, p, low in
+           zip(("at", "cka"), rng.uniform(0, 0.06, 2) ** (1 + 2 * (i == 0)),
+               (0.01, rng.normal(0, 0.01)), strict=True)]
+        for i in range(6)
+    ]  # fmt: skip
+    assert demo.adjust_placebos(settings) == 12
+    assert all("placebo Holm p" not in rows[0] for rows in settings)  # never compared
+    rows = [r for rows in settings for r in rows[1:]]
+    p = np.array([r["_placebo p"] for r in rows])
+    order = np.argsort(p)  # Holm by hand: step down, monotone, capped at 1
+    holm = np.empty_like(p)
+    holm[order] = np.minimum(1, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+    assert [r["placebo Holm p"] for r in rows] == pytest.approx(list(holm))
+    said = {}
+    for r, adjusted in zip(rows, holm, strict=True):
+        text = demo._beats_placebo(r)
+        if r["placebo 95% low"] <= 0:
+            said["interval"] = text
+            assert text.startswith("does not beat it:")
+        elif adjusted < 0.05:
+            said["holm"] = text
+            assert text == ("beats it, also after Holm's adjustment across the 12 placebo "
+                            f"comparisons on this page (p = {adjusted:.3f}).")  # fmt: skip
+        else:
+            said["alone"] = text
+            assert text == ("beats it by its interval alone, not after Holm's adjustment "
+                            "across the 12 placebo comparisons on this page "
+                            f"(p = {adjusted:.3f}).")  # fmt: skip
+    assert set(said) == {"interval", "holm", "alone"}  # every verdict was exercised
+    # On the page: one family across settings and models, shown in the finalist tables.
+    for r in finalist_records:
+        io.write_json_once(runs.record_path("ser", r["config"], tmp_path), r)
+    page = demo.write_report(tmp_path).read_text()
+    assert "placebo Holm p" in page
+    compared = [r for r in demo.compare(finalist_records, "real") if r.get("_placebo p")]
+    assert demo.adjust_placebos([compared]) == len(compared) == 2  # at and cka, real only
+    family = stats.holm([r["_placebo p"] for r in compared])
+    assert [r["placebo Holm p"] for r in compared] == pytest.approx(list(family))
+    at = next(r for r in compared if r["finalist"] == "at")
+    line = next(s for s in page.splitlines() if "at vs its random-network placebo" in s)
+    assert line.endswith(demo._beats_placebo(at))
+
+
 def test_page_leads_with_the_answer_then_the_protocol(finalist_records, tmp_path):
     for r in finalist_records:
         io.write_json_once(runs.record_path("ser", r["config"], tmp_path), r)
