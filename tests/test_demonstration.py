@@ -144,7 +144,8 @@ def test_report_intervals_are_those_of_qat_stats(finalist_records):
 def test_placebo_comparisons_are_holm_adjusted_across_every_setting_on_the_page(
     finalist_records, tmp_path
 ):
-    # Three settings x two models of at and cka rows, with random p-values and bounds.
+    # Three settings x two models, each with an at row (interval above 0) and a cka row
+    # (random bound); random p-values, the first setting's far smaller.
     rng = np.random.default_rng(3)
     settings = [
         [{"finalist": "baseline"}]
