@@ -446,8 +446,7 @@ def adjust_placebos(settings: Iterable[list[dict]]) -> int:
     setting, model and penalty): one placebo beaten among many comparisons is not yet
     invariance. Sets each compared row's "placebo Holm p"; returns the family's size."""
     tested = [r for rows in settings for r in rows if r.get("_placebo p") is not None]
-    adjusted = stats.holm([r["_placebo p"] for r in tested]) if tested else []
-    for r, p in zip(tested, adjusted, strict=True):
+    for r, p in zip(tested, stats.holm([r["_placebo p"] for r in tested]), strict=True):
         r["placebo Holm p"] = float(p)
         r["_placebo family"] = len(tested)
     return len(tested)
