@@ -79,6 +79,30 @@ CPU_RECIPE = "adamw-onecycle-ema"  # chosen by the pilot's rule (qat.instrument.
 # when a gain is confirmed on fresh (seed, fold) pairs, which it has not been.
 INSTRUMENT_ENCODER = "published"
 
+# How the upstream networks (RH-emo and the orthogonal networks) are trained: the run setting
+# `upstream`, written before any of its runs. "v1" is how every record before this registry
+# trained them: RH-emo with Adam at the profile's lr, constant, for a fixed number of epochs,
+# the last one kept; the orthogonal networks with the SER recipe for `orthogonal_epochs`. The
+# others train with the SER recipe's care (UPSTREAM_RECIPE: warm-up and cosine decay, early
+# stopping on the validation objective, the best-validation weights kept; each stage of RH-emo
+# has its own cycle) and differ in RH-emo's loss weights: reconstruction against the emotion
+# head and the valence/arousal/dominance heads. RH-emo's encoder (channels) is the run setting
+# `rhemo_encoder`; the embedding's size (pools) is the profile's, so every candidate costs
+# the downstream quaternion VGG16 the same step. qat.embedding chooses among them on
+# validation data of ceiling runs only, and confirms on fresh pairs.
+UPSTREAM_RECIPE = dict(optimizer="adamw", weight_decay=0.05, lr=3e-3, schedule="onecycle",
+                       warmup=0.15, selection="best_val_loss", patience=6)  # fmt: skip
+UPSTREAMS = {
+    "v1": dict(recipe=None, rhemo_weights=dict(reconstruction=1.0, emotion=1.0, ratings=1.0)),
+    "careful": dict(recipe=UPSTREAM_RECIPE, rhemo_epochs=(15, 40), orthogonal_epochs=40,
+                    rhemo_weights=dict(reconstruction=1.0, emotion=1.0, ratings=1.0)),
+    "careful-emotion": dict(recipe=UPSTREAM_RECIPE, rhemo_epochs=(15, 40), orthogonal_epochs=40,
+                            rhemo_weights=dict(reconstruction=1.0, emotion=3.0, ratings=1.0)),
+}  # fmt: skip
+# The instrument's upstream networks; "v1" until qat.embedding's choice is confirmed on fresh
+# pairs (reports/instrument.md, section 8).
+INSTRUMENT_UPSTREAM = "v1"
+
 # Sizes and recipe per profile. "cpu" runs on this machine; "paper" is the WASPAA 2023
 # setting (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20,
 # patience 20). A profile's settings are hashed into every record key: editing one reruns its
@@ -187,6 +211,10 @@ class RunConfig:
                                "wide (1-8-16-4) or uncompressed (1-2-4-4 with pools (2,1),(1,1),"
                                "(1,1)); reports/instrument.md section 7 compares them",
                                tuple(ENCODERS), default="published")  # fmt: skip
+    upstream: str = _spec("how RH-emo and the orthogonal networks are trained (qat.config."
+                          "UPSTREAMS): v1 as first recorded, or with schedule, early stopping "
+                          "and best-validation weights", tuple(UPSTREAMS),
+                          default=INSTRUMENT_UPSTREAM)  # fmt: skip
     tap: tuple[str, ...] = _spec("tap(s) where at/cka act; several (comma-separated) sum the "
                                  "terms", TAPS, default=("conv2_1",))  # fmt: skip
     beta: float = _spec("weight of the at/cka term (applied once)", default=1.0)
@@ -376,7 +404,14 @@ class RunConfig:
             out["selection"] = self.selection
         if self.reads_rhemo and not self.rhemo and self.rhemo_encoder != "published":
             out["rhemo_encoder"] = self.rhemo_encoder
+        if self.upstream != "v1" and self.trains_upstream:
+            out["upstream"] = self.upstream
         return out
+
+    @property
+    def trains_upstream(self) -> bool:
+        """The run reads an RH-emo or orthogonal network the kit trains (not a user's file)."""
+        return (self.reads_rhemo and not self.rhemo) or self.uses_orthogonal
 
     def key(self) -> str:
         return config_key(self.key_dict())
@@ -386,8 +421,9 @@ class RunConfig:
         with equal prerequisites can share them."""
         orthogonal = self.orthogonal if self.uses_orthogonal else None
         encoder = self.rhemo_encoder if self.reads_rhemo else None
+        upstream = self.upstream if self.trains_upstream else None
         return (self.corpus, self.root, self.setup, self.model, self.seed, self.profile,
-                orthogonal, encoder, *self.split_options.values())  # fmt: skip
+                orthogonal, encoder, upstream, *self.split_options.values())  # fmt: skip
 
     def label(self, without: Sequence[str] = ()) -> str:
         """A short human name, e.g. "[confounded] quaternion at word@conv2_1 β=1 seed 1".
@@ -403,6 +439,7 @@ class RunConfig:
         if c.get("taps"):
             kw["tap"] = tuple(c["taps"])
         kw.update(c.get("split") or {})
+        kw.setdefault("upstream", "v1")  # records from before the setting trained as v1
         return cls(**kw)
 
 
@@ -449,6 +486,8 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
         parts.append("+init")
     if config.get("rhemo_encoder"):
         parts.append(f"RH-emo {config['rhemo_encoder']}")
+    if config.get("upstream"):
+        parts.append(f"upstream {config['upstream']}")
     for key, name in (("eta", "η"), ("group_adjustment", "C"), ("jtt_epochs", "T"),
                       ("lambda_up", "λup"), ("weight_decay", "wd")):  # fmt: skip
         if config.get(key):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qat import costs, diagnosis, io, paths, plots, runs, stats, tables
+from qat import costs, diagnosis, embedding, io, paths, plots, runs, stats, tables
 from qat.config import INSTRUMENT_ENCODER, PROFILES, RECIPES, RunConfig
 from qat.models import ENCODERS  # RH-emo encoders (published first): each gets its rows
 from qat.report import update_readme_block
@@ -100,6 +100,12 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
     the diagnosed networks, timed side by side in one process."""
     from qat.experiments import run_configs
 
+    if stage == "embedding":
+        run_configs(embedding.select_configs(), jobs=jobs, desc="instrument embedding")
+        return
+    if stage == "embedding-confirm":
+        _confirm_embedding(jobs)
+        return
     if stage == "costs":
         costs.run([*cost_configs().values(), *diagnosis.cost_configs(FROZEN).values()])
         return
@@ -118,6 +124,21 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
         for seed, fold in PAIRS:
             oracle(RunConfig(profile=FROZEN, seed=seed, fold=fold, setup="unconfounded"))
         upstream(FROZEN)
+
+
+def _confirm_embedding(jobs: int) -> None:
+    """The chosen RH-emo on fresh pairs: its runs (embedding.confirm_configs), then the
+    quaternion word networks that read it."""
+    from qat import upstream as networks
+    from qat.experiments import run_configs
+
+    chosen, why = embedding.choose(embedding.scores(runs.load_records()))
+    if chosen is None:
+        raise ValueError(f"stage='embedding-confirm': no RH-emo is chosen yet ({why}); run "
+                         "`qat instrument --stage embedding` first")  # fmt: skip
+    run_configs(embedding.confirm_configs(chosen), jobs=jobs, desc=f"confirm {chosen}")
+    for run in embedding.word_networks(chosen):
+        networks.pretrain_orthogonal(run, rhemo=networks.pretrain_rhemo(run))
 
 
 # ---------------------------------------------------------------- summaries

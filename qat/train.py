@@ -380,12 +380,21 @@ def fit(
         model.load_state_dict(best_weights)
     elif ema is not None:
         model.load_state_dict(ema.module.state_dict())
+    stopped_early = early_stopping and state["epoch"] < config.epochs
     return {
         "history": state["history"],
         "best_epoch": state["best_epoch"],
         "best_val_loss": state["best_val"],
         "resumed_from_epoch": resumed_from,
+        "stopped": stop_reason(stopped_early, config.patience, state["epoch"], config.epochs),
     }
+
+
+def stop_reason(early: bool, patience: int, epoch: int, budget: int) -> str:
+    """Why training ended, in the words a record keeps."""
+    if early:
+        return f"early stopping: no better validation score in {patience} epochs (epoch {epoch})"
+    return f"epoch budget ({budget} epochs)"
 
 
 def evaluate(
@@ -420,61 +429,88 @@ def _binarised(values: torch.Tensor, threshold: float) -> torch.Tensor:
     return (values >= threshold).long()
 
 
+RHEMO_WEIGHTS = dict(reconstruction=1.0, emotion=1.0, ratings=1.0)
+
+
 def fit_rhemo(
     rhemo, train, val, epochs: tuple[int, int] = (4, 4), lr: float = 1e-3, batch_size: int = 32,
     seed: int = 0, progress: bool = True, recipe: TrainConfig | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None, weights: dict | None = None,
 ) -> dict:  # fmt: skip
-    """Two-stage RH-emo training as in the paper: `epochs[0]` epochs of reconstruction alone,
-    then `epochs[1]` epochs of reconstruction plus the four heads (emotion on channel 0,
-    binarised valence/arousal/dominance on channels 1-3 at `balanced_threshold` of the
-    training items; a rating the corpus lacks is left out of the loss). Adam at a constant
-    `lr`, or `recipe`'s optimizer and schedule (a one-cycle schedule restarts at each stage).
-    Leaves the network frozen in eval mode and returns per-epoch validation reconstruction
-    error and head accuracies, and each rating's threshold and share of "high" training
-    items. Every epoch ends with an atomic `checkpoint`; a rerun resumes from it and follows
-    the same path as an uninterrupted run."""
-    recipe = recipe or TrainConfig(lr=lr, batch_size=batch_size)
+    """Two-stage RH-emo training as in the paper: up to `epochs[0]` epochs of reconstruction
+    alone, then up to `epochs[1]` epochs of reconstruction plus the four heads (emotion on
+    channel 0, binarised valence/arousal/dominance on channels 1-3 at `balanced_threshold` of
+    the training items; a rating the corpus lacks is left out of the loss), each term times its
+    `weights` ("reconstruction", "emotion", "ratings"). Adam at a constant `lr`, or `recipe`'s
+    optimizer and schedule (a one-cycle schedule restarts at each stage). Under
+    `recipe.selection == "best_val_loss"` each stage stops after `recipe.patience` epochs
+    without a lower validation objective (the stage's weighted loss) and ends on its best
+    weights; otherwise every epoch runs and the last is kept.
+
+    Leaves the network frozen in eval mode and returns the per-epoch validation curve
+    (reconstruction error, objective, head accuracies; each rating's balanced accuracy beside
+    its validation majority rate), the kept epoch, why each stage stopped, and each rating's
+    threshold and share of "high" training items. Every epoch ends with an atomic
+    `checkpoint`; a rerun resumes from it and follows the same path as an uninterrupted run."""
+    recipe = recipe or TrainConfig(lr=lr, batch_size=batch_size, selection="final")
+    weights = {**RHEMO_WEIGHTS, **(weights or {})}
+    early = recipe.selection == "best_val_loss"
     batch_size = recipe.batch_size
     optimizer = make_optimizer(rhemo, recipe)
     steps_per_epoch = -(-len(train.x) // batch_size)
-    schedule = None
     ratings = ("valence", "arousal", "dominance")
     thresholds = {k: balanced_threshold(train.labels[k]) for k in ratings}
     ratings = tuple(k for k in ratings if not math.isnan(thresholds[k]))
 
-    def losses(x, labels, with_heads):
-        out = rhemo(x)
-        total = F.mse_loss(out["reconstruction"], rhemo.reconstruction_target(x))
+    def losses(out, x, labels, with_heads):
+        recon = F.mse_loss(out["reconstruction"], rhemo.reconstruction_target(x))
+        total = weights["reconstruction"] * recon
         if with_heads:
-            total = total + F.cross_entropy(out["emotion"], labels["emotion"])
+            total = total + weights["emotion"] * F.cross_entropy(out["emotion"], labels["emotion"])
             for k in ratings:
                 known = ~torch.isnan(labels[k])
                 if known.any():
                     target = _binarised(labels[k][known], thresholds[k])
-                    total = total + F.cross_entropy(out[k][known], target)
-        return total, out
+                    total = total + weights["ratings"] * F.cross_entropy(out[k][known], target)
+        return total, recon
 
-    def stage_schedule(epoch: int):  # each stage starts its own cycle
-        stage_epochs = epochs[0] if epoch < epochs[0] else epochs[1]
-        return make_schedule(optimizer, recipe, stage_epochs * steps_per_epoch)
-
-    history, start = [], 0
+    stages = (("reconstruction", 0, epochs[0]), ("heads", epochs[0], sum(epochs)))
+    state = {"history": [], "epoch": 0, "stage": 0, "best": math.inf, "best_epoch": 0,
+             "bad_epochs": 0, "stopped": []}  # fmt: skip
+    best_weights, schedule = None, None
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     saved = _load_checkpoint(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
+    if saved is not None and "state" not in saved:
+        warnings.warn(f"{ckpt_path}: a checkpoint of older code; training from the start",
+                      stacklevel=2)  # fmt: skip
+        saved = None
     if saved is not None:
         rhemo.load_state_dict(saved["model"])
-        history, start = saved["history"], len(saved["history"])
+        state, best_weights = saved["state"], saved["best_weights"]
         # The schedule first: creating it sets the lr, which the optimizer's state then restores.
-        schedule = stage_schedule(start) if start < sum(epochs) else None
+        if state["stage"] < len(stages):
+            _, begin, end = stages[state["stage"]]
+            schedule = make_schedule(optimizer, recipe, (end - begin) * steps_per_epoch)
         optimizer.load_state_dict(saved["optimizer"])
         if schedule is not None and saved["schedule"] is not None:
             schedule.load_state_dict(saved["schedule"])
     n = len(train.x)
-    for epoch in range(start, sum(epochs)):
-        with_heads = epoch >= epochs[0]
-        if epoch in (0, epochs[0]):
-            schedule = stage_schedule(epoch)
+    while state["stage"] < len(stages):
+        name, begin, end = stages[state["stage"]]
+        with_heads = name == "heads"
+        if state["epoch"] == begin and schedule is None:  # each stage starts its own cycle
+            schedule = make_schedule(optimizer, recipe, (end - begin) * steps_per_epoch)
+        out_of_patience = early and state["bad_epochs"] >= recipe.patience
+        if state["epoch"] >= end or out_of_patience:
+            state["stopped"].append(
+                f"{name}: " + stop_reason(out_of_patience, recipe.patience, state["epoch"] - begin,
+                                          end - begin))  # fmt: skip
+            if early and best_weights is not None:
+                rhemo.load_state_dict(best_weights)
+            state.update(stage=state["stage"] + 1, epoch=end, best=math.inf, bad_epochs=0)
+            best_weights, schedule = None, None
+            continue
+        epoch = state["epoch"]
         seed_e = _epoch_seed(seed, epoch)
         torch.manual_seed(seed_e)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_e))
@@ -485,40 +521,36 @@ def fit_rhemo(
             idx = order[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            loss, _ = losses(train.x[idx], {k: v[idx] for k, v in train.labels.items()}, with_heads)
+            x = train.x[idx]
+            labels = {k: v[idx] for k, v in train.labels.items()}
+            loss, _ = losses(rhemo(x), x, labels, with_heads)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-        rhemo.eval()
-        with torch.no_grad():
-            out = rhemo(val.x)
-            row = {
-                "epoch": epoch + 1,
-                "stage": "heads" if with_heads else "reconstruction",
-                "lr": optimizer.param_groups[0]["lr"],
-                "val_reconstruction_mse": float(
-                    F.mse_loss(out["reconstruction"], rhemo.reconstruction_target(val.x))
-                ),
-                "val_emotion_ua": metrics.unweighted_accuracy(
-                    val.labels["emotion"].numpy(), out["emotion"].argmax(1).numpy()
-                ),
-            }
-            for k in ratings:
-                known = ~torch.isnan(val.labels[k])
-                if known.any():
-                    target = _binarised(val.labels[k][known], thresholds[k])
-                    row[f"val_{k}_acc"] = float((out[k][known].argmax(1) == target).float().mean())
-        history.append(row)
+        row = _rhemo_scores(rhemo, val, ratings, thresholds, losses, with_heads)
+        row = {"epoch": epoch + 1, "stage": name, "lr": optimizer.param_groups[0]["lr"], **row}
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        if row["val_objective"] < state["best"]:
+            state.update(best=row["val_objective"], best_epoch=epoch + 1, bad_epochs=0)
+            if early:
+                best_weights = copy.deepcopy(rhemo.state_dict())
+        else:
+            state["bad_epochs"] += 1
+        if not early:
+            state["best_epoch"] = epoch + 1  # the last epoch is kept
         if ckpt_path is not None:
-            state = {
+            saved = {
                 "model": rhemo.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule and schedule.state_dict(),
-                "history": history,
+                "history": state["history"],
+                "state": state,
+                "best_weights": best_weights,
             }
-            io.write_atomic(ckpt_path, lambda tmp, state=state: torch.save(state, tmp))
+            io.write_atomic(ckpt_path, lambda tmp, saved=saved: torch.save(saved, tmp))
     rhemo.eval()
     for p in rhemo.parameters():
         p.requires_grad_(False)
@@ -528,4 +560,31 @@ def fit_rhemo(
                                  >= thresholds[k]).double().mean())}
         for k in ratings
     }  # fmt: skip
-    return {"history": history, "ratings": binarised}
+    return {"history": state["history"], "ratings": binarised, "kept_epoch": state["best_epoch"],
+            "stopped": "; ".join(state["stopped"]), "weights": weights}  # fmt: skip
+
+
+@torch.no_grad()
+def _rhemo_scores(rhemo, val, ratings, thresholds, losses, with_heads) -> dict:
+    """RH-emo's validation row: reconstruction error, the stage's objective, the emotion head's
+    UA and, per rating, accuracy, balanced accuracy and the majority class's share (a head at
+    that share has learned nothing)."""
+    rhemo.eval()
+    out = rhemo(val.x)
+    objective, recon = losses(out, val.x, val.labels, with_heads)
+    row = {
+        "val_reconstruction_mse": float(recon),
+        "val_objective": float(objective),
+        "val_emotion_ua": metrics.unweighted_accuracy(
+            val.labels["emotion"].numpy(), out["emotion"].argmax(1).numpy()
+        ),
+    }
+    for k in ratings:
+        known = ~torch.isnan(val.labels[k])
+        if known.any():
+            target = _binarised(val.labels[k][known], thresholds[k])
+            pred = out[k][known].argmax(1)
+            row[f"val_{k}_acc"] = float((pred == target).float().mean())
+            row[f"val_{k}_balanced"] = metrics.unweighted_accuracy(target.numpy(), pred.numpy())
+            row[f"val_{k}_majority"] = float(max(target.float().mean(), 1 - target.float().mean()))
+    return row

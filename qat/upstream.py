@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from qat import io, paths, runs
-from qat.config import PROFILES, RunConfig
+from qat.config import PROFILES, UPSTREAMS, RunConfig
 from qat.data import corpora
 from qat.data.records import corpus_digest
 from qat.models import ENCODERS, RHEmo, vgg16
@@ -152,26 +152,37 @@ def rhemo_key(run: RunConfig) -> dict:
     method), so every method on a (seed, fold) shares one RH-emo."""
     k = _rhemo_run(run).key_dict()
     return {name: k[name] for name in ("corpus", "setup", "profile", "profile_settings", "seed",
-                                       "root", "split", "rhemo_encoder") if name in k}  # fmt: skip
+                                       "root", "split", "rhemo_encoder", "upstream")
+            if name in k}  # fmt: skip
+
+
+def rhemo_training(run: RunConfig) -> dict:
+    """How the run's RH-emo is trained (qat.config.UPSTREAMS): fit_rhemo's epochs, recipe and
+    loss weights. v1: Adam at the profile's lr, or the profile's `rhemo_recipe` (a diagnosis),
+    every epoch run and the last kept."""
+    p, design = PROFILES[run.profile], UPSTREAMS[run.upstream]
+    if design["recipe"] is None:
+        recipe = p.get("rhemo_recipe")
+        recipe = recipe and TrainConfig(lr=p["lr"], selection="final", **recipe)
+        return dict(epochs=p["rhemo_epochs"], lr=p["lr"], recipe=recipe,
+                    weights=design["rhemo_weights"])  # fmt: skip
+    recipe = TrainConfig(batch_size=p["batch_size"], **design["recipe"])
+    return dict(epochs=design["rhemo_epochs"], lr=recipe.lr, recipe=recipe,
+                weights=design["rhemo_weights"])  # fmt: skip
 
 
 def pretrain_rhemo(run: RunConfig, data: Data | None = None, progress: bool = True) -> RHEmo:
-    """RH-emo trained on the training items of the run's split (never the test set): Adam at
-    the profile's lr, or its `rhemo_recipe`; the run's `rhemo_encoder`."""
+    """RH-emo trained on the training items of the run's split (never the test set), as the
+    run's `upstream` says (rhemo_training); the run's `rhemo_encoder`."""
     run = _rhemo_run(run)
-    p = PROFILES[run.profile]
     data = data or run_data(run, progress)
-    recipe = p.get("rhemo_recipe")
 
     def build():
         return _initial_rhemo(run, len(data.label_space.emotions))
 
     def train_fn(net, checkpoint):
-        return fit_rhemo(
-            net, data.train, data.val, epochs=p["rhemo_epochs"], lr=p["lr"], seed=run.seed,
-            progress=progress, recipe=recipe and TrainConfig(lr=p["lr"], **recipe),
-            checkpoint=checkpoint,
-        )  # fmt: skip
+        return fit_rhemo(net, data.train, data.val, seed=run.seed, progress=progress,
+                         checkpoint=checkpoint, **rhemo_training(run))  # fmt: skip
 
     return _cached_network("rhemo", rhemo_key(run), build, train_fn)[0]
 
@@ -297,13 +308,16 @@ def pretrain_orthogonal(
         config["source"] = source
     if model == "quaternion" and run.rhemo_encoder != "published":  # named, for its reader
         config["rhemo_encoder"] = run.rhemo_encoder
+    if run.upstream != "v1":
+        config["upstream"] = run.upstream
 
     def train_fn(net, checkpoint):
-        cfg = train_config(profile, 0, epochs=p["orthogonal_epochs"], target=label)
-        result = fit(net, train, val, cfg, progress=progress, name=f"{run.orthogonal} network",
-                     checkpoint=checkpoint)  # fmt: skip
+        result = fit(net, train, val, orthogonal_training(run, label), progress=progress,
+                     name=f"{run.orthogonal} network", checkpoint=checkpoint)  # fmt: skip
         return {
             "history": result["history"],
+            "kept_epoch": result["best_epoch"],
+            "stopped": result["stopped"],
             "metrics": evaluate(net, test, target=label, num_classes=len(classes)),
             "source": {
                 "corpus": records[0].corpus,
@@ -315,6 +329,17 @@ def pretrain_orthogonal(
         }
 
     return _cached_network(f"orthogonal-{run.orthogonal}-{model}", config, build, train_fn)[0]
+
+
+def orthogonal_training(run: RunConfig, label: str) -> TrainConfig:
+    """The orthogonal network's recipe: v1, the profile's SER recipe for `orthogonal_epochs`;
+    otherwise the run's upstream recipe (early stopping, best-validation weights)."""
+    design = UPSTREAMS[run.upstream]
+    if design["recipe"] is None:
+        p = PROFILES[run.profile]
+        return train_config(run.profile, 0, epochs=p["orthogonal_epochs"], target=label)
+    return train_config(run.profile, 0, epochs=design["orthogonal_epochs"], target=label,
+                        **design["recipe"])  # fmt: skip
 
 
 def _shuffled(data: Data, label: str) -> Data:

@@ -233,3 +233,119 @@ def test_a_killed_rhemo_resumes_where_it_stopped_and_ends_as_if_never_stopped(tm
     out = train(resumed, ckpt)
     assert out["history"] == reference["history"]
     assert weights_equal(full, resumed)
+
+
+# A validation curve whose answer is known: falls to its minimum at epoch 3, then rises.
+SCRIPTED = [5.0, 4.0, 3.0, 3.5, 3.2, 3.9, 4.0, 4.1]
+
+
+def test_fit_stops_after_patience_epochs_without_a_better_validation_loss_and_keeps_the_best(
+    data, monkeypatch
+):
+    """With val losses SCRIPTED and patience 2, training stops after epoch 5 (two epochs
+    without a loss below 3.0), reports why, and ends on the weights of epoch 3 exactly."""
+    import copy
+
+    from qat import train as train_module
+
+    train, val = data
+    snapshots = []
+
+    def scripted(model, dataset, target):
+        snapshots.append(copy.deepcopy(model.state_dict()))
+        return SCRIPTED[len(snapshots) - 1], 0.5
+
+    monkeypatch.setattr(train_module, "_scores", scripted)
+    net = small_net()
+    out = fit(net, train, val, TrainConfig(epochs=8, batch_size=16, patience=2), progress=False)
+    assert [h["epoch"] for h in out["history"]] == [1, 2, 3, 4, 5]
+    assert out["best_epoch"] == 3
+    assert out["stopped"].startswith("early stopping: no better validation score in 2 epochs")
+    assert all(torch.equal(v, snapshots[2][k]) for k, v in net.state_dict().items())
+    assert not all(torch.equal(v, snapshots[4][k]) for k, v in net.state_dict().items())
+    # Without early stopping every epoch runs, and the record says so.
+    snapshots.clear()
+    out = fit(small_net(), train, val, TrainConfig(epochs=3, batch_size=16, selection="final"),
+              progress=False)  # fmt: skip
+    assert out["stopped"] == "epoch budget (3 epochs)" and len(out["history"]) == 3
+
+
+def _rhemo_and_data():
+    from qat.models import RHEmo
+
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    labels = {"emotion": torch.randint(0, 3, (n,), generator=g)}
+    for k in ("valence", "arousal", "dominance"):
+        labels[k] = torch.rand(n, generator=g)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    part = SimpleNamespace(x=x, labels=labels)
+    torch.manual_seed(0)
+    return RHEmo(3, pools=((2, 1), (1, 1), (1, 1))), part
+
+
+def test_rhemo_stops_each_stage_on_its_patience_and_keeps_each_stage_s_best_weights(monkeypatch):
+    """Scripted validation objectives: the reconstruction stage (budget 4) is best at its 2nd
+    epoch and stops after 2 worse ones; its best weights start the heads stage, whose scripted
+    curve (budget 8, SCRIPTED) is best at its 3rd epoch and stops after its 5th. The kept
+    network is exactly the one scored at that epoch; the record says why each stage ended."""
+    import copy
+
+    from qat import train as train_module
+    from qat.train import fit_rhemo
+
+    curve = [2.0, 1.0, 1.5, 1.6, *SCRIPTED]
+    snapshots = []
+    real_scores = train_module._rhemo_scores
+
+    def scripted(rhemo, val, *args):
+        row = real_scores(rhemo, val, *args)
+        snapshots.append(copy.deepcopy(rhemo.state_dict()))
+        return {**row, "val_objective": curve[len(snapshots) - 1]}
+
+    monkeypatch.setattr(train_module, "_rhemo_scores", scripted)
+    rhemo, part = _rhemo_and_data()
+    loads = []
+    load = rhemo.load_state_dict
+    rhemo.load_state_dict = lambda state: (loads.append(copy.deepcopy(state)), load(state))[1]
+    recipe = TrainConfig(lr=1e-2, batch_size=8, optimizer="adamw", schedule="onecycle",
+                         selection="best_val_loss", patience=2)  # fmt: skip
+    out = fit_rhemo(rhemo, part, part, epochs=(4, 8), recipe=recipe, progress=False)
+    stages = [h["stage"] for h in out["history"]]
+    assert stages == ["reconstruction"] * 4 + ["heads"] * 5
+    assert out["kept_epoch"] == 4 + 3
+    assert out["stopped"] == (
+        "reconstruction: early stopping: no better validation score in 2 epochs (epoch 4); "
+        "heads: early stopping: no better validation score in 2 epochs (epoch 5)"
+    )
+    kept = rhemo.state_dict()
+    assert all(torch.equal(v, snapshots[6][k]) for k, v in kept.items())
+    # The heads stage started from the reconstruction stage's best weights (epoch 2).
+    first_load = loads[0]
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in first_load.items())
+    assert not all(torch.equal(v, snapshots[3][k]) for k, v in first_load.items())
+
+
+def test_rhemo_v1_runs_every_epoch_keeps_the_last_and_reports_heads_against_chance():
+    """Without a recipe (v1: Adam, constant lr) every epoch runs and the last is kept; each
+    rating's balanced accuracy and majority rate are those of its binarised validation labels
+    (checked against sklearn)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from qat.train import _binarised, balanced_threshold, fit_rhemo
+
+    rhemo, part = _rhemo_and_data()
+    out = fit_rhemo(rhemo, part, part, epochs=(1, 2), progress=False)
+    assert len(out["history"]) == 3 and out["kept_epoch"] == 3
+    assert out["stopped"] == (
+        "reconstruction: epoch budget (1 epochs); heads: epoch budget (2 epochs)"
+    )
+    last = out["history"][-1]
+    with torch.no_grad():
+        logits = rhemo(part.x)
+    for k in ("valence", "arousal", "dominance"):
+        target = _binarised(part.labels[k], balanced_threshold(part.labels[k])).numpy()
+        pred = logits[k].argmax(1).numpy()
+        assert last[f"val_{k}_balanced"] == pytest.approx(balanced_accuracy_score(target, pred))
+        share = target.mean()
+        assert last[f"val_{k}_majority"] == pytest.approx(max(share, 1 - share))
