@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 
-from qat import runs
+from qat import runs, stats, tables
 from qat.config import INSTRUMENT_ENCODER, INSTRUMENT_UPSTREAM, RunConfig
 
 FROZEN = "cpu"
@@ -117,3 +117,244 @@ def choose(scores: dict[str, list[float]]) -> tuple[str | None, str]:
         f"pairs ({best:.3f}); within {TIE} of it, the first in the candidates' order "
         f"({pick}: {means[pick]:.3f})"
     )
+
+
+# ---------------------------------------------------------------- the page
+
+RATIO = 0.80  # RH-emo's emotion head against the real SER network, validation UA
+EMBEDDING_LOSS = (-0.03, -0.05)  # real on the embedding minus on the spectrogram: mean, low
+QUATERNION_GAP = (-0.03, -0.05)  # quaternion ceiling minus real ceiling: mean, low
+BASELINE_SD = 0.02
+WORD_NETWORK = 0.95
+COST = (0.30, 0.20)  # quaternion step over the real one: time, peak memory
+
+
+def cost_configs(chosen: str) -> list[RunConfig]:
+    """The real and the chosen quaternion ceiling's steps on the first fresh pair, timed side
+    by side (their ratio is the paper's claim)."""
+    seed, fold = CONFIRM_PAIRS[0]
+    return [RunConfig(profile=FROZEN, model="real", seed=seed, fold=fold, setup=SETUP),
+            candidate(chosen, seed, fold)]  # fmt: skip
+
+
+def _rhemos(records) -> dict[str, dict]:
+    return {tables.record_id(r): r for r in records if r.get("kind") == "rhemo"}
+
+
+def _rhemo_of(record: dict, rhemos: dict) -> dict | None:
+    """The RH-emo record a run read (from the run's own record of its upstream weights)."""
+    used = (record.get("upstream_weights") or {}).get("rhemo") or {}
+    return rhemos.get(used.get("record"))
+
+
+def _by_pair(records, configs) -> dict[tuple, dict]:
+    """{(seed, fold): record} of `configs` found among the records."""
+    keyed = found(records, configs)
+    return {(c.seed, c.fold): keyed[c.key()] for c in configs if c.key() in keyed}
+
+
+def selection_rows(records) -> list[dict]:
+    """One row per candidate on the selection pairs, then the current instrument's quaternion
+    ceiling and the real one on the same pairs for reference (test UA is shown, never used)."""
+    rhemos = _rhemos(records)
+    rows = []
+    for name, upstream, encoder in CANDIDATES:
+        runs_ = _by_pair(records, [candidate(name, s, f) for s, f in SELECT_PAIRS])
+        heads = [_rhemo_of(r, rhemos) for r in runs_.values()]
+        heads = [h for h in heads if h]
+        rows.append({
+            "candidate": name, "upstream": upstream, "RH-emo encoder": encoder,
+            "pairs": f"{len(runs_)}/{len(SELECT_PAIRS)}",
+            "ceiling validation UA (the rule's score)": _mean(val_ua(r) for r in runs_.values()),
+            "ceiling test UA (not used)": _mean(r["metrics"]["ua"] for r in runs_.values()),
+            "RH-emo emotion head, validation UA at the kept epoch": _mean(
+                tables.kept_row(h).get("val_emotion_ua") for h in heads),
+            "RH-emo kept epoch": _mean(tables.kept_row(h).get("epoch") for h in heads),
+            "RH-emo stopped early": f"{sum('early' in h.get('stopped', '') for h in heads)}/"
+                                    f"{len(heads)}",
+            **{f"{axis} balanced accuracy": tables.heads_summary(
+                [tables.kept_row(h) for h in heads], axis.split(": ")[1])
+               for axis in tables.RHEMO_AXES[1:]},
+        })  # fmt: skip
+    for label, model in (("current instrument (v1, published)", "quaternion"),
+                         ("real VGG16 on spectrograms", "real")):  # fmt: skip
+        ref = _by_pair(
+            records,
+            [
+                RunConfig(profile=FROZEN, model=model, seed=s, fold=f, setup=SETUP, upstream="v1")
+                for s, f in SELECT_PAIRS
+            ],
+        )
+        rows.append({"candidate": label, "pairs": f"{len(ref)}/{len(SELECT_PAIRS)}",
+                     "ceiling validation UA (the rule's score)": _mean(
+                         val_ua(r) for r in ref.values()),
+                     "ceiling test UA (not used)": _mean(
+                         r["metrics"]["ua"] for r in ref.values())})  # fmt: skip
+    return rows
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _ua(found: dict) -> dict:
+    return {k: r["metrics"]["ua"] for k, r in found.items()}
+
+
+def _diff_target(target: str, a: dict, b: dict, mean_at_least: float, low_at_least: float):
+    """A paired difference a - b against a mean and a lower bound (both must hold)."""
+    keys = set(a) & set(b)
+    if len(keys) < len(CONFIRM_PAIRS):
+        return {"target": target, "measured": f"pending ({len(keys)}/{len(CONFIRM_PAIRS)} "
+                "pairs)", "met": "pending"}  # fmt: skip
+    d = stats.paired(_ua({k: a[k] for k in keys}), _ua({k: b[k] for k in keys}))
+    met = stats.verdict(d.t_low, d.t_high, at_least=low_at_least)
+    if met == "met" and d.mean < mean_at_least:
+        met = "not met"
+    return {"target": target, "measured": f"{d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}]",
+            "met": met}  # fmt: skip
+
+
+def _interval_target(target: str, values: list[float], at_least: float, spec=".3f") -> dict:
+    if len(values) < len(CONFIRM_PAIRS):
+        return {"target": target, "measured": f"pending ({len(values)}/{len(CONFIRM_PAIRS)})",
+                "met": "pending"}  # fmt: skip
+    low, high = stats.mean_interval(values)
+    mean = statistics.fmean(values)
+    return {"target": target, "measured": f"{mean:{spec}} [{low:{spec}}, {high:{spec}}]",
+            "met": stats.verdict(low, high, at_least=at_least)}  # fmt: skip
+
+
+def confirmation(records, chosen: str) -> dict:
+    """The chosen RH-emo's runs on the fresh pairs, by role: {role: {(seed, fold): record}},
+    and its RH-emo and word-network records."""
+    roles = ("ceiling", "baseline", "real on the embedding", "real on spectrograms",
+             "current instrument")  # fmt: skip
+    configs = confirm_configs(chosen)
+    out = {role: _by_pair(records, configs[i :: len(roles)]) for i, role in enumerate(roles)}
+    rhemos = _rhemos(records)
+    out["RH-emos"] = [h for r in [*out["ceiling"].values(), *out["baseline"].values()]
+                      if (h := _rhemo_of(r, rhemos))]  # fmt: skip
+    read = {(r.get("upstream_weights") or {}).get("rhemo", {}).get("record")
+            for r in out["baseline"].values()}  # fmt: skip
+    out["word networks"] = [r for r in records if r.get("kind") == "orthogonal-word-quaternion"
+                            and r.get("rhemo_record") in read]  # fmt: skip
+    return out
+
+
+def targets(records, chosen: str) -> list[dict]:
+    """The issue's targets on the fresh pairs, each "met" only when its interval says so."""
+    c = confirmation(records, chosen)
+    out = []
+    ratios = []
+    for pair, run in c["ceiling"].items():
+        head = _rhemo_of(run, _rhemos(records))
+        real = c["real on spectrograms"].get(pair)
+        if head and real:
+            ratios.append(tables.kept_row(head)["val_emotion_ua"] / val_ua(real))
+    out.append(_interval_target(f"RH-emo's emotion head, validation UA at its kept epoch, over "
+                                f"the real SER network's on the same sets >= {RATIO}", ratios,
+                                RATIO, ".2f"))  # fmt: skip
+    out.append(_diff_target(f"real VGG16 on the embedding minus on the spectrogram (ceiling) "
+                            f">= {EMBEDDING_LOSS[0]}, 95% low >= {EMBEDDING_LOSS[1]}",
+                            c["real on the embedding"], c["real on spectrograms"],
+                            *EMBEDDING_LOSS))  # fmt: skip
+    out.append(_diff_target(f"quaternion ceiling minus the real one >= {QUATERNION_GAP[0]}, 95% "
+                            f"low >= {QUATERNION_GAP[1]}", c["ceiling"],
+                            c["real on spectrograms"], *QUATERNION_GAP))  # fmt: skip
+    out.append(_sd_target(list(_ua(c["baseline"]).values())))
+    words = [r["metrics"]["ua"] for r in c["word networks"]]
+    out.append(_interval_target(f"quaternion word network, held-out speakers >= {WORD_NETWORK}",
+                                words, WORD_NETWORK))  # fmt: skip
+    networks = [*c["RH-emos"], *c["word networks"]]
+    best = sum(map(tables.kept_at_best, networks))
+    out.append({"target": "no upstream network kept at an epoch that is not its best on "
+                "validation", "measured": f"{best}/{len(networks)} kept at their best",
+                "met": "met" if networks and best == len(networks) else
+                "pending" if not networks else "not met"})  # fmt: skip
+    out.append(_diff_target("the chosen RH-emo against the current instrument's, quaternion "
+                            "ceiling: a gain (95% low > 0)", c["ceiling"],
+                            c["current instrument"], 0.0, 1e-12))  # fmt: skip
+    out += _cost_targets(records, chosen)
+    return out
+
+
+def _sd_target(values: list[float]) -> dict:
+    target = f"quaternion baseline SD <= {BASELINE_SD}"
+    if len(values) < len(CONFIRM_PAIRS):
+        return {"target": target, "measured": f"pending ({len(values)}/{len(CONFIRM_PAIRS)})",
+                "met": "pending"}  # fmt: skip
+    sd = statistics.stdev(values)
+    low, high = stats.sd_interval(sd, len(values))
+    return {"target": target, "measured": f"{sd:.4f} [{low:.4f}, {high:.4f}] (n={len(values)})",
+            "met": stats.verdict(low, high, at_most=BASELINE_SD)}  # fmt: skip
+
+
+def _cost_targets(records, chosen: str) -> list[dict]:
+    from qat import costs
+
+    real, quat = cost_configs(chosen)
+    timed = costs.find(records, [real, quat])
+    target = f"quaternion step <= {COST[0]}x the real one's time, <= {COST[1]}x its peak memory"
+    if timed is None:
+        return [{"target": target, "measured": "pending (`qat instrument --stage "
+                 "embedding-confirm` times them side by side)", "met": "pending"}]  # fmt: skip
+    ratio, low, high = costs.time_ratio(timed, quat, real)
+    memory = (timed["entries"][quat.key()]["peak_memory_bytes"]
+              / timed["entries"][real.key()]["peak_memory_bytes"])  # fmt: skip
+    time_met = stats.verdict(low, high, at_most=COST[0])
+    met = time_met if memory <= COST[1] else "not met"
+    return [{"target": target, "measured": f"time {ratio:.2f} [{low:.2f}, {high:.2f}]x, memory "
+             f"{memory:.2f}x ({timed['config']['rounds']} rounds)", "met": met}]  # fmt: skip
+
+
+def section(records) -> list[str]:
+    """reports/instrument.md's section: the candidates and the rule, the selection, the choice
+    and its confirmation on fresh pairs against the issue's targets."""
+    from qat.config import UPSTREAMS
+
+    lines = [
+        "RH-emo and the orthogonal networks trained with the SER recipe's care (warm-up and "
+        "decay, early stopping on validation, the best-validation weights kept), with RH-emo "
+        "chosen like the recipe: on ceiling runs only, on validation data, then confirmed on "
+        f"fresh pairs. Candidates (qat.embedding.CANDIDATES, written before their runs), on "
+        f"the pairs {_pairs(SELECT_PAIRS)} (`qat instrument --stage embedding`):",
+        "",
+    ]
+    for name, upstream, encoder in CANDIDATES:
+        design = UPSTREAMS[upstream]
+        weights = ", ".join(f"{k} {v:g}" for k, v in design["rhemo_weights"].items())
+        lines.append(f"- `{name}`: encoder {encoder}; loss weights {weights}; up to "
+                     f"{design['rhemo_epochs'][0]} + {design['rhemo_epochs'][1]} epochs, "
+                     f"patience {design['recipe']['patience']}")  # fmt: skip
+    lines += ["", f"Every candidate keeps the profile's pools, so the embedding the quaternion "
+              "VGG16 reads is the same size for all. A rating head whose balanced accuracy is "
+              f"within {tables.CHANCE_MARGIN} of 0.5 is flagged AT CHANCE.", "",
+              tables.markdown_table(selection_rows(records)), ""]  # fmt: skip
+    chosen, why = choose(scores(records))
+    if chosen is None:
+        return [*lines, f"Not chosen yet: {why}."]
+    lines += [f"Rule: {why}. Chosen: `{chosen}`.", "",
+              f"Confirmation on the fresh pairs {_pairs(CONFIRM_PAIRS)} (`qat instrument "
+              "--stage embedding-confirm`): the chosen RH-emo's quaternion baseline and ceiling, "
+              "the real VGG16 reading its embedding and the spectrogram (ceilings), the current "
+              "instrument's quaternion ceiling, and the quaternion word networks reading it. "
+              "Differences are paired over the pairs, with 95% t-intervals.", "",
+              tables.markdown_table(targets(records, chosen))]  # fmt: skip
+    return lines
+
+
+def _pairs(pairs) -> str:
+    return ", ".join(f"{s}/{f}" for s, f in pairs)
+
+
+def reading(records) -> list[str]:
+    """The section in a line or two, for the README."""
+    chosen, why = choose(scores(records))
+    if chosen is None:
+        return [f"- RH-emo at full strength (section 8): not chosen yet ({why})."]
+    rows = targets(records, chosen)
+    met = [r["target"] for r in rows if r["met"] == "met"]
+    return [f"- RH-emo at full strength (section 8): `{chosen}` chosen on validation ({why}); "
+            f"on fresh pairs {len(met)} of {len(rows)} targets met."]  # fmt: skip

@@ -139,6 +139,7 @@ def _confirm_embedding(jobs: int) -> None:
     run_configs(embedding.confirm_configs(chosen), jobs=jobs, desc=f"confirm {chosen}")
     for run in embedding.word_networks(chosen):
         networks.pretrain_orthogonal(run, rhemo=networks.pretrain_rhemo(run))
+    costs.run(embedding.cost_configs(chosen))
 
 
 # ---------------------------------------------------------------- summaries
@@ -218,15 +219,6 @@ def choose(rows: Sequence[dict]) -> tuple[str | None, str]:
     return pick["profile"], f"{why}, then the lowest real baseline SD ({pick['baseline SD']:.4f})"
 
 
-def _sd_interval(sd: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Chi-square interval of a standard deviation from n runs."""
-    from scipy.stats import chi2
-
-    a = (1 - level) / 2
-    return (sd * np.sqrt((n - 1) / chi2.ppf(1 - a, n - 1)),
-            sd * np.sqrt((n - 1) / chi2.ppf(a, n - 1)))  # fmt: skip
-
-
 # ---------------------------------------------------------------- the page
 
 
@@ -263,7 +255,7 @@ def _targets(frozen: dict[str, dict], oracle_ua: float | None, timed=None) -> li
         if not row or row["baseline SD"] is None:
             return {"target": f"{who} baseline SD <= {limit}", "measured": "n/a", "met": "no runs"}
         n = len(row["_base"])
-        low, high = _sd_interval(row["baseline SD"], n)
+        low, high = stats.sd_interval(row["baseline SD"], n)
         measured = f"{row['baseline SD']:.4f} [{low:.4f}, {high:.4f}] (n={n})"
         return {"target": f"{who} baseline SD <= {limit}", "measured": measured,
                 "met": stats.verdict(low, high, at_most=limit)}  # fmt: skip
@@ -406,11 +398,13 @@ def write_report(reports=None) -> Path:
     lines += ["", "## 7. Why the ceilings fall short: the quaternion one of the real one, the "
               "real one of the oracle", ""]  # fmt: skip
     lines += diagnosis.section(records, FROZEN, PAIRS, figures)
+    lines += ["", "## 8. RH-emo at full strength", "", *embedding.section(records)]
     target = reports / "instrument.md"
     io.write_text(target, "\n".join(lines) + "\n")
     if reports.resolve() == (paths.ROOT / "reports").resolve():
         summary = _summary(chosen, why, frozen, oracle_ua)
-        update_readme_block("instrument", summary + diagnosis.reading(records, FROZEN, PAIRS))
+        update_readme_block("instrument", summary + diagnosis.reading(records, FROZEN, PAIRS)
+                            + embedding.reading(records))  # fmt: skip
     return target
 
 

@@ -382,3 +382,10 @@ def verdict(low: float, high: float, *, at_most: float | None = None,
     if at_most is not None:
         return "met" if high <= at_most else "not met" if low > at_most else WIDE
     return "met" if low >= at_least else "not met" if high < at_least else WIDE
+
+
+def sd_interval(sd: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Chi-square interval of a standard deviation from n runs."""
+    a = (1 - level) / 2
+    return (sd * np.sqrt((n - 1) / _st.chi2.ppf(1 - a, n - 1)),
+            sd * np.sqrt((n - 1) / _st.chi2.ppf(a, n - 1)))  # fmt: skip

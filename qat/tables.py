@@ -395,19 +395,57 @@ def rhemo_table(records) -> pd.DataFrame:
     for r in check_records(records, "RH-emo records"):
         if r.get("kind") != "rhemo":
             continue
-        last = (r.get("history") or [{}])[-1]
+        last = kept_row(r)
         row = {
             "corpus": r["config"].get("corpus"),
             "setup": r["config"].get("setup"),
             "seed": r["config"].get("seed"),
             "epochs": len(r.get("history") or []),
+            "kept epoch": last.get("epoch"),
             "val reconstruction MSE": as_float(last.get("val_reconstruction_mse")),
         }
         for axis, key in zip(RHEMO_AXES, RHEMO_HEAD_KEYS, strict=True):
             row[f"{axis} accuracy"] = as_float(last.get(key))
+        for axis in RHEMO_AXES[1:]:
+            head = axis.split(": ")[1]
+            row[f"{axis} balanced accuracy"] = heads_against_chance(last, head)
         row["train time (s)"] = as_float(r.get("wall_time_s"))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+CHANCE_MARGIN = 0.05  # a rating head within this of 0.5 balanced accuracy is at chance
+
+
+def kept_row(record: Mapping) -> Mapping:
+    """The history row of the epoch whose weights a network keeps: its `kept_epoch`, or the
+    last epoch for records from before early stopping (which kept the last)."""
+    history = record.get("history") or [{}]
+    kept = record.get("kept_epoch")
+    return history[kept - 1] if isinstance(kept, int) and 1 <= kept <= len(history) else history[-1]
+
+
+def kept_at_best(record: Mapping) -> bool:
+    """Whether a network keeps the epoch with its best validation score: the lowest validation
+    loss (objective, for RH-emo: within its last stage)."""
+    history = record.get("history") or []
+    if record.get("kind") == "rhemo":
+        stage = (history or [{}])[-1].get("stage")
+        history = [h for h in history if h.get("stage") == stage]
+    key = "val_objective" if history and "val_objective" in history[-1] else "val_loss"
+    losses = [h[key] for h in history if key in h]
+    return bool(losses) and kept_row(record).get(key) == min(losses)
+
+
+def heads_against_chance(row: Mapping, head: str) -> str:
+    """A rating head's validation balanced accuracy beside its majority rate, flagged when it
+    is within CHANCE_MARGIN of 0.5 (a head that answers the majority class has learned
+    nothing); records from before balanced accuracy was kept show n/a."""
+    balanced = row.get(f"val_{head}_balanced")
+    if balanced is None:
+        return "n/a"
+    flag = " AT CHANCE" if balanced < 0.5 + CHANCE_MARGIN else ""
+    return f"{balanced:.3f} (majority {row[f'val_{head}_majority']:.3f}){flag}"
 
 
 def _best_at_last(record: Mapping) -> bool:
@@ -423,6 +461,19 @@ def _last_drop(record: Mapping) -> float:
     mse = [h.get("val_reconstruction_mse") for h in record.get("history") or []]
     mse = [as_float(m) for m in mse if m is not None]
     return 1 - mse[-1] / mse[-2] if len(mse) >= 2 else math.nan
+
+
+def heads_summary(rows, head: str) -> str:
+    """A rating head over a row's networks: mean balanced accuracy and majority rate, and how
+    many of the networks have it at chance."""
+    known = [r for r in rows if r.get(f"val_{head}_balanced") is not None]
+    if not known:
+        return "n/a"
+    balanced = float(np.mean([r[f"val_{head}_balanced"] for r in known]))
+    majority = float(np.mean([r[f"val_{head}_majority"] for r in known]))
+    at_chance = sum(r[f"val_{head}_balanced"] < 0.5 + CHANCE_MARGIN for r in known)
+    flag = f"; AT CHANCE in {at_chance}/{len(known)}" if at_chance else ""
+    return f"{balanced:.3f} (majority {majority:.3f}){flag}"
 
 
 def upstream_table(records) -> pd.DataFrame:
@@ -453,12 +504,12 @@ def upstream_table(records) -> pd.DataFrame:
                    "validation (emotion head)")  # fmt: skip
         else:
             continue
-        groups[key].append(r)
+        groups[(*key, c.get("upstream") or "v1")].append(r)
     rows = []
     for key, members in groups.items():
-        network, model, encoder, profile, data, rho, factor, scored = key
+        network, model, encoder, profile, data, rho, factor, scored, upstream = key
         rhemo = network == "RH-emo"
-        lasts = [(r.get("history") or [{}])[-1] for r in members]
+        lasts = [kept_row(r) for r in members]
         accuracy = [
             as_float(last.get("val_emotion_ua")) if rhemo else as_float(r["metrics"].get("ua"))
             for r, last in zip(members, lasts, strict=True)
@@ -468,9 +519,14 @@ def upstream_table(records) -> pd.DataFrame:
         row = {
             "network": network, "model": model, "RH-emo encoder": encoder, "profile": profile,
             "trained on": data, "rho": rho, "factor": factor, "scored on": scored,
-            "networks": len(members), "(seed, fold)": _pairs_text(pairs),
+            "upstream": upstream, "networks": len(members), "(seed, fold)": _pairs_text(pairs),
             **_mean_and_interval(accuracy, "accuracy", ACCURACY_RANGE),
             "epochs": float(np.mean([len(r.get("history") or []) for r in members])),
+            "kept epoch": float(np.mean([kept_row(r).get("epoch", math.nan) for r in members])),
+            "kept at its best validation epoch": f"{sum(map(kept_at_best, members))}/"
+                                                 f"{len(members)}",
+            "stopped early": f"{sum('early' in r.get('stopped', '') for r in members)}/"
+                             f"{len(members)}",
             "best val loss at the last epoch": None if rhemo else
             f"{sum(_best_at_last(r) for r in members)}/{len(members)}",
         }  # fmt: skip
@@ -483,6 +539,7 @@ def upstream_table(records) -> pd.DataFrame:
             )
             for axis, head in zip(RHEMO_AXES[1:], RHEMO_HEAD_KEYS[1:], strict=True):
                 row[f"{axis} accuracy"] = float(np.mean([as_float(x.get(head)) for x in lasts]))
+                row[f"{axis} balanced accuracy"] = heads_summary(lasts, axis.split(": ")[1])
         row["train time (s)"] = float(np.mean([as_float(r.get("wall_time_s")) for r in members]))
         row["records"] = [record_id(r) for r in members]
         rows.append(row)
@@ -698,17 +755,19 @@ def unrecorded_weights(records) -> list[str]:
 
 
 def baseline_by_pair(
-    records, pairs, profile: str, model: str, setup: str, encoder: str | None = None
-) -> dict[tuple, dict]:
-    """{(seed, fold): record} of the baseline runs of a profile, model, setup and RH-emo encoder
-    (None: the published one) on `pairs`; one record per pair (a rerun written beside a record
-    is not a new pair)."""
+    records, pairs, profile: str, model: str, setup: str, encoder: str | None = None,
+    upstream: str | None = None,
+) -> dict[tuple, dict]:  # fmt: skip
+    """{(seed, fold): record} of the baseline runs of a profile, model, setup, RH-emo encoder
+    (None: the published one) and upstream design (None: v1) on `pairs`; one record per pair
+    (a rerun written beside a record is not a new pair)."""
     out = {}
     for r in records:
         c = r["config"]
         pair = (c.get("seed"), (c.get("split") or {}).get("fold"))
         if (c.get("profile"), c.get("model"), c.get("setup"), c.get("method"),
-            c.get("rhemo_encoder")) == (profile, model, setup, "baseline", encoder) and (
+            c.get("rhemo_encoder"), c.get("upstream")) == (
+            profile, model, setup, "baseline", encoder, upstream) and (
             pair in pairs
         ):  # fmt: skip
             out.setdefault(pair, r)

@@ -318,6 +318,7 @@ def pretrain_orthogonal(
             "history": result["history"],
             "kept_epoch": result["best_epoch"],
             "stopped": result["stopped"],
+            "rhemo_record": (source_of(rhemo) or {}).get("record") if rhemo else None,
             "metrics": evaluate(net, test, target=label, num_classes=len(classes)),
             "source": {
                 "corpus": records[0].corpus,
