@@ -102,9 +102,11 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> to
 
 def _load_checkpoint(path: Path) -> dict | None:
     """The saved training state, or None (with a warning) if the file is unreadable: a
-    checkpoint is the kit's own resume point, so a truncated one means starting afresh."""
+    checkpoint is the kit's own resume point, so a truncated one means starting afresh. It is
+    read as data (weights_only): a file that needs pickled code, e.g. one planted in a shared
+    cache, is refused, never run."""
     try:
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         warnings.warn(
             f"{path}: unreadable checkpoint ({err}); training from the start", stacklevel=3

@@ -349,3 +349,29 @@ def test_rhemo_v1_runs_every_epoch_keeps_the_last_and_reports_heads_against_chan
         assert last[f"val_{k}_balanced"] == pytest.approx(balanced_accuracy_score(target, pred))
         share = target.mean()
         assert last[f"val_{k}_majority"] == pytest.approx(max(share, 1 - share))
+
+
+class _Payload:
+    """A pickle that, if unpickled with code allowed, writes a marker file (harmless)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_never_run(data, tmp_path):
+    """A crafted pickle at a run's checkpoint path (a shared or copied cache): resuming reads
+    it as data, so its code never runs; training starts afresh with a warning naming it."""
+    import pickle
+
+    train, val = data
+    marker = tmp_path / "payload-ran"
+    ckpt = tmp_path / "ser-planted.ckpt"
+    ckpt.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+    with pytest.warns(UserWarning, match="ser-planted.ckpt: unreadable checkpoint"):
+        out = fit(small_net(), train, val, TrainConfig(epochs=1, batch_size=16),
+                  checkpoint=ckpt, progress=False)  # fmt: skip
+    assert not marker.exists()
+    assert out["resumed_from_epoch"] == 0
