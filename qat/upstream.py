@@ -308,8 +308,9 @@ def pretrain_orthogonal(
         config["source"] = source
     if model == "quaternion" and run.rhemo_encoder != "published":  # named, for its reader
         config["rhemo_encoder"] = run.rhemo_encoder
-    if run.upstream != "v1":
-        config["upstream"] = run.upstream
+    if UPSTREAMS[run.upstream]["recipe"] is not None:  # keyed by the recipe, not its name
+        recipe = dataclasses.asdict(orthogonal_training(run, label))
+        config["recipe"] = {k: v for k, v in recipe.items() if k != "device"}
 
     def train_fn(net, checkpoint):
         result = fit(net, train, val, orthogonal_training(run, label), progress=progress,
