@@ -90,13 +90,15 @@ INSTRUMENT_ENCODER = "published"
 # `rhemo_encoder`; the embedding's size (pools) is the profile's, so every candidate costs
 # the downstream quaternion VGG16 the same step. qat.embedding chooses among them on
 # validation data of ceiling runs only, and confirms on fresh pairs.
+# Patience spans a third of a stage, so early stopping ends a stage in its decay phase, not
+# while the one-cycle lr is still high (the validation objective is noisy there).
 UPSTREAM_RECIPE = dict(optimizer="adamw", weight_decay=0.05, lr=3e-3, schedule="onecycle",
-                       warmup=0.15, selection="best_val_loss", patience=6)  # fmt: skip
+                       warmup=0.15, selection="best_val_loss", patience=10)  # fmt: skip
 UPSTREAMS = {
     "v1": dict(recipe=None, rhemo_weights=dict(reconstruction=1.0, emotion=1.0, ratings=1.0)),
-    "careful": dict(recipe=UPSTREAM_RECIPE, rhemo_epochs=(15, 40), orthogonal_epochs=40,
+    "careful": dict(recipe=UPSTREAM_RECIPE, rhemo_epochs=(15, 30), orthogonal_epochs=30,
                     rhemo_weights=dict(reconstruction=1.0, emotion=1.0, ratings=1.0)),
-    "careful-emotion": dict(recipe=UPSTREAM_RECIPE, rhemo_epochs=(15, 40), orthogonal_epochs=40,
+    "careful-emotion": dict(recipe=UPSTREAM_RECIPE, rhemo_epochs=(15, 30), orthogonal_epochs=30,
                             rhemo_weights=dict(reconstruction=1.0, emotion=3.0, ratings=1.0)),
 }  # fmt: skip
 # The instrument's upstream networks; "v1" until qat.embedding's choice is confirmed on fresh
@@ -404,8 +406,11 @@ class RunConfig:
             out["selection"] = self.selection
         if self.reads_rhemo and not self.rhemo and self.rhemo_encoder != "published":
             out["rhemo_encoder"] = self.rhemo_encoder
-        if self.upstream != "v1" and self.trains_upstream:
-            out["upstream"] = self.upstream
+        if self.upstream != "v1" and self.trains_upstream:  # its settings too: editing reruns
+            out["upstream"] = {
+                "name": self.upstream,
+                "settings": config_key(UPSTREAMS[self.upstream]),
+            }
         return out
 
     @property
@@ -439,7 +444,7 @@ class RunConfig:
         if c.get("taps"):
             kw["tap"] = tuple(c["taps"])
         kw.update(c.get("split") or {})
-        kw.setdefault("upstream", "v1")  # records from before the setting trained as v1
+        kw["upstream"] = (c.get("upstream") or {}).get("name", "v1")  # before it: v1
         return cls(**kw)
 
 
@@ -487,7 +492,7 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
     if config.get("rhemo_encoder"):
         parts.append(f"RH-emo {config['rhemo_encoder']}")
     if config.get("upstream"):
-        parts.append(f"upstream {config['upstream']}")
+        parts.append(f"upstream {config['upstream']['name']}")
     for key, name in (("eta", "η"), ("group_adjustment", "C"), ("jtt_epochs", "T"),
                       ("lambda_up", "λup"), ("weight_decay", "wd")):  # fmt: skip
         if config.get(key):

@@ -224,6 +224,16 @@ def _pairs_text(pairs) -> str:
     )
 
 
+def upstream_name(config: Mapping, v1="v1") -> str | None:
+    """How a record's upstream networks were trained (qat.config.UPSTREAMS): the design's name
+    in a run's or RH-emo's config, "early stopping" for an orthogonal network keyed by its
+    recipe, else `v1` (records from before the designs)."""
+    upstream = config.get("upstream")
+    if isinstance(upstream, Mapping):
+        return upstream["name"]
+    return "early stopping" if config.get("recipe") else v1
+
+
 def _encoder(config: Mapping) -> str | None:
     """The RH-emo encoder a quaternion run reads (None for a real run)."""
     if config.get("model") != "quaternion":
@@ -504,7 +514,7 @@ def upstream_table(records) -> pd.DataFrame:
                    "validation (emotion head)")  # fmt: skip
         else:
             continue
-        groups[(*key, c.get("upstream") or "v1")].append(r)
+        groups[(*key, upstream_name(c))].append(r)
     rows = []
     for key, members in groups.items():
         network, model, encoder, profile, data, rho, factor, scored, upstream = key
@@ -766,7 +776,7 @@ def baseline_by_pair(
         c = r["config"]
         pair = (c.get("seed"), (c.get("split") or {}).get("fold"))
         if (c.get("profile"), c.get("model"), c.get("setup"), c.get("method"),
-            c.get("rhemo_encoder"), c.get("upstream")) == (
+            c.get("rhemo_encoder"), upstream_name(c, None)) == (
             profile, model, setup, "baseline", encoder, upstream) and (
             pair in pairs
         ):  # fmt: skip
