@@ -55,6 +55,7 @@ class TrainConfig:
     warmup: float = 0.1  # share of the steps spent warming up ("onecycle")
     selection: str = "best_val_loss"  # or the final weights, or an EMA of the weights
     ema_decay: float = 0.99  # per step ("ema")
+    grad_clip: float = 0.0  # the gradients' global L2 norm is clipped to this (0: no clipping)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
@@ -64,7 +65,7 @@ class TrainConfig:
         for name, low, high in (("lr", 0.0, math.inf), ("beta", 0.0, math.inf),
                                 ("adversary_lambda", 0.0, math.inf),
                                 ("weight_decay", 0.0, math.inf), ("warmup", 0.0, 1.0),
-                                ("ema_decay", 0.0, 1.0)):  # fmt: skip
+                                ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf)):  # fmt: skip
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and low <= value):
                 raise ValueError(f"{name}={value!r}: expected a finite number >= {low:g}")
@@ -180,6 +181,9 @@ class Step:
             raise NonFiniteLossError(f"loss became {loss.item()} (task {task.item():.4g})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in out.items()}
 

@@ -375,3 +375,27 @@ def test_a_checkpoint_that_carries_code_is_refused_never_run(data, tmp_path):
                   checkpoint=ckpt, progress=False)  # fmt: skip
     assert not marker.exists()
     assert out["resumed_from_epoch"] == 0
+
+
+def test_grad_clip_scales_the_global_gradient_norm_down_to_the_limit_and_keeps_its_direction(data):
+    """The step's gradients against an explicit computation: unclipped gradients g with global
+    L2 norm n > c become g * c / n (computed here in float64); c = 0 leaves them alone."""
+    train, _ = data
+    x, labels = train.x[:8], {k: v[:8] for k, v in train.labels.items()}
+    seen = {}
+
+    def grads_at_step(clip):
+        net = small_net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        opt.step = lambda: seen.__setitem__(clip, [p.grad.double().clone()
+                                                   for p in net.parameters()])  # fmt: skip
+        Step(net, opt, TrainConfig(batch_size=8, grad_clip=clip))(x, labels)
+        return seen[clip]
+
+    raw = grads_at_step(0.0)
+    norm = torch.sqrt(sum((g**2).sum() for g in raw))
+    limit = float(norm) / 3
+    clipped = grads_at_step(limit)
+    for g, c in zip(raw, clipped, strict=True):
+        assert torch.allclose(c, g * limit / norm, rtol=1e-5, atol=1e-9)
+    assert float(torch.sqrt(sum((c**2).sum() for c in clipped))) == pytest.approx(limit, rel=1e-5)
