@@ -258,7 +258,7 @@ def _dispatch(args) -> int:
         from qat.notebooks import run_notebook
 
         params = {name: _value(value) for name, value in args.parameter}
-        print(run_notebook(args.notebook, params, args.output))
+        print(run_notebook(args.notebook, params, args.output, log=sys.stderr))
     elif args.command == "report":
         from qat.report import run_pipeline
 

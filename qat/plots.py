@@ -27,6 +27,11 @@ from matplotlib.ticker import MaxNLocator
 
 from qat import tables
 
+# The widest figure (inches): at the 110 dpi of the saved PNGs (qat.io.save_figure) about
+# 1150 pixels, shown at a Markdown page's width (about 1000 pixels) with its text still
+# readable; wider figures wrap their panels into rows instead.
+PAGE_WIDTH = 10.5
+
 # ---------------------------------------------------------------- training curves
 
 
@@ -42,7 +47,7 @@ def _panel_of(key: str) -> str:
         return "adversary loss"
     if "mse" in key:
         return "reconstruction MSE"
-    if key.endswith(("_ua", "_acc", "_worst_group")):
+    if key.endswith(("_ua", "_acc", "_worst_group", "_balanced", "_majority")):
         return "accuracy (fraction)"
     return key
 
@@ -71,8 +76,17 @@ def learning_curves(records, title: str | None = None) -> Figure:
                     keys.append(key)
     if not panels:
         raise ValueError("records: none has a per-epoch history to plot")
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    # At most three panels a row: an RH-emo history has four kinds of quantity, and one strip
+    # of them is too wide to read at page width.
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(min(4.2 * ncols, PAGE_WIDTH), 3.4 * nrows + 0.5), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = grid.flat[: len(panels)]
+    for ax in grid.flat[len(panels) :]:
+        ax.set_visible(False)
+    last_epoch = max((h.get("epoch") or 0 for r in records for h in r.get("history") or []),
+                     default=1)  # fmt: skip
     styles = ("-", "--", ":", "-.")
     labels = tables.unique_labels(records)
     for ax, (panel, keys) in zip(axes, panels.items(), strict=True):
@@ -93,20 +107,25 @@ def learning_curves(records, title: str | None = None) -> Figure:
             if r.get("best_epoch") and panel == "cross-entropy loss":
                 ax.axvline(r["best_epoch"], color=f"C{i % 10}", linestyle=":", linewidth=0.8)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Whole epochs only, and a margin of half an epoch: a one-epoch run is one point at 1,
+        # not an axis from 0.945 to 1.055.
+        ax.set_xlim(0.5, last_epoch + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
         quantities = [Line2D([], [], color="0.35", linestyle=styles[j % len(styles)], marker=".",
                              label="invariance term" if key == "at" else key)
                       for j, key in enumerate(keys)]  # fmt: skip
-        ax.legend(handles=quantities, fontsize="x-small")
+        # Above the panel, never over its lines or the axis labels.
+        ax.legend(handles=quantities, fontsize="x-small", loc="lower center",
+                  bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)  # fmt: skip
     runs = [Line2D([], [], color=f"C{i % 10}", marker=".", label=label)
             for i, label in enumerate(labels)]  # fmt: skip
     if any(r.get("best_epoch") for r in records):
         runs.append(Line2D([], [], color="0.35", linestyle=":", linewidth=0.8,
                            label="vertical: the run's selected epoch"))  # fmt: skip
-    fig.legend(handles=runs, loc="outside lower center", fontsize="x-small",
-               ncols=min(len(runs), 3))  # fmt: skip
+    fig.legend(handles=runs, loc="outside lower center", fontsize="small",
+               ncols=min(len(runs), 2))  # fmt: skip
     if title:
         fig.suptitle(title)
     return fig
@@ -132,7 +151,7 @@ def confusion_matrix(record: Mapping, normalize: bool = True, ax=None) -> Figure
     else:
         values = counts
     if ax is None:
-        fig = Figure(figsize=(4.6, 4.0), layout="constrained")
+        fig = Figure(figsize=_confusion_size(emotions), layout="constrained")
         ax = fig.subplots()
     else:
         fig = ax.figure
@@ -147,17 +166,39 @@ def confusion_matrix(record: Mapping, normalize: bool = True, ax=None) -> Figure
         vmax=1 if normalize else None,
         cbar_kws={"label": "share of true class" if normalize else "utterances"},
     )
+    _whole_names(ax)
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("true emotion")
     ax.set_title(f"{tables.run_label(record)}\nUA {record['metrics']['ua']:.3f}", fontsize="small")
     return fig
 
 
+def _confusion_size(emotions: Sequence[str]) -> tuple[float, float]:
+    """A confusion matrix's size: its cells, plus room for the longest emotion name written
+    out whole (horizontally on the rows, at 30 degrees under the columns)."""
+    longest = max((len(str(e)) for e in emotions), default=6)
+    side = 0.55 * len(emotions)
+    return side + 0.09 * longest + 2.0, side + 0.05 * longest + 1.4
+
+
+def _whole_names(ax) -> None:
+    """Row names horizontal and column names slanted: whole, never cut or overlapping."""
+    ax.tick_params(axis="y", labelrotation=0)
+    for label in ax.get_xticklabels():
+        label.set(rotation=30, ha="right", rotation_mode="anchor")
+
+
 def confusion_matrices(records, normalize: bool = True) -> Figure:
     """Confusion matrices of several SER runs side by side."""
     ser = tables.ser_only(records, "confusion_matrices")
-    fig = Figure(figsize=(4.6 * len(ser), 4.0), layout="constrained")
-    for ax, r in zip(fig.subplots(1, len(ser), squeeze=False)[0], ser, strict=True):
+    width, height = _confusion_size(ser[0]["labels"]["emotions"])
+    ncols = min(len(ser), 2)  # two a row: three side by side are too small at page width
+    nrows = math.ceil(len(ser) / ncols)
+    fig = Figure(figsize=(min(width * ncols, PAGE_WIDTH), height * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in grid.flat[len(ser) :]:
+        ax.set_visible(False)
+    for ax, r in zip(grid.flat, ser, strict=False):
         confusion_matrix(r, normalize=normalize, ax=ax)
     return fig
 
@@ -237,7 +278,7 @@ def spectrogram_grid(
     nrows = math.ceil(len(specs) / ncols)
     vmin = min(float(s.min()) for s in specs)
     vmax = max(float(s.max()) for s in specs)
-    fig = Figure(figsize=(3.2 * ncols + 1, 2.6 * nrows), layout="constrained")
+    fig = Figure(figsize=(min(3.2 * ncols + 1, PAGE_WIDTH), 2.6 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     image = None
     for ax, s, title in zip(axes.flat, specs, titles, strict=False):
@@ -262,7 +303,7 @@ def embedding_axes(embeddings, titles: Sequence[str]) -> Figure:
         raise ValueError(f"embeddings: expected shape (n, 4, T', F'), got {z.shape}")
     if len(titles) != len(z):
         raise ValueError(f"titles: expected {len(z)} (one per embedding), got {len(titles)}")
-    fig = Figure(figsize=(11, 1.9 * len(z) + 1.4), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH, 1.9 * len(z) + 1.4), layout="constrained")
     axes = fig.subplots(len(z), 4, squeeze=False, sharex=True, sharey=True)
     for col, axis_name in enumerate(tables.RHEMO_AXES):
         lo, hi = float(z[:, col].min()), float(z[:, col].max())
@@ -354,7 +395,8 @@ def method_comparison(
                 groups[tables.run_label(r, without=("model", "seed", "setup"))].append(r)
         panels[model] = groups
     rows = max(len(g) for g in panels.values())
-    fig = Figure(figsize=(6.5 * len(models), 0.28 * rows + 2.0), layout="constrained")
+    fig = Figure(figsize=(min(6.5 * len(models), PAGE_WIDTH), 0.28 * rows + 2.0),
+                 layout="constrained")  # fmt: skip
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, (model, groups) in zip(axes, panels.items(), strict=True):
         values = [[tables.metric_value(r, metric) for r in runs] for runs in groups.values()]
@@ -408,7 +450,7 @@ def probe_profiles(rows: Mapping[str, Sequence[Mapping]], what: str = "word prob
     panels = {model: list(r) for model, r in rows.items() if r}
     if not panels:
         raise ValueError("rows: no configuration to plot")
-    fig = Figure(figsize=(6.0 * len(panels), 4.2), layout="constrained")
+    fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
     for ax, (model, mine) in zip(
         fig.subplots(1, len(panels), squeeze=False, sharey=True)[0], panels.items(), strict=True
     ):
@@ -427,7 +469,15 @@ def probe_profiles(rows: Mapping[str, Sequence[Mapping]], what: str = "word prob
         ax.set_xlabel("probed tap")
         ax.set_ylabel(f"{what} accuracy (fraction, mean over runs)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        # Tap names slanted: thirteen of them side by side overlap at page width.
+        ax.tick_params(axis="x", labelrotation=45, labelsize="small")
+        for tick in ax.get_xticklabels():
+            tick.set_ha("right")
+    # The configurations are the same in every panel: one legend under them, off the lines.
+    handles = {label: h for ax in fig.axes
+               for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}  # fmt: skip
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize="x-small",
+               ncols=4)  # fmt: skip
     return fig
 
 
@@ -441,52 +491,59 @@ def _reference_line(ax, records, metric: str, label: str, color: str, style: str
         ax.axvline(float(np.mean(values)), color=color, linestyle=style, label=label)
 
 
-def tap_sweep(records) -> Figure:
+SWEEP_COSTS = {
+    "step_time": ("step time (ms)", "step time (ms, each run timed alone)"),
+    "memory": ("peak memory (MiB)", "peak memory per step (MiB)"),
+}
+
+
+def tap_sweep(records, costs: Sequence[str] = ("step_time", "memory")) -> Figure:
     """Layer sweep: UA gain over the matching baseline (mean over (seed, fold) runs, 95%
-    t-interval), training-step time and peak memory against the tap, one line per
-    configuration (e.g. real and quaternion AT). Dashed lines:
-    the baselines' step time and memory (the cost without anti-transfer)."""
+    t-interval) against the tap, then each of `costs` ("step_time": each run's own step time,
+    timed alone, so only comparable within one sweep run together; "memory": peak memory of a
+    step), one panel under the other, one line per configuration (e.g. real and quaternion
+    AT). Dashed lines: the baselines' costs (without anti-transfer). A tap a configuration did
+    not run is a gap in its line, never bridged."""
+    for cost in costs:
+        if cost not in SWEEP_COSTS:
+            raise ValueError(f"costs: {cost!r} is not one of {tuple(SWEEP_COSTS)}")
     summary = tables.sweep_summary(records)
     taps = sorted(summary["tap"].unique(), key=tables.tap_order)
-    position = {t: i for i, t in enumerate(taps)}
-    fig = Figure(figsize=(max(10.0, 1.8 * len(taps)) + 2.5, 3.8), layout="constrained")
-    gain_ax, time_ax, mem_ax = fig.subplots(1, 3)
-    for i, (group, part) in enumerate(summary.groupby("group", sort=True)):
-        x = part["tap"].map(position).to_numpy(dtype=float)
-        color = f"C{i % 10}"
+    groups = list(summary.groupby("group", sort=True))
+    fig = Figure(figsize=(9.0, 2.6 * (1 + len(costs)) + 0.3 * math.ceil(len(groups) / 2) + 0.6),
+                 layout="constrained")  # fmt: skip
+    axes = fig.subplots(1 + len(costs), 1, sharex=True, squeeze=False)[:, 0]
+    gain_ax, cost_axes = axes[0], axes[1:]
+    for i, (group, part) in enumerate(groups):
+        part = part.set_index("tap").reindex(taps)  # NaN where the group has no run: a gap
+        x = np.arange(len(taps), dtype=float)
+        color, marker = f"C{i % 10}", "osD^v<>p"[i % 8]
         gain = part["UA gain"].to_numpy(dtype=float)
         spread = np.nan_to_num(  # the 95% t-interval; none for a tap with one run
             [gain - part["UA gain 95% low"].to_numpy(dtype=float),
              part["UA gain 95% high"].to_numpy(dtype=float) - gain]
         )  # fmt: skip
-        gain_ax.errorbar(
-            x,
-            gain,
-            yerr=spread,
-            color=color,
-            marker="o",
-            capsize=3,
-            label=group,
-        )
-        for ax, column in ((time_ax, "step time (ms)"), (mem_ax, "peak memory (MiB)")):
-            ax.plot(x, part[column].to_numpy(dtype=float), color=color, marker="o", label=group)
-            base = part[f"baseline {column}"].mean()
+        gain_ax.errorbar(x, gain, yerr=spread, color=color, marker=marker, capsize=3,
+                         label=group)  # fmt: skip
+        for ax, cost in zip(cost_axes, costs, strict=True):
+            column = SWEEP_COSTS[cost][0]
+            ax.plot(x, part[column].to_numpy(dtype=float), color=color, marker=marker)
+            base = np.nanmean(part[f"baseline {column}"].to_numpy(dtype=float))
             if np.isfinite(base):
-                ax.axhline(base, color=color, linestyle="--", alpha=0.7, label="_baseline")
+                ax.axhline(base, color=color, linestyle="--", alpha=0.7)
     gain_ax.axhline(0.0, color="k", linewidth=0.8)
-    for ax, ylabel in (
-        (gain_ax, "UA gain over baseline (fraction, 95% CI)"),
-        (time_ax, "step time (ms, each run timed alone)"),
-        (mem_ax, "peak memory per step (MiB)"),
-    ):
-        ax.set_xticks(range(len(taps)), taps, rotation=45, ha="right")
-        ax.set_xlabel("AT tap")
-        ax.set_ylabel(ylabel)
+    gain_ax.set_ylabel("UA gain over baseline\n(fraction, 95% CI)")
+    for ax, cost in zip(cost_axes, costs, strict=True):
+        ax.set_ylabel(SWEEP_COSTS[cost][1].replace(" (", "\n(", 1))
+    for ax in axes:
         ax.grid(alpha=0.3)
+        ax.set_xlabel("anti-transfer tap")
+    axes[-1].set_xticks(range(len(taps)), taps, rotation=30, ha="right")
     handles, labels = gain_ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], color="0.4", linestyle="--"))
-    labels.append("dashed: the group's baseline")
-    fig.legend(handles, labels, loc="outside right upper", fontsize="x-small")
+    if costs:
+        handles.append(Line2D([], [], color="0.4", linestyle="--"))
+        labels.append("dashed: the configuration's baseline")
+    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=2)
     return fig
 
 
@@ -532,34 +589,50 @@ def tradeoff(records, cost: str = "step_time") -> Figure:
     ax.set_title("gain vs cost per AT tap")
     ax.grid(alpha=0.3)
     if len(summary):
-        fig.legend(loc="outside right upper", fontsize="small")
+        fig.legend(loc="outside lower center", fontsize="small", ncols=2)
     return fig
 
 
 def probe_by_tap(records) -> Figure:
     """Invariance probe: accuracy of a linear probe decoding the orthogonal label (word or
-    speaker, held-out items) from each probed tap, one line per run, one panel per label. Lower
-    is more invariant; anti-transfer should push the curve down."""
+    speaker, held-out items) from each probed tap, one panel per (label, model), one line per
+    run in it. Every panel spans the same taps; a tap a run did not probe is a gap in its line,
+    never bridged. Runs whose curves coincide (e.g. DFR, which retrains only the last layer,
+    and its baseline) stay visible by their markers and line styles. Lower is more invariant;
+    anti-transfer should push the curve down."""
     ser = [r for r in tables.ser_only(records, "probe_by_tap") if r.get("probe")]
     if not ser:
         raise ValueError("records: no SER record has probe accuracies")
-    labels = sorted({label for r in ser for label in r["probe"]})
-    fig = Figure(figsize=(6.0 * len(labels), 4.0), layout="constrained")
-    names = tables.unique_labels(ser)
-    for ax, label in zip(fig.subplots(1, len(labels), squeeze=False)[0], labels, strict=True):
-        taps = sorted({t for r in ser for t in r["probe"].get(label, {})}, key=tables.tap_order)
-        for i, (r, name) in enumerate(zip(ser, names, strict=True)):
-            by_tap = r["probe"].get(label)
-            if by_tap:
-                x = [taps.index(t) for t in sorted(by_tap, key=tables.tap_order)]
-                y = [tables.as_float(by_tap[t]) for t in sorted(by_tap, key=tables.tap_order)]
-                ax.plot(x, y, marker="o", color=f"C{i % 10}", label=name)
-        ax.set_xticks(range(len(taps)), taps, rotation=30, ha="right")
+    names = dict(zip(map(id, ser), tables.unique_labels(ser), strict=True))
+    panels: dict[tuple, list] = defaultdict(list)
+    for r in ser:
+        for label in r["probe"]:
+            panels[(label, r["config"].get("model"))].append(r)
+    keys = sorted(panels, key=str)
+    taps = sorted({t for r in ser for by_tap in r["probe"].values() for t in by_tap},
+                  key=tables.tap_order)  # fmt: skip
+    ncols = min(len(keys), 2)
+    nrows = math.ceil(len(keys) / ncols)
+    fig = Figure(figsize=(5.0 * ncols, 3.9 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for ax in grid.flat[len(keys) :]:
+        ax.set_visible(False)
+    styles = ("-", "--", ":", "-.")
+    for ax, (label, model) in zip(grid.flat, keys, strict=False):
+        for i, r in enumerate(panels[(label, model)]):
+            by_tap = r["probe"][label]
+            y = [tables.as_float(by_tap[t]) if t in by_tap else np.nan for t in taps]
+            ax.plot(range(len(taps)), y, marker="osD^v<>p"[i % 8], linestyle=styles[i % 4],
+                    markerfacecolor="none" if i % 2 else None, color=f"C{i % 10}",
+                    label=names[id(r)])  # fmt: skip
+        ax.set_xticks(range(len(taps)), taps, rotation=45, ha="right", fontsize="small")
         ax.set_xlabel("probed tap")
         ax.set_ylabel(f"{label} probe accuracy (fraction)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        # Above the panel, titled by it: never over the lines, the tap names or a title.
+        ax.legend(title=f"{model} VGG16: {label} probe", fontsize="x-small", loc="lower center",
+                  bbox_to_anchor=(0.5, 1.0), frameon=False)  # fmt: skip
     return fig
 
 
@@ -575,7 +648,7 @@ def pilot_curves(groups: Mapping[str, Sequence[Mapping]]) -> Figure:
         ("val_ua", "validation UA (fraction)"),
         ("test_ua", "test UA, analysis only (fraction)"),
     )
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH, 3.8), layout="constrained")
     axes = fig.subplots(1, len(keys))
     for i, (name, records) in enumerate(groups.items()):
         for ax, (key, label) in zip(axes, keys, strict=True):
@@ -632,7 +705,7 @@ def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> F
     regimes = sorted({r["information"] for rows in panels.values() for r in rows})
     colour = {regime: f"C{i % 10}" for i, regime in enumerate(regimes)}
     height = 1.2 + 0.32 * max(len(rows) for rows in panels.values())
-    fig = Figure(figsize=(6.0 * len(panels), height), layout="constrained")
+    fig = Figure(figsize=(min(6.0 * len(panels), PAGE_WIDTH), height), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=False)[0]
     for ax, (model, rows) in zip(axes, panels.items(), strict=True):
         for y, r in enumerate(reversed(rows)):
@@ -649,7 +722,7 @@ def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> F
             )
         ax.set_yticks(range(len(rows)), [r["finalist"] for r in reversed(rows)])
         ax.axvline(0, color="0.3", linewidth=1)
-        ax.set_xlabel("paired UA difference vs the baseline (fraction; 95% interval)")
+        ax.set_xlabel("UA difference vs the baseline\n(fraction; paired 95% interval)")
         ax.set_ylabel("finalist")
         ax.set_title(f"{model} VGG16")
         ax.grid(alpha=0.3, axis="x")
@@ -665,8 +738,8 @@ def forest(rows_by_model: Mapping[str, Sequence[Mapping]], title: str = "") -> F
             label="placebo (random network)",
         )
     )
-    # One legend column per panel: the regimes' long names fit under one panel each.
-    fig.legend(handles=handles, loc="outside lower center", fontsize="x-small", ncols=len(panels))
+    # One column: the regimes' long names side by side would be wider than the page.
+    fig.legend(handles=handles, loc="outside lower center", fontsize="x-small", ncols=1)
     if title:
         fig.suptitle(title)
     return fig
@@ -704,7 +777,7 @@ def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]], taps: Sequence[s
     and the step time (timed side by side, qat.costs; a gap where it was not) and peak memory
     of AT at that tap, one line per model. `taps`: the network's taps in order; a model whose
     sweep is partial leaves gaps at the same place."""
-    fig = Figure(figsize=(14, 4.5), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH, 4.5), layout="constrained")
     axes = gain_ax, time_ax, memory_ax = fig.subplots(1, 3, sharex=True)
     shown = [t for t in taps if any(r["tap"] == t for rows in rows_by_model.values() for r in rows)]
     for i, (model, rows) in enumerate(rows_by_model.items()):
@@ -731,7 +804,10 @@ def layer_sweep(rows_by_model: Mapping[str, Sequence[Mapping]], taps: Sequence[s
         ax.set_xticks(range(len(shown)), shown, rotation=60, fontsize="small")
         ax.set_xlabel("anti-transfer tap")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+    handles, labels = gain_ax.get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="outside lower center", fontsize="small", ncols=len(labels) or 1
+    )  # under the panels, never over the error bars
     return fig
 
 
@@ -776,8 +852,7 @@ def cross_corpus_confusion(record: Mapping, normalize: bool = True) -> Figure:
         if normalize
         else counts
     )
-    fig = Figure(figsize=(1.0 * len(emotions) + 2.4, 0.85 * len(emotions) + 1.6),
-                 layout="constrained")  # fmt: skip
+    fig = Figure(figsize=_confusion_size(emotions), layout="constrained")
     ax = fig.subplots()
     sns.heatmap(
         pd.DataFrame(values, index=emotions, columns=emotions),
@@ -785,6 +860,7 @@ def cross_corpus_confusion(record: Mapping, normalize: bool = True) -> Figure:
         vmin=0, vmax=1 if normalize else None,
         cbar_kws={"label": "share of true class" if normalize else "utterances"},
     )  # fmt: skip
+    _whole_names(ax)
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("true emotion (after mapping)")
     ax.set_title(

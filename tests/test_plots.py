@@ -112,6 +112,53 @@ def assert_nothing_clipped(fig):
     )
 
 
+def _drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    return renderer
+
+
+def assert_legends_clear(fig):
+    """No legend lies over a panel or a title (legends beside, above or under them)."""
+    renderer = _drawn(fig)
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    titles = [t for ax in panels for t in (ax.title,) if t.get_text()]
+    if fig._suptitle is not None:
+        titles.append(fig._suptitle)
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in panels:
+            assert not box.overlaps(ax.get_window_extent(renderer)), f"legend over {ax}"
+        for title in titles:
+            assert not box.overlaps(title.get_window_extent(renderer)), "legend over a title"
+
+
+def assert_ticks_apart(ax, axis="x"):
+    """Tick labels do not overlap one another (e.g. thirteen tap names side by side): level
+    labels' boxes are apart; slanted ones are spaced, across their slant, by more than a line
+    of text."""
+    import itertools
+    import math
+
+    renderer = _drawn(ax.figure)
+    labels = [t for t in (ax.get_xticklabels() if axis == "x" else ax.get_yticklabels())
+              if t.get_text()]  # fmt: skip
+    for a, b in itertools.pairwise(labels):
+        angle = math.radians(a.get_rotation() % 180)
+        if axis == "y" or angle == 0:
+            assert not a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer)), (
+                f"tick labels {a.get_text()!r} and {b.get_text()!r} overlap"
+            )
+            continue
+        step = abs(ax.transData.transform((b.get_position()[0], 0))[0]
+                   - ax.transData.transform((a.get_position()[0], 0))[0])  # fmt: skip
+        height = renderer.points_to_pixels(a.get_fontsize())
+        assert step * math.sin(angle) >= height, f"slanted labels {a.get_text()!r} overlap"
+
+
 # ---------------------------------------------------------------- figures
 
 
@@ -172,10 +219,57 @@ def test_confusion_matrix_shows_row_normalised_counts(rng):
     np.testing.assert_array_equal(np.asarray(raw.collections[0].get_array()).reshape(4, 4), counts)
 
 
+def test_one_epoch_curves_tick_whole_epochs():
+    """A one-epoch run is one point at epoch 1 on an axis of whole epochs (it was an axis
+    from 0.945 to 1.055 ticked in hundredths)."""
+    record = ser_record(np.random.default_rng(1))
+    record["history"] = record["history"][:1]
+    fig = plots.learning_curves([record])
+    assert_legends_clear(fig)
+    for ax in fig.axes:
+        if ax.get_visible() and ax.get_xlabel() == "epoch":
+            assert ax.get_xlim() == (0.5, 1.5)
+            ticks = [t for t in ax.get_xticks() if 0.5 <= t <= 1.5]
+            assert ticks == [1.0]
+
+
+def test_learning_curves_wrap_many_panels_within_the_page():
+    """An RH-emo history (learning rate, reconstruction, objective, head accuracies) is at
+    most three panels a row, no wider than the page; balanced and majority accuracies share
+    the accuracy panel."""
+    history = [{"epoch": e, "lr": 1e-3, "val_reconstruction_mse": 0.3 / e,
+                "val_objective": 1.0 / e, "val_emotion_ua": 0.2 * e, "val_valence_acc": 0.5,
+                "val_valence_balanced": 0.5, "val_valence_majority": 0.6}
+               for e in (1, 2)]  # fmt: skip
+    record = {"kind": "rhemo", "config": {"corpus": "synthemo", "setup": "confounded",
+                                           "seed": 0}, "history": history}  # fmt: skip
+    fig = plots.learning_curves([record])
+    assert_labelled(fig)
+    assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH
+    shown = [ax.get_ylabel() for ax in fig.axes if ax.get_visible()]
+    assert sorted(shown) == sorted(["learning rate", "reconstruction MSE", "val_objective",
+                                    "accuracy (fraction)"])  # fmt: skip
+
+
+def test_confusion_matrix_writes_long_emotion_names_whole(rng):
+    record = ser_record(rng)
+    names = ["neutral", "pleasant_surprise", "disgusted", "fearful"]
+    record["labels"]["emotions"] = names
+    fig = plots.confusion_matrix(record)
+    assert_nothing_clipped(fig)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert_ticks_apart(ax, "x")
+    assert_ticks_apart(ax, "y")
+    assert all(t.get_rotation() == 0 for t in ax.get_yticklabels())
+
+
 def test_confusion_matrices_one_panel_per_run(rng):
     records = [ser_record(rng, seed=s) for s in range(3)]
     fig = plots.confusion_matrices(records)
     assert_labelled(fig)
+    assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH  # two a row, not three side by side
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.collections]
     assert len(panels) == 3
     for ax, r in zip(panels, records, strict=True):
@@ -247,8 +341,9 @@ def test_tap_sweep_and_tradeoff_plot_gain_and_cost_per_tap(rng):
     records += [ser_record(rng, method="at", tap=t, seed=s) for t in taps for s in (0, 1)]
     fig = plots.tap_sweep(records)
     assert_labelled(fig)
-    gain_ax, time_ax, _ = fig.axes[:3]
-    assert [t.get_text() for t in gain_ax.get_xticklabels()] == ["conv1_1", "conv3_1"]
+    assert_legends_clear(fig)
+    gain_ax, time_ax, memory_ax = fig.axes[:3]  # one panel under the other, sharing the taps
+    assert [t.get_text() for t in memory_ax.get_xticklabels()] == ["conv1_1", "conv3_1"]
     expected_gain, expected_time = [], []
     for tap in ("conv1_1", "conv3_1"):
         gains = [
@@ -282,16 +377,65 @@ def test_tap_sweep_and_tradeoff_plot_gain_and_cost_per_tap(rng):
         plots.tap_sweep(records[:2])
 
 
+def test_tap_sweep_fits_the_page_and_leaves_a_gap_where_a_sweep_has_no_run(rng):
+    """16 configurations (the committed records' sweep groups) in a figure no wider than the
+    page, its legend under the panels; a tap a configuration did not run is a gap in its
+    line, never bridged; costs=("memory",) drops the step time timed alone."""
+    taps = ["conv1_1", "conv2_1", "conv3_1"]
+    records = [ser_record(rng, seed=0)]
+    for beta in range(1, 17):
+        mine = taps if beta > 1 else ["conv1_1", "conv3_1"]  # the first skips conv2_1
+        for tap in mine:
+            records.append(ser_record(rng, method="at", tap=tap))
+            records[-1]["config"]["beta"] = float(beta)
+    fig = plots.tap_sweep(records, costs=("memory",))
+    assert_labelled(fig)
+    assert_legends_clear(fig)
+    assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH
+    gain_ax, memory_ax = fig.axes
+    assert "memory" in memory_ax.get_ylabel()
+    first = gain_ax.get_lines()[0].get_ydata()  # β=1 sorts first
+    assert np.isnan(first[1]) and np.isfinite(first[[0, 2]]).all()
+    with pytest.raises(ValueError, match="costs: 'money'"):
+        plots.tap_sweep(records, costs=("money",))
+
+
 def test_probe_by_tap_plots_accuracies_in_network_order(rng):
     records = [ser_record(rng), ser_record(rng, method="at", tap="conv2_1")]
     fig = plots.probe_by_tap(records)
     assert_labelled(fig)
+    assert_legends_clear(fig)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv2_2", "conv5_3"]
     for line, r in zip(ax.get_lines(), records, strict=True):
         np.testing.assert_allclose(
             line.get_ydata(), [r["probe"]["word"]["conv2_2"], r["probe"]["word"]["conv5_3"]]
         )
+
+
+def test_probe_by_tap_keeps_models_apart_and_never_bridges_a_missing_tap(rng):
+    """One panel per (label, model): runs of different networks are never drawn together; a
+    tap a run did not probe is a gap; coinciding curves differ by marker and style."""
+    real = ser_record(rng)
+    twin = ser_record(rng, method="dfr")
+    twin["probe"] = {"word": dict(real["probe"]["word"])}  # DFR keeps the features
+    partial = ser_record(rng, model="quaternion")
+    partial["probe"] = {"word": {"conv2_2": 0.3, "conv3_1": 0.2, "conv5_3": 0.1}}
+    other = ser_record(rng, model="quaternion", method="at", tap="conv2_1")
+    other["probe"] = {"word": {"conv2_2": 0.4, "conv5_3": 0.2}}
+    fig = plots.probe_by_tap([real, twin, partial, other])
+    assert_labelled(fig)
+    assert_legends_clear(fig)
+    titles = [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["quaternion VGG16: word probe", "real VGG16: word probe"]
+    quaternion, real_ax = fig.axes[:2]
+    assert [t.get_text() for t in quaternion.get_xticklabels()] == ["conv2_2", "conv3_1",
+                                                                    "conv5_3"]  # fmt: skip
+    gap = quaternion.get_lines()[1].get_ydata()
+    assert np.isnan(gap[1]) and list(gap[[0, 2]]) == [0.4, 0.2]
+    a, b = real_ax.get_lines()
+    np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
+    assert (a.get_marker(), a.get_linestyle()) != (b.get_marker(), b.get_linestyle())
 
 
 def test_method_comparison_marks_baseline_and_ceiling(rng):
@@ -412,6 +556,9 @@ def test_probe_profiles_plot_each_configurations_probe_in_network_order(rng):
     }  # fmt: skip
     fig = plots.probe_profiles(rows)
     assert_labelled(fig)
+    assert_legends_clear(fig)
+    for ax in fig.axes:
+        assert_ticks_apart(ax)
     for ax, mine in zip(fig.axes, rows.values(), strict=True):
         for line, r in zip(ax.get_lines(), mine, strict=True):
             assert list(line.get_xdata()) == ["conv1_1", "conv4_2", "penultimate"]

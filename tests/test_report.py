@@ -93,13 +93,13 @@ def reports(tmp_path_factory):
     ]
     write_records(folder, records)
     readme = report.write_readme(folder, profile="smoke")
-    assert readme == folder / "README.md"
+    assert readme == folder / "smoke" / "README.md"  # not the committed profile's page
     return folder
 
 
 @pytest.fixture(scope="module")
 def text(reports):
-    return (reports / "README.md").read_text()
+    return (reports / "smoke" / "README.md").read_text()
 
 
 def test_readme_tables_hold_the_records_numbers(text):
@@ -160,14 +160,14 @@ def test_readme_upstream_networks_in_one_table(text):
 
 def test_readme_figures_exist_and_every_section_names_its_command(reports, text):
     images = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
-    assert {"figures/tap_sweep.png", "figures/tradeoff.png", "figures/probe_by_tap.png",
+    assert {"figures/tap_sweep.png", "figures/probe_by_tap.png",
             "figures/method_comparison_confounded.png",
             "figures/rhemo_heads.png"} <= set(images)  # fmt: skip
     # The unconfounded control holds baselines only: drawn as the ceiling, not a figure.
     assert not any("unconfounded" in image for image in images)
     for image in images:
-        assert (reports / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    sections = text.split("\n## ")[1:]
+        assert (reports / "smoke" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sections = [s for s in text.split("\n## ")[1:] if s[:1].isdigit()]
     assert len(sections) == 5
     for section in sections[:4]:
         assert "Reproduce: `qat run notebooks/0" in section and "-p profile smoke" in section
@@ -196,9 +196,63 @@ def test_run_pipeline_runs_the_notebooks_in_order_then_writes_the_readme(monkeyp
     assert [name for name, _ in calls] == [f"{n}.ipynb" for n in notebooks.PIPELINE]
     assert all(params == {"profile": "smoke"} for _, params in calls)
     assert all((notebooks.FOLDER / name).exists() for name, _ in calls)
-    assert readme == tmp_path / "README.md" and readme.exists()
+    assert readme == tmp_path / "smoke" / "README.md" and readme.exists()
     with pytest.raises(ValueError, match="profile='laptop'"):
         report.run_pipeline(profile="laptop")
+
+
+def test_another_profile_never_replaces_the_committed_pages(reports):
+    """A smoke (or paper) report writes reports/<profile>/; the committed profile's page and
+    figures at the top of reports/ are left as they were."""
+    committed = report.write_readme(reports, profile="cpu")
+    assert committed == reports / "README.md"
+    before = {p: p.read_bytes() for p in [committed, *(reports / "figures").glob("*.png")]}
+    again = report.write_readme(reports, profile="smoke")
+    assert again.parent == reports / "smoke"
+    assert {p: p.read_bytes() for p in before} == before
+    assert "the committed answer is in [../README.md](../README.md)" in again.read_text()
+
+
+def test_the_lead_quotes_the_demonstrations_answer_and_links_every_page(tmp_path):
+    """reports/README.md opens with the verdict of demonstration.md (its headlines, the
+    finalists that gain on the headline's setting, the sweep, the targets), then links every
+    page beside it; the per-configuration tables are collapsed."""
+    (tmp_path / "runs").mkdir()
+    for i, r in enumerate([ser("real", "baseline", 0.5, profile="cpu"),
+                           ser("real", "at", 0.6, tap="conv2_1", profile="cpu")]):  # fmt: skip
+        (tmp_path / "runs" / f"ser-{i:04d}.json").write_text(json.dumps(r))
+    answer = [
+        "- **real, word-confounded, rho 0.9: at does not beat its placebo.** at +0.010 [-0.02, "
+        "+0.04]",
+        "- real, word-confounded, rho 0.9: finalists whose UA gain over the baseline has a 95% "
+        "interval above 0: dann.",
+        "- real, word-confounded, rho 0.95: finalists whose UA gain over the baseline has a 95% "
+        "interval above 0: jtt.",
+        "- real: the best tap by mean gain is conv5_3 (+0.001 [-0.02, +0.03], 9 ms a step).",
+        "- Targets: 1 of 7 met.",
+        "- Runs with a record / planned: 2/2.",
+    ]
+    page = ["# Which method", "", "## Short answer", "", *answer, "", "## Protocol", "", "- x"]
+    (tmp_path / "demonstration.md").write_text("\n".join(page))
+    for name in ("instrument.md", "robustness.md"):
+        (tmp_path / name).write_text("# page\n")
+    text = report.write_readme(tmp_path, profile="cpu").read_text()
+    lead = text.split("## Pages")[0]
+    assert [line for line in lead.splitlines() if line.startswith("- ")] == [
+        answer[0], answer[1], answer[3], answer[4]
+    ]  # fmt: skip
+    pages = text.split("## Pages")[1].split("\n## ")[0]
+    assert re.findall(r"\]\(([a-z]+\.md)\)", pages) == [
+        "demonstration.md",
+        "instrument.md",
+        "robustness.md",
+    ]  # fmt: skip (benchmarks.md is not in this folder: not linked)
+    table = text.index("| configuration |")
+    assert text.rfind("<details>", 0, table) > text.rfind("</details>", 0, table)  # collapsed
+    assert "[01_corpus.ipynb](01_corpus.ipynb)" not in text  # not executed here: no dead link
+    (tmp_path / "01_corpus.ipynb").write_text("{}")
+    text = report.write_readme(tmp_path, profile="cpu").read_text()
+    assert "[01_corpus.ipynb](01_corpus.ipynb)" in text
 
 
 def test_the_header_counts_code_versions_in_one_line(tmp_path):
