@@ -230,6 +230,9 @@ class RunConfig:
                                     default=0.0)  # fmt: skip
     weight_decay: float | None = _spec("decoupled weight decay (default: the profile's); "
                                        "GroupDRO pairs with strong L2", default=None)  # fmt: skip
+    lr: float | None = _spec("peak learning rate (default: the profile's)", default=None)
+    grad_clip: float | None = _spec("the gradients' global L2 norm is clipped to this (default: "
+                                    "the profile's, no clipping)", default=None)  # fmt: skip
     selection: str | None = _spec("which weights a run keeps: default the profile's rule; "
                                   "worst_group: the best worst-group validation accuracy",
                                   ("worst_group",), default=None)  # fmt: skip
@@ -402,6 +405,10 @@ class RunConfig:
             out.update(jtt_epochs=self.jtt_epochs, lambda_up=self.lambda_up)
         if self.weight_decay is not None:
             out["weight_decay"] = self.weight_decay
+        if self.lr is not None:
+            out["lr"] = self.lr
+        if self.grad_clip is not None:
+            out["grad_clip"] = self.grad_clip
         if self.selection is not None:
             out["selection"] = self.selection
         if self.reads_rhemo and not self.rhemo and self.rhemo_encoder != "published":
@@ -494,7 +501,8 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
     if config.get("upstream"):
         parts.append(f"upstream {config['upstream']['name']}")
     for key, name in (("eta", "η"), ("group_adjustment", "C"), ("jtt_epochs", "T"),
-                      ("lambda_up", "λup"), ("weight_decay", "wd")):  # fmt: skip
+                      ("lambda_up", "λup"), ("weight_decay", "wd"), ("lr", "lr"),
+                      ("grad_clip", "clip")):  # fmt: skip
         if config.get(key):
             parts.append(f"{name}={config[key]:g}")
     if config.get("seed") and "seed" not in without:
@@ -538,6 +546,8 @@ _CHECKS = {
     "eta": lambda n, v: check_number(n, v, 0.0, 1e3, open_low=True),
     "group_adjustment": lambda n, v: check_number(n, v),
     "weight_decay": lambda n, v: None if v is None else check_number(n, v),
+    "lr": lambda n, v: None if v is None else check_number(n, v, 0.0, 10.0, open_low=True),
+    "grad_clip": lambda n, v: None if v is None else check_number(n, v),
     "selection": lambda n, v: None if v is None else check_choice(n, v, ("worst_group",)),
     "jtt_epochs": lambda n, v: check_number(n, v, 1, 10**4, integer=True),
     "lambda_up": lambda n, v: check_number(n, v, 1.0, 1e6),

@@ -343,9 +343,10 @@ def _parts(config: RunConfig, data: Data, train: SERDataset, orth_net) -> _Parts
         adversary = Adversary(
             hidden, num_domains, num_classes=num_classes if config.method == "cdann" else None
         )
-    overrides = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
-    if config.selection is not None:
-        overrides["selection"] = config.selection
+    # The run's own recipe settings, where it sets them; the profile's otherwise.
+    overrides = {name: getattr(config, name) for name in ("weight_decay", "lr", "grad_clip",
+                                                          "selection")
+                 if getattr(config, name) is not None}  # fmt: skip
     method_info["selection"] = (
         "worst-group validation accuracy" if config.selection == "worst_group"
         else f"the instrument's rule ({p.get('selection', 'best_val_loss')})"

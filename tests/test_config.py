@@ -85,6 +85,11 @@ def test_tap_accepts_a_name_a_comma_list_or_a_list():
         ({"factor": "gender"}, "factor='gender'"),
         ({"orthogonal": "gender"}, "orthogonal='gender'"),
         ({"init_from_orthogonal": "yes"}, "init_from_orthogonal='yes'"),
+        ({"lr": 0.0}, "lr=0.0"),
+        ({"lr": -1e-3}, "lr=-0.001"),
+        ({"lr": float("inf")}, "lr=inf"),
+        ({"grad_clip": -1.0}, "grad_clip=-1.0"),
+        ({"grad_clip": "1"}, "grad_clip='1'"),
     ],
 )
 def test_invalid_values_name_the_field_the_value_and_what_is_valid(settings, named):
@@ -106,6 +111,27 @@ def test_label_names_method_taps_and_knobs():
     assert c.label() == "[confounded] quaternion at word@conv2_1 β=10 gram=batch seed 2"
     assert c.label(without=("setup", "model", "seed")) == "at word@conv2_1 β=10 gram=batch"
     assert RunConfig(method="cdann", lam=0.3).label() == "[confounded] real cdann word λ=0.3"
+
+
+def test_lr_and_grad_clip_enter_the_key_only_when_set_and_reach_the_recipe():
+    """Settings added after the first records: a record without them keeps its key, and a run
+    that sets them is a new run whose recipe carries them."""
+    from qat import experiments, rundata
+
+    base = RunConfig(profile="smoke")
+    assert "lr" not in base.key_dict() and "grad_clip" not in base.key_dict()
+    for name, value in (("lr", 3e-3), ("grad_clip", 1.0)):
+        changed = base.replace(**{name: value})
+        assert changed.key() != base.key() and changed.key_dict()[name] == value
+        assert RunConfig.from_record(changed.key_dict()) == changed
+    assert "lr=0.003 clip=1" in base.replace(lr=3e-3, grad_clip=1.0).label()
+    profile = rundata.train_config("smoke", 0)
+    assert (profile.lr, profile.grad_clip) == (config.PROFILES["smoke"]["lr"], 0.0)
+    data = rundata.run_data(base, progress=False)
+    parts = experiments._parts(base.replace(lr=3e-3, grad_clip=1.0), data, data.train, None)
+    assert (parts.tcfg.lr, parts.tcfg.grad_clip) == (3e-3, 1.0)
+    parts = experiments._parts(base, data, data.train, None)
+    assert (parts.tcfg.lr, parts.tcfg.grad_clip) == (profile.lr, 0.0)
 
 
 @pytest.mark.parametrize("method", config.METHODS)

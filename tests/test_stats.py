@@ -478,3 +478,89 @@ def test_verdict_places_the_interval_against_its_threshold(seed):
 def test_verdict_needs_exactly_one_threshold(kwargs):
     with pytest.raises(ValueError, match="exactly one of at_most and at_least"):
         qs.verdict(0.0, 1.0, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# share of the gap closed: Fieller's interval
+
+
+def _gains_and_gaps(rng, n, share=0.6, gap=0.1, gap_sd=0.03, noise=0.02):
+    gaps = rng.normal(gap, gap_sd, n)
+    return share * gaps + rng.normal(0, noise, n), gaps
+
+
+def _quadratic_roots(a, b, level):
+    """Fieller's bounds by hand: the quadratic's coefficients from raw sums, solved by
+    numpy.roots (a companion-matrix eigenvalue solver, not the closed form)."""
+    n = len(a)
+    t2 = st.t.ppf(0.5 + level / 2, n - 1) ** 2
+    saa = ((a - a.mean()) ** 2).sum() / (n - 1)
+    sbb = ((b - b.mean()) ** 2).sum() / (n - 1)
+    sab = ((a - a.mean()) * (b - b.mean())).sum() / (n - 1)
+    coeffs = [n * b.mean() ** 2 - t2 * sbb, -2 * (n * a.mean() * b.mean() - t2 * sab),
+              n * a.mean() ** 2 - t2 * saa]  # fmt: skip
+    return sorted(np.roots(coeffs).real)
+
+
+@pytest.mark.parametrize("seed, n, level", [(71, 3, 0.95), (72, 5, 0.95), (73, 8, 0.9)])
+def test_fieller_interval_is_every_ratio_the_paired_t_test_does_not_reject(seed, n, level):
+    rng = np.random.default_rng(seed)
+    a, b = _gains_and_gaps(rng, n, gap_sd=0.01)
+    r = qs.fieller_ratio(a, b, level)
+    assert r.bounded and r.low < r.estimate < r.high
+    assert r.estimate == pytest.approx(a.mean() / b.mean(), rel=1e-12)
+    assert [r.low, r.high] == pytest.approx(_quadratic_roots(a, b, level), rel=1e-9)
+    # The bounds are where the t-test of mean(a - theta b) = 0 sits at p = 1 - level ...
+    for bound in (r.low, r.high):
+        assert st.ttest_1samp(a - bound * b, 0).pvalue == pytest.approx(1 - level, rel=1e-6)
+    # ... and a theta is inside exactly when that test does not reject it.
+    width = r.high - r.low
+    for theta in np.linspace(r.low - width, r.high + width, 61):
+        if min(abs(theta - r.low), abs(theta - r.high)) > 1e-6 * width:
+            inside = r.low <= theta <= r.high
+            assert inside == (st.ttest_1samp(a - theta * b, 0).pvalue >= 1 - level), theta
+
+
+def test_fieller_interval_covers_the_true_share_95_percent_of_the_time_with_five_pairs():
+    # Gains and gaps normal and correlated, the true share 0.6: Fieller is exact here.
+    rng = np.random.default_rng(74)
+    sims, n, share = 4000, 5, 0.6
+    covered = 0
+    for _ in range(sims):
+        a, b = _gains_and_gaps(rng, n, share=share, gap=0.1, gap_sd=0.02, noise=0.02)
+        r = qs.fieller_ratio(a, b)
+        covered += r.low <= share <= r.high
+    # Binomial SD at 95% over 4000 runs: 0.0034; the bound is 3.5 SD.
+    assert abs(covered / sims - 0.95) < 0.012
+
+
+def test_fieller_interval_is_unbounded_when_the_gap_is_not_distinguishable_from_zero():
+    rng = np.random.default_rng(75)
+    a, b = _gains_and_gaps(rng, 5, gap=0.005, gap_sd=0.05)
+    t = b.mean() / (b.std(ddof=1) / np.sqrt(5))
+    assert abs(t) < st.t.ppf(0.975, 4)  # the gap's own t-test does not reject 0
+    r = qs.fieller_ratio(a, b)
+    assert not r.bounded and (r.low, r.high) == (-math.inf, math.inf)
+
+
+def test_gap_closed_fieller_matches_the_runs_and_is_a_point_when_the_share_is_exact():
+    rng = np.random.default_rng(76)
+    keys = _pairs(2, 4)
+    base = rng.normal(0.45, 0.03, 8)
+    ceil = base + rng.normal(0.1, 0.02, 8)
+    meth = base + 0.5 * (ceil - base) + rng.normal(0, 0.01, 8)
+    g = qs.gap_closed_fieller(_runs(meth, keys), _runs(base, keys), _runs(ceil, keys))
+    r = qs.fieller_ratio(meth - base, ceil - base)
+    assert (g.estimate, g.low, g.high, g.n) == pytest.approx((r.estimate, r.low, r.high, 8))
+    exact = base + 0.5 * (ceil - base)
+    h = qs.gap_closed_fieller(_runs(exact, keys), _runs(base, keys), _runs(ceil, keys))
+    assert (h.low, h.estimate, h.high) == pytest.approx((0.5, 0.5, 0.5), abs=1e-9)
+    with pytest.raises(ValueError, match=r"missing from ceiling"):
+        qs.gap_closed_fieller(_runs(meth, keys), _runs(base, keys), _runs(ceil[:6], keys[:6]))
+
+
+def test_fieller_refuses_fewer_than_two_pairs_and_unequal_lengths():
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        qs.fieller_ratio([0.1], [0.2])
+    with pytest.raises(ValueError, match="one length"):
+        qs.fieller_ratio([0.1, 0.2], [0.2, 0.3, 0.1])
