@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The tour, in minutes: notebooks 01-05 trained small (reports/smoke/), then notebooks 04 and 05
+# on the committed cpu records and reports/README.md from them (nothing trained). The full
+# instrument: `qat instrument`, `qat demonstration` (hours); `qat report` runs 01-05 at cpu.
 demo: $(STAMP)
-	$(BIN)/qat report
+	$(BIN)/qat report --tour
 
 # Tests run tiny ("smoke" profile) and write their data, caches and records under
 # .test-output/, never into reports/.

@@ -146,9 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("-o", "--output", type=_nonempty_path, help="the executed copy's path")
 
-    report = sub.add_parser("report", help="run notebooks 01-05, then write reports/README.md")
+    report = sub.add_parser("report", help="run notebooks 01-05, then write reports/README.md "
+                            "(another profile than cpu: reports/<profile>/)")  # fmt: skip
     report.add_argument("--profile", choices=tuple(cfg.PROFILES), default=None,
                         help="default $QAT_PROFILE or cpu")  # fmt: skip
+    report.add_argument("--tour", action="store_true",
+                        help="what `make demo` runs, in minutes: notebooks 01-05 trained small "
+                        "(reports/smoke/), then 04 and 05 on the committed cpu records and "
+                        "reports/README.md from them, nothing trained")  # fmt: skip
 
     train = sub.add_parser("train", help="one SER run; writes reports/runs/ser-<hash>.json")
     add_config_arguments(train)
@@ -260,9 +265,12 @@ def _dispatch(args) -> int:
         params = {name: _value(value) for name, value in args.parameter}
         print(run_notebook(args.notebook, params, args.output, log=sys.stderr))
     elif args.command == "report":
-        from qat.report import run_pipeline
+        from qat import report
 
-        print(run_pipeline(profile=args.profile or cfg.default_profile()))
+        if args.tour:
+            print("\n".join(map(str, report.run_tour(log=sys.stderr))))
+        else:
+            print(report.run_pipeline(args.profile or cfg.default_profile(), log=sys.stderr))
     elif args.command == "train":
         _train(args)
     elif args.command == "sweep":

@@ -613,7 +613,8 @@ def probe_by_tap(records) -> Figure:
                   key=tables.tap_order)  # fmt: skip
     ncols = min(len(keys), 2)
     nrows = math.ceil(len(keys) / ncols)
-    fig = Figure(figsize=(5.0 * ncols, 3.9 * nrows), layout="constrained")
+    entries = max(len(v) for v in panels.values())  # the legend above each panel grows the row
+    fig = Figure(figsize=(5.0 * ncols, (3.9 + 0.16 * entries) * nrows), layout="constrained")
     grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     for ax in grid.flat[len(keys) :]:
         ax.set_visible(False)

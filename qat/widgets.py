@@ -3,8 +3,13 @@ headless (papermill) path call.
 
 The panel holds no experiment logic and no settings of its own: its controls are built from
 qat.config.RunConfig's fields (choices, defaults, help), its values are validated by
-RunConfig (the same message as the CLI), and its Run button calls `run_and_show(**values)`,
-the very function the notebook's next cell calls with the parameters cell's values.
+RunConfig (the same message as the CLI), and its Run button calls `compare(**values)`, then
+shows `comparison_items` of the runs: the very functions the notebook's headless cell calls
+(`run_and_show`) with the parameters cell's values.
+
+What a Run shows is an ordinary output of the panel's cell (one HTML output, its figures as
+PNG, updated through a display id), not the state of a widget: a saved notebook keeps it after
+the kernel stops and the page reloads, and any notebook viewer renders it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 
 from qat import config as cfg
-from qat import experiments, plots, tables
+from qat import experiments, plots, runs, tables
 from qat.config import RunConfig, check_choice, check_number
 from qat.models import VGG16_TAPS
 
@@ -48,6 +53,7 @@ _NOTEBOOK_CHECKS: dict[str, Callable[[str, object], None]] = {
     "seeds": _each(cfg.validate_field, "seed"),
     "ceiling": _flag,
     "progress": _flag,
+    "records_only": _flag,
     "orthogonal_seed": lambda n, v: check_number(n, v, 0, cfg.MAX_SEED, integer=True),
     "examples_per_emotion": lambda n, v: check_number(n, v, 1, integer=True),
     "audio_examples": lambda n, v: check_number(n, v, 0, integer=True),
@@ -72,58 +78,139 @@ def check_parameters(**params) -> None:
 # ---------------------------------------------------------------- the shared path
 
 
-def compare(ceiling: bool = True, progress: bool = True, **settings) -> dict[str, dict]:
+def recorded(config: RunConfig) -> dict:
+    """The run record of `config` under reports/runs/, without training: ValueError naming the
+    run when it has none. For SynthEmo runs (a user's corpus enters the key by its content,
+    which only reading the corpus gives)."""
+    if config.root is not None:
+        raise ValueError(f"records_only=True: root={config.root!r}: only SynthEmo runs are "
+                         "found by their settings alone; set records_only=False")  # fmt: skip
+    path = runs.record_path("ser", config.key_dict())
+    if not path.is_file():
+        raise ValueError(f"records_only=True: no record of {config.label()} (seed "
+                         f"{config.seed}, fold {config.fold}, {config.profile} profile) under "
+                         f"{path.parent}; set records_only=False to train it")  # fmt: skip
+    return runs.load_record(path)
+
+
+def _train_or_read(config: RunConfig, progress: bool, records_only: bool) -> dict:
+    if records_only:
+        return recorded(config)
+    return experiments.train_ser(config, progress=progress)
+
+
+def compare(
+    ceiling: bool = True, progress: bool = True, records_only: bool = False, **settings
+) -> dict[str, dict]:
     """Train (or reuse the records of) the baseline and the configured method with everything
     else equal; returns {"baseline": record, method: record} ({"baseline": record} for the
     baseline). `settings` are RunConfig fields.
 
     On a confounded setup, `ceiling` adds "ceiling": the baseline trained on the unconfounded
     control split (same test set, no shortcut in training), the UA an invariance method could
-    hope to recover."""
+    hope to recover. `records_only`: read the records, train nothing (ValueError naming a
+    missing one), as `make demo` does with the committed records."""
     config = RunConfig(**settings)
     baseline = config.replace(method="baseline")
-    runs = {"baseline": experiments.train_ser(baseline, progress=progress)}
+    found = {"baseline": _train_or_read(baseline, progress, records_only)}
     if ceiling and config.setup == "confounded":
         control = baseline.replace(setup="unconfounded")
-        runs["ceiling"] = experiments.train_ser(control, progress=progress)
+        found["ceiling"] = _train_or_read(control, progress, records_only)
     if config.method != "baseline":
-        runs[config.method] = experiments.train_ser(config, progress=progress)
-    return runs
+        found[config.method] = _train_or_read(config, progress, records_only)
+    return found
 
 
-def show_comparison(runs: dict[str, dict]) -> None:
+def sweep(records_only: bool = False, **params) -> list[dict]:
+    """qat.experiments.sweep (taps x models x seeds, each model's baseline included), or with
+    `records_only` the records of the same runs, training nothing."""
+    if not records_only:
+        return experiments.sweep(**params)
+    params = {k: v for k, v in params.items() if k != "progress"}
+    params.setdefault("method", "at")
+    return [recorded(c) for c in experiments.sweep_configs(**params)]
+
+
+# ---------------------------------------------------------------- what a run shows
+# A list of items, ("heading" | "text", str), ("figure", Figure) or ("table", DataFrame): the
+# headless path displays them one by one, the panel writes them into one HTML output.
+
+
+def comparison_items(found: dict[str, dict]) -> list[tuple[str, object]]:
     """Learning curves, confusion matrices, the UA/WA/F1 table, the resource table, and the
     confound metrics and probe accuracies when the records have them."""
-    from IPython.display import Markdown, display
-
-    records = list(runs.values())
+    records = list(found.values())
     table = tables.results_table(records).set_index("run")
-    display(Markdown("### Learning curves (test metrics use the selected epoch)"))
-    display(plots.learning_curves(records))
-    display(Markdown("### Test confusion matrices"))
-    display(plots.confusion_matrices(records))
-    display(Markdown("### Test metrics (fractions)"))
-    display(table[list(tables.METRIC_COLUMNS)].round(3))
-    display(plots.method_comparison(records, setup=records[0]["config"]["setup"]))
+    items: list[tuple[str, object]] = [
+        ("heading", "Learning curves (test metrics use the selected epoch)"),
+        ("figure", plots.learning_curves(records)),
+        ("heading", "Test confusion matrices"),
+        ("figure", plots.confusion_matrices(records)),
+        ("heading", "Test metrics (fractions)"),
+        ("table", table[list(tables.METRIC_COLUMNS)].round(3)),
+        ("figure", plots.method_comparison(records, setup=records[0]["config"]["setup"])),
+    ]
     confound = table[list(tables.CONFOUND_COLUMNS)]
     if confound.notna().any().any():
-        display(Markdown("### Confound: congruent vs incongruent test items"))
-        display(confound.round(3))
-    display(Markdown("### Cost of one training step and of training"))
-    display(table[list(tables.RESOURCE_COLUMNS)].round(3))
+        items += [("heading", "Confound: congruent vs incongruent test items"),
+                  ("table", confound.round(3))]  # fmt: skip
+    items += [("heading", "Cost of one training step and of training"),
+              ("table", table[list(tables.RESOURCE_COLUMNS)].round(3))]  # fmt: skip
     if any(r.get("probe") for r in records):
-        display(Markdown("### Invariance probe (orthogonal label decoded from each tap)"))
-        display(
-            tables.probe_table(records).drop(columns="records").set_index("configuration").round(3)
-        )
-        display(plots.probe_by_tap(records))
+        probe = tables.probe_table(records).drop(columns="records").set_index("configuration")
+        items += [("heading", "Invariance probe (orthogonal label decoded from each tap)"),
+                  ("table", probe.round(3)), ("figure", plots.probe_by_tap(records))]  # fmt: skip
+    return items
+
+
+def display_items(items: list[tuple[str, object]]) -> None:
+    """Each item as its own cell output (the headless path)."""
+    from IPython.display import Markdown, display
+
+    for kind, item in items:
+        if kind == "heading":
+            display(Markdown(f"### {item}"))
+        elif kind == "text":
+            print(item)
+        else:
+            display(item)
+
+
+def items_html(items: list[tuple[str, object]]) -> str:
+    """The items as one HTML document: headings, preformatted text, tables, and figures as
+    inline PNG (base64), which a saved notebook keeps and any viewer renders."""
+    import base64
+    import html
+    import io as stdio
+
+    parts = []
+    for kind, item in items:
+        if kind == "heading":
+            parts.append(f"<h3>{html.escape(item)}</h3>")
+        elif kind == "text":
+            parts.append(f"<pre>{html.escape(item)}</pre>")
+        elif kind == "table":
+            parts.append(item.to_html())
+        else:
+            png = stdio.BytesIO()
+            item.savefig(png, format="png", dpi=100, bbox_inches="tight")
+            data = base64.b64encode(png.getvalue()).decode()
+            parts.append(f'<img src="data:image/png;base64,{data}" style="max-width:100%" '
+                         f'alt="{html.escape(kind)}"/>')  # fmt: skip
+    return "\n".join(parts)
+
+
+def show_comparison(found: dict[str, dict]) -> None:
+    """`comparison_items` displayed one by one."""
+    display_items(comparison_items(found))
 
 
 def run_and_show(**params) -> dict[str, dict]:
-    """`compare(**params)` then `show_comparison`: what the Run button and the headless cell do."""
-    runs = compare(**params)
-    show_comparison(runs)
-    return runs
+    """`compare(**params)` then `show_comparison`: what the headless cell does (the Run button
+    shows the same items in the panel's cell)."""
+    found = compare(**params)
+    show_comparison(found)
+    return found
 
 
 # ---------------------------------------------------------------- the panel
@@ -150,8 +237,9 @@ _RELEVANT = {
 
 def _control(field: dataclasses.Field, value):
     """The ipywidget for one RunConfig field: a dropdown of its choices, a checkbox, or a text
-    box. Number boxes are unbounded on purpose: an out-of-range value is refused with
-    RunConfig's message when Run is pressed, never silently clamped."""
+    box. Numbers are typed in text boxes, read when Run is pressed: an empty box, NaN or an
+    out-of-range value is refused with RunConfig's message, never clamped or silently replaced
+    (ipywidgets' number boxes put the old value back)."""
     import ipywidgets as w
 
     common = dict(description=field.name.replace("_", " "), tooltip=field.metadata["help"],
@@ -165,46 +253,74 @@ def _control(field: dataclasses.Field, value):
         return w.Dropdown(options=field.metadata["choices"], value=value, **common)
     if field.type == "bool":
         return w.Checkbox(value=bool(value), indent=False, **common)
-    if field.type == "float":
-        return w.FloatText(value=value, **common)
-    if field.type == "int":
-        return w.IntText(value=value, **common)
+    if field.type in ("float", "int"):
+        return w.Text(value=str(value), placeholder="a number", **common)
     if field.type in ("int | None", "float | None"):
         return w.Text(value="" if value is None else str(value), placeholder="default", **common)
     return w.Text(value=value or "", placeholder="a path (empty: none)", **common)
 
 
 def _read(field: dataclasses.Field, value):
-    """A control's value as a RunConfig value: an empty text box is "not set" (None); a number
-    typed in a text box becomes a number (anything else goes to RunConfig, which names it)."""
+    """A control's value as a RunConfig value: an empty box of an optional setting is "not set"
+    (None), of a required number a ValueError naming it; a number typed in a text box becomes
+    a number (anything else, NaN included, goes to RunConfig, which names it)."""
     if not isinstance(value, str) or field.type == "str":
         return value
     text = value.strip()
+    number = {"int": int, "float": float, "int | None": int, "float | None": float}
+    if not text and field.type in ("int", "float"):
+        raise ValueError(f"{field.name}='': expected a number")
     if not text or text == DEFAULT:
         return None
-    number = {"int | None": int, "float | None": float}.get(field.type)
     try:
-        return number(text) if number else text
+        return number[field.type](text) if field.type in number else text
     except ValueError:
         return text
 
 
 def _run_busy(panel, what: str, values: dict):
-    """`panel.on_run(**values)` with the Run button disabled and `what` named beside it; a
+    """`panel.on_run(**values)` with the Run button disabled and `what` named beside it, then
+    `panel.show` of its result written into the panel's results (an output of its cell); a
     user error (ValueError, OSError) ends as one red line, no traceback."""
     panel.button.disabled, panel.button.description = True, "Running…"
     panel.status.value = f"running {what}"
     result = error = None
     try:
-        with panel.output:  # in IPython, Output shows and swallows what escapes it
+        with panel.output:  # live progress; in IPython, Output shows and swallows what escapes
             try:
                 result = panel.on_run(**values)
+                if result is not None and panel.show is not None:
+                    panel.results.show(f"Run: {what}", panel.show(result))
             except (ValueError, OSError) as err:
                 error = err
     finally:
         panel.button.disabled, panel.button.description = False, "Run"
+    if error is None:
+        panel.output.clear_output()  # the bars are done; the results are the cell's output
     panel.status.value = f"done: {what}" if error is None else _red(str(error))
     return result
+
+
+class Results:
+    """A panel's results as an ordinary output of the panel's cell: placed (empty) when the
+    panel is displayed, then replaced by each run's HTML through its display id. `html` holds
+    the last results wherever the panel lives (tests, a script)."""
+
+    def __init__(self) -> None:
+        self.handle = None
+        self.html = ""
+
+    def place(self) -> None:
+        from IPython.display import display
+
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def show(self, title: str, items: list[tuple[str, object]]) -> None:
+        """`title` (HTML, escaped by the caller) over the items."""
+        self.html = f"<h2>{title}</h2>\n" + items_html(items)
+        plain = "\n".join(str(item) for kind, item in items if kind in ("heading", "text"))
+        if self.handle is not None:
+            self.handle.update({"text/html": self.html, "text/plain": plain}, raw=True)
 
 
 def _red(text: str) -> str:
@@ -215,16 +331,24 @@ def _red(text: str) -> str:
 
 class AntiTransferPanel:
     """One control per RunConfig field and a Run button calling `on_run(**values)` (default
-    `run_and_show`). While a run trains, the button is disabled and says which run; a bad value
-    shows one line naming the field instead of a traceback."""
+    `compare`), then showing `show(result)` (default: `comparison_items` for `compare`) as an
+    ordinary output of the panel's cell. While a run trains, the button is disabled and says
+    which run; a bad value shows one line naming the field instead of a traceback."""
 
-    def __init__(self, on_run: Callable[..., object] = run_and_show, **values) -> None:
+    def __init__(
+        self,
+        on_run: Callable[..., object] = compare,
+        show: Callable[[object], list] | None = None,
+        **values,
+    ) -> None:
         import ipywidgets as w
 
         check_parameters(**values)
         run_fields = {f.name for f in cfg.fields()}
         start = RunConfig(**{k: v for k, v in values.items() if k in run_fields})
-        self.on_run = on_run
+        # The default run's result is shown by default; another on_run brings its own show.
+        self.show = show or (comparison_items if on_run is compare else None)
+        self.on_run, self.results = on_run, Results()
         self.controls = {f.name: _control(f, getattr(start, f.name)) for f in cfg.fields()}
         # Values without a control (e.g. ceiling, progress) are passed through unchanged.
         self.fixed = {k: v for k, v in values.items() if k not in self.controls}
@@ -260,9 +384,9 @@ class AntiTransferPanel:
         disabled and the run named beside it; a bad value gives one line, no traceback."""
         import html
 
-        values = self.values()
         self.output.clear_output()
         try:
+            values = self.values()
             config = RunConfig(**{k: v for k, v in values.items() if k in self.controls})
         except ValueError as err:
             self.status.value = _red(str(err))
@@ -273,6 +397,7 @@ class AntiTransferPanel:
         from IPython.display import display
 
         display(self.widget)
+        self.results.place()
 
 
 # ---------------------------------------------------------------- cross-corpus evaluation
@@ -317,29 +442,46 @@ def in_corpus_record(record: dict) -> dict | None:
     return runs.load_record(path) if path is not None and path.exists() else None
 
 
-def evaluate_and_show(
+def evaluate(
     model, corpus, root, mapping=None, resample=False, progress: bool = True
 ) -> dict[str, dict | None]:
     """Evaluate a saved model on another corpus (qat.evaluate.evaluate_corpus, which writes or
-    reuses the eval record) and show what it found: the summary, the confusion matrix on the
-    other corpus and the per-emotion recall beside the in-corpus one. Returns {"eval": the eval
-    record, "in_corpus": the training run's record or None}."""
-    from IPython.display import Markdown, display
-
-    from qat.evaluate import evaluate_corpus, summary_lines
+    reuses the eval record). Returns {"eval": the eval record, "in_corpus": the training run's
+    record or None}."""
+    from qat.evaluate import evaluate_corpus
 
     check_cross_corpus(model, corpus, root, mapping, resample)
     record = evaluate_corpus(model, corpus, root, mapping, resample=resample, progress=progress)
-    in_corpus = in_corpus_record(record)
-    print("\n".join(summary_lines(record)))
-    display(Markdown("### Confusion matrix on the other corpus"))
-    display(plots.cross_corpus_confusion(record))
-    display(Markdown("### Per-emotion recall: in-corpus vs cross-corpus"))
+    return {"eval": record, "in_corpus": in_corpus_record(record)}
+
+
+def evaluation_items(found: dict[str, dict | None]) -> list[tuple[str, object]]:
+    """The summary, the confusion matrix on the other corpus and the per-emotion recall beside
+    the in-corpus one."""
+    from qat.evaluate import summary_lines
+
+    record, in_corpus = found["eval"], found["in_corpus"]
+    items: list[tuple[str, object]] = [
+        ("text", "\n".join(summary_lines(record))),
+        ("heading", "Confusion matrix on the other corpus"),
+        ("figure", plots.cross_corpus_confusion(record)),
+        ("heading", "Per-emotion recall: in-corpus vs cross-corpus"),
+    ]
     if in_corpus is None:
-        display(Markdown("_The model's training record is not under reports/runs/: the "
-                         "cross-corpus recall is shown alone._"))  # fmt: skip
-    display(plots.recall_comparison(record, in_corpus))
-    return {"eval": record, "in_corpus": in_corpus}
+        items.append(("text", "The model's training record is not under reports/runs/: the "
+                      "cross-corpus recall is shown alone."))  # fmt: skip
+    items.append(("figure", plots.recall_comparison(record, in_corpus)))
+    return items
+
+
+def evaluate_and_show(
+    model, corpus, root, mapping=None, resample=False, progress: bool = True
+) -> dict[str, dict | None]:
+    """`evaluate` then its `evaluation_items`, displayed: what the headless cell does (the Run
+    button shows the same items in the panel's cell)."""
+    found = evaluate(model, corpus, root, mapping, resample, progress)
+    display_items(evaluation_items(found))
+    return found
 
 
 def _mapping_text(mapping: dict | None) -> str:
@@ -349,13 +491,15 @@ def _mapping_text(mapping: dict | None) -> str:
 
 class CrossCorpusPanel:
     """Model file, corpus, its folder, an emotion mapping (as `qat evaluate --mapping` spells
-    it) and resampling, and a Run button calling `on_run(**values)` (default
-    `evaluate_and_show`). While it runs the button is disabled and says what runs; a bad value
+    it) and resampling, and a Run button calling `on_run(**values)` (default `evaluate`), then
+    showing `show(result)` (default: `evaluation_items` for `evaluate`) as an ordinary output
+    of the panel's cell. While it runs the button is disabled and says what runs; a bad value
     shows one line naming it instead of a traceback."""
 
     def __init__(
         self,
-        on_run: Callable[..., object] = evaluate_and_show,
+        on_run: Callable[..., object] = evaluate,
+        show: Callable[[object], list] | None = None,
         *,
         model=None,
         corpus: str = "synthemo",
@@ -369,7 +513,8 @@ class CrossCorpusPanel:
         from qat.data.corpora import CORPORA
 
         check_cross_corpus(model, corpus, root, mapping, resample, notebook_fills_in=True)
-        self.on_run = on_run
+        self.show = show or (evaluation_items if on_run is evaluate else None)
+        self.on_run, self.results = on_run, Results()
         self.fixed = fixed  # passed through unchanged (e.g. progress)
         style = {"description_width": "initial"}
         self.controls = {
@@ -432,3 +577,4 @@ class CrossCorpusPanel:
         from IPython.display import display
 
         display(self.widget)
+        self.results.place()

@@ -5,7 +5,11 @@ port, random token, QAT_PROFILE=smoke, every folder it writes in a temporary one
 Chromium through Playwright; all cells run, the rendered panel is screenshot, and every process
 started is stopped (psutil). The last stdout line is a JSON summary (tests/test_screenshot.py).
 
-    .venv/bin/python scripts/screenshot_widgets.py [--out PATH] [--timeout SECONDS]
+With --panel-run, as a user would: the panel's Run button is pressed, the notebook saved, the
+kernel restarted and the page reloaded; the summary then says what the panel's cell still
+shows (its outputs in the page and in the saved file), and the screenshot is of those results.
+
+    .venv/bin/python scripts/screenshot_widgets.py [--out PATH] [--timeout SECONDS] [--panel-run]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import psutil
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
@@ -78,6 +83,27 @@ FRAME_JS = """async (cell) => { const frame = () => new Promise((r) => requestAn
 
 class ScreenshotError(RuntimeError):
     """A step failed; the message says which."""
+
+
+# The panel's cell (found by its source: after a reload without a kernel its widgets are gone)
+# and what it shows: its outputs as saved (the model), and the images rendered in the page.
+PANEL_JS = """() => {
+  const nb = [...(window.jupyterapp?.shell.widgets("main") ?? [])].find((w) => w.sessionContext);
+  if (!nb?.context.isReady) return null;
+  const cell = nb.content.widgets.find(
+    (c) => c.model.sharedModel.getSource().includes("AntiTransferPanel("));
+  if (!cell) return null;
+  const html = cell.model.outputs.toJSON().map((o) => (o.data ?? {})["text/html"])
+    .filter((h) => h).map((h) => Array.isArray(h) ? h.join("") : h);
+  const shown = html.find((h) => h.includes("<h2>Run:")) ?? "";
+  const images = [...cell.node.querySelectorAll(".jp-OutputArea-output img")];
+  return {kernel: nb.sessionContext.session?.kernel?.status, dirty: nb.context.model.dirty,
+    results: shown.length > 0, title: (shown.match(/<h2>(.*?)<\\/h2>/) ?? [])[1] ?? "",
+    saved_images: (shown.match(/<img src="data:image\\/png;base64,/g) ?? []).length,
+    tables: (shown.match(/<table/g) ?? []).length,
+    rendered_images: images.filter((i) => i.complete && i.naturalWidth > 0).length,
+    widget_errors: cell.node.innerText.includes("Error displaying widget")};
+}"""
 
 
 def start_jupyterlab(tmp: Path, notebook: Path, log: Path, deadline: float) -> str:
@@ -149,6 +175,45 @@ def capture(page, url: str, out: Path, deadline: float) -> dict:
     return page.evaluate(STATUS_JS)
 
 
+def panel_roundtrip(page, url: str, saved: Path, out: Path, deadline: float) -> dict:
+    """Run all cells, press the panel's Run, wait for its results, save, restart the kernel,
+    reload the page; what the panel's cell shows before and after (PANEL_JS), and in the saved
+    file `saved`. The screenshot is of the reloaded results."""
+
+    def panel(condition: str, what: str) -> dict:
+        js = f"() => {{ const s = ({PANEL_JS})(); return s !== null && ({condition}); }}"
+        try:
+            page.wait_for_function(js, polling=250, timeout=ms(deadline))
+        except PlaywrightError as error:
+            first = error.message.splitlines()[0]
+            raise ScreenshotError(f"waiting for {what}: {first}; panel: "
+                                  f"{page.evaluate(PANEL_JS)}") from None  # fmt: skip
+        return page.evaluate(PANEL_JS)
+
+    capture(page, url, out, deadline)  # all cells run, the panel drawn
+    cell = page.locator(".jp-Notebook .jp-Cell").filter(has=page.locator(".widget-dropdown"))
+    cell.first.locator(".widget-button.mod-primary").click(timeout=ms(deadline))
+    before = panel("s.results && s.rendered_images > 0", "the panel's results")
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    panel("!s.dirty", "the notebook to be saved")
+    page.evaluate("""async () => {
+      const nb = [...window.jupyterapp.shell.widgets("main")].find((w) => w.sessionContext);
+      await nb.sessionContext.session.kernel.restart(); }""")
+    panel("s.kernel === 'idle'", "the restarted kernel")
+    page.reload(timeout=ms(deadline))
+    after = panel("s.kernel === 'idle' && s.results && s.rendered_images > 0",
+                  "the panel's results after the reload")  # fmt: skip
+    page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+    write_atomic(out, lambda tmp: page.screenshot(path=tmp, type="png", animations="disabled"))
+    stored = nbformat.read(saved, as_version=4)
+    [source] = [c for c in stored.cells if "AntiTransferPanel(" in c.source]
+    in_file = [o for o in source.get("outputs", []) if "<h2>Run:" in
+               str(o.get("data", {}).get("text/html", ""))]  # fmt: skip
+    return {"before_save": before, "after_reload": after, "outputs_in_file": len(in_file),
+            "images_in_file": sum(str(o["data"]["text/html"]).count("data:image/png")
+                                  for o in in_file)}  # fmt: skip
+
+
 def stop(procs: list[psutil.Process], grace: float = 20.0) -> list[int]:
     """Terminate `procs`, SIGKILL those left after `grace` s; the pids still running."""
     for signal, wait in (("terminate", grace), ("kill", 5.0)):
@@ -167,8 +232,11 @@ def running(p: psutil.Process) -> bool:
     return False
 
 
-def screenshot(notebook: Path, out: Path, chromium: Path, timeout: float, size) -> dict:
-    """Take the screenshot; returns the summary printed as the script's last line."""
+def screenshot(
+    notebook: Path, out: Path, chromium: Path, timeout: float, size, panel_run: bool = False
+) -> dict:
+    """Take the screenshot (after a panel round trip with `panel_run`); returns the summary
+    printed as the script's last line."""
     if not chromium.is_file():
         raise FileNotFoundError(f"Chromium not found at {chromium}: {INSTALL_HINT}")
     start, me, seen = time.monotonic(), psutil.Process(), set()
@@ -180,7 +248,12 @@ def screenshot(notebook: Path, out: Path, chromium: Path, timeout: float, size) 
                 browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 try:
                     page = browser.new_page(viewport={"width": size[0], "height": size[1]})
-                    status = capture(page, url, out, start + timeout)
+                    if panel_run:
+                        saved = Path(tmp) / "notebooks" / notebook.name
+                        trip = panel_roundtrip(page, url, saved, out, start + timeout)
+                        status = {**page.evaluate(STATUS_JS), "panel_run": trip}
+                    else:
+                        status = capture(page, url, out, start + timeout)
                 finally:
                     seen.update(me.children(recursive=True))  # Chromium, the kernel, ...
                     browser.close()
@@ -189,7 +262,8 @@ def screenshot(notebook: Path, out: Path, chromium: Path, timeout: float, size) 
             raise ScreenshotError(f"{error}\n--- JupyterLab log (tail) ---\n{tail}") from None
         finally:
             leftovers = stop([*seen, *me.children(recursive=True)])  # JupyterLab too
-    counts = {k: status[k] for k in ("widgets", "dropdowns", "buttons", "widgets_in_view")}
+    keys = ("widgets", "dropdowns", "buttons", "widgets_in_view", "panel_run")
+    counts = {k: status[k] for k in keys if k in status}
     seconds = round(time.monotonic() - start, 1)
     return {"screenshot": str(out), **counts, "seconds": seconds, "leftover_processes": leftovers}
 
@@ -202,13 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
     parser.add_argument("--width", type=int, default=1400, help="viewport width in pixels")
     parser.add_argument("--height", type=int, default=1000, help="viewport height in pixels")
+    parser.add_argument("--panel-run", action="store_true",
+                        help="press Run, save, restart the kernel and reload the page; "
+                        "report what the panel's cell still shows")  # fmt: skip
     a = parser.parse_args(argv)
     if a.timeout <= 0 or a.width < 200 or a.height < 200:
         parser.error(f"--timeout={a.timeout}, --width={a.width}, --height={a.height}: expected "
                      "a positive timeout and a viewport of at least 200 x 200 pixels")  # fmt: skip
     try:
         size, out = (a.width, a.height), a.out.resolve()
-        s = screenshot(a.notebook.resolve(), out, a.chromium, a.timeout, size)
+        s = screenshot(a.notebook.resolve(), out, a.chromium, a.timeout, size, a.panel_run)
     except (FileNotFoundError, ScreenshotError) as error:
         print(f"screenshot_widgets: {error}", file=sys.stderr)
         return 2

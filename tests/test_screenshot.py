@@ -105,3 +105,31 @@ def test_screenshot_shows_the_rendered_widget_panel(tmp_path):
     assert _brand_blue_pixels(rgb) > 2500
 
     assert hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest() == source_before
+
+
+@pytest.mark.slow
+def test_the_panels_results_survive_save_restart_and_reload(tmp_path):
+    """In JupyterLab: run notebook 04, press the panel's Run, save, restart the kernel, reload
+    the page. The panel's plots and tables are still there as ordinary outputs of its cell, in
+    the page and in the saved file (they were widget state, lost with the kernel)."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian's Chromium): {INSTALL_HINT}")
+    source_before = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
+    out = tmp_path / "panel.png"
+    before = _run_processes()
+    done = _run("--out", str(out), "--timeout", "400", "--panel-run", timeout=520)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    trip = summary["panel_run"]
+    for moment in ("before_save", "after_reload"):
+        shown = trip[moment]
+        assert shown["results"], moment
+        assert shown["title"].startswith("Run: [confounded] real at word@conv2_1"), moment
+        assert shown["saved_images"] >= 3 and shown["tables"] >= 2, moment
+        assert shown["rendered_images"] == shown["saved_images"], moment  # drawn in the page
+    assert trip["after_reload"]["kernel"] == "idle"
+    assert trip["outputs_in_file"] == 1 and trip["images_in_file"] >= 3  # in the saved file
+    assert summary["leftover_processes"] == []
+    assert _run_processes() - before == set()
+    assert out.stat().st_size > 20_000
+    assert hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest() == source_before

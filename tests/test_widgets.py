@@ -55,22 +55,29 @@ def test_panel_run_button_calls_the_headless_function_with_the_chosen_values():
 
 
 @pytest.mark.parametrize(
-    ("control", "value", "named"),
-    [("beta", -1.0, "beta=-1.0"), ("lam", float("inf"), "lam=inf"), ("seed", -3, "seed=-3"),
-     ("rho", 1.5, "rho=1.5")],
+    ("control", "value", "named", "cli"),
+    [("beta", "-1.0", "beta=-1.0", -1.0), ("lam", "inf", "lam=inf", float("inf")),
+     ("seed", "-3", "seed=-3", -3), ("rho", "1.5", "rho=1.5", 1.5),
+     ("beta", "nan", "beta=nan", float("nan")), ("beta", "", "beta=''", None),
+     ("seed", " ", "seed=''", None), ("seed", "1.5", "seed='1.5'", "1.5")],
 )  # fmt: skip
-def test_panel_refuses_out_of_range_values_with_the_cli_message(control, value, named):
+def test_panel_refuses_out_of_range_values_with_the_cli_message(control, value, named, cli):
+    """Typed values are read when Run is pressed: out of range, NaN or an empty box is refused
+    in red with the CLI's message (number boxes used to put the old value back silently and
+    report the run done)."""
     calls = []
     panel = widgets.AntiTransferPanel(on_run=lambda **kw: calls.append(kw), method="at",
                                       profile="smoke")  # fmt: skip
     panel.controls[control].value = value
-    assert panel.controls[control].value == value  # never clamped
+    assert panel.controls[control].value == value  # never clamped, never put back
     panel.button.click()
-    assert calls == []
-    assert named in panel.status.value and "expected" in panel.status.value
-    with pytest.raises(ValueError) as cli_error:
-        RunConfig(method="at", profile="smoke", **{control: value})
-    assert html.escape(str(cli_error.value)) in panel.status.value
+    assert calls == []  # refused visibly: not run with the old value
+    assert html.escape(named) in panel.status.value and "expected" in panel.status.value
+    assert "color:#c62828" in panel.status.value
+    if cli is not None:
+        with pytest.raises(ValueError) as cli_error:  # the CLI's message, word for word
+            RunConfig(method="at", profile="smoke", **{control: cli})
+        assert html.escape(str(cli_error.value)) in panel.status.value
 
 
 def test_panel_disables_run_while_training_and_shows_a_user_error_in_one_line():
@@ -148,3 +155,51 @@ def test_optional_settings_read_empty_as_unset_and_text_as_numbers():
     panel.controls["weight_decay"].value = "lots"
     panel.button.click()
     assert len(calls) == 1 and "weight_decay=&#x27;lots&#x27;" in panel.status.value
+
+
+def test_a_panel_run_leaves_its_results_as_an_ordinary_output(monkeypatch):
+    """The Run button's plots and tables are one HTML output of the panel's cell (figures as
+    inline PNG), not widget state: what a saved notebook keeps after the kernel stops."""
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(
+        widgets.experiments, "train_ser",
+        lambda config, progress=True: ser_record(rng, method=config.method, tap=config.tap[0],
+                                                 setup=config.setup),
+    )  # fmt: skip
+    panel = widgets.AntiTransferPanel(method="at", tap="conv2_1", profile="smoke")
+    assert panel.results.html == ""
+    panel.button.click()
+    shown = panel.results.html
+    assert shown.startswith("<h2>Run: [confounded] real at word@conv2_1")
+    for heading in ("Learning curves", "Test confusion matrices", "Test metrics (fractions)"):
+        assert f"<h3>{heading}" in shown
+    assert shown.count('<img src="data:image/png;base64,') >= 3
+    assert "<table" in shown
+    assert "done:" in panel.status.value
+
+
+def test_records_only_reads_the_records_and_trains_nothing(monkeypatch, tmp_path):
+    """make demo's results: compare and sweep with records_only read the records of the same
+    runs; a missing one is named, and nothing trains."""
+    import json
+
+    from qat import paths, runs
+
+    monkeypatch.setattr(paths, "REPORTS", tmp_path)
+    monkeypatch.setattr(widgets.experiments, "train_ser", lambda *a, **k: pytest.fail("trained"))
+    rng = np.random.default_rng(0)
+    base = RunConfig(profile="smoke", seed=5, method="baseline")
+    configs = [base, base.replace(setup="unconfounded"), base.replace(method="at")]
+    for config in configs:
+        target = runs.record_path("ser", config.key_dict())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        record = ser_record(rng, method=config.method, tap="conv2_1", setup=config.setup)
+        target.write_text(json.dumps(record))
+    found = widgets.compare(method="at", profile="smoke", seed=5, records_only=True)
+    assert list(found) == ["baseline", "ceiling", "at"]
+    assert found["ceiling"]["config"]["setup"] == "unconfounded"
+    with pytest.raises(ValueError, match=r"no record of .*seed 6.*records_only=False"):
+        widgets.compare(method="at", profile="smoke", seed=6, records_only=True)
+    swept = widgets.sweep(records_only=True, taps=["conv2_1"], models=["real"], seeds=[5],
+                          profile="smoke")  # fmt: skip
+    assert [r["config"]["method"] for r in swept] == ["at", "baseline"]
