@@ -673,7 +673,7 @@ def pilot_curves(groups: Mapping[str, Sequence[Mapping]]) -> Figure:
 def paired_runs(pairs: Mapping[str, tuple[Mapping, Mapping]]) -> Figure:
     """For each model, the baseline and ceiling test UA of every (seed, fold), joined by a line:
     the confound gap run by run, and how much runs vary."""
-    fig = Figure(figsize=(4.2 * len(pairs), 3.8), layout="constrained")
+    fig = Figure(figsize=(min(4.2 * len(pairs), PAGE_WIDTH), 3.8), layout="constrained")
     axes = fig.subplots(1, len(pairs), squeeze=False)[0]
     for ax, (model, (base, ceil)) in zip(axes, pairs.items(), strict=True):
         for j, key in enumerate(sorted(set(base) & set(ceil), key=str)):

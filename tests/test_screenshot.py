@@ -133,3 +133,40 @@ def test_the_panels_results_survive_save_restart_and_reload(tmp_path):
     assert _run_processes() - before == set()
     assert out.stat().st_size > 20_000
     assert hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest() == source_before
+
+
+FIGURES_SCRIPT = ROOT / "scripts" / "screenshot_figures.py"
+
+
+@pytest.mark.slow
+def test_the_reports_figures_are_drawn_near_full_size_at_page_width(tmp_path):
+    """Chromium draws the figures of reports/README.md in a 1000-pixel column (a Markdown
+    page's): each at 85% of its size or more, so its 10-point text stays readable (the sweep
+    figure was a 3047-pixel strip drawn at a third). A figure wider than the page is named
+    with its scale."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian's Chromium): {INSTALL_HINT}")
+    from matplotlib.figure import Figure
+
+    from qat import io
+
+    for name, width in (("narrow", 6.0), ("strip", 27.7)):  # 27.7 in: the old tap_sweep.png
+        fig = Figure(figsize=(width, 3.8))
+        fig.subplots().plot([0, 1])
+        io.save_figure(fig, tmp_path / "figures", name)
+    page = tmp_path / "page.md"
+    page.write_text("![a](figures/narrow.png)\n\n![b](figures/strip.png)\n")
+    out = tmp_path / "drawn.png"
+    pages = [str(page), str(ROOT / "reports" / "README.md")]
+    done = subprocess.run(
+        [sys.executable, str(FIGURES_SCRIPT), "--pages", *pages, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    scales = {f["figure"]: f["scale"] for f in summary["figures"]}
+    assert scales["narrow.png"] == 1.0 and scales["strip.png"] < 0.4  # the script can tell
+    committed = {k: v for k, v in scales.items() if k not in ("narrow.png", "strip.png")}
+    assert len(committed) >= 5 and summary["not_loaded"] == []
+    assert min(committed.values()) >= 0.85, committed
+    assert out.stat().st_size > 20_000
