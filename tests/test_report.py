@@ -291,3 +291,39 @@ def test_curves_pair_the_best_method_run_with_the_baseline_of_its_seed_and_fold(
         in report._pair_heading(pair)
     )
     assert report._pair_heading(pair[:1]).endswith("one run (its curves, not a result)")
+
+
+def test_the_tour_trains_small_then_reads_the_committed_results(monkeypatch, tmp_path):
+    """make demo: notebooks 01-05 at the tour's size into reports/<tour>/, then 04 and 05 on
+    the committed profile's records (records_only), then the committed page."""
+    from qat import notebooks
+
+    calls = []
+    monkeypatch.setattr(notebooks, "run_notebook",
+                        lambda nb, params, **kw: calls.append((nb.stem, params)))  # fmt: skip
+    monkeypatch.setattr(report.paths, "REPORTS", tmp_path)
+    (tmp_path / "runs").mkdir()
+    pages = report.run_tour(log=None)
+    assert pages == [tmp_path / "README.md", tmp_path / report.TOUR_PROFILE / "README.md"]
+    tour, results = calls[: len(notebooks.PIPELINE)], calls[len(notebooks.PIPELINE) :]
+    assert [name for name, _ in tour] == list(notebooks.PIPELINE)
+    assert all(p == {"profile": report.TOUR_PROFILE} for _, p in tour)
+    assert [name for name, _ in results] == list(report.RESULTS)
+    for name, params in results:
+        assert params["profile"] == notebooks.COMMITTED_PROFILE and params["records_only"]
+        notebooks.check_parameter_names(notebooks.notebook_path(name), params)  # all known
+
+
+def test_the_committed_records_cover_the_tours_results(monkeypatch):
+    """Every run the demo's results read is a committed record (a profile or key change that
+    orphans them fails here, not in a user's `make demo`)."""
+    from qat import paths, widgets
+    from qat.config import VGG16_TAPS
+
+    monkeypatch.setattr(paths, "REPORTS", paths.ROOT / "reports")
+    profile = {"profile": "cpu"}
+    found = widgets.compare(**profile, **report.RESULTS["04_anti_transfer"])
+    assert list(found) == ["baseline", "ceiling", "at"]
+    sweep = dict(report.RESULTS["05_layer_sweep"])
+    swept = widgets.sweep(taps=list(VGG16_TAPS), models=["real", "quaternion"], **profile, **sweep)
+    assert len(swept) == 2 * (len(VGG16_TAPS) + 1)
