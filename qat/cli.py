@@ -3,7 +3,9 @@ run, a sweep, the demonstration, or build SynthEmo.
 
 The options of a run are built from qat.config.RunConfig: every field is an option with its
 choices and help line, and the same validation (and message) as the notebooks and the panel.
-A user error prints one line, `qat: error: ...`, without a traceback (QAT_DEBUG=1 shows it).
+A user error prints one line, `qat: error: ...`, without a traceback (QAT_DEBUG=1 shows it);
+that includes an unusable $QAT_REPORTS, $QAT_DATA or $QAT_CACHE (qat.paths refuses them when
+first imported, so this module imports the kit only inside main).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import os
 import statistics
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from qat import config as cfg
-from qat.config import RunConfig
+if TYPE_CHECKING:
+    from qat.config import RunConfig
 
 USER_ERRORS = (ValueError, OSError)  # FileNotFoundError, NotADirectoryError, PermissionError...
 
@@ -35,7 +38,12 @@ def _option(name: str) -> str:
 
 
 def _taps(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
+    """Comma-separated taps; empty (an unset variable, a lone comma) is refused, never read as
+    "no tap" or "every tap"."""
+    taps = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not taps:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more comma-separated taps")
+    return taps
 
 
 def _fold(text: str):
@@ -57,6 +65,8 @@ def _nonempty_path(text: str) -> Path:
 def add_config_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
     """One option per RunConfig field, with its type, choices and help line. Defaults are
     left to RunConfig (so $QAT_PROFILE applies); only the options given are passed on."""
+    from qat import config as cfg
+
     for field in cfg.fields():
         if field.name in exclude:
             continue
@@ -81,9 +91,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **fixed) -> RunConfig:
+    from qat import config as cfg
+
     names = {f.name for f in cfg.fields()}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return RunConfig(**{**given, **fixed})
+    return cfg.RunConfig(**{**given, **fixed})
 
 
 def _train(args) -> None:
@@ -93,7 +105,10 @@ def _train(args) -> None:
     from qat.rundata import fold_count
 
     if args.fold == "all":
-        first = config_from_args(args, fold=0)
+        try:
+            first = config_from_args(args, fold=0)
+        except ValueError as err:  # about the first fold: say what was typed
+            raise ValueError(str(err).replace("fold=0", "fold='all'", 1)) from None
         folds = [first.replace(fold=f) for f in range(fold_count(first))]
         uas = [train_ser(c, force=args.force)["metrics"]["ua"] for c in folds]
         for c, ua in zip(folds, uas, strict=True):
@@ -116,10 +131,14 @@ def _train(args) -> None:
 
 
 def _sweep(args) -> None:
+    from qat import config as cfg
     from qat.config import VGG16_TAPS
     from qat.experiments import run_configs, sweep_configs
 
-    taps = VGG16_TAPS if args.taps == "all" else _taps(args.taps)
+    try:
+        taps = VGG16_TAPS if args.taps == "all" else _taps(args.taps)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--taps {err} (or all)") from None
     for tap in taps:
         cfg.validate_field("tap", tap)
     models = args.models.split(",")
@@ -134,7 +153,26 @@ def _sweep(args) -> None:
     print(f"{len(run_configs(configs, jobs=args.jobs))} run records under reports/runs/")
 
 
+def _models(args) -> None:
+    from qat import paths
+    from qat.saved import saved_models
+
+    rows = saved_models()
+    here = [r for r in rows if r["exists"]]
+    header = ("label", "setting", "test UA", "path")
+    table = [header, *((r["label"], r["setting"], f"{r['ua']:.4f}", str(r["path"]))
+                       for r in here)]  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]))
+    missing = len(rows) - len(here)
+    elsewhere = f"; {missing} more named by records are not in this cache" if missing else ""
+    print(f"{len(here)} saved model(s) under {paths.CACHE}{elsewhere}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from qat import config as cfg
+
     parser = argparse.ArgumentParser(prog="qat", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -229,10 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "(refused otherwise)")  # fmt: skip
     evaluate.add_argument("--force", action="store_true",
                           help="evaluate again even if a record exists (beside it)")  # fmt: skip
+    evaluate.add_argument("--allow-overlap", action="store_true",
+                          help="score items whose audio the model trained or was validated on "
+                          "(refused otherwise; flagged in the record)")  # fmt: skip
 
     pred = sub.add_parser(
-        "predict", help="a saved model's emotion for audio files (one line per file)"
-    )
+        "predict", help="a saved model's emotion for audio files (one line per file)",
+        description="A saved model's emotion for each audio file, scored whole: the file is cut "
+        "into consecutive segments of the model's length (its features' segment_seconds) that "
+        "cover the clip, near-silent segments are left out, and the probabilities of the others "
+        "are averaged; the segments and silent_segments columns count them. A file with no "
+        "sounding segment, unreadable, or at another sample rate gets a row with its error.",
+    )  # fmt: skip
     pred.add_argument("--model", type=_nonempty_path, required=True, help="a model file")
     pred.add_argument("paths", nargs="+", type=_nonempty_path, metavar="FILE_OR_FOLDER")
     pred.add_argument("--format", choices=("csv", "json"), default="csv",
@@ -241,13 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--resample", action="store_true",
                       help="resample files at another rate than the model's features "
                       "(an error line otherwise)")  # fmt: skip
+
+    sub.add_parser(
+        "models", help="the saved models the run records name: label, setting, test UA, path "
+        "(for --model of predict and evaluate)",
+    )  # fmt: skip
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        return _dispatch(build_parser().parse_args(argv))
     except KeyboardInterrupt as err:
         print(f"qat: {err or 'interrupted'}", file=sys.stderr)
         return 130
@@ -259,6 +309,8 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    from qat import config as cfg
+
     if args.command == "run":
         from qat.notebooks import run_notebook
 
@@ -311,14 +363,18 @@ def _dispatch(args) -> int:
 
         record = evaluate_corpus(
             args.model, args.corpus, args.root, parse_mapping(args.mapping),
-            resample=args.resample, force=args.force,
+            resample=args.resample, force=args.force, allow_overlap=args.allow_overlap,
         )  # fmt: skip
         print("\n".join(summary_lines(record)))
+    elif args.command == "models":
+        _models(args)
     elif args.command == "predict":
         from qat.evaluate import format_rows, predict_paths
+        from qat.saved import load_model
 
-        rows = predict_paths(args.model, args.paths, resample=args.resample)
-        print("\n".join(format_rows(rows, args.format)), flush=True)
+        predictor = load_model(args.model)
+        rows = predict_paths(predictor, args.paths, resample=args.resample)
+        print("\n".join(format_rows(rows, args.format, predictor.emotions)), flush=True)
         failed = sum(row.error is not None for row in rows)
         if failed:
             print(f"qat: {failed} of {len(rows)} file(s) could not be predicted", file=sys.stderr)

@@ -155,8 +155,16 @@ PROFILES.update({f"diag-{name}": {**PROFILES["cpu"], **change}
 
 
 def default_profile() -> str:
-    """$QAT_PROFILE (the test suite sets "smoke") or "cpu": notebooks and `qat` start here."""
-    return os.environ.get("QAT_PROFILE", "cpu")
+    """$QAT_PROFILE (the test suite sets "smoke") or "cpu": notebooks and `qat` start here. A
+    value that is no profile (empty included) is refused naming the variable, which the user
+    never typed into the command that failed."""
+    value = os.environ.get("QAT_PROFILE")
+    if value is None:
+        return "cpu"
+    if value not in PROFILES:
+        raise ValueError(f"$QAT_PROFILE={value!r}: expected one of {', '.join(PROFILES)}, or "
+                         "unset it for cpu")  # fmt: skip
+    return value
 
 
 def check_choice(name: str, value, valid) -> None:
@@ -258,7 +266,7 @@ class RunConfig:
         elif isinstance(tap, Sequence):
             tap = tuple(tap)
         object.__setattr__(self, "tap", tap)
-        for name in ("root", "orthogonal_root"):
+        for name in ("root", "orthogonal_root", "rhemo"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
             if getattr(self, name) == "":
@@ -397,7 +405,7 @@ class RunConfig:
         out = {}
         if self.orthogonal_root and self.uses_orthogonal:
             out["orthogonal_root"] = str(Path(self.orthogonal_root).resolve())
-        if self.rhemo and self.model == "quaternion":
+        if self.rhemo and self.reads_rhemo:  # by content, whichever network reads it
             out["rhemo"] = _file_identity(self.rhemo)
         if self.method == "groupdro":
             out.update(eta=self.eta, group_adjustment=self.group_adjustment)

@@ -9,6 +9,11 @@ nothing, or to an emotion the model does not know, is dropped, and the record sa
 items were dropped for which reason, and which. Predictions are restricted to the shared
 emotions (those of the model that some kept item carries): an emotion the corpus cannot hold
 can never be the right answer; how often the unrestricted answer fell outside is recorded.
+
+Both score each file whole (qat.saved.segments): consecutive segments of the model's length
+over the whole clip, near-silent ones left out, probabilities averaged. An item whose audio
+the model trained or was validated on (by content digest, as the model file records it) is
+refused unless allowed, and then flagged in the record.
 """
 
 from __future__ import annotations
@@ -19,18 +24,18 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
 
 import numpy as np
 
-from qat import io, metrics, paths, runs
+from qat import io, metrics, runs
 from qat.config import label_of
 from qat.data.audio import probe
-from qat.data.corpora import load_corpus
-from qat.data.features import extract_features
-from qat.data.records import EMOTIONS, corpus_digest, file_digest
-from qat.saved import BLOCK, Prediction, load_model
+from qat.data.corpora import link_problem, load_corpus
+from qat.data.records import EMOTIONS, content_digests, corpus_digest, file_digest
+from qat.saved import Prediction, Predictor, SilentAudioError, load_model, stored_path
 
 # Corpus emotion -> model emotion (None: dropped) unless the caller says otherwise. Every
 # loader already maps its own codes onto the common vocabulary (TESS "fear" and EmoDB's "A"
@@ -59,10 +64,15 @@ def _emotion(name: str, what: str) -> str:
 def normalise_mapping(mapping: dict | None) -> dict[str, str | None]:
     """DEFAULT_MAPPING updated with `mapping` ({corpus emotion: model emotion or None}),
     synonyms resolved ("fear" -> "fearful"), sorted by the common vocabulary's order."""
-    merged = dict(DEFAULT_MAPPING)
+    merged, given = dict(DEFAULT_MAPPING), {}
     for source, target in (mapping or {}).items():
         drop = target is None or str(target).strip().lower() in DROP_WORDS
-        merged[_emotion(source, "emotion")] = None if drop else _emotion(target, "target")
+        emotion = _emotion(source, "emotion")
+        if emotion in given:  # "fear" and "fearful" are one emotion: two targets for it
+            raise ValueError(f"mapping: {given[emotion]!r} and {source!r} are both {emotion!r}; "
+                             "expected one target per emotion")  # fmt: skip
+        given[emotion] = source
+        merged[emotion] = None if drop else _emotion(target, "target")
     return {e: merged[e] for e in EMOTIONS if e in merged}
 
 
@@ -77,6 +87,11 @@ def parse_mapping(text: str | None) -> dict[str, str | None]:
             raise ValueError(
                 f"--mapping {text!r}: expected comma-separated EMOTION=MODEL_EMOTION pairs "
                 "(an empty MODEL_EMOTION drops the emotion), e.g. calm=neutral,boredom="
+            )
+        if source.strip() in out:  # the last one would win without a word
+            raise ValueError(
+                f"--mapping {text!r}: {source.strip()!r} is given more than one target; "
+                "expected one EMOTION=MODEL_EMOTION pair per emotion"
             )
         out[source.strip()] = target.strip() or None
     return out
@@ -102,6 +117,36 @@ def _off_rate(records, sample_rate: int) -> tuple[dict[str, int], str | None]:
     return {str(rate): n for rate, n in sorted(rates.items())}, first
 
 
+def _check_readable(records, corpus: str, root) -> None:
+    """A corpus whose every file the loader skipped is refused for what it is (unreadable),
+    not later as one whose emotions the model does not know."""
+    if records or not records.skipped:
+        return
+    where, why = records.skipped[0]
+    raise ValueError(
+        f"{corpus} at {root}: none of its {len(records.skipped)} file(s) could be read; the "
+        f"first: {why if where in why else f'{where}: {why}'}"
+    )
+
+
+def _overlap(predictor: Predictor, candidates, digests, allow: bool) -> dict | None:
+    """The items whose audio the model trained or was validated on (by content), refused
+    unless `allow`; {"count", "uids"} (None when the model file does not say what it trained
+    on: written before qat recorded it)."""
+    if predictor.trained_on is None:
+        return None
+    seen = [r.uid for (r, _), d in zip(candidates, digests, strict=True)
+            if d in predictor.trained_on]  # fmt: skip
+    if seen and not allow:
+        raise ValueError(
+            f"{len(seen)} of {len(candidates)} items are audio the model trained or was "
+            f"validated on (by content: {io.summarise(seen)}): its score there is not a "
+            "cross-corpus one; evaluate on other data, or pass --allow-overlap (allow_overlap="
+            "True) to score them anyway, flagged in the record"
+        )
+    return {"count": len(seen), "uids": seen}
+
+
 def evaluate_corpus(
     model_path: str | os.PathLike,
     corpus: str,
@@ -111,6 +156,7 @@ def evaluate_corpus(
     resample: bool = False,
     force: bool = False,
     progress: bool = True,
+    allow_overlap: bool = False,
 ) -> dict:
     """Evaluate a saved model on every item of another corpus and write a run record of kind
     "eval" (reports/runs/eval-<hash>.json); returns the record, with the file written under
@@ -120,28 +166,32 @@ def evaluate_corpus(
     mapping: {corpus emotion: model emotion or None (drop)}, over DEFAULT_MAPPING; other
     emotions map onto themselves. A corpus whose audio is not at the model's sample rate is
     refused with the rate and a file named, unless `resample` (each file is then resampled to
-    the model's rate, and the record says so)."""
+    the model's rate, and the record says so). Items the model trained or was validated on
+    (by content) are refused unless `allow_overlap`, which scores them and flags them in the
+    record (items.overlap). Each item is scored whole (qat.saved.segments)."""
     t_start = time.perf_counter()
     model_path = Path(model_path)
     predictor = load_model(model_path)
     fc = predictor.feature_config
     mapping = normalise_mapping(mapping)
     records = load_corpus(corpus, root, on_error="skip")
+    _check_readable(records, corpus, root)
+    digests = content_digests(records)
     config = {
         "model": {
-            "path": str(model_path.resolve()),
-            "sha256": file_digest(model_path),
+            "path": stored_path(predictor.path),
+            "sha256": file_digest(predictor.path),
             "run": predictor.run,
         },
         "corpus": corpus,
         "root": str(Path(root).resolve()),
         "mapping": mapping,
         "resample": resample,
-        "data_digest": corpus_digest(records),
+        "data_digest": corpus_digest(records, digests),
     }
-    target = runs.record_path("eval", config)
-    if target.exists() and not force:
-        return {**runs.load_record(target), "record_path": str(target)}
+    found = runs.find_record("eval", config)
+    if found is not None and not force:
+        return {**found[1], "record_path": str(found[0])}
 
     dropped: dict[str, dict] = {}
     for where, why in records.skipped:
@@ -151,8 +201,8 @@ def evaluate_corpus(
 
     model_emotions = set(predictor.emotions)
     corpus_emotions = {r.emotion for r in records}
-    candidates = []
-    for r in records:
+    candidates, candidate_digests = [], []
+    for r, digest in zip(records, digests, strict=True):
         to = mapping.get(r.emotion, r.emotion)
         if to is None:
             _drop(dropped, f"{r.emotion}: dropped by the mapping", r.uid)
@@ -160,11 +210,13 @@ def evaluate_corpus(
             _drop(dropped, f"{r.emotion}: not among the model's emotions", r.uid)
         else:
             candidates.append((r, to))
+            candidate_digests.append(digest)
     if not candidates:
         raise ValueError(
             f"{corpus} at {root}: no item has an emotion the model knows ({predictor.emotions}) "
             f"after the mapping {mapping}; corpus emotions: {sorted(corpus_emotions)}"
         )
+    overlap = _overlap(predictor, candidates, candidate_digests, allow_overlap)
 
     kept_records = [r for r, _ in candidates]
     off_rate, first = _off_rate(kept_records, fc.sample_rate)
@@ -175,14 +227,24 @@ def evaluate_corpus(
             f"{first}. Resample the corpus yourself, or pass --resample (resample=True) to "
             f"resample each file to {fc.sample_rate} Hz explicitly"
         )
-    feats = extract_features(kept_records, fc, paths.CACHE / "features", progress=progress)
-    keep = []
-    for i, (r, _) in enumerate(candidates):
-        if feats.silent[i]:
+    scored = predictor.score_files([r.path for r in kept_records], resample, progress=progress)
+    keep, probs, segments, silent_segments = [], [], 0, 0
+    for i, ((r, _), (p, n, silent, err)) in enumerate(zip(candidates, scored, strict=True)):
+        if isinstance(err, SilentAudioError):
             _drop(dropped, "near-silent", r.uid)
+        elif err is not None:
+            _drop(dropped, "unreadable audio", r.uid, str(err))
         else:
             keep.append(i)
-    keep = np.asarray(keep, dtype=np.int64)
+            probs.append(p)
+            segments, silent_segments = segments + n, silent_segments + silent
+    if not keep:
+        why = ("near-silent", "unreadable audio")
+        reasons = {k: v["count"] for k, v in dropped.items() if k in why}
+        raise ValueError(
+            f"{corpus} at {root}: none of the {len(candidates)} items with an emotion the model "
+            f"knows could be scored: {reasons}"
+        )
     targets = [candidates[i][1] for i in keep]
     shared = [e for e in predictor.emotions if e in set(targets)]
     if len(shared) < 2:
@@ -190,10 +252,7 @@ def evaluate_corpus(
             f"{corpus}: only {shared} of the model's emotions {predictor.emotions} remain after "
             "the mapping; a score over fewer than two emotions would mean nothing"
         )
-    probs = np.concatenate(
-        [predictor.predict_features(np.asarray(feats.x[keep[i : i + BLOCK]]))
-         for i in range(0, len(keep), BLOCK)]
-    )  # fmt: skip
+    probs = np.stack(probs)
     columns = [predictor.emotions.index(e) for e in shared]
     pred = probs[:, columns].argmax(1)
     y = np.asarray([shared.index(t) for t in targets])
@@ -204,7 +263,7 @@ def evaluate_corpus(
         "kind": "eval",
         "config": config,
         "model": {
-            "path": str(model_path.resolve()),
+            "path": stored_path(predictor.path),
             "label": label_of(predictor.run) if predictor.run else "",
             "emotions": list(predictor.emotions),
             "features": dataclasses.asdict(fc),
@@ -214,7 +273,14 @@ def evaluate_corpus(
             "mapping": {e: mapping.get(e, e) for e in EMOTIONS if e in corpus_emotions},
             "model_only": [e for e in predictor.emotions if e not in shared],
         },
-        "items": {"total": total, "kept": len(keep), "dropped": dropped},
+        "items": {"total": total, "kept": len(keep), "dropped": dropped, "overlap": overlap},
+        "scoring": {
+            "rule": "whole utterance: segments over the whole clip, near-silent ones left "
+            "out, probabilities averaged",
+            "segment_seconds": fc.segment_seconds,
+            "segments": segments,
+            "silent_segments": silent_segments,
+        },
         "metrics": {**metrics.summary(y, pred, len(shared)), "predicted_outside_shared": outside},
         "predictions": {
             "uids": [candidates[i][0].uid for i in keep],
@@ -224,7 +290,7 @@ def evaluate_corpus(
         "code_version": runs.code_version(),
         "wall_time_s": time.perf_counter() - t_start,
     }
-    path = io.write_json_beside(target, record)
+    path = io.write_json_beside(runs.record_path("eval", config), record)
     return {**record, "record_path": str(path)}
 
 
@@ -238,8 +304,22 @@ def summary_lines(record: dict) -> list[str]:
         f"macro-F1 {m['macro_f1']:.4f}",
         f"emotions: {', '.join(emotions)}; {items['kept']} of {items['total']} items kept",
     ]
+    scoring = record.get("scoring")
+    if scoring:
+        lines.append(
+            f"each item scored whole: {scoring['segments']} segments of "
+            f"{scoring['segment_seconds']:g} s over the clips, {scoring['silent_segments']} "
+            "near-silent ones left out, probabilities averaged per item"
+        )
     for reason, entry in items["dropped"].items():
         lines.append(f"dropped {entry['count']}: {reason}")
+    overlap = items.get("overlap", {})
+    if overlap is None:
+        lines.append("overlap with the model's training data: unknown (its file predates the "
+                     "record of what it trained on)")  # fmt: skip
+    elif overlap.get("count"):
+        lines.append(f"warning: {overlap['count']} items are audio the model trained or was "
+                     "validated on (--allow-overlap): not a cross-corpus score")  # fmt: skip
     if m["predicted_outside_shared"]:
         lines.append(f"{m['predicted_outside_shared']} items' unrestricted answer was an emotion "
                      "outside the shared ones")  # fmt: skip
@@ -256,27 +336,53 @@ def summary_lines(record: dict) -> list[str]:
 # Prediction
 
 
-def audio_files(folder: Path) -> list[Path]:
-    """The audio files under a folder (recursively, hidden ones skipped), sorted."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in AUDIO_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    )
+def audio_files(folder: Path) -> list[Path | Prediction]:
+    """The audio files under a folder (recursively, hidden names skipped, symbolic links to
+    folders followed once), sorted; what cannot be read becomes a Prediction row with its
+    reason instead of vanishing: a dangling link, a link loop, a folder that cannot be listed
+    or that a link leads back into."""
+    found: list[Path | Prediction] = []
+    seen: set[str] = set()
+
+    def walk(directory: Path) -> None:
+        real = os.path.realpath(directory)
+        if real in seen:
+            why = "a symbolic link back into a folder already listed"
+            found.append(Prediction(str(directory), None, None, why))
+            return
+        seen.add(real)
+        try:
+            entries = sorted(directory.iterdir())
+        except OSError as err:
+            why = f"folder cannot be listed ({err.strerror or err})"
+            found.append(Prediction(str(directory), None, None, why))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if problem := link_problem(entry):
+                if entry.suffix.lower() in AUDIO_SUFFIXES or not entry.suffix:
+                    found.append(Prediction(str(entry), None, None, problem))
+            elif entry.is_dir():
+                walk(entry)
+            elif entry.suffix.lower() in AUDIO_SUFFIXES and entry.is_file():
+                found.append(entry)
+
+    walk(folder)
+    return sorted(found, key=lambda e: str(e.path if isinstance(e, Prediction) else e))
 
 
 def predict_paths(
-    model_path: str | os.PathLike,
+    model: str | os.PathLike | Predictor,
     files_or_folders: list[str | os.PathLike],
     *,
     resample: bool = False,
 ) -> list[Prediction]:
-    """One Prediction per file given or found under a folder given, in order. A file that
-    cannot be read (or is missing, or at another sample rate unless `resample`) gets a row
-    with its error, and the others are still predicted; so does a folder without audio."""
-    predictor = load_model(model_path)
+    """One Prediction per file given or found under a folder given, in order, each file scored
+    whole. A file that cannot be read (or is missing, or at another sample rate unless
+    `resample`) gets a row with its error, and the others are still predicted; so does a
+    folder without audio and every link under a folder that cannot be followed."""
+    predictor = model if isinstance(model, Predictor) else load_model(model)
     entries: list[Path | Prediction] = []
     for item in map(Path, files_or_folders):
         if not item.is_dir():
@@ -291,21 +397,29 @@ def predict_paths(
     return [e if isinstance(e, Prediction) else next(predicted) for e in entries]
 
 
-def format_rows(rows: list[Prediction], fmt: str = "csv") -> list[str]:
+SEGMENT_COLUMNS = ("segments", "silent_segments")
+
+
+def format_rows(
+    rows: list[Prediction], fmt: str = "csv", emotions: Sequence[str] | None = None
+) -> list[str]:
     """`qat predict`'s lines: csv (a header, then one line per file: path, emotion, one
-    probability per emotion, error) or json (one object per line)."""
+    probability per emotion, the segments scored and those left out as near-silent, error) or
+    json (one object per line, strict JSON). `emotions`: the model's (Predictor.emotions), so
+    that the columns are the same whatever the outcome; by default those of the rows."""
     if fmt == "json":
-        return [json.dumps(r._asdict()) for r in rows]
+        return [json.dumps(r._asdict(), allow_nan=False) for r in rows]
     if fmt != "csv":
         raise ValueError(f"format={fmt!r}: expected csv or json")
-    emotions = next((list(r.probabilities) for r in rows if r.error is None), [])
+    if emotions is None:
+        emotions = next((list(r.probabilities) for r in rows if r.error is None), [])
     buffer = StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "emotion", *emotions, "error"])
+    writer.writerow(["path", "emotion", *emotions, *SEGMENT_COLUMNS, "error"])
     for r in rows:
         if r.error is not None:
-            writer.writerow([r.path, "", *[""] * len(emotions), r.error])
+            writer.writerow([r.path, "", *[""] * len(emotions), "", "", r.error])
         else:
-            probabilities = (f"{p:.6f}" for p in r.probabilities.values())
-            writer.writerow([r.path, r.emotion, *probabilities, ""])
+            probabilities = (f"{r.probabilities[e]:.6f}" for e in emotions)
+            writer.writerow([r.path, r.emotion, *probabilities, r.segments, r.silent_segments, ""])
     return buffer.getvalue().splitlines()

@@ -22,7 +22,7 @@ from qat.antitransfer import AntiTransfer, init_from
 from qat.config import MODELS, PROFILES, TAPS, RunConfig
 from qat.data import splits
 from qat.data.dataset import SERDataset
-from qat.data.records import corpus_digest
+from qat.data.records import content_digests, corpus_digest
 from qat.models import VGG16_TAPS, vgg16
 from qat.probe import pooled_at_taps, probe_accuracy
 from qat.rundata import (
@@ -38,7 +38,7 @@ from qat.rundata import (
     take,
     train_config,
 )
-from qat.saved import load_model, load_rhemo, model_path, save_model
+from qat.saved import load_model, load_rhemo, model_path, save_model, stored_path
 from qat.sweep import run_grid
 from qat.train import (
     Step,
@@ -430,7 +430,8 @@ def train_ser(
     (linear CKA anti-transfer; several taps sum); "dann" (gradient-reversal adversary of the
     orthogonal label on the penultimate features, peak weight `lam`); "cdann" (the same,
     class-conditional). If a record with the same configuration exists it is returned as is
-    (sweeps resume), unless force=True, which adds a new record beside it.
+    (sweeps resume), unless force=True, which adds a new record beside it. A record is served
+    only if its stored config equals this run's (runs.find_record), never by file name alone.
     """
     if config is None:
         config = RunConfig(**settings)
@@ -438,8 +439,9 @@ def train_ser(
         config = config.replace(**settings)
     key, corpus = _identity(config, progress)
     target = runs.record_path("ser", key)
-    if target.exists() and not force:
-        return runs.load_record(target)
+    found = runs.find_record("ser", key)
+    if found is not None and not force:
+        return found[1]
     return _train(config, key, corpus, progress, target)[0]
 
 
@@ -506,12 +508,15 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
     train_time = time.perf_counter() - t_prepared
     test_metrics = evaluate(net, test, num_classes=num_classes)
     pred = np.asarray(test_metrics["predictions"])
-    model_file = model_path(key) if target is not None else None
-    if rank == 0 and model_file:  # the network, ready to predict (in the cache, not committed)
-        save_model(
-            model_file, net, feature_config=feature_config(config.profile),
-            model_config=parts.model_config,
-            normalizer=data.normalizer, label_space=data.label_space, rhemo=rhemo, run=key,
+    model_file = None
+    if rank == 0 and target is not None:  # the network, ready to predict (in the cache)
+        # Beside, never over, a file an earlier record of this key names (a --force rerun).
+        seen = [data.records[i] for i in (*data.train.indices, *data.val.indices)]
+        model_file = save_model(
+            model_path(key), net, feature_config=feature_config(config.profile),
+            model_config=parts.model_config, normalizer=data.normalizer,
+            label_space=data.label_space, rhemo=rhemo, run=key,
+            trained_on=content_digests(seen), beside=True,
         )  # fmt: skip
 
     t_evaluated = time.perf_counter()
@@ -548,7 +553,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
         "method": method_info,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
         "upstream_weights": _upstream_weights(rhemo, orth_net),
-        "model": model_file and str(model_file),
+        "model": model_file and stored_path(model_file),  # relative to the cache root
         "dropped_silent": data.dropped_silent,
         "warnings": data.warnings,
         "code_version": runs.code_version(),

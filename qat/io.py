@@ -151,31 +151,83 @@ def write_json(path: str | os.PathLike, payload) -> Path:
     return write_text(path, text)
 
 
-def write_json_once(path: str | os.PathLike, payload) -> Path:
-    """Write `payload` to `path` atomically; refuse to overwrite an existing file (the
-    temporary file is hard-linked to its final name, which fails if the name exists)."""
+def _write_bytes(tmp: str, data: bytes) -> None:
+    # os.write, not a buffered file: a full disk surfaces as OSError ENOSPC ("No space left on
+    # device"), where torch.save straight to disk reports "enforce fail at inline_container.cc".
+    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (replacing it)."""
+    return write_atomic(path, lambda tmp: _write_bytes(tmp, data), fsync=False)
+
+
+def write_once(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call write(temporary path) beside `path`, then give it its final name only if no file
+    has it (the temporary file is hard-linked to the name, which fails if the name exists):
+    FileExistsError, and `path` is left as it was. `write` flushes the file itself."""
     path = Path(path)
-    text = to_json(payload)
     with _temporary(path) as tmp:
         try:
-            _write_synced(tmp, text)
+            write(tmp)
             os.link(tmp, path)
         except FileExistsError as err:
-            raise FileExistsError(f"{path} exists; run records are never overwritten") from err
-        except OSError as err:
-            raise OSError(f"could not write {path}: {err.strerror or err}") from err
+            raise FileExistsError(f"{path} exists; it is never overwritten") from err
+        except (OSError, RuntimeError) as err:
+            raise OSError(f"could not write {path}: {getattr(err, 'strerror', None) or err}"
+                          ) from err  # fmt: skip
     return path
+
+
+def unique_beside(path: str | os.PathLike) -> Path:
+    """A new name beside `path`: <stem>-<time ns>-<pid><suffix>."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{time.time_ns()}-{os.getpid()}{path.suffix}")
+
+
+def write_beside(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """write_once to `path`, or, if a file is already there, to a new name beside it
+    (unique_beside): what is there is never changed. Returns the path written."""
+    try:
+        return write_once(path, write)
+    except FileExistsError:
+        return write_once(unique_beside(path), write)
+
+
+def write_bytes_beside(path: str | os.PathLike, data: bytes) -> Path:
+    """`data` written once, to `path` or beside it (write_beside)."""
+    return write_beside(path, lambda tmp: _write_bytes(tmp, data))
+
+
+def write_json_once(path: str | os.PathLike, payload) -> Path:
+    """Write `payload` to `path` atomically; refuse to overwrite an existing file."""
+    text = to_json(payload)  # fails before touching the disk
+    try:
+        return write_once(path, lambda tmp: _write_synced(tmp, text))
+    except FileExistsError as err:
+        raise FileExistsError(f"{path} exists; run records are never overwritten") from err
 
 
 def write_json_beside(path: str | os.PathLike, payload) -> Path:
     """Write to `path`, or, if a file is already there (a forced rerun, or a parallel run that
     finished first), beside it under a unique name: a finished run is never lost."""
-    path = Path(path)
-    try:
-        return write_json_once(path, payload)
-    except FileExistsError:
-        unique = path.with_name(f"{path.stem}-{time.time_ns()}-{os.getpid()}.json")
-        return write_json_once(unique, payload)
+    text = to_json(payload)
+    return write_beside(path, lambda tmp: _write_synced(tmp, text))
+
+
+def summarise(items, shown: int = 3) -> str:
+    """Many items in a one-line message: all of a short list, else the first `shown` and how
+    many more ("a, b, c and 9997 more")."""
+    items = [str(item) for item in items]
+    head = ", ".join(items[:shown])
+    return head if len(items) <= shown else f"{head} and {len(items) - shown} more"
 
 
 def save_figure(fig, folder: str | os.PathLike, name: str, dpi: int = 110) -> Path:

@@ -820,7 +820,9 @@ def _force(folder: Path) -> str:
     config = RunConfig(setup="random", profile="smoke")
     with _scratch_paths(folder):
         target = runs.record_path("ser", config.key_dict())
-        io.write_json(target, {"kind": "ser", "config": config.key_dict(), "note": "the first"})
+        first = {"kind": "ser", "config": config.key_dict(), "metrics": {"ua": 0.5},
+                 "note": "the first"}  # fmt: skip
+        io.write_json(target, first)
         with _stop_before_data():
             if experiments.train_ser(config, progress=False).get("note") != "the first":
                 raise WrongResult("train_ser did not return the existing record")
@@ -919,7 +921,8 @@ def _bad_records(runs_folder: Path, good: bool = True) -> None:
     """A good record, a truncated one (a killed writer, a full disk) and a JSON list."""
     runs_folder.mkdir(parents=True, exist_ok=True)
     if good:
-        (runs_folder / "ser-good.json").write_text('{"kind": "ser", "config": {"seed": 0}}')
+        good = '{"kind": "ser", "config": {"seed": 0}, "metrics": {"ua": 0.5}}'
+        (runs_folder / "ser-good.json").write_text(good)
     (runs_folder / "ser-cut.json").write_text('{"kind": "ser", "config": {"se')
     (runs_folder / "ser-list.json").write_text("[1, 2, 3]")
 
@@ -929,7 +932,7 @@ def _unreadable_records(folder: Path) -> str:
 
     _bad_records(folder / "reports" / "runs")
     records = runs.load_records(folder / "reports", kind="ser")
-    if records != [{"kind": "ser", "config": {"seed": 0}}]:
+    if records != [{"kind": "ser", "config": {"seed": 0}, "metrics": {"ua": 0.5}}]:
         raise WrongResult(f"expected the one good record, got {records}")
     return f"{len(records)} record(s) read"
 
@@ -1053,6 +1056,402 @@ def _environment(folder: Path, variable: str, state: str) -> str:
         stack.enter_context(_stop_before_data())
         record = train_ser(profile="smoke", progress=False)
     return f"returned {record}"
+
+
+# --------------------------------------------------- issue 37: model files, predict, evaluate
+
+MODEL_CONFIG = dict(num_classes=2, in_channels=1, quaternion=False, width=1 / 16, hidden=16)
+
+
+def _model_file(folder: Path, damage: Callable[[dict], object] | None = None, **extra) -> Path:
+    """A model file of a small untrained real VGG16 (nothing trains: a model file is an input
+    here), for 0.5 s log-mel segments at 16 kHz and the emotions happy and sad; `damage`
+    changes its payload in place before it is written again; `extra` goes to save_model."""
+    import torch
+
+    from qat.data.dataset import LabelSpace, Normalizer
+    from qat.data.features import FeatureConfig
+    from qat.models import vgg16
+    from qat.saved import save_model
+
+    torch.manual_seed(0)
+    path = save_model(
+        folder / "model.pt", vgg16(**MODEL_CONFIG), model_config=MODEL_CONFIG,
+        feature_config=FeatureConfig(kind="logmel", segment_seconds=0.5, n_mels=32),
+        normalizer=Normalizer(np.zeros(32), np.ones(32)),
+        label_space=LabelSpace(("happy", "sad"), (), ()), run={"case": "bad input"}, **extra,
+    )  # fmt: skip
+    if damage is not None:
+        payload = torch.load(path, weights_only=True)
+        damage(payload)
+        torch.save(payload, path)
+    return path
+
+
+def _tone(path: Path, seconds: float = 1.0, sounding: float | None = None, hz: float = 300.0):
+    """`seconds` of a tone in a little noise (silence after `sounding` seconds), 16-bit."""
+    n = round(seconds * TARGET_RATE)
+    t = np.arange(n) / TARGET_RATE
+    y = 0.3 * np.sin(2 * np.pi * hz * t) + 0.01 * np.random.default_rng(int(hz)).standard_normal(n)
+    if sounding is not None:
+        y[round(sounding * TARGET_RATE) :] = 0.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, y, TARGET_RATE, subtype="PCM_16")
+    return path
+
+
+def _nan_weights(payload: dict) -> None:
+    for tensor in payload["model"]["state_dict"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(math.nan)
+
+
+def _predict_cli(folder: Path, damage: Callable[[dict], object] | None) -> str:
+    """`qat predict --model <a damaged model file> one.wav`."""
+    model = _model_file(folder, damage)
+    return _cli(folder, ["predict", "--model", str(model), str(_tone(folder / "one.wav"))])
+
+
+def _load_damaged(folder: Path, damage: Callable[[dict], object]) -> str:
+    from qat.saved import load_model
+
+    return f"loaded: {load_model(_model_file(folder, damage))!r}"
+
+
+class BuiltForReal(Exception):
+    """A network was built off the meta device (deliberately not a ValueError)."""
+
+
+def _oversized(folder: Path) -> str:
+    """A small model file whose config says width=8: load_model must refuse it before
+    building any network off the meta device (where shapes cost no memory); a build for real
+    stops the case at once instead of taking gigabytes."""
+    import torch
+
+    from qat import saved
+
+    real_vgg16 = saved.vgg16
+
+    def guarded(*args, **kwargs):
+        if torch.empty(()).device.type != "meta":
+            raise BuiltForReal(f"vgg16({kwargs}) was about to be built for real")
+        return real_vgg16(*args, **kwargs)
+
+    path = _model_file(folder, lambda p: p["model"]["config"].update(width=8.0))
+    with mock.patch.object(saved, "vgg16", guarded):
+        return f"loaded: {saved.load_model(path)!r}"
+
+
+def _fifo_model(folder: Path) -> str:
+    from qat.saved import load_model
+
+    path = folder / "model.pt"
+    os.mkfifo(path)
+    return f"loaded: {load_model(path)!r}"
+
+
+class _Payload:
+    """Unpickling this runs Path.touch(marker): harmless, and visible if it ever runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _pickled_model(folder: Path) -> str:
+    from qat.saved import load_model
+
+    marker = folder / "code-ran"
+    path = _model_file(folder, lambda p: p.update(run=_Payload(marker)))
+    try:
+        return f"loaded: {load_model(path)!r}"
+    finally:
+        if marker.exists():
+            raise WrongResult("loading the model file ran the code it carries")
+
+
+def _pickled_network(folder: Path) -> str:
+    """A cached RH-emo (networks/rhemo-<key>.pt) replaced by a pickle that carries code."""
+    import torch
+
+    from qat import paths, runs, upstream
+
+    marker = folder / "code-ran"
+    config = {"case": "a cached network that carries code"}
+    with _scratch_paths(folder):
+        path = paths.CACHE / "networks" / f"rhemo-{runs.config_key(config)}.pt"
+        path.parent.mkdir(parents=True)
+        torch.save({"weight": _Payload(marker)}, path)
+
+        def retrain(net, checkpoint):
+            raise TrainingStepReached("retraining started")
+
+        try:
+            upstream._cached_network("rhemo", config, lambda: torch.nn.Linear(4, 2), retrain)
+        except TrainingStepReached as reached:
+            return f"{path.name} discarded; {reached}; the code it carries never ran"
+        finally:
+            if marker.exists():
+                raise WrongResult("loading the cached network ran the code it carries")
+    raise WrongResult("_cached_network returned the planted file's weights")
+
+
+def _full_disk(folder: Path) -> str:
+    """save_model when every write fails with ENOSPC (a full disk, simulated at os.write)."""
+    import errno
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with mock.patch.object(os, "write", full):
+        path = _model_file(folder)
+    return f"saved {path.name}"
+
+
+def _late_silence(folder: Path) -> str:
+    """Two 10 s files whose tone fills only their first second: each must be scored on its
+    sound (2 segments of 0.5 s), its 18 silent segments left out, not on its silent centre."""
+    from qat.evaluate import predict_paths
+
+    files = [_tone(folder / f"late_{hz}.wav", 10.0, 1.0, hz) for hz in (300.0, 700.0)]
+    rows = predict_paths(_model_file(folder), files)
+    counts = [(r.segments, r.silent_segments) for r in rows]
+    if counts != [(2, 18), (2, 18)] or rows[0].probabilities == rows[1].probabilities:
+        raise WrongResult(f"segments (scored, silent) {counts}, probabilities "
+                          f"{[r.probabilities for r in rows]}")  # fmt: skip
+    return (
+        "both scored on their first second (2 segments each, 18 silent ones left out): "
+        f"{rows[0].emotion} {rows[0].probabilities}, {rows[1].emotion} {rows[1].probabilities}"
+    )
+
+
+def _folder_links(folder: Path) -> str:
+    """`qat predict FOLDER` over a dangling link, a link loop and a linked subfolder."""
+    from qat.evaluate import predict_paths
+
+    clips = folder / "clips"
+    _tone(clips / "a.wav")
+    _tone(folder / "elsewhere" / "b.wav", hz=500.0)
+    os.symlink("gone.wav", clips / "dangling.wav")
+    _loop(clips / "loop.wav")
+    os.symlink("../elsewhere", clips / "more")
+    rows = {Path(r.path).name: r for r in predict_paths(_model_file(folder), [clips])}
+    shown = {name: r.emotion or r.error for name, r in rows.items()}
+    wanted = {"a.wav", "b.wav", "dangling.wav", "loop.wav"}
+    if set(rows) != wanted or not (rows["a.wav"].emotion and rows["b.wav"].emotion):
+        raise WrongResult(f"expected a row for each of {sorted(wanted)}, got {shown}")
+    return "; ".join(f"{name}: {text}" for name, text in sorted(shown.items()))
+
+
+def _manifest_of(folder: Path, rows: Sequence[tuple[str, str]], write=None) -> Path:
+    """root/manifest.csv listing (file, emotion) rows, speakers s1/s2 in turn; the i-th file
+    is written by write(path, i) (by default a tone of its own pitch)."""
+    root = folder / "mine"
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["path,emotion,speaker,text"]
+    for i, (name, emotion) in enumerate(rows):
+        if not (root / name).exists():
+            (write or (lambda p, i: _tone(p, hz=200.0 + 50 * i)))(root / name, i)
+        lines.append(f"{name},{emotion},s{i % 2 + 1},w{i}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _evaluate(folder: Path, write=None, own: bool = False, allow: bool = False) -> str:
+    """evaluate_corpus of the small model on a manifest of four files written by `write`;
+    `own`: the model file records those very files as its training audio."""
+    from qat.data.corpora import load_corpus
+    from qat.evaluate import evaluate_corpus
+
+    rows = [("a.wav", "happy"), ("b.wav", "sad"), ("c.wav", "happy"), ("d.wav", "sad")]
+    root = _manifest_of(folder, rows, write)
+    extra = {}
+    if own:
+        from qat.data.records import content_digests
+
+        extra["trained_on"] = content_digests(load_corpus("manifest", root))
+    model = _model_file(folder, **extra)
+    with _scratch_paths(folder):
+        options = {"allow_overlap": True} if allow else {}
+        record = evaluate_corpus(model, "manifest", root, progress=False, **options)
+    return (
+        f"UA {record['metrics']['ua']:.3f} over {record['items']['kept']} items; overlap "
+        f"{record['items']['overlap']}"
+    )
+
+
+def _same_audio_two_labels(folder: Path) -> str:
+    """b.wav a byte-for-byte copy of a.wav, labelled sad where a.wav is happy."""
+    rows = [("a.wav", "happy"), ("b.wav", "sad"), ("c.wav", "sad"), ("d.wav", "happy")]
+    root = _manifest_of(folder, rows)
+    shutil.copyfile(root / "a.wav", root / "b.wav")
+    return _train_ser(folder, root=root.name, corpus="manifest", setup="random")
+
+
+def _duplicate_rows(folder: Path, count: int) -> str:
+    """A manifest listing one file `count` times: one message of at most about 300 chars."""
+    from qat.data.corpora import load_corpus
+
+    _tone(folder / "a.wav")
+    rows = [f"a.wav,happy,s{i % 2},w{i}" for i in range(count)]
+    (folder / "manifest.csv").write_text("\n".join(["path,emotion,speaker,text", *rows]) + "\n")
+    try:
+        corpus = load_corpus("manifest", folder)
+    except ValueError as err:
+        if len(str(err)) > 300 + len(str(folder)):
+            raise WrongResult(f"a one-line message of {len(str(err))} characters") from err
+        raise
+    return f"{len(corpus)} records"
+
+
+def _unlistable_folder(folder: Path, on_error: str) -> str:
+    """TESS whose YAF_sad folder cannot be listed (no read permission; simulated, as root is
+    not bound by mode bits)."""
+    from pathlib import PosixPath
+
+    real_iterdir = PosixPath.iterdir
+
+    def iterdir(self):
+        if self.name == "YAF_sad":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    with mock.patch.object(PosixPath, "iterdir", iterdir):
+        return _load_tree(folder, "tess", _tess_tree, on_error=on_error,
+                          expect_uids=["OAF_angry/OAF_back_angry"])  # fmt: skip
+
+
+def _mismatched_record(folder: Path) -> str:
+    """A record of one configuration (seed 1) stored under another's file name (seed 2)."""
+    from qat import experiments, io, runs
+    from qat.config import RunConfig
+
+    stored, asked = RunConfig(profile="smoke", seed=1), RunConfig(profile="smoke", seed=2)
+    with _scratch_paths(folder):
+        record = {"kind": "ser", "config": stored.key_dict(), "metrics": {"ua": 0.5}}
+        io.write_json(runs.record_path("ser", asked.key_dict()), record)
+        with _stop_before_data():
+            try:
+                served = experiments.train_ser(asked, progress=False)
+            except DataStepReached:
+                return "not served (its stored config is seed 1's); the run goes on to train"
+    raise WrongResult(f"the seed-1 record was served for seed 2: {served['config']['seed']}")
+
+
+SER_BASE = {"kind": "ser", "config": {"setup": "random", "model": "real", "method": "baseline",
+                                      "profile": "smoke", "seed": 0}}  # fmt: skip
+
+
+def _odd_records(folder: Path, metrics: dict | None, call: str) -> str:
+    """runs/ holding one ser record whose metrics are `metrics` (None: no metrics at all, an
+    old or foreign file), read by `call`: load_records, write_readme or the report-only page."""
+    from qat import runs
+
+    record = {**SER_BASE, **({} if metrics is None else {"metrics": metrics})}
+    (folder / "reports" / "runs").mkdir(parents=True)
+    (folder / "reports" / "runs" / "ser-odd.json").write_text(json.dumps(record))
+    if call == "load_records":
+        records = runs.load_records(folder / "reports", kind="ser")
+        if records:
+            raise WrongResult(f"the record was read as a result: {records[0]['metrics']}")
+        return "0 records read"
+    if call == "readme":
+        return _readme_only(folder)
+    return _cli(folder, ["demonstration", "--report-only"])
+
+
+def _readme_only(folder: Path) -> str:
+    from qat.report import write_readme
+
+    path = write_readme(folder / "reports")
+    return f"{path.name} written ({path.stat().st_size} bytes)"
+
+
+def _rhemo_key(folder: Path) -> str:
+    """The profile where the real VGG16 reads RH-emo, with --rhemo A.pt and --rhemo B.pt
+    (other weights)."""
+    from qat.config import RunConfig
+
+    keys = []
+    for name, content in (("A.pt", b"weights A"), ("B.pt", b"weights B")):
+        (folder / name).write_bytes(content)
+        config = RunConfig(profile="diag-real-on-rhemo", model="real", rhemo=str(folder / name))
+        keys.append(config.key())
+    if keys[0] == keys[1]:
+        raise WrongResult(f"both files give the record key {keys[0]}")
+    return f"two record keys ({keys[0]}, {keys[1]}): the file enters the key by its content"
+
+
+def _subprocess_cli(folder: Path, argv: Sequence[str], env: dict[str, str]) -> str:
+    """`python -m qat ...` in a new process (qat.paths reads the environment when imported),
+    from `folder`, with the kit's folders in it unless `env` says otherwise."""
+    import subprocess
+    import sys
+
+    base = {name: str(folder / name.lower().removeprefix("qat_"))
+            for name in ("QAT_REPORTS", "QAT_CACHE", "QAT_DATA")}  # fmt: skip
+    environ = {**os.environ, **base, **env, "QAT_PROFILE": "smoke"}
+    environ.pop("QAT_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "qat", *argv], cwd=folder, env=environ,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    if done.returncode == 2 and len(lines) == 1 and lines[0].startswith("qat: error: "):
+        raise CliRejection(f"exit status 2: {lines[0]}")
+    if done.returncode == 0:
+        return f"exit status 0: {done.stdout.strip()}"
+    raise RuntimeError(f"exit status {done.returncode}: {done.stderr.strip()}")
+
+
+def _empty_reports(folder: Path) -> str:
+    """QAT_REPORTS= (exported empty): nothing may be written into the current folder."""
+    before = _files(folder)
+    try:
+        return _subprocess_cli(folder, ["demonstration", "--report-only"], {"QAT_REPORTS": ""})
+    finally:
+        if _files(folder) != before:
+            raise WrongResult("pages or runs/ were written into the current folder")
+
+
+def _relative_cache(folder: Path) -> str:
+    """QAT_CACHE=rel-cache (relative): the kit's cache and the model names in records."""
+    import subprocess
+    import sys
+
+    code = ("from qat import paths, saved; print(paths.CACHE); "
+            "print(saved.stored_path(paths.CACHE / 'models' / 'ser-x.pt'))")  # fmt: skip
+    env = {**os.environ, "QAT_CACHE": "rel-cache"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    cache, stored = done.stdout.split()
+    where = Path(cache)
+    if (
+        not where.is_absolute()
+        or where.resolve() != (folder / "rel-cache").resolve()
+        or (stored != "models/ser-x.pt")
+    ):
+        raise WrongResult(f"QAT_CACHE=rel-cache: cache {cache}, a model stored as {stored}")
+    return f"cache {cache}; a model in it is named models/ser-x.pt in records"
+
+
+def parse_mapping_of(text: str):
+    from qat.evaluate import parse_mapping
+
+    return parse_mapping(text)
+
+
+def normalise_mapping_of(mapping: dict):
+    from qat.evaluate import normalise_mapping
+
+    return normalise_mapping(mapping)
+
+
+def _profile_value(folder: Path, value: str) -> str:
+    from qat.config import RunConfig
+
+    with mock.patch.dict(os.environ, {"QAT_PROFILE": value}):
+        return f"profile {RunConfig().profile!r}"
 
 
 # ------------------------------------------------------------------------------- the table
@@ -1455,6 +1854,149 @@ CASES: tuple[Case, ...] = (
     _case("cli-sweep-jobs-negative", "qat command line", "--jobs -1", "qat sweep --jobs -1",
           REJECTED, ["qat: error: jobs=-1", "expected an integer >= 1"],
           partial(_cli, argv=["sweep", "--jobs", "-1"])),
+    # --- issue 37: model and checkpoint files are data, not code
+    _case("model-carries-code", "model files",
+          "a model file whose run entry is a pickled object that touches a marker file",
+          "load_model(path)", REJECTED, ["model.pt holds pickled Python objects",
+          "never runs", "convert it once"], _pickled_model),
+    _case("cached-network-carries-code", "model files",
+          "a cached network (networks/rhemo-<key>.pt) replaced by a pickle that carries code",
+          "upstream._cached_network (private: its public callers need a prepared corpus)",
+          HANDLED, ["discarded", "retraining started", "never ran"], _pickled_network),
+    # --- issue 37: a model file is validated before anything its size is built
+    _case("model-nan-weights", "model files", "a model file whose weights are all NaN",
+          "qat predict --model nan.pt one.wav", REJECTED,
+          ["qat: error: model file", "NaN or infinite network weights", "cannot predict"],
+          partial(_predict_cli, damage=_nan_weights)),
+    _case("model-nan-normaliser", "model files", "a model file whose normaliser std is NaN",
+          "qat predict --model nan.pt one.wav", REJECTED,
+          ["qat: error: model file", "NaN or infinite normaliser statistics"],
+          partial(_predict_cli, damage=lambda p: p["normalizer"]["std"].__setitem__(
+              0, math.nan))),
+    _case("model-width-8", "model files",
+          "a small model file whose config says width=8 (gigabytes if built)",
+          "load_model(path)", REJECTED, ["model.pt is damaged", "(width 8) describes a network"],
+          _oversized),
+    _case("model-width-inf", "model files", "a model file whose config says width=inf",
+          "load_model(path)", REJECTED, ["model.pt is damaged", "width is inf, not a finite"],
+          partial(_load_damaged, damage=lambda p: p["model"]["config"].update(width=math.inf))),
+    _case("model-labels-count", "model files",
+          "a model file naming 3 emotions for a 2-class network", "load_model(path)", REJECTED,
+          ["model.pt is damaged", "names 3 emotions", "network of 2 classes"],
+          partial(_load_damaged, damage=lambda p: p["labels"].update(
+              emotions=["happy", "sad", "angry"]))),
+    _case("model-normaliser-size", "model files",
+          "a model file whose normaliser has 10 bins for 32-bin features", "load_model(path)",
+          REJECTED, ["model.pt is damaged", "normaliser has [10] bins, its features 32"],
+          partial(_load_damaged, damage=lambda p: p.update(
+              normalizer={"mean": [0.0] * 10, "std": [1.0] * 10}))),
+    _case("model-named-pipe", "model files", "a named pipe given as the model file",
+          "load_model(path)", REJECTED, ["model.pt is not a regular file", "named pipe"],
+          _fifo_model),
+    _case("model-full-disk", "model files", "a full disk while saving a model (ENOSPC)",
+          "save_model(path, ...)", REJECTED,
+          ["could not write <tmp>/model.pt: No space left on device"], _full_disk),
+    # --- issue 37: predict answers from sound, for every file and link
+    _case("predict-late-silence", "predict and evaluate",
+          "two 10 s files with sound in their first second only",
+          "predict_paths(model, files)", HANDLED, ["2 segments each", "18 silent"],
+          _late_silence),
+    _case("predict-folder-links", "predict and evaluate",
+          "a folder with a dangling link, a link loop and a linked subfolder holding audio",
+          "predict_paths(model, [folder])", HANDLED,
+          ["b.wav: ", "dangling.wav: dangling symbolic link", "loop.wav: symbolic link loop"],
+          _folder_links),
+    _case("evaluate-all-unreadable", "predict and evaluate",
+          "a manifest whose files are all unreadable", "evaluate_corpus(model, 'manifest', root)",
+          REJECTED, ["none of its 4 file(s) could be read", "not a readable audio file"],
+          partial(_evaluate, write=lambda p, i: p.write_text(f"not audio {i}"))),
+    _case("evaluate-all-silent", "predict and evaluate", "a manifest whose files are all silent",
+          "evaluate_corpus(model, 'manifest', root)", REJECTED,
+          ["none of the 4 items", "could be scored", "'near-silent': 4"],
+          partial(_evaluate, write=lambda p, i: _tone(p, 1.0 + i / 10, sounding=0.0))),
+    _case("evaluate-own-training-data", "predict and evaluate",
+          "the corpus the model trained on (its file records the audio's digests)",
+          "evaluate_corpus(model, 'manifest', root)", REJECTED,
+          ["4 of 4 items are audio the model trained or was validated on", "--allow-overlap"],
+          partial(_evaluate, own=True)),
+    _case("evaluate-own-training-data-allowed", "predict and evaluate",
+          "the same, allow_overlap=True", "evaluate_corpus(..., allow_overlap=True)", HANDLED,
+          ["overlap {'count': 4"], partial(_evaluate, own=True, allow=True)),
+    _case("evaluate-mapping-repeated", "predict and evaluate", "--mapping angry=sad,angry=happy",
+          'parse_mapping("angry=sad,angry=happy")', REJECTED,
+          ["'angry' is given more than one target"],
+          lambda folder: str(parse_mapping_of("angry=sad,angry=happy"))),
+    _case("evaluate-mapping-synonym-repeated", "predict and evaluate",
+          "a mapping {fear: sad, fearful: happy} (one emotion, two spellings)",
+          "normalise_mapping(mapping)", REJECTED, ["'fear' and 'fearful' are both 'fearful'"],
+          lambda folder: str(normalise_mapping_of({"fear": "sad", "fearful": "happy"}))),
+    # --- issue 37: data and records silently accepted
+    _case("manifest-same-audio-two-labels", "run keys",
+          "b.wav a byte-for-byte copy of a.wav, labelled sad where a.wav is happy", TRAIN,
+          REJECTED, ["mine/b.wav holds the same audio as", "mine/a.wav", "'sad', not 'happy'"],
+          _same_audio_two_labels),
+    _case("manifest-10000-duplicate-rows", "manifest", "one file listed 10,000 times",
+          MANIFEST, REJECTED, ["1 path(s) listed more than once", "and 9997 more"],
+          partial(_duplicate_rows, count=10_000)),
+    _case("records-config-mismatch", "run keys",
+          "a record of seed 1 stored under the file name of seed 2", "train_ser(seed=2)",
+          HANDLED, ["not served", "its stored config is another run's", "seed"],
+          _mismatched_record),
+    _case("rhemo-file-in-key-real-on-rhemo", "run keys",
+          "profile diag-real-on-rhemo with --rhemo A.pt, then B.pt (other weights)",
+          "RunConfig(profile='diag-real-on-rhemo', rhemo=...).key()", HANDLED,
+          ["two record keys"], _rhemo_key),
+    _case("train-rhemo-empty", "train_ser", "rhemo='' (an unset variable)", TRAIN, REJECTED,
+          ["rhemo=''", "expected a path, or None"], partial(_train_ser, rhemo="")),
+    _case("records-impossible-ua", "records and caches", "a ser record with UA 1.7",
+          'runs.load_records(reports, kind="ser")', HANDLED,
+          ["0 records read", "metrics.ua = 1.7 is outside [0, 1]"],
+          partial(_odd_records, metrics={"ua": 1.7}, call="load_records")),
+    _case("records-no-metrics-readme", "records and caches",
+          "a ser record holding only kind and config", "write_readme(reports) (qat report)",
+          HANDLED, ["README.md written", "ser-odd.json", "no 'metrics'"],
+          partial(_odd_records, metrics=None, call="readme")),
+    _case("records-no-metrics-report-only", "records and caches",
+          "a ser record holding only kind and config", "qat demonstration --report-only",
+          HANDLED, ["exit status 0", "ser-odd.json", "no 'metrics'"],
+          partial(_odd_records, metrics=None, call="report-only")),
+    _case("records-ua-string-readme", "records and caches", "a ser record whose UA is '0.5'",
+          "write_readme(reports) (qat report)", HANDLED,
+          ["README.md written", "metrics.ua is '0.5', not a number"],
+          partial(_odd_records, metrics={"ua": "0.5", "wa": 0.5, "macro_f1": 0.5},
+                  call="readme")),
+    # --- issue 37: the environment and list flags
+    _case("env-reports-empty", "environment", "QAT_REPORTS= (exported empty)",
+          "qat demonstration --report-only", REJECTED,
+          ["qat: error: $QAT_REPORTS=''", "expected a folder path"], _empty_reports),
+    _case("env-cache-relative", "environment", "QAT_CACHE=rel-cache (a relative path)",
+          "qat.paths, qat.saved.stored_path", HANDLED, ["<tmp>/rel-cache", "models/ser-x.pt"],
+          _relative_cache),
+    _case("env-profile-bogus", "environment", "QAT_PROFILE=bogus", "RunConfig()", REJECTED,
+          ["$QAT_PROFILE='bogus'", "smoke, cpu, paper"], partial(_profile_value, value="bogus")),
+    _case("env-profile-empty", "environment", "QAT_PROFILE= (exported empty)", "RunConfig()",
+          REJECTED, ["$QAT_PROFILE=''", "expected one of"], partial(_profile_value, value="")),
+    _case("cli-fold-all-random", "qat command line", "--fold all with the random setup",
+          "qat train --fold all --setup random", REJECTED,
+          ["qat: error: fold='all'", "random setup has no folds"],
+          partial(_cli, argv=["train", "--fold", "all", "--setup", "random"])),
+    _case("cli-sweep-taps-empty", "qat command line", '--taps "" (an unset variable)',
+          'qat sweep --taps ""', REJECTED, ["qat: error: --taps ''", "comma-separated taps"],
+          partial(_cli, argv=["sweep", "--taps", ""])),
+    _case("cli-sweep-taps-comma", "qat command line", "--taps ,", "qat sweep --taps ,",
+          REJECTED, ["qat: error: --taps ','", "comma-separated taps"],
+          partial(_cli, argv=["sweep", "--taps", ","])),
+    _case("cli-train-tap-empty", "qat command line", '--tap ""', 'qat train --tap ""',
+          REJECTED, ["argument --tap", "comma-separated taps"],
+          partial(_cli, argv=["train", "--tap", ""])),
+    # --- issue 37: the earlier round's tracebacks
+    _case("tree-unlistable-folder", "corpus tree", "TESS speaker folder YAF_sad cannot be listed",
+          'load_corpus("tess", root)', REJECTED, ["YAF_sad: folder cannot be listed",
+          "Permission denied"], partial(_unlistable_folder, on_error="raise")),
+    _case("tree-unlistable-folder-skip", "corpus tree", "the same, on_error='skip'",
+          'load_corpus("tess", root, on_error="skip")', HANDLED,
+          ["1 record(s)", "skipped YAF_sad: ", "folder cannot be listed"],
+          partial(_unlistable_folder, on_error="skip")),
 )  # fmt: skip
 
 

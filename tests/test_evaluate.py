@@ -18,11 +18,12 @@ import test_saved
 import torch
 
 from qat import cli, runs
+from qat.data.audio import load_audio
 from qat.data.features import FeatureConfig
-from qat.data.records import Utterance, write_manifest
+from qat.data.records import Utterance, content_digests, write_manifest
 from qat.data.synth import make_synthemo, to_pcm16, write_wav
-from qat.evaluate import evaluate_corpus, normalise_mapping, parse_mapping
-from qat.saved import load_model, save_model
+from qat.evaluate import evaluate_corpus, format_rows, normalise_mapping, parse_mapping
+from qat.saved import Prediction, load_model, save_model
 
 
 @pytest.fixture(scope="session")
@@ -51,17 +52,38 @@ def run_cli(capsys, *argv):
 # ---------------------------------------------------------------- qat predict
 
 
-def test_qat_predict_reproduces_the_networks_predictions_exactly(model, capsys):
+def test_qat_predict_scores_each_file_whole_as_the_rule_says(model, capsys):
     code, lines, err = run_cli(capsys, "predict", "--model", model.path, *model.test_files,
                                "--format", "json")  # fmt: skip
     assert code == 0 and err == []
     rows = [json.loads(line) for line in lines]
     assert [r["path"] for r in rows] == model.test_files
-    expected = model.probabilities.numpy()
-    assert [r["emotion"] for r in rows] == [model.labels.emotions[i] for i in expected.argmax(1)]
-    got = np.array([list(r["probabilities"].values()) for r in rows], dtype=np.float32)
-    assert np.array_equal(got, expected)  # JSON floats round-trip exactly
-    assert all(r["error"] is None for r in rows)
+    for row, path in zip(rows, model.test_files, strict=True):
+        expected, n, silent = test_saved.segment_reference(model, load_audio(path, 16000))
+        assert (row["segments"], row["silent_segments"], row["error"]) == (n, silent, None)
+        got = np.array(list(row["probabilities"].values()))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+        assert row["emotion"] == model.labels.emotions[int(np.argmax(expected))]
+
+
+def test_qat_predict_help_says_how_files_are_scored(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "scored whole" in text and "near-silent segments are left out" in text
+    assert "averaged" in text and "silent_segments" in text
+
+
+def test_csv_columns_are_the_same_whatever_the_outcome(model, tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    _, good_lines, _ = run_cli(capsys, "predict", "--model", model.path, model.test_files[0])
+    code, bad_lines, _ = run_cli(capsys, "predict", "--model", model.path, bad)
+    assert code == 1
+    header = ["path", "emotion", *model.labels.emotions, "segments", "silent_segments", "error"]
+    assert good_lines[0].split(",") == bad_lines[0].split(",") == header
+    (row,) = csv.DictReader(bad_lines)
+    assert row["emotion"] == "" and "not a readable audio file" in row["error"]
 
 
 def test_qat_predict_folder_with_one_unreadable_file(model, tmp_path, capsys):
@@ -194,6 +216,45 @@ def test_mapping_spellings():
         parse_mapping("calm")
 
 
+def test_a_mapping_that_gives_one_emotion_two_targets_is_refused():
+    with pytest.raises(ValueError, match=r"'angry' is given more than one target"):
+        parse_mapping("angry=sad,angry=happy")
+    with pytest.raises(ValueError, match=r"'fear' and 'fearful' are both 'fearful'"):
+        normalise_mapping({"fear": "sad", "fearful": "happy"})
+
+
+def test_the_models_own_training_audio_is_refused_unless_allowed_then_flagged(
+    model, tmp_path, capsys
+):
+    train = [r for r in model.records if r.speaker != test_saved.TEST_SPEAKER]
+    path = save_model(
+        tmp_path / "m.pt", model.net, model_config=test_saved.model_config(4),
+        feature_config=test_saved.FEATURES, normalizer=model.normalizer,
+        label_space=model.labels, run=test_saved.RUN, trained_on=content_digests(train),
+    )  # fmt: skip
+    root = Path(model.records[0].path).parents[3]
+    argv = ["evaluate", "--model", path, "--corpus", "synthemo", "--root", root]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == [] and len(err) == 1
+    assert f"{len(train)} of {len(model.records)} items are audio the model trained" in err[0]
+    assert "--allow-overlap" in err[0]
+    code, out, _ = run_cli(capsys, *argv, "--allow-overlap")
+    assert code == 0
+    record = runs.load_record(out[-1].removeprefix("record: "))
+    assert record["items"]["overlap"] == {"count": len(train), "uids": [r.uid for r in train]}
+    assert any(line.startswith(f"warning: {len(train)} items are audio") for line in out)
+    assert record["scoring"]["segments"] == 2 * len(model.records)
+
+
 def test_probabilities_sum_to_one(model):
     probs = load_model(model.path).predict_features(model.test_x)
     assert torch.allclose(torch.from_numpy(probs).sum(1), torch.ones(len(probs)))
+
+
+def test_json_lines_are_strict_json_never_bare_nan():
+    row = Prediction("a.wav", "happy", {"happy": float("nan"), "sad": 0.5}, None, 2, 0)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        format_rows([row], "json")
+    good = Prediction("a.wav", "happy", {"happy": 0.75, "sad": 0.25}, None, 2, 1)
+    (line,) = format_rows([good], "json")
+    assert json.loads(line, parse_constant=pytest.fail)["silent_segments"] == 1

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qat.data.records import Utterance, corpus_digest, file_digest, write_manifest
+from qat.data.records import (
+    Utterance,
+    content_digests,
+    corpus_digest,
+    file_digest,
+    write_manifest,
+)
 
 
 def make_corpus(folder, n=4):
@@ -60,3 +66,19 @@ def test_write_manifest_leaves_no_temporary_and_replaces_atomically(tmp_path):
     write_manifest(iter(records), target)  # any iterable, written over the previous one
     assert sorted(p.name for p in target.parent.iterdir()) == ["manifest.csv"]
     assert target.read_text().splitlines()[1].startswith("../wav/u0.wav,happy,s0,w0")
+
+
+def test_the_same_audio_under_two_emotions_is_refused_naming_both_paths(tmp_path):
+    records = make_corpus(tmp_path, n=4)  # u0 happy, u1 sad, u2 happy, u3 sad
+    shutil.copyfile(records[0].path, records[1].path)  # u1 (sad) now holds u0's audio
+    with pytest.raises(ValueError) as caught:
+        corpus_digest(records)
+    message = str(caught.value)
+    assert f"{records[1].path} holds the same audio as {records[0].path}" in message
+    assert "'sad', not 'happy'" in message and "\n" not in message
+    shutil.copyfile(records[0].path, records[2].path)  # a copy under the same emotion: kept
+    shutil.copyfile(records[3].path, records[1].path)
+    assert len(corpus_digest(records)) == 64
+    digests = content_digests(records)
+    assert digests == [file_digest(r.path) for r in records]
+    assert corpus_digest(records, digests) == corpus_digest(records)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -69,3 +70,52 @@ def test_code_version_is_read_once_per_process(monkeypatch):
     assert first.startswith(f"qat {qat.__version__}")
     asked = len(calls)
     assert runs.code_version() == first and len(calls) == asked  # no second look at git
+
+
+def test_a_record_is_served_only_if_its_stored_config_is_the_runs(tmp_path):
+    ours, other = {"seed": 2, "taps": ("conv2_1",)}, {"seed": 1, "taps": ["conv2_1"]}
+    target = runs.record_path("ser", ours, reports=tmp_path)
+    io.write_json(target, {"kind": "ser", "config": other, "metrics": {"ua": 0.4}})
+    with pytest.warns(UserWarning, match=r"its stored config is another run's \(differs in seed"):
+        assert runs.find_record("ser", ours, tmp_path) is None
+    beside = io.write_json_beside(target, {"kind": "ser", "config": ours, "metrics": {"ua": 0.6}})
+    path, record = runs.find_record("ser", ours, tmp_path)  # the one beside, tuples as lists
+    assert path == beside and record["metrics"]["ua"] == 0.6
+    assert runs.find_record("ser", {"seed": 9}, tmp_path) is None  # nothing there: no warning
+    target.write_text('{"kind": "ser", "conf')  # an unreadable record at the path is an error
+    with pytest.raises(runs.RecordError, match=r"not a readable run record"):
+        runs.find_record("ser", ours, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"kind": "ser", "config": {}}, "no 'metrics'"),
+        ({"kind": "eval", "config": {}, "metrics": {"wa": 0.5}}, "no metrics.ua"),
+        ({"kind": "ser", "config": {}, "metrics": {"ua": 1.7}}, "metrics.ua = 1.7 is outside"),
+        ({"kind": "ser", "config": {}, "metrics": {"ua": "0.5"}}, "metrics.ua is '0.5', not a"),
+        ({"kind": "ser", "config": {}, "metrics": {"ua": float("nan")}}, "metrics.ua = nan"),
+        ({"kind": "ser", "config": {}, "metrics": {"ua": 0.5}, "groups": {"worst_group": -0.1}},
+         "groups.worst_group = -0.1"),
+        ({"kind": "orthogonal", "config": {}, "metrics": {"ua": 2}}, "metrics.ua = 2"),
+    ],
+)  # fmt: skip
+def test_records_with_missing_fields_or_impossible_numbers_are_skipped(tmp_path, record, problem):
+    good = {"kind": "ser", "config": {"seed": 0}, "metrics": {"ua": 0.5, "wa": 1.0}}
+    io.write_json(tmp_path / "runs" / "ser-a.json", good)
+    io.write_json(tmp_path / "runs" / "ser-b.json", record)
+    with pytest.warns(UserWarning, match=re.escape(problem)):
+        assert runs.load_records(tmp_path) == [good]
+    with pytest.raises(runs.RecordError, match=re.escape(problem)):
+        runs.load_record(tmp_path / "runs" / "ser-b.json")
+
+
+def test_many_unreadable_records_are_summarised_in_one_short_warning(tmp_path):
+    (tmp_path / "runs").mkdir()
+    for i in range(50):
+        (tmp_path / "runs" / f"ser-{i:02d}.json").write_text("[]")
+    with pytest.warns(UserWarning) as caught:
+        runs.load_records(tmp_path)
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("skipped 50 unreadable file(s)") and "and 47 more" in message
+    assert len(message) < 600 and "\n" not in message

@@ -18,8 +18,9 @@ import torch
 
 import qat
 from qat import paths, runs, saved
+from qat.data.audio import AudioError, load_audio
 from qat.data.dataset import LabelSpace, Normalizer, SERDataset
-from qat.data.features import FeatureConfig, extract_features
+from qat.data.features import FeatureConfig, compute_features, extract_features
 from qat.data.synth import make_synthemo, to_pcm16, write_wav
 from qat.models import RHEmo, vgg16
 from qat.saved import load_model, model_path, save_model
@@ -82,8 +83,9 @@ def test_loaded_model_predicts_exactly_as_the_trained_network(model):
     assert torch.equal(torch.from_numpy(probabilities), model.probabilities)
 
 
-def test_predict_files_reproduces_the_networks_predictions_from_audio(model):
-    rows = load_model(model.path).predict_files(model.test_files)
+def test_the_centre_segment_reproduces_the_networks_predictions_from_audio(model):
+    """whole=False scores what a run's test items are in training: the centre segment."""
+    rows = load_model(model.path).predict_files(model.test_files, whole=False)
     assert [r.path for r in rows] == model.test_files
     assert all(r.error is None for r in rows)
     expected = model.probabilities.numpy()
@@ -91,6 +93,90 @@ def test_predict_files_reproduces_the_networks_predictions_from_audio(model):
     got = np.array([list(r.probabilities.values()) for r in rows], dtype=np.float32)
     assert np.array_equal(got, expected)
     assert list(rows[0].probabilities) == list(model.labels.emotions)
+
+
+def segment_reference(model, y: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(mean probabilities, segments scored, silent segments) of a waveform, from the rule
+    written out here: windows of the segment length, the first at sample 0, the last ending
+    on the last sample, evenly spaced, as few as cover the clip; near-silent ones left out;
+    the network's softmax averaged."""
+    n, length = len(y), FEATURES.segment_samples
+    count = -(-n // length)
+    starts = [round(i * (n - length) / (count - 1)) for i in range(count)] if count > 1 else [0]
+    windows = [y[s : s + length] for s in starts] if n > length else [y]
+    sounding = [w for w in windows if np.max(np.abs(w - w.mean())) >= FEATURES.silence_peak]
+    x = np.stack([model.normalizer(compute_features(w, FEATURES)) for w in sounding])
+    with torch.no_grad():
+        probs = torch.softmax(predict(model.net, torch.from_numpy(x).unsqueeze(1)), 1)
+    return probs.mean(0).numpy(), len(sounding), len(windows) - len(sounding)
+
+
+def test_predict_files_scores_every_segment_of_each_file_and_averages(model):
+    rows = load_model(model.path).predict_files(model.test_files)
+    for row, path in zip(rows, model.test_files, strict=True):
+        expected, n, silent = segment_reference(model, load_audio(path, 16000))
+        assert row.error is None and (row.segments, row.silent_segments) == (n, silent)
+        assert n == 2  # a 1 s clip, 0.5 s segments
+        got = np.array(list(row.probabilities.values()))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+        assert row.emotion == model.labels.emotions[int(np.argmax(expected))]
+
+
+def _seven_seconds(model) -> np.ndarray:
+    return np.concatenate([load_audio(p, 16000) for p in model.test_files[:7]])
+
+
+def test_classify_file_scores_every_segment_of_a_7_s_clip(model, tmp_path, monkeypatch):
+    y = _seven_seconds(model)
+    path = tmp_path / "seven.wav"
+    write_wav(path, to_pcm16(y), 16000)
+    y = load_audio(path, 16000)
+    predictor = load_model(model.path)
+    scored = []
+    real = predictor.predict_features
+    monkeypatch.setattr(predictor, "predict_features", lambda x: scored.append(len(x)) or real(x))
+    probabilities, score, index, labels = predictor.classify_file(path)  # SpeechBrain's order
+    assert scored == [14]  # 7 s in 0.5 s segments, every one scored
+    expected, n, silent = segment_reference(model, y)
+    assert (n, silent) == (14, 0)
+    np.testing.assert_allclose(probabilities.numpy()[0], expected, rtol=0, atol=1e-6)
+    assert score.item() == pytest.approx(float(expected.max()), abs=1e-6)
+    assert labels == [model.labels.emotions[int(index.item())]]
+    assert labels == [model.labels.emotions[int(np.argmax(expected))]]
+
+
+def test_classify_batch_takes_waveforms_of_any_length_at_their_rate(model):
+    predictor = load_model(model.path)
+    seven, one = _seven_seconds(model), load_audio(model.test_files[0], 16000)
+    out = predictor.classify_batch([seven, one], 16000)
+    assert out.probabilities.shape == (2, len(model.labels.emotions))
+    for row, y in zip(out.probabilities.numpy(), (seven, one), strict=True):
+        np.testing.assert_allclose(row, segment_reference(model, y)[0], rtol=0, atol=1e-6)
+    same = predictor.classify_batch(torch.from_numpy(np.stack([one, one])), 16000)
+    np.testing.assert_allclose(same.probabilities.numpy()[0], out.probabilities.numpy()[1],
+                               rtol=0, atol=1e-6)  # fmt: skip
+    at_8k = predictor.classify_batch(one[::2], 8000)  # resampled to the model's 16 kHz
+    assert at_8k.probabilities.shape == (1, len(model.labels.emotions))
+    with pytest.raises(AudioError, match="waveform 1: empty, or holds NaN"):
+        predictor.classify_batch([one, np.full(100, np.nan)], 16000)
+    with pytest.raises(AudioError, match="waveform 0: near-silent"):
+        predictor.classify_batch(np.zeros(16000), 16000)
+
+
+def test_silent_segments_are_never_scored(model, tmp_path):
+    """Two 10 s files with speech in their first second only: each is scored on its speech
+    (its silent centre, once the whole answer, is left out), so they differ."""
+    rows = []
+    for i, source in enumerate(model.test_files[:2]):
+        speech = load_audio(source, 16000)
+        path = tmp_path / f"late_silence_{i}.wav"
+        write_wav(path, to_pcm16(np.concatenate([speech, np.zeros(9 * 16000)])), 16000)
+        (row,) = load_model(model.path).predict_files([path])
+        expected, _, _ = segment_reference(model, load_audio(path, 16000))
+        assert (row.segments, row.silent_segments) == (2, 18)
+        np.testing.assert_allclose(list(row.probabilities.values()), expected, atol=1e-6)
+        rows.append(row)
+    assert rows[0].probabilities != rows[1].probabilities
 
 
 def test_one_unreadable_file_gets_its_error_and_the_others_are_predicted(model, tmp_path):
@@ -159,7 +245,7 @@ def test_damaged_or_foreign_model_file_is_named(model, tmp_path, damage):
         payload["model"]["state_dict"].popitem()
         torch.save(payload, path)
     with pytest.raises(
-        ValueError, match=rf"model file {re.escape(str(path))} .*(written by qat|up to)"
+        ValueError, match=rf"model file {re.escape(str(path))} .*(written by qat|up to|pickled)"
     ):
         load_model(path)
 
@@ -204,3 +290,108 @@ def test_qat_load_model_without_importing_torch_at_import_qat():
     assert qat.load_model is load_model
     code = "import sys, qat; assert 'torch' not in sys.modules; assert callable(qat.__getattr__)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _Payload:
+    """Unpickling this runs Path.touch(marker): harmless, and visible if it ever runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["model", "rhemo"])
+def test_a_model_file_that_carries_code_is_refused_never_run(model, tmp_path, kind):
+    marker = tmp_path / "code-ran"
+    payload = torch.load(model.path, weights_only=True)
+    if kind == "rhemo":
+        payload = {**payload, "format": saved.RHEMO_FORMAT, "source": _Payload(marker)}
+    else:
+        payload["run"] = _Payload(marker)
+    path = tmp_path / f"{kind}.pt"
+    torch.save(payload, path)
+    load = load_model if kind == "model" else saved.load_rhemo
+    with pytest.raises(ValueError, match=r"pickled Python objects.*never runs.*convert it once"):
+        load(path)
+    assert not marker.exists()
+
+
+def test_a_rerun_writes_its_model_beside_never_over_the_earlier_one(model, tmp_path):
+    path = tmp_path / "models" / "ser-x.pt"
+    args = dict(model_config=model_config(len(model.labels.emotions)), feature_config=FEATURES,
+                normalizer=model.normalizer, label_space=model.labels, run=RUN)  # fmt: skip
+    first = save_model(path, model.net, **args, beside=True)
+    before = first.read_bytes()
+    torch.manual_seed(5)
+    other = vgg16(**model_config(len(model.labels.emotions)))
+    second = save_model(path, other, **args, beside=True)
+    assert first == path and second != path and second.parent == path.parent
+    assert first.read_bytes() == before
+    assert load_model(second).net.state_dict().keys() == other.state_dict().keys()
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([first.name, second.name])
+
+
+def test_records_name_models_relative_to_the_cache_and_old_absolute_names_still_load(
+    model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")
+    inside = tmp_path / "cache" / "models" / "ser-x.pt"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(model.path.read_bytes())
+    assert saved.stored_path(inside) == "models/ser-x.pt"
+    assert saved.stored_path(model.path) == str(model.path)  # outside the cache: absolute
+    assert saved.resolve_stored("models/ser-x.pt") == inside
+    assert saved.resolve_stored(str(model.path)) == model.path
+    monkeypatch.chdir(tmp_path)  # a relative name found nowhere from here: the cache's
+    assert load_model("models/ser-x.pt").path == inside.resolve()
+    assert load_model(str(model.path)).path == model.path.resolve()
+
+
+def test_a_full_disk_while_saving_a_model_says_so_and_leaves_nothing(model, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    path = tmp_path / "m.pt"
+    with pytest.raises(OSError, match=r"could not write .*m\.pt: No space left on device"):
+        save_model(
+            path, model.net, model_config=model_config(len(model.labels.emotions)),
+            feature_config=FEATURES, normalizer=model.normalizer, label_space=model.labels,
+            run=RUN,
+        )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_model_file_records_what_it_trained_on(model, tmp_path):
+    digests = ["ab" * 32, "cd" * 32]
+    path = save_model(
+        tmp_path / "m.pt", model.net, model_config=model_config(len(model.labels.emotions)),
+        feature_config=FEATURES, normalizer=model.normalizer, label_space=model.labels,
+        run=RUN, trained_on=digests[::-1],
+    )  # fmt: skip
+    assert load_model(path).trained_on == frozenset(digests)
+    assert load_model(model.path).trained_on == frozenset()  # saved with none given
+
+
+def test_a_forced_rerun_never_changes_the_model_an_earlier_record_names(tmp_path, monkeypatch):
+    from qat import experiments
+    from qat.config import RunConfig
+
+    monkeypatch.setattr(paths, "REPORTS", tmp_path / "reports")
+    monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")
+    config = RunConfig(setup="random", profile="smoke")
+    first = experiments.train_ser(config, progress=False)
+    assert first["model"] == f"models/ser-{config.key()}.pt"  # relative to the cache root
+    before = (tmp_path / "cache" / first["model"]).read_bytes()
+    second = experiments.train_ser(config, force=True, progress=False)
+    assert second["model"] != first["model"] and second["model"].startswith("models/ser-")
+    assert (tmp_path / "cache" / first["model"]).read_bytes() == before
+    assert load_model(second["model"]).path == (tmp_path / "cache" / second["model"]).resolve()
+    assert experiments.train_ser(config, progress=False)["model"] == first["model"]
+    seen = load_model(first["model"]).trained_on  # the run's training and validation audio
+    assert len(seen) == first["split"]["sizes"]["train"] + first["split"]["sizes"]["val"]

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from qat import io
 from qat.data.audio import AudioError, probe
 from qat.data.records import EMOTIONS, MANIFEST_COLUMNS, REQUIRED_MANIFEST_COLUMNS, Utterance
 
@@ -100,7 +101,7 @@ def _corpus_root(root: str | os.PathLike, corpus: str, layout: str) -> Path:
     return path
 
 
-def _link_problem(path: Path) -> str | None:
+def link_problem(path: Path) -> str | None:
     """Why the symbolic link `path` cannot be followed (dangling, or a loop); None when it
     can, or when `path` is not a link."""
     if not path.is_symlink():
@@ -200,18 +201,28 @@ class _Collector:
         self.dropped[reason] += 1
 
     # --- discovery: what the loaders list, with broken symbolic links reported, not dropped
+    def _entries(self, folder: Path) -> list[Path]:
+        """What a folder holds ([] if it is not a folder); a folder that cannot be listed
+        (no read permission, an I/O error) is a problem entry, so on_error='skip' skips it."""
+        if not folder.is_dir():
+            return []
+        try:
+            return list(folder.iterdir())
+        except OSError as err:
+            reason = f"folder cannot be listed ({err.strerror or err})"
+            self._fail(folder, CorpusEntryError(f"{folder}: {reason}"))
+            return []
+
     def subfolders(self, folder: Path, pattern: str = ".*") -> list[Path]:
         """Visible subfolders whose name matches `pattern`, sorted by name. A symbolic link
         with such a name (and no file extension) that cannot be followed is a problem entry."""
-        if not folder.is_dir():
-            return []
         found = []
-        for p in folder.iterdir():
+        for p in self._entries(folder):
             if p.name.startswith(".") or not re.fullmatch(pattern, p.name):
                 continue
             if p.is_dir():
                 found.append(p)
-            elif not p.suffix and (problem := _link_problem(p)):
+            elif not p.suffix and (problem := link_problem(p)):
                 self._fail(p, CorpusEntryError(f"{p}: {problem}"))
         return sorted(found)
 
@@ -221,12 +232,10 @@ class _Collector:
         dot) are ignored; a symbolic link that cannot be followed is a problem entry."""
         found = []
         for folder in folders:
-            if not folder.is_dir():
-                continue
-            for p in folder.iterdir():
+            for p in self._entries(folder):
                 if p.name.startswith(".") or p.suffix.lower() != suffix:
                     continue
-                if problem := _link_problem(p):
+                if problem := link_problem(p):
                     self._fail(p, CorpusEntryError(f"{p}: {problem}"))
                 elif p.is_file():
                     found.append(p)
@@ -241,7 +250,7 @@ class _Collector:
         once, so that no utterance can land in both train and test. In skip mode the real
         file's own path is kept, whichever of the two came first.
         """
-        if problem := _link_problem(path):
+        if problem := link_problem(path):
             self._fail(path, CorpusEntryError(f"{path}: {problem}"))
             return
         identity = _file_identity(path)
@@ -300,7 +309,10 @@ def _check_unique_uids(records: Sequence[Utterance], corpus: str) -> None:
     counts = Counter(r.uid for r in records)
     repeated = sorted(uid for uid, n in counts.items() if n > 1)
     if repeated:
-        raise ValueError(f"{corpus}: duplicate utterance ids {repeated[:10]}; uids must be unique")
+        raise ValueError(
+            f"{corpus}: {len(repeated)} duplicate utterance id(s): {io.summarise(repeated)}; "
+            "uids must be unique"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -905,16 +917,20 @@ def _check_unique_paths(rows: Sequence[tuple[int, dict, Path]], csv_path: Path) 
         groups.setdefault(_file_identity(path) or path, []).append((line, path))
     repeated = [entries for entries in groups.values() if len(entries) > 1]
     if repeated:
-        shown = "; ".join(_listing(entries) for entries in repeated[:10])
-        raise ValueError(f"{csv_path}: {len(repeated)} path(s) listed more than once: {shown}")
+        shown = "; ".join(_listing(entries) for entries in repeated[:2])
+        more = f"; and {len(repeated) - 2} more" if len(repeated) > 2 else ""
+        raise ValueError(
+            f"{csv_path}: {len(repeated)} path(s) listed more than once: {shown}{more}"
+        )
 
 
 def _listing(entries: list[tuple[int, Path]]) -> str:
     lines = [line for line, _ in entries]
     first = entries[0][1]
     others = sorted({str(path) for _, path in entries} - {str(first)})
-    linked = f", the same file as {others}" if others else ""
-    return f"{first} (lines {lines}){linked}"
+    more = f" and {len(others) - 2} more" if len(others) > 2 else ""
+    linked = f", the same file as {others[:2]}{more}" if others else ""
+    return f"{first} (lines [{io.summarise(lines)}]){linked}"
 
 
 def _manifest_fields(row: dict[str, str], path: Path, folder: Path, where: str) -> dict:

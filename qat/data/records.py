@@ -100,17 +100,45 @@ def file_digest(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"audio file not found: {path}") from None
 
 
-def corpus_digest(records: Sequence[Utterance]) -> str:
+def content_digests(records: Sequence[Utterance]) -> list[str]:
+    """file_digest of every record's audio, in order."""
+    return [file_digest(r.path) for r in records]
+
+
+def check_conflicting_copies(records: Sequence[Utterance], digests: Sequence[str]) -> None:
+    """ValueError naming both paths if two records hold the same audio (byte for byte) under
+    different emotions: one recording cannot be two emotions, and the copy would put the same
+    utterance in training and test with opposite labels. Copies under the same emotion are
+    left alone. Links are caught by the loaders; copies only by their content."""
+    first: dict[str, Utterance] = {}
+    conflicts = []
+    for record, digest in zip(records, digests, strict=True):
+        earlier = first.setdefault(digest, record)
+        if earlier.emotion != record.emotion:
+            conflicts.append((earlier, record))
+    if conflicts:
+        a, b = conflicts[0]
+        more = f" ({len(conflicts)} such files in all)" if len(conflicts) > 1 else ""
+        raise ValueError(
+            f"{b.path} holds the same audio as {a.path} (byte for byte) but is labelled "
+            f"{b.emotion!r}, not {a.emotion!r}{more}; remove one copy or relabel it"
+        )
+
+
+def corpus_digest(records: Sequence[Utterance], digests: Sequence[str] | None = None) -> str:
     """sha256 (hex) of a corpus's content: every record's manifest fields except its absolute
     path (uid, corpus, labels, speaker, text, dimensions, duration) and the digest of its audio
     bytes, in order. Relabelling a row, editing or replacing a file, or reordering the records
     changes it; moving the corpus folder does not. For keys of results computed from the
-    corpus (run records); reads every audio file once."""
+    corpus (run records); reads every audio file once (or takes `digests`, content_digests of
+    the records). The same audio under two emotions is refused (check_conflicting_copies)."""
+    digests = content_digests(records) if digests is None else digests
+    check_conflicting_copies(records, digests)
     fields = [f.name for f in dataclasses.fields(Utterance) if f.name != "path"]
     h = hashlib.sha256(json.dumps(["qat-corpus-digest-v1", *fields, "audio_sha256"]).encode())
-    for r in records:
+    for r, digest in zip(records, digests, strict=True):
         row = [getattr(r, name) for name in fields]
-        h.update(b"\n" + json.dumps([*row, file_digest(r.path)]).encode())
+        h.update(b"\n" + json.dumps([*row, digest]).encode())
     return h.hexdigest()
 
 
