@@ -91,8 +91,11 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+EVAL_BATCH = 512  # no activations are kept for a backward pass, so evaluation batches large
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits in eval mode, batched."""
     model.eval()
     device = next(model.parameters()).device
@@ -215,20 +218,20 @@ def _ema(model, config: TrainConfig):
                          use_buffers=True)  # fmt: skip
 
 
-def _scores(model, data, target: str) -> tuple[float, float]:
-    """(mean cross-entropy, UA) of `model` on a dataset, in eval mode."""
+def _scores(model, data, target: str) -> dict[str, float]:
+    """Mean cross-entropy ("loss"), UA and, where the items have group labels, worst-group
+    accuracy of `model` on a dataset, from one batched eval-mode pass."""
     logits = predict(model, data.x)
     y = data.labels[target]
     loss = float(F.cross_entropy(logits, y))
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"loss is {loss}: {_non_finite_items(data, logits)}")
-    return loss, metrics.unweighted_accuracy(y.numpy(), logits.argmax(1).numpy())
-
-
-def _worst_group(model, data, target: str) -> float:
-    pred = predict(model, data.x).argmax(1).numpy()
-    return metrics.worst_group_accuracy(data.labels[target].numpy(), pred,
-                                        data.labels["group"].numpy())  # fmt: skip
+    pred = logits.argmax(1).numpy()
+    out = {"loss": loss, "ua": metrics.unweighted_accuracy(y.numpy(), pred)}
+    if "group" in data.labels:
+        out["worst_group"] = metrics.worst_group_accuracy(y.numpy(), pred,
+                                                          data.labels["group"].numpy())  # fmt: skip
+    return out
 
 
 def fit(
@@ -342,18 +345,20 @@ def fit(
             sums = {k: float(v) / world for k, v in zip(names, total, strict=True)}
         selected = ema.module if ema is not None else model
         try:
-            val_loss, val_ua = _scores(selected, val, config.target)
+            scores = _scores(selected, val, config.target)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"validation at epoch {epoch + 1}: {err}") from None
+        val_loss = scores["loss"]
         record = {"epoch": epoch + 1, "train_loss": sums.pop("task") / len(batches)}
         record.update({k: v / len(batches) for k, v in sums.items()})
-        record.update(val_loss=val_loss, val_ua=val_ua)
-        if "group" in val.labels:
-            record["val_worst_group"] = _worst_group(selected, val, config.target)
+        record.update(val_loss=val_loss, val_ua=scores["ua"])
+        if "worst_group" in scores:
+            record["val_worst_group"] = scores["worst_group"]
         if schedule is not None:
             record["lr"] = schedule.get_last_lr()[0]
         if monitor is not None:  # for analysis only: never used to select anything
-            record["test_loss"], record["test_ua"] = _scores(selected, monitor, config.target)
+            tested = _scores(selected, monitor, config.target)
+            record["test_loss"], record["test_ua"] = tested["loss"], tested["ua"]
         state["history"].append(record)
         score = -record["val_worst_group"] if config.selection == "worst_group" else val_loss
         if not early_stopping:
@@ -379,7 +384,7 @@ def fit(
             extras = "".join(f"  {k} {record[k]:.4f}" for k in sums)
             tqdm.write(
                 f"{prefix}epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val_loss:.4f}  "
-                f"val UA {val_ua:.3f}{extras}"
+                f"val UA {scores['ua']:.3f}{extras}"
             )
 
     if early_stopping:

@@ -166,6 +166,37 @@ def test_second_call_is_a_cache_hit(corpus, tmp_path, monkeypatch):
     assert second.path.stat().st_mtime_ns == mtime
 
 
+def test_parallel_runs_that_need_the_same_features_extract_them_once(corpus, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """Two callers at once (as two runs of a sweep): one extracts, the other waits on the
+    cache's lock and reads what the first built; both get the same arrays."""
+    import threading
+    import time
+
+    config = FeatureConfig(**SMALL)
+    extract, builds = F._extract_into, []
+
+    def slow_extract(*args, **kwargs):
+        builds.append(1)
+        time.sleep(0.5)  # long enough for the second caller to arrive while this one builds
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr(F, "_extract_into", slow_extract)
+    out = [None, None]
+
+    def call(i):
+        out[i] = extract_features(corpus, config, tmp_path / "cache", workers=1, progress=False)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    np.testing.assert_array_equal(out[0].x, out[1].x)
+    np.testing.assert_array_equal(out[0].silent, out[1].silent)
+
+
 def test_changed_file_rebuilds_the_cache(corpus, tmp_path):
     config = FeatureConfig(**SMALL)
     first = np.array(extract_features(corpus, config, tmp_path / "c", workers=1, progress=False).x)
@@ -226,7 +257,8 @@ def test_missing_file_and_bad_arguments(corpus, tmp_path):
     bad = Utterance(path=str(broken), corpus="t", emotion="sad", speaker="s", text="w")
     with pytest.raises(ValueError, match=r"broken\.wav"):  # raised in a worker process
         extract_features([*corpus, bad], config, tmp_path / "c", workers=2, progress=False)
-    assert not list((tmp_path / "c").iterdir())  # nothing half-written was kept
+    # Nothing half-written was kept (the build's lock file stays, empty, as every kit lock).
+    assert [p.suffix for p in (tmp_path / "c").iterdir()] == [".lock"]
     with pytest.raises(ValueError, match="workers=0"):
         extract_features(corpus, config, tmp_path / "c", workers=0, progress=False)
     with pytest.raises(ValueError, match="records"):
@@ -327,7 +359,7 @@ def test_same_size_replacement_with_the_mtime_kept_rebuilds(corpus, tmp_path, ho
         second.x[2], compute_features(new.astype(np.float32), config), rtol=1e-6
     )
     assert not np.allclose(first[2], second.x[2])
-    assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".npy"]
+    assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".lock", ".npy"]
 
 
 def test_a_new_mtime_with_the_same_content_is_still_a_cache_hit(corpus, tmp_path, monkeypatch):
@@ -384,6 +416,6 @@ def test_a_killed_extraction_leaves_no_orphan_and_the_next_call_cleans_up(tmp_pa
     assert stale and f".{child.pid}." in stale[0].name  # the case to clean up
     config = FeatureConfig(**SMALL)
     feats = extract_features(records, config, cache, workers=1, progress=False)
-    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".lock", ".npy"]
     y, _ = sf.read(records[5].path, dtype="float32")
     np.testing.assert_array_equal(feats.x[5], compute_features(y, config))

@@ -253,7 +253,7 @@ def test_fit_stops_after_patience_epochs_without_a_better_validation_loss_and_ke
 
     def scripted(model, dataset, target):
         snapshots.append(copy.deepcopy(model.state_dict()))
-        return SCRIPTED[len(snapshots) - 1], 0.5
+        return {"loss": SCRIPTED[len(snapshots) - 1], "ua": 0.5}
 
     monkeypatch.setattr(train_module, "_scores", scripted)
     net = small_net()

@@ -423,8 +423,13 @@ def extract_features(
     array_path, sidecar_path = _cache_paths(paths, config, cache_dir)
     cached = _try_load_cache(array_path, sidecar_path, key, len(paths), config)
     if cached is None:
-        silent = _build_cache(paths, config, array_path, sidecar_path, key, workers, progress)
-        x = np.load(array_path, mmap_mode="r")
-    else:
-        x, silent = cached
+        # Parallel runs that need the same features build them once: the others wait here,
+        # then read what the first one built.
+        with io.locked(array_path.with_suffix(".lock")):
+            cached = _try_load_cache(array_path, sidecar_path, key, len(paths), config)
+            if cached is None:
+                silent = _build_cache(paths, config, array_path, sidecar_path, key, workers,
+                                      progress)  # fmt: skip
+                cached = np.load(array_path, mmap_mode="r"), silent
+    x, silent = cached
     return Features(x=x, silent=silent, path=array_path)
