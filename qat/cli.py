@@ -46,6 +46,15 @@ def _taps(text: str) -> tuple[str, ...]:
     return taps
 
 
+def _mapping_text(text: str) -> str:
+    """An empty --mapping (an unset variable) is refused: leave the flag out for the default."""
+    if not text.replace(",", "").strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected EMOTION=MODEL_EMOTION pairs; leave --mapping out for the default"
+        )
+    return text
+
+
 def _fold(text: str):
     """A fold index, or "all" (every fold of the corpus, one after the other)."""
     if text == "all":
@@ -258,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--root", type=_nonempty_path, required=True,
                           help="the corpus folder (official layout) or a manifest CSV")  # fmt: skip
     evaluate.add_argument(
-        "--mapping", default=None, metavar="EMOTION=MODEL_EMOTION[,...]",
+        "--mapping", default=None, metavar="EMOTION=MODEL_EMOTION[,...]", type=_mapping_text,
         help="corpus emotion -> model emotion; empty drops it (default: calm and boredom "
         "dropped, every other emotion onto itself), e.g. calm=neutral,excited=happy",
     )  # fmt: skip

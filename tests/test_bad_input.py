@@ -112,7 +112,8 @@ def test_the_table_covers_every_input_the_issue_lists():
         "records-impossible-ua", "records-no-metrics-readme", "records-no-metrics-report-only",
         "records-ua-string-readme", "env-reports-empty", "env-cache-relative",
         "env-profile-bogus", "env-profile-empty", "cli-fold-all-random", "cli-sweep-taps-empty",
-        "cli-sweep-taps-comma", "cli-train-tap-empty", "tree-unlistable-folder",
+        "cli-sweep-taps-comma", "cli-train-tap-empty", "cli-evaluate-mapping-empty",
+        "tree-unlistable-folder",
         "tree-unlistable-folder-skip",
     }  # fmt: skip
     assert required <= set(names), sorted(required - set(names))
