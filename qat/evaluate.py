@@ -324,10 +324,11 @@ def summary_lines(record: dict) -> list[str]:
         lines.append(f"{m['predicted_outside_shared']} items' unrestricted answer was an emotion "
                      "outside the shared ones")  # fmt: skip
     width = max(len(e) for e in emotions)
+    cell = max(width, 6)  # whole names as column heads
     lines.append("confusion (rows true, columns predicted):")
-    lines.append(" " * (width + 1) + " ".join(f"{e[:6]:>6}" for e in emotions))
+    lines.append(" " * (width + 1) + " ".join(f"{e:>{cell}}" for e in emotions))
     for e, row in zip(emotions, m["confusion"], strict=True):
-        lines.append(f"{e:>{width}} " + " ".join(f"{n:>6}" for n in row))
+        lines.append(f"{e:>{width}} " + " ".join(f"{n:>{cell}}" for n in row))
     lines.append(f"record: {record['record_path']}")
     return lines
 

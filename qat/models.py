@@ -12,6 +12,7 @@ output is the tap the AT loss compares. `tap_module(name)` returns the module to
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -273,8 +274,8 @@ def _check_vgg_args(
             f"in_channels={in_channels} with quaternion=True: expected a multiple of 4 "
             "(r|i|j|k blocks, e.g. the 4-channel RH-emo embedding)"
         )
-    if not isinstance(width, int | float) or not width > 0:
-        raise ValueError(f"width={width!r}: expected a number > 0")
+    if not isinstance(width, int | float) or not 0 < width < math.inf:
+        raise ValueError(f"width={width!r}: expected a finite number > 0")
     if hidden is not None and (
         not isinstance(hidden, int) or hidden < 1 or (quaternion and hidden % 4)
     ):

@@ -147,6 +147,9 @@ def prepare_data(
     config = feature_config(profile)
     feats = extract_features(records, config, paths.CACHE / "features", progress=progress)
     keep = np.flatnonzero(~feats.silent)
+    if len(keep) == 0:
+        raise ValueError(f"all {len(records)} audio files are near-silent (peak below the silence "
+                         "threshold); expected speech. Check the files or their level")  # fmt: skip
     kept = [records[i] for i in keep]
     x = feats.x[keep] if len(keep) < len(records) else feats.x
     synthemo = kept[0].corpus == synth.CORPUS

@@ -381,7 +381,9 @@ def fit(
                     saved[key] = part.state_dict()
             io.write_atomic(ckpt_path, lambda tmp, saved=saved: torch.save(saved, tmp))
         if progress and rank == 0:
-            extras = "".join(f"  {k} {record[k]:.4f}" for k in sums)
+            # The history keeps the invariance term under "at"; the line names it by method.
+            term = "cka" if getattr(anti_transfer, "distance", "cos2") == "cka" else "at"
+            extras = "".join(f"  {term if k == 'at' else k} {record[k]:.4f}" for k in sums)
             tqdm.write(
                 f"{prefix}epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val_loss:.4f}  "
                 f"val UA {scores['ua']:.3f}{extras}"

@@ -885,6 +885,13 @@ def _prepare(folder: Path, setup: str = "random", **corpus) -> str:
     return f"prepared: {sizes}, warnings {data.warnings}"
 
 
+def _vgg16_width_inf(folder: Path) -> str:
+    from qat.models import vgg16
+
+    vgg16(5, width=math.inf)
+    return "built"
+
+
 def _nan_features(folder: Path, part: str) -> str:
     """A cached feature array with NaN in one validation (or test) item, its checksum updated
     (as a feature extractor bug would leave it): prepare_data must refuse it, naming the item,
@@ -1797,6 +1804,12 @@ CASES: tuple[Case, ...] = (
           "every file of one emotion (neutral) all-zero", PREPARE, REJECTED,
           ["emotion(s) ['neutral']", "near-silent", "leave the class out"],
           partial(_prepare, emotions=("happy", "sad", "neutral"), silent=("neutral",))),
+    _case("degenerate-all-silent", "prepare_data",
+          "a manifest whose every file is all-zero", PREPARE, REJECTED,
+          ["all 6 audio files are near-silent", "expected speech"],
+          partial(_prepare, emotions=("happy",), silent=("happy",), per=2)),
+    _case("vgg16-width-inf", "models", "vgg16(5, width=inf)", "qat.models.vgg16", REJECTED,
+          ["width=inf", "expected a finite number > 0"], _vgg16_width_inf),
     # --- issue 17: unreadable records, checkpoints and cached networks
     _case("records-unreadable-skipped", "records and caches",
           "runs/ holding a good record, a truncated one and a JSON list",

@@ -399,3 +399,15 @@ def test_grad_clip_scales_the_global_gradient_norm_down_to_the_limit_and_keeps_i
     for g, c in zip(raw, clipped, strict=True):
         assert torch.allclose(c, g * limit / norm, rtol=1e-5, atol=1e-9)
     assert float(torch.sqrt(sum((c**2).sum() for c in clipped))) == pytest.approx(limit, rel=1e-5)
+
+
+def test_the_epoch_line_names_the_invariance_term_by_its_method(data, capsys):
+    """A CKA run's epoch line says "cka", a cos² run's "at" (the history keeps both under
+    "at", as the records always have)."""
+    train, val = data
+    for distance, word in (("cka", "cka"), ("cos2", "at")):
+        at = AntiTransfer(small_net(seed=5).eval(), ["conv2_1"], distance=distance)
+        fit(small_net(), train, val, TrainConfig(epochs=1, batch_size=16), anti_transfer=at,
+            progress=True)  # fmt: skip
+        line = [x for x in capsys.readouterr().out.splitlines() if "epoch 1:" in x][-1]
+        assert f"  {word} " in line and ("  at " in line) == (word == "at")

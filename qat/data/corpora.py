@@ -33,11 +33,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from io import StringIO
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from qat import io
 from qat.data.audio import AudioError, probe
 from qat.data.records import EMOTIONS, MANIFEST_COLUMNS, REQUIRED_MANIFEST_COLUMNS, Utterance
+from qat.progress import tqdm
 
 logger = logging.getLogger(__name__)
 

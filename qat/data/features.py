@@ -36,11 +36,11 @@ from pathlib import Path
 
 import librosa
 import numpy as np
-from tqdm.auto import tqdm
 
 from qat import io
 from qat.data.audio import is_near_silent, load_audio
 from qat.data.records import Utterance, file_digest
+from qat.progress import tqdm
 
 # Bump when the feature computation changes in a way the config does not capture, so that
 # every existing cache is rebuilt.

@@ -60,12 +60,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from qat import io
 from qat.data import espeak
 from qat.data.audio import resample
 from qat.data.records import EMOTIONS, Utterance, write_manifest
+from qat.progress import tqdm
 
 
 class Prosody(NamedTuple):
