@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -32,6 +33,7 @@ from qat.rundata import (
     embed,
     feature_config,
     held_out_set,
+    load_orthogonal_records,
     load_records,
     run_data,
     subset,
@@ -152,24 +154,130 @@ def group_metrics(data: Data, test: SERDataset, pred: np.ndarray) -> dict:
     }
 
 
+def batches_per_epoch(items: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over `items`, counted as train.fit counts them: batches of
+    `batch_size`, a last batch kept when it holds at least 2 items per rank (batch norm)."""
+    world = rank_and_world()[1]
+    return sum(min(batch_size, items - i) >= 2 * world for i in range(0, items, batch_size))
+
+
+def _step_matched(tcfg, baseline_items: int, items: int) -> tuple[object, dict]:
+    """The recipe `tcfg` with the epochs that give a method training on `items` the optimizer
+    steps of the baseline, which trains on `baseline_items` for tcfg.epochs (the one-cycle
+    schedule and the EMA run per step, so they then run as long as the baseline's); and what
+    the record says."""
+    target = tcfg.epochs * batches_per_epoch(baseline_items, tcfg.batch_size)
+    per_epoch = batches_per_epoch(items, tcfg.batch_size)
+    epochs = robust.step_matched_epochs(target, per_epoch)
+    info = {"epochs": epochs, "batches_per_epoch": per_epoch, "steps": epochs * per_epoch,
+            "baseline_steps": target}  # fmt: skip
+    return dataclasses.replace(tcfg, epochs=epochs), info
+
+
+# A run that did not train (DESIGN.md section 6) is a finding, never a data point averaged in.
+CHANCE_LOSS_MARGIN = 0.05  # final training loss this close to ln K: never left chance
+ONE_CLASS_SHARE = 0.6  # this share of the test predictions in one class: collapsed
+CHANCE_UA_FACTOR = 1.25  # test UA below this times chance (1/K): at chance
+
+
+def training_failures(final_train_loss, predictions, ua, num_classes: int) -> list[str]:
+    """Why a run did not train, one reason per rule it breaks ([] when it trained):
+
+    - its last epoch's mean training cross-entropy is within CHANCE_LOSS_MARGIN of ln K, the
+      loss of a uniform guess over K classes (the network never left chance);
+    - at least ONE_CLASS_SHARE of its test predictions name one class (a collapse onto one
+      emotion; SynthEmo's test sets hold every emotion equally);
+    - its test UA is below CHANCE_UA_FACTOR / K (within a quarter of chance).
+
+    A quantity that is None (a record without it) is not judged."""
+    k = num_classes
+    why = []
+    if final_train_loss is not None and abs(final_train_loss - math.log(k)) < CHANCE_LOSS_MARGIN:
+        why.append(f"final training loss {final_train_loss:.3f} is within "
+                   f"{CHANCE_LOSS_MARGIN:g} of ln {k} = {math.log(k):.3f}")  # fmt: skip
+    if predictions is not None and len(predictions):
+        counts = np.bincount(np.asarray(predictions, dtype=np.int64), minlength=k)
+        share = counts.max() / counts.sum()
+        if share >= ONE_CLASS_SHARE:
+            why.append(f"{share:.0%} of the test predictions are class {int(counts.argmax())}")
+    if ua is not None and ua < CHANCE_UA_FACTOR / k:
+        why.append(f"test UA {ua:.3f} is below {CHANCE_UA_FACTOR:g}/{k} = "
+                   f"{CHANCE_UA_FACTOR / k:.3f}")  # fmt: skip
+    return why
+
+
+def training_verdict(record: dict) -> list[str]:
+    """Why a run record's run did not train ([] when it did): what the record says, else
+    training_failures on what it holds (its last training loss, test predictions and UA, and K
+    from its emotions or confusion matrix; [] when K is unknown)."""
+    if "trained" in record:
+        return list(record.get("not_trained_because") or [])
+    metrics = record.get("metrics") or {}
+    k = len((record.get("labels") or {}).get("emotions") or metrics.get("confusion") or [])
+    if k < 2:
+        return []
+    history = record.get("history") or []
+    loss = history[-1].get("train_loss") if history else None
+    return training_failures(loss, metrics.get("predictions"), metrics.get("ua"), k)
+
+
+def labelled_data(config: RunConfig, data: Data, train, val, selection: dict, info: dict) -> dict:
+    """The labelled items a run used, by label and where they come from: emotion labels (the
+    items it trains on, validation, the decorrelated validation set its draw is selected on,
+    DFR's refit set), group labels (wherever the method or the selection reads them), the
+    confound's own labels (the adversaries) and the orthogonal corpus (anti-transfer; 0 for
+    the untrained placebo; None where the kit does not count it: a user's word corpus)."""
+    refit = (info.get("dfr") or {}).get("held_out_items")
+    chosen_on = {"selection set": selection["items"]} if selection else {}
+    emotion = {"training": len(train.x), "validation": len(val.x), **chosen_on}
+    group = dict(chosen_on)
+    if config.method in ("reweight", "groupdro"):
+        group["training"] = len(train.x)
+    if config.method == "subsample":  # every training item's group decides what is kept
+        group["training (to subsample)"] = len(data.train.x)
+    if config.selection == "worst_group":
+        group["validation"] = len(val.x)
+    if refit is not None:
+        emotion["refit set"] = group["refit set"] = refit
+    out = {"emotion": emotion, "group": group}
+    if config.uses_adversary:
+        out[f"{config.orthogonal} (confound) labels"] = {"training": len(train.x)}
+    if config.uses_taps:
+        own = config.corpus == "synthemo" and config.root is None and not config.orthogonal_root
+        items = len(load_orthogonal_records(config.profile, progress=False)) if own else None
+        labels = {"random": "none (untrained)", "shuffled": "word, shuffled"}
+        out["orthogonal corpus"] = {
+            "items": 0 if config.orthogonal == "random" else items,
+            "labels": labels.get(config.orthogonal, config.orthogonal),
+        }
+    return out
+
+
 def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, name):
-    """(training set, objective, what the record says) of the group methods and JTT."""
+    """(training set, objective, what the record says, recipe) of the group methods and JTT:
+    subsample and reweight take the baseline's number of optimizer steps, reweight's weights
+    are capped at robust.REWEIGHT_CAP."""
     groups = train.labels[robust.GROUP_LABEL].numpy()
     n_groups = len(data.label_space.emotions) ** 2
     by_position = np.zeros(len(data.records))
     if config.method == "subsample":
         keep = robust.balanced_subsample(groups, config.seed)
-        return take(train, keep), None, {"train_items": len(keep)}
+        tcfg, steps = _step_matched(tcfg, len(train.x), len(keep))
+        return take(train, keep), None, {"train_items": len(keep), **steps}, tcfg
     if config.method == "reweight":
-        by_position[train.indices] = robust.group_weights(groups, n_groups)
-        return train, robust.ReweightObjective(by_position), {}
+        uncapped = robust.group_weights(groups, n_groups)
+        by_position[train.indices] = robust.group_weights(groups, n_groups, robust.REWEIGHT_CAP)
+        tcfg, steps = _step_matched(tcfg, len(train.x), len(train.x))
+        info = {"cap": robust.REWEIGHT_CAP, "largest_weight_uncapped": float(uncapped.max()),
+                "items_capped": int((uncapped > robust.REWEIGHT_CAP).sum()), **steps}  # fmt: skip
+        return train, robust.ReweightObjective(by_position), info, tcfg
     if config.method == "groupdro":
         counts = np.bincount(groups, minlength=n_groups)
         if config.group_adjustment:
             dro = robust.GroupDRO(n_groups, config.eta, config.group_adjustment, counts)
         else:
             dro = robust.GroupDRO(n_groups, config.eta)
-        return train, dro, {}
+        return train, dro, {}, tcfg
     # JTT: ERM for T epochs, then train afresh with the items it got wrong upweighted.
     torch.manual_seed(config.seed)
     first = vgg16(**_vgg_args(config, len(data.label_space.emotions), train.x.shape[1]))
@@ -178,7 +286,7 @@ def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, 
     wrong = (predict(first, train.x).argmax(1) != train.labels["emotion"]).numpy()
     by_position[train.indices] = robust.jtt_upweights(wrong, config.lambda_up)
     torch.manual_seed(config.seed)
-    return train, robust.ReweightObjective(by_position), {"upweighted": int(wrong.sum())}
+    return train, robust.ReweightObjective(by_position), {"upweighted": int(wrong.sum())}, tcfg
 
 
 def _vgg_args(config: RunConfig, num_classes: int, in_channels: int) -> dict:
@@ -239,7 +347,7 @@ def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dic
         }
         base = again
     net.load_state_dict(trained.state_dict())
-    held = held_out_set(data, DFR_PER_GROUP, config.seed, rhemo)
+    held, selection = _dfr_set(data, config.seed, rhemo)
     features = pooled_at_taps(net, ["penultimate"], held.x)["penultimate"]
     emotions = data.label_space.emotions
     refit = robust.dfr(
@@ -260,12 +368,32 @@ def _dfr(config: RunConfig, data: Data, net, rhemo, progress) -> tuple[dict, dic
     info = {
         "baseline": base["config"],
         "held_out_items": len(held.x),
+        "selection_set_items": len(selection),
+        "shared_with_selection_set": int(np.isin(held.indices, selection).sum()),
         "C": refit.C,
         "validation_worst_group": {str(c): v for c, v in refit.validation_scores.items()},
         "fits_at_iteration_limit": f"{refit.unconverged} of {fits}",
         **retrained,
     }
     return {"history": base["history"], "best_epoch": base["best_epoch"]}, info
+
+
+def _dfr_set(data: Data, seed: int, rhemo) -> tuple[SERDataset, np.ndarray]:
+    """(DFR's refit set, the decorrelated validation set's corpus positions): up to
+    DFR_PER_GROUP held-out items of each group, drawn with `seed`, none of them in the set the
+    draws are selected on (selection_scores), so the refit never sees what selects it.
+    The draw takes SELECTION_PER_GROUP more of each group than it keeps, so removing the
+    selection set's items still leaves DFR_PER_GROUP where the pool has them."""
+    selection = held_out_set(data, SELECTION_PER_GROUP, 0).indices
+    wider = held_out_set(data, DFR_PER_GROUP + SELECTION_PER_GROUP, seed)
+    free = np.flatnonzero(~np.isin(wider.indices, selection))
+    groups = wider.labels[robust.GROUP_LABEL].numpy()[free]
+    rng = np.random.default_rng(seed)
+    keep = np.sort(np.concatenate(
+        [rng.permutation(free[groups == g])[:DFR_PER_GROUP] for g in np.unique(groups)]
+    ))  # fmt: skip
+    held = take(wider, keep)
+    return (embed(rhemo, held) if rhemo is not None else held), selection
 
 
 def _fold_into_classifier(net, refit, num_classes: int) -> None:
@@ -492,7 +620,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
             result, method_info["dfr"] = _dfr(config, data, net, rhemo, progress)
         else:
             if config.method in ("reweight", "subsample", "groupdro", "jtt"):
-                train, objective, method_info[config.method] = _group_objective(
+                train, objective, method_info[config.method], tcfg = _group_objective(
                     config, data, train, val, tcfg, progress, name
                 )
             result = fit(
@@ -508,6 +636,8 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
     train_time = time.perf_counter() - t_prepared
     test_metrics = evaluate(net, test, num_classes=num_classes)
     pred = np.asarray(test_metrics["predictions"])
+    failures = training_failures(result["history"][-1]["train_loss"] if result["history"]
+                                 else None, pred, test_metrics["ua"], num_classes)  # fmt: skip
     model_file = None
     if rank == 0 and target is not None:  # the network, ready to predict (in the cache)
         # Beside, never over, a file an earlier record of this key names (a --force rerun).
@@ -531,6 +661,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
         p.get("probe_items"),
     )  # fmt: skip
     t_probed = time.perf_counter()
+    selection = selection_scores(data, net, rhemo) if config.confounded else {}
     record = {
         "kind": "ser",
         "config": key,
@@ -549,7 +680,10 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
         "best_epoch": result["best_epoch"],
         "resources": cost,
         "groups": group_metrics(data, test, pred) if config.confounded else {},
-        "selection_set": selection_scores(data, net, rhemo) if config.confounded else {},
+        "selection_set": selection,
+        "trained": not failures,
+        "not_trained_because": failures,
+        "labelled_data": labelled_data(config, data, train, val, selection, method_info),
         "method": method_info,
         "at_cache": anti_transfer.cache_stats if anti_transfer is not None else None,
         "upstream_weights": _upstream_weights(rhemo, orth_net),
@@ -562,7 +696,8 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
         "timings_s": {  # overhead: prepare, step_cost and probe; evaluate is the measurement
             "prepare": t_prepared - t_start - upstream_time,
             "upstream": upstream_time,  # RH-emo and orthogonal networks (cached after once)
-            "train": train_time,
+            "train": train_time,  # of which the epochs' steps and evaluation passes:
+            **{f"train_{k}": v for k, v in result.get("timings_s", {}).items()},
             "evaluate": t_evaluated - t_prepared - train_time,
             "step_cost": t_costed - t_evaluated,
             "probe": t_probed - t_costed,

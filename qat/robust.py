@@ -70,9 +70,17 @@ def _check_n_groups(n_groups: Any) -> int:
 # --- reweighting, subsampling and JTT's weights ----------------------------------------------
 
 
-def group_weights(groups: Any, n_groups: int) -> np.ndarray:
+# The largest per-item weight reweighting gives, in units of the mean uncapped weight (1).
+# Uncapped, a confounded split's rarest groups weighed up to 55x (193x at rho 0.95, issue 34):
+# one such item among 31 congruent ones (each about 0.3) carries about 85% of its batch's
+# loss, so a few items steer every step. At 10x it carries about half.
+REWEIGHT_CAP = 10.0
+
+
+def group_weights(groups: Any, n_groups: int, cap: float | None = None) -> np.ndarray:
     """Per-item loss weights inversely proportional to the size of the item's group, scaled to
-    mean 1 over the items.
+    mean 1 over the items; with `cap`, no weight above it (groups smaller than N / (P * cap)
+    then count less than the others).
 
     Why: under ERM a group's say in the loss is its size, so the congruent groups of a
     confounded split (90% of the items) decide what is learnt. With w_i = N / (P * n_g(i)),
@@ -83,7 +91,28 @@ def group_weights(groups: Any, n_groups: int) -> np.ndarray:
     ids = _group_ids(groups, _check_n_groups(n_groups))
     sizes = np.bincount(ids, minlength=n_groups)
     present = np.count_nonzero(sizes)
-    return len(ids) / (present * sizes[ids].astype(np.float64))
+    weights = len(ids) / (present * sizes[ids].astype(np.float64))
+    if cap is None:
+        return weights
+    valid = isinstance(cap, int | float) and not isinstance(cap, bool)
+    if not (valid and math.isfinite(cap) and cap > 0):
+        raise ValueError(f"cap={cap!r}: expected a finite number > 0, or None")
+    return np.minimum(weights, float(cap))
+
+
+def step_matched_epochs(target_steps: int, batches_per_epoch: int) -> int:
+    """The whole number of epochs (at least 1) whose optimizer steps come closest to
+    `target_steps` (a tie goes up): a method that trains on fewer items (a balanced subsample)
+    takes as many steps as the baseline, so its schedule and weight average run as long.
+
+    Why: at the baseline's epochs a subsample of 25 x its smallest group takes about a
+    twelfth of the baseline's steps, and an EMA of decay 0.99 per step then still holds a
+    third of the first step's weights (issue 34). Training counts whole epochs, so the steps
+    match to within half an epoch of the method's own."""
+    for name, value in (("target_steps", target_steps), ("batches_per_epoch", batches_per_epoch)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+    return max(1, (2 * int(target_steps) + int(batches_per_epoch)) // (2 * int(batches_per_epoch)))
 
 
 def balanced_subsample(groups: Any, seed: int) -> np.ndarray:

@@ -8,74 +8,106 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from qat import costs, io, plots, runs, stats
+from qat import costs, hparams, io, plots, runs, stats
 from qat import demonstration as demo
 from qat.config import PLACEBO_REGIME, REGIMES, RunConfig
 
 
-def record(config: RunConfig, ua: float, selection: float = 0.5, worst: float = 0.2) -> dict:
+def record(config: RunConfig, ua: float, selection: float = 0.5, worst: float = 0.2,
+           valid_worst: float = 0.3) -> dict:  # fmt: skip
     return {
         "kind": "ser",
         "config": config.key_dict(),
         "metrics": {"ua": ua, "wa": ua, "macro_f1": ua},
         "groups": {"worst_group": worst},
-        "selection_set": {"ua": selection},
+        "selection_set": {"ua": selection, "worst_group": valid_worst},
         "probe": {config.factor: {"penultimate": 0.3}},
         "resources": {"step_time_s": 0.1, "peak_memory_bytes": 2**20},
     }
 
 
 def test_selection_uses_the_decorrelated_validation_set_not_test():
-    # conv2_1 b=1 has the best test UA, conv3_3 b=10 the best validation UA: the latter wins.
+    # Draw 2 has the best test UA, draw 5 the best validation UA: the latter wins. Draw 3 has
+    # the best worst-group validation accuracy: that rule, shown beside, would pick it.
     records = []
     for s, f in demo.SELECTION_PAIRS:
-        for knobs in demo.KNOBS["at"]:
-            c = demo.base("real", method="at", seed=s, fold=f, **knobs)
-            best_test = knobs == {"tap": "conv2_1", "beta": 1.0}
-            best_val = knobs == {"tap": "conv3_3", "beta": 10.0}
-            records.append(record(c, 0.9 if best_test else 0.4, 0.7 if best_val else 0.5))
+        for i, c in enumerate(demo.candidates("real", "at")):
+            records.append(
+                record(
+                    c.replace(seed=s, fold=f),
+                    0.9 if i == 2 else 0.4,
+                    0.7 if i == 5 else 0.5,
+                    valid_worst=0.6 if i == 3 else 0.3,
+                )
+            )
     chosen, scored = demo.choose(records, "real", "at")
-    assert (chosen.tap, chosen.beta) == (("conv3_3",), 10.0)
+    assert chosen == demo.candidate("real", "at", 5)
+    assert demo.choose(records, "real", "at", "worst_group")[0] == demo.candidate("real", "at", 3)
     assert all(s["pairs"] == len(demo.SELECTION_PAIRS) for s in scored)
-    # One missing pair makes a candidate ineligible rather than scored on fewer pairs.
-    partial = [
-        r
-        for r in records
-        if not (r["config"]["taps"] == ["conv3_3"] and r["config"]["seed"] == 100)
-    ]
-    assert demo.choose(partial, "real", "at")[0].tap != ("conv3_3",)
-    marked = [line for line in demo._selection_table(records).splitlines() if "| yes |" in line]
-    assert len(marked) == 1 and "at word@conv3_3 β=10" in marked[0]  # the table names it
+    assert [s["ua"] for s in scored] == [0.7 if i == 5 else 0.5 for i in range(len(scored))]
+    # One missing pair makes a draw ineligible rather than scored on fewer pairs, and the
+    # method has no finalist until every draw has every pair.
+    partial = [r for r in records if RunConfig.from_record(r) != chosen.replace(seed=100, fold=0)]
+    assert demo.choose(partial, "real", "at")[0] is None
+    rows = [r for r in demo._selection_rows(records) if r["model"] == "real"
+            and r["method"] == "at"]  # fmt: skip
+    assert [r["draw"] for r in rows if r["finalist"] == "yes"] == [5]
+    assert [r["draw"] for r in rows if r["worst-group pick"] == "yes"] == [3]
+    summary = next(r for r in demo.selection_summary(records) if r["model"] == "real"
+                   and r["method"] == "at")  # fmt: skip
+    assert list(summary.values())[2:] == [5, 3, False]
+
+
+def test_every_method_the_baseline_included_races_with_the_registrys_draws():
+    grid = demo.selection_grid("real")
+    assert len(grid) == len(demo.RACERS) * hparams.N_DRAWS * len(demo.SELECTION_PAIRS)
+    assert len({c.key() for c in grid}) == len(grid)
+    for method in demo.RACERS:
+        mine = [c for c in grid if c.method == method]
+        assert len(mine) == hparams.N_DRAWS * len(demo.SELECTION_PAIRS), method
+        for i in range(hparams.N_DRAWS):
+            drawn = hparams.settings(method, i)
+            runs_ = [c for c in mine if all(getattr(c, k) == (tuple([v]) if k == "tap" else v)
+                                            for k, v in drawn.items())]  # fmt: skip
+            assert {(c.seed, c.fold) for c in runs_} == set(demo.SELECTION_PAIRS), (method, i)
+    assert all(c.grad_clip == hparams.GRAD_CLIP and c.lr is not None for c in grid)
 
 
 def test_grids_cover_the_protocol():
     selection = demo.selection_grid("quaternion")
-    assert len(selection) == sum(map(len, demo.KNOBS.values())) * len(demo.SELECTION_PAIRS)
     assert {(c.seed, c.fold) for c in selection} == set(demo.SELECTION_PAIRS)
     assert set(demo.SELECTION_PAIRS).isdisjoint(demo.FINAL_PAIRS)  # finalists on fresh pairs
+    assert len(demo.FINAL_PAIRS) >= 8 and min(s for s, _ in demo.FINAL_PAIRS) >= 400
+    assert demo.VARIANT_PAIRS == demo.FINAL_PAIRS[:5]
     records = [record(c, 0.5, selection=0.5) for c in selection]
     finals = demo.finalists(records, "quaternion")
     assert set(finals) == {"baseline", "ceiling", *demo.METHODS, "at placebo", "cka placebo"}
-    assert finals["at placebo"].orthogonal == "random"
-    assert finals["at placebo"].replace(orthogonal="word") == finals["at"]
+    assert finals["at placebo"] == finals["at"].replace(orthogonal="random")
+    assert finals["ceiling"] == finals["baseline"].replace(setup="unconfounded")
     grid = demo.final_grid("quaternion", records)
     assert len(grid) == len(finals) * len(demo.FINAL_PAIRS)
-    variants = demo.variant_grid("quaternion", records)
-    speaker = [c for c in variants if c.factor == "speaker" and c.method == "at"]
-    assert {c.orthogonal for c in speaker} == {"speaker", "random"}  # the network, its placebo
     sweep = demo.sweep_grid("quaternion", records)
     assert len({c.tap for c in sweep if c.method == "at"}) == 13
+    assert {c.lr for c in sweep if c.method == "at"} == {finals["at"].lr}  # the finalist's
+    assert {(c.seed, c.fold) for c in sweep} == set(demo.SWEEP_PAIRS)
+    # Before the finalists have run, the variants hold the controls and anti-transfer only.
+    variants = demo.variant_grid("quaternion", records)
+    assert len(variants) == (len(demo.VARIANTS) * len(demo.ALWAYS_IN_VARIANTS)
+                             * len(demo.VARIANT_PAIRS))  # fmt: skip
+    assert {(c.seed, c.fold) for c in variants} == set(demo.VARIANT_PAIRS)
+    speaker = [c for c in variants if c.factor == "speaker" and c.method == "at"]
+    assert {c.orthogonal for c in speaker} == {"speaker", "random"}  # the network, its placebo
 
 
 def finalist_set(model: str, truth: dict[str, float], rng, noise: float = 0.01) -> list[dict]:
-    """A model's selection (every method's first knobs win) and finalist records, each
+    """A model's selection (every method's first draw wins) and finalist records, each
     finalist's UA drawn around `truth` (0.42 for the rest)."""
     records = []
     for s, f in demo.SELECTION_PAIRS:
-        for method, grid in demo.KNOBS.items():
-            for i, knobs in enumerate(grid):
-                config = demo.base(model, method=method, seed=s, fold=f, **knobs)
-                records.append(record(config, 0.5, selection=0.6 if i == 0 else 0.5))
+        for method in demo.RACERS:
+            for i, config in enumerate(demo.candidates(model, method)):
+                records.append(record(config.replace(seed=s, fold=f), 0.5,
+                                      selection=0.6 if i == 0 else 0.5))  # fmt: skip
     for name, config in demo.finalists(records, model).items():
         for s, f in demo.FINAL_PAIRS:
             ua = truth.get(name, 0.42) + rng.normal(0, noise)
@@ -89,11 +121,31 @@ def finalist_records():
     return finalist_set("real", truth, np.random.default_rng(0))
 
 
+def test_variants_add_every_finalist_that_gained_once_the_finalists_have_all_run(
+    finalist_records,
+):
+    truth = {"baseline": 0.40, "ceiling": 0.50, "at": 0.46, "at placebo": 0.45, "dfr": 0.47,
+             "jtt": 0.39}  # fmt: skip
+    records = finalist_set("real", truth, np.random.default_rng(4))
+    gained = {r["finalist"] for r in demo.compare(records, "real") if r.get("gain 95% low")
+              is not None and r["gain 95% low"] > 0 and r["finalist"] != "ceiling"}  # fmt: skip
+    assert "dfr" in gained and "jtt" not in gained
+    members = demo.variant_members(records, "real")
+    assert set(members) == set(demo.ALWAYS_IN_VARIANTS) | gained
+    grid = demo.variant_grid("real", records)
+    assert len(grid) == len(members) * len(demo.VARIANTS) * len(demo.VARIANT_PAIRS)
+    # One finalist run short: the gains are not known yet, so only the fixed members run.
+    dfr = demo.finalists(records, "real")["dfr"].replace(seed=407, fold=3)
+    short = [r for r in records if RunConfig.from_record(r) != dfr]
+    assert not demo.finals_complete(short, "real")
+    assert set(demo.variant_members(short, "real")) == set(demo.ALWAYS_IN_VARIANTS)
+
+
 def test_a_setting_whose_finalists_have_not_all_run_is_answered_so_far(finalist_records):
     rows = demo.compare(finalist_records, "real")
     assert len(rows) == demo.FINALISTS and all(r["runs"] == len(demo.FINAL_PAIRS) for r in rows)
     assert not any("so far" in line for line in demo._verdicts(rows, "real"))
-    jtt = demo.finalists(finalist_records, "real")["jtt"].replace(seed=204, fold=0)
+    jtt = demo.finalists(finalist_records, "real")["jtt"].replace(seed=407, fold=3)
     short = [r for r in finalist_records if RunConfig.from_record(r) != jtt]
     said = demo._verdicts(demo.compare(short, "real"), "real")
     n, k = demo.FINALISTS, len(demo.FINAL_PAIRS)
@@ -121,7 +173,7 @@ def test_report_intervals_are_those_of_qat_stats(finalist_records):
         pytest.approx(d.t_low),
         pytest.approx(d.t_high),
     )
-    g = stats.gap_closed(by["at"], by["baseline"], by["ceiling"])
+    g = stats.gap_closed_fieller(by["at"], by["baseline"], by["ceiling"])  # Fieller's interval
     assert rows["at"]["gap closed"] == pytest.approx(g.estimate)
     assert (rows["at"]["closed 95% low"], rows["at"]["closed 95% high"]) == (
         pytest.approx(g.low),
@@ -215,9 +267,12 @@ def test_page_leads_with_the_answer_then_the_protocol(finalist_records, tmp_path
 
 
 def test_no_forest_plot_until_a_finalist_is_paired_with_the_baseline(tmp_path):
-    # The first finalist runs are baselines: a table row, but nothing to draw yet.
-    for s, f in demo.FINAL_PAIRS[:2]:
-        r = record(demo.base("quaternion", seed=s, fold=f), 0.4)
+    # The selection is done; the first finalist runs are baselines: a table row, but nothing
+    # to draw yet.
+    selection = [record(c, 0.5) for c in demo.selection_grid("quaternion")]
+    baseline = demo.finalists(selection, "quaternion")["baseline"]
+    finals = [record(baseline.replace(seed=s, fold=f), 0.4) for s, f in demo.FINAL_PAIRS[:2]]
+    for r in selection + finals:
         io.write_json_once(runs.record_path("ser", r["config"], tmp_path), r)
     page = demo.write_report(tmp_path).read_text()
     assert "![forest plot]" not in page and "### quaternion VGG16" in page
@@ -347,10 +402,11 @@ def test_cost_target_is_decided_by_counted_memory_and_the_side_by_side_time(rati
 
 def test_the_costs_stage_times_both_models_steps_in_one_measurement(finalist_records, monkeypatch):
     measured = []
-    monkeypatch.setattr(runs, "load_records", lambda *a, **k: finalist_records)
+    both = finalist_records + finalist_set("quaternion", {}, np.random.default_rng(2))
+    monkeypatch.setattr(runs, "load_records", lambda *a, **k: both)
     monkeypatch.setattr(costs, "run", measured.append)
     demo.run(stages=("costs",))
-    wanted = [c for m in demo.MODELS for c in demo.cost_configs(finalist_records, m).values()]
+    wanted = [c for m in demo.MODELS for c in demo.cost_configs(both, m).values()]
     assert measured == [wanted]  # one call: every step in the same interleaved rounds
     assert {c.model for c in wanted} == {"real", "quaternion"}
 
@@ -388,23 +444,24 @@ def test_step_times_come_from_the_side_by_side_record_only(finalist_records, tmp
 
 def test_layer_sweep_intervals_and_where_the_papers_claim_holds(finalist_records):
     rng = np.random.default_rng(1)
-    beta = demo.choose(finalist_records, "real", "at")[0].beta
-    # conv2_1 (the AT finalist) gains 0.06 in finalist_records; every other tap: none.
+    chosen = demo.finalists(finalist_records, "real")
+    at_tap = chosen["at"].tap[0]
+    # at_tap (the AT finalist's, an early one) gains 0.06 in finalist_records; every other tap
+    # at the finalist's other settings: as below.
+    assert at_tap in demo.EARLY_TAPS and at_tap != "conv1_2"
     gains = {"conv1_2": 0.05, "conv4_1": 0.08}
     records = list(finalist_records)
+    by_key = {RunConfig.from_record(r).key(): r for r in records}
     uas: dict[str, dict] = {}
-    for tap in demo.VGG16_TAPS:
-        config = demo.base("real", method="at", tap=tap, beta=beta)
+    for tap in ("baseline", *demo.VGG16_TAPS):
+        config = chosen["baseline"] if tap == "baseline" else chosen["at"].replace(tap=(tap,))
         for s, f in demo.SWEEP_PAIRS:
-            if not any(r["config"] == config.replace(seed=s, fold=f).key_dict() for r in records):
+            run = config.replace(seed=s, fold=f)
+            if run.key() not in by_key:
                 ua = 0.40 + gains.get(tap, 0.0) + rng.normal(0, 0.005)
-                records.append(record(config.replace(seed=s, fold=f), ua))
-    for r in records:
-        run = RunConfig.from_record(r)
-        if (run.seed, run.fold) in demo.SWEEP_PAIRS and run.method in ("at", "baseline"):
-            if run.setup == "confounded" and run.orthogonal == "word" and run.beta in (beta, None):
-                tap = run.tap[0] if run.method == "at" else "baseline"
-                uas.setdefault(tap, {})[(run.seed, run.fold)] = r["metrics"]["ua"]
+                records.append(record(run, ua))
+                by_key[run.key()] = records[-1]
+            uas.setdefault(tap, {})[(s, f)] = by_key[run.key()]["metrics"]["ua"]
     pending = demo.sweep_verdict(demo.layer_sweep(records, "real"), "real")
     assert "pending the side-by-side step times" in pending and "holds" not in pending
     timed = side_by_side(list(demo.cost_configs(records, "real").values()))
@@ -429,8 +486,8 @@ def test_layer_sweep_intervals_and_where_the_papers_claim_holds(finalist_records
     steps = demo.cost_configs(records, "real")
     ms = {
         t: 1e3 * np.median(timed["entries"][steps[f"tap {t}"].key()]["step_times_s"])
-        for t in ("conv1_2", "conv2_1")
-    }  # the early taps that gain; conv2_1 is the finalist
+        for t in ("conv1_2", at_tap)
+    }  # the early taps that gain; at_tap is the finalist's
     cheapest = min(ms, key=ms.get)
     assert f"early tap {cheapest} gains at {ms[cheapest]:.0f} ms a step" in said
     assert said.endswith("holds.")
@@ -483,19 +540,23 @@ def test_the_short_answer_leads_with_anti_transfer_against_its_placebo_and_the_f
     said = demo.headline(rows, "real")
     # at gains 0.06 over the baseline, 0.01 over its placebo and 0.04 over every other method.
     assert said.startswith(f"- **real: the best anti-transfer variant, {at['finalist']}, ")
-    assert ("does not beat its placebo" in said) == (at["placebo 95% low"] <= 0)
-    assert ("beats the field's best" in said) == (d.t_low > 0)
+    finding = said.split("**")[1]
+    lost = finding.split("does not beat ")[1].split("; it ")[0] if "does not" in finding else ""
+    assert ("its placebo" in lost) == (at["placebo 95% low"] <= 0)
+    assert (f"the field's best, {field['finalist']}" in lost) == (d.t_low <= 0)
     interval = f"{d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}]"
     assert f"vs {field['finalist']} {interval}, which uses {field['information']}." in said
     # Without the placebo's runs the finding is pending, never claimed.
     no_placebo = [r | {"vs placebo": None} for r in rows]
     assert "pending" in demo.headline(no_placebo, "real")
-    # On the page it is the first line of the short answer.
+    # On the page it follows what to use by information regime, which leads.
     for r in finalist_records:
         io.write_json_once(runs.record_path("ser", r["config"], tmp_path), r)
     page = demo.write_report(tmp_path).read_text()
-    first = page.split("## Short answer\n\n")[1].splitlines()[0]
-    assert first == demo.headline(rows, "real, word-confounded, rho 0.9")
+    lines = page.split("## Short answer\n\n")[1].splitlines()
+    regimes = len(demo.USE_REGIMES)
+    assert [line.split("**")[1] for line in lines[:regimes]] == [r for r, _ in demo.USE_REGIMES]
+    assert lines[regimes] == demo.headline(rows, "real, word-confounded, rho 0.9")
 
 
 def test_grid_progress_counts_recorded_runs_against_each_stages_plan(finalist_records):
@@ -544,7 +605,7 @@ def test_the_whole_grid_s_time_is_stated_only_when_every_stage_has_run():
     short = records[:-1]
     counts = demo.grid_counts(short)
     assert not demo.grid_complete(counts)
-    n = demo.FINALISTS * len(demo.FINAL_PAIRS) * len(demo.VARIANTS)
+    n = len(demo.ALWAYS_IN_VARIANTS) * len(demo.VARIANT_PAIRS) * len(demo.VARIANTS)
     assert f"variants {n - 1}/{n}" in demo.grid_progress(counts)
     said = demo.grid_time(short, complete=False)
     assert said.startswith(f"- Grid so far: {len(short)} runs and 0 RH-emos")
@@ -572,3 +633,120 @@ def test_the_short_answer_sums_up_the_targets_by_verdict():
     assert demo.targets_line(goals) == (
         "- Targets: 2 of 5 met (met: b; d; interval too wide: c; not met: a; pending: e)."
     )
+
+
+def test_runs_that_did_not_train_are_counted_per_method_and_kept_in_every_comparison(
+    finalist_records,
+):
+    records = [dict(r) for r in finalist_records]
+    chosen = demo.finalists(records, "real")
+    failed = {("jtt", (400, 0)), ("jtt", (401, 1)), ("baseline", (402, 2))}
+    keys = {chosen[n].replace(seed=s, fold=f).key(): (n, (s, f)) for n, (s, f) in failed}
+    subsample_draw = demo.candidate("real", "subsample", 3).replace(seed=100, fold=0).key()
+    for r in records:
+        key = RunConfig.from_record(r).key()
+        if key in keys or key == subsample_draw:
+            r.update(trained=False, not_trained_because=["test UA 0.200 is below 1.25/5 = 0.250"])
+            r["metrics"] = {**r["metrics"], "ua": 0.2}
+    rows = {r["finalist"]: r for r in demo.compare(records, "real")}
+    assert (rows["jtt"]["did not train"], rows["baseline"]["did not train"]) == (2, 1)
+    assert rows["jtt"]["runs"] == len(demo.FINAL_PAIRS)  # kept, never dropped
+    jtt = {(r["config"]["seed"], r["config"]["split"]["fold"]): r["metrics"]["ua"]
+           for r in records if RunConfig.from_record(r).replace(seed=0, fold=None) == chosen["jtt"]
+           and r["config"]["seed"] >= 400}  # fmt: skip
+    assert rows["jtt"]["UA"] == pytest.approx(np.mean(list(jtt.values())))
+    counts = demo.failure_counts(records, "real")
+    assert counts["jtt"]["finalists"] == (2, len(demo.FINAL_PAIRS))
+    assert counts["subsample"]["selection"] == (1, hparams.N_DRAWS * len(demo.SELECTION_PAIRS))
+    assert counts["dann"]["finalists"] == (0, len(demo.FINAL_PAIRS))
+    line = demo.failures_line(records)
+    assert "real: selection 1 of 160 (subsample 1), finalists 3 of 104 (baseline 1, jtt 2)" in line
+    table = {r["name"]: r for r in demo.failure_rows(records) if r["model"] == "real"}
+    assert table["jtt"]["finalists"] == "2 of 8" and table["jtt"]["why"] == "test UA: 2"
+    goal = demo._trained_target(records)
+    assert goal["met"] == "not met" and goal["measured"].startswith("real: 3 of 104")
+    clean = demo._trained_target(finalist_records)
+    assert clean["met"] == "pending"  # quaternion has not run: not yet met
+    both = finalist_records + finalist_set("quaternion", {}, np.random.default_rng(1))
+    assert demo._trained_target(both)["met"] == "met"
+
+
+def test_the_page_counts_every_finalists_labelled_items_and_how_it_trained(finalist_records):
+    records = [dict(r) for r in finalist_records]
+    chosen = demo.finalists(records, "real")
+    sizes = {(400, 0): 3200, (401, 1): 3300}
+    for r in records:
+        run = RunConfig.from_record(r)
+        if run.replace(seed=0, fold=None) == chosen["subsample"] and run.seed >= 400:
+            train = sizes.get((run.seed, run.fold), 3250)
+            r["labelled_data"] = {
+                "emotion": {"training": 250, "validation": 800, "selection set": 1000},
+                "group": {"selection set": 1000, "training (to subsample)": train},
+            }
+            r["method"] = {"subsample": {"train_items": 250, "epochs": 120, "steps": 1200,
+                                         "baseline_steps": 1204}}  # fmt: skip
+        if run.replace(seed=0, fold=None) == chosen["at placebo"] and run.seed >= 400:
+            r["labelled_data"] = {
+                "emotion": {"training": 3250},
+                "group": {},
+                "orthogonal corpus": {"items": 0, "labels": "none (untrained)"},
+            }
+    main = {"real": demo.compare(records, "real")}
+    used = {r["finalist"]: r for r in demo.labelled_rows(main)}
+    sub = used["subsample"]
+    assert sub["emotion labels"] == "training 250; validation 800; selection set 1000"
+    train = [sizes.get(p, 3250) for p in demo.FINAL_PAIRS]
+    assert sub["group labels"] == (
+        f"selection set 1000; training (to subsample) "
+        f"{np.mean(train):.0f} ({min(train)}-{max(train)})"
+    )
+    assert used["at placebo"]["group labels"] == "none"
+    assert used["at placebo"]["other labels"] == "orthogonal corpus: items 0 (none (untrained))"
+    assert used["dann"]["emotion labels"] == "not recorded"
+    trained = {r["finalist"]: r["how it trained"] for r in demo.training_rows(main)}
+    assert trained["subsample"] == "train items 250; epochs 120; steps 1200; baseline steps 1204"
+
+
+def _row(name: str, gain: float, low: float, runs: int = 8, placebo_low=None) -> dict:
+    row = {"finalist": name, "runs": runs, "UA gain": gain, "gain 95% low": low,
+           "gain 95% high": gain + (gain - low), "gap closed": gain / 0.1,
+           "closed 95% low": low / 0.1, "closed 95% high": (2 * gain - low) / 0.1}  # fmt: skip
+    if placebo_low is not None:
+        row["placebo 95% low"] = placebo_low
+    return row
+
+
+def test_what_to_use_is_the_best_allowed_finalist_whose_gain_interval_is_above_zero():
+    rows = [{"finalist": "baseline", "runs": 8},
+            _row("jtt", 0.01, -0.01), _row("dfr", 0.05, 0.02), _row("reweight", 0.03, 0.01),
+            _row("groupdro", 0.08, 0.04), _row("subsample", 0.09, -0.02),
+            _row("dann", 0.02, 0.005), _row("cdann", 0.0, -0.02),
+            _row("at", 0.06, 0.03, placebo_low=-0.01), _row("cka", 0.02, 0.01, placebo_low=0.002),
+            _row("at placebo", 0.05, 0.02), _row("cka placebo", 0.0, -0.01)]  # fmt: skip
+    lines = demo.use_lines({"real": rows})
+    assert [line.split("**")[1] for line in lines] == [r for r, _ in demo.USE_REGIMES]
+    said = dict(zip([r for r, _ in demo.USE_REGIMES], lines, strict=True))
+    # No group labels: only jtt, whose interval straddles 0: the baseline.
+    assert "real: nothing allowed beats the baseline measurably (best by mean: jtt " in said[
+        "No group labels"]  # fmt: skip
+    assert "use dfr: +0.050 [+0.020, +0.080] UA over the baseline, 50% [20%, 80%]" in said[
+        "Group labels for validation only"]  # fmt: skip
+    # subsample has the highest mean, but its interval holds 0: groupdro.
+    assert "real: use groupdro:" in said["Group labels in training"]
+    # at gains most but does not beat its placebo; cka does, by its interval.
+    assert "real: use cka:" in said["A separate orthogonal corpus (no group labels)"]
+    short = [r if r["finalist"] != "dfr" else {**r, "runs": 7} for r in rows]
+    assert "real: pending (dfr not on all 8 fresh pairs yet)" in demo.use_lines(
+        {"real": short})[1]  # fmt: skip
+
+
+def test_with_no_records_the_page_says_what_is_pending_and_rebuilds_identically(tmp_path):
+    page = demo.write_report(tmp_path).read_text()
+    answer = page.split("## Short answer\n\n")[1].split("\n\n")[0].splitlines()
+    assert len(answer) > len(demo.USE_REGIMES)
+    assert all("pending (baseline" in line for line in answer[: len(demo.USE_REGIMES)])
+    assert "- No finalist has run yet." in answer
+    assert "- Runs with a record / planned: real: selection 0/160, finalists 0/104," in page
+    assert "- Grid so far: 0 runs and 0 RH-emos, 0.0 h" in page
+    assert "## Protocol" in page and "| groupdro | 8 |" in page  # the registry, before any run
+    assert demo.write_report(tmp_path).read_text() == page

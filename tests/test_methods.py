@@ -4,6 +4,9 @@ untrained architecture, frozen; bad settings are refused before anything trains.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +27,9 @@ GROUPS = {
 @pytest.fixture(autouse=True)
 def groups_profile(monkeypatch):
     monkeypatch.setitem(cfg.PROFILES, "smoke-groups", GROUPS)
+    # DFR refits on held-out items outside the decorrelated validation set; the smoke corpus
+    # holds 4 to 18 held-out items per group, so that set takes 2 of each here, not 40.
+    monkeypatch.setattr(experiments, "SELECTION_PER_GROUP", 2)
 
 
 @pytest.mark.parametrize("model", ["real", "quaternion"])
@@ -41,9 +47,17 @@ def test_each_method_trains_and_records_worst_group_accuracy(method, model):
     assert record["method"]["information"] == cfg.REGIMES[method]
     chosen_on = record["selection_set"]  # the decorrelated validation set, never the test set
     assert chosen_on["items"] > 0 and chosen_on["worst_group"] <= chosen_on["ua"] <= 1
+    assert record["trained"] == (record["not_trained_because"] == [])
+    used = record["labelled_data"]
+    assert used["emotion"]["training"] == record["split"]["sizes"]["train"]
+    assert used["group"]["selection set"] == chosen_on["items"]
+    in_training = {"reweight": "training", "groupdro": "training",
+                   "subsample": "training (to subsample)"}  # fmt: skip
+    assert (in_training.get(method) in used["group"]) == (method in in_training)
     if method == "subsample":
         counts = [c for c in groups["train_counts"] if c]
         assert record["method"]["subsample"]["train_items"] == len(counts) * min(counts)
+        assert used["group"]["training (to subsample)"] == sum(counts)
     if method == "jtt":
         assert record["method"]["jtt"]["upweighted"] >= 0
     if method == "dfr":
@@ -54,6 +68,142 @@ def test_each_method_trains_and_records_worst_group_accuracy(method, model):
         capped, fits = map(int, record["method"]["dfr"]["fits_at_iteration_limit"].split(" of "))
         assert fits == len(robust.DFR_C_GRID) + experiments.DFR_REFITS and 0 <= capped <= fits
         assert bool(capped) == any(w.startswith("DFR:") for w in record["warnings"])
+        assert record["method"]["dfr"]["shared_with_selection_set"] == 0
+        assert used["group"]["refit set"] == record["method"]["dfr"]["held_out_items"]
+
+
+def test_dfr_refits_on_a_balanced_set_disjoint_from_the_selection_set():
+    """The decorrelated validation set selects every method's draw; DFR's refit set never
+    holds one of its items, and takes every other held-out item of a group up to
+    DFR_PER_GROUP."""
+    run = RunConfig(method="dfr", profile="smoke-groups", seed=3)
+    data = rundata.run_data(run, progress=False)
+    rundata.attach_groups(data)
+    held, selection = experiments._dfr_set(data, run.seed, None)
+    chosen_on = rundata.held_out_set(data, experiments.SELECTION_PER_GROUP, 0)
+    assert np.array_equal(selection, chosen_on.indices)
+    assert not set(held.indices) & set(selection)
+    # The pool, by hand: the split's unused training-speaker items and the validation items.
+    pool = set(data.split.unused_indices(data.records)) | set(data.val.indices)
+    assert set(held.indices) <= pool
+    free = np.array(sorted(pool - set(selection)))
+    groups = data.split.groups(data.records, free, data.label_space.emotions)
+    held_groups = held.labels[robust.GROUP_LABEL].numpy()
+    for g in np.unique(groups):
+        expected = min(int((groups == g).sum()), experiments.DFR_PER_GROUP)
+        assert int((held_groups == g).sum()) == expected, g
+    with pytest.MonkeyPatch.context() as mp:  # the cap per group holds where the pool is larger
+        mp.setattr(experiments, "DFR_PER_GROUP", 3)
+        few, _ = experiments._dfr_set(data, run.seed, None)
+        counts = np.bincount(few.labels[robust.GROUP_LABEL].numpy())
+        assert counts.max() == 3 and not set(few.indices) & set(selection)
+
+
+STEPS = {**GROUPS, "epochs": 3, "patience": 3, "selection": "ema", "schedule": "onecycle",
+         "optimizer": "adamw", "warmup": 0.3}  # fmt: skip
+
+
+def test_subsample_and_reweight_take_the_baselines_optimizer_steps(monkeypatch):
+    """The baseline's steps are counted as they happen; a subsample (fewer items per epoch)
+    trains the whole number of epochs whose steps come closest to them, and its one-cycle
+    schedule ends where the baseline's does (its last lr is the schedule's floor)."""
+    from qat import train
+
+    monkeypatch.setitem(cfg.PROFILES, "smoke-steps", STEPS)
+    calls, fitting = [], []  # steps taken inside fit (not the cost measurement's)
+    step, fit = train.Step.__call__, experiments.fit
+
+    def counted(self, *args, **kwargs):
+        calls.extend(fitting)
+        return step(self, *args, **kwargs)
+
+    def fitted(*args, **kwargs):
+        fitting.append(1)
+        try:
+            return fit(*args, **kwargs)
+        finally:
+            fitting.clear()
+
+    monkeypatch.setattr(train.Step, "__call__", counted)
+    monkeypatch.setattr(experiments, "fit", fitted)
+    taken, records = {}, {}
+    for method in ("baseline", "subsample", "reweight"):
+        calls.clear()
+        records[method] = experiments.train_ser(
+            RunConfig(method=method, profile="smoke-steps", seed=21), force=True, progress=False
+        )
+        taken[method] = len(calls)
+    base, sub = taken["baseline"], taken["subsample"]
+    n, batch = records["baseline"]["split"]["sizes"]["train"], STEPS["batch_size"]
+    assert base == STEPS["epochs"] * -(-n // batch)  # the last batch here holds >= 2 items
+    # The subsample's steps per epoch, as observed; the epochs whose steps come closest.
+    epochs = len(records["subsample"]["history"])
+    per_epoch = sub // epochs
+    assert sub == epochs * per_epoch and per_epoch < base // STEPS["epochs"]
+    best = min(range(1, 10 * base), key=lambda e: (abs(e * per_epoch - base), -e))
+    assert epochs == best and epochs > STEPS["epochs"] and abs(sub - base) <= per_epoch / 2
+    assert taken["reweight"] == base
+    for method in ("subsample", "reweight"):
+        said = records[method]["method"][method]
+        assert (said["steps"], said["baseline_steps"]) == (taken[method], base)
+        assert len(records[method]["history"]) == said["epochs"]
+    for method in records:  # each schedule ran over the steps actually taken, to its end
+        assert records[method]["history"][-1]["lr"] == pytest.approx(_one_cycle_end(taken[method]))
+
+
+def _one_cycle_end(steps: int) -> float:
+    """The lr torch's OneCycleLR (as qat.train configures it) reaches after `steps` steps."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=STEPS["lr"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=STEPS["lr"], total_steps=steps, pct_start=STEPS["warmup"],
+        anneal_strategy="cos", cycle_momentum=False, div_factor=25.0, final_div_factor=1e3,
+    )  # fmt: skip
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    return schedule.get_last_lr()[0]
+
+
+def test_reweights_weights_are_capped_and_said_so():
+    record = experiments.train_ser(RunConfig(method="reweight", profile="smoke-groups", seed=5),
+                                   progress=False)  # fmt: skip
+    said = record["method"]["reweight"]
+    counts = np.array(record["groups"]["train_counts"])
+    present = counts[counts > 0]
+    uncapped = counts.sum() / (len(present) * present.min())  # the rarest group's weight
+    assert said["largest_weight_uncapped"] == pytest.approx(uncapped)
+    assert said["cap"] == robust.REWEIGHT_CAP
+    rare = sum(c for c in present if counts.sum() / (len(present) * c) > robust.REWEIGHT_CAP)
+    assert said["items_capped"] == rare
+
+
+@pytest.mark.parametrize(
+    ("loss", "predictions", "ua", "why"),
+    [
+        (math.log(5) + 0.049, [0, 1, 2, 3, 4] * 4, 0.9, ["training loss"]),
+        (math.log(5) - 0.049, [0, 1, 2, 3, 4] * 4, 0.9, ["training loss"]),
+        (math.log(5) - 0.051, [0, 1, 2, 3, 4] * 4, 0.9, []),
+        (0.5, [2] * 12 + [0, 1, 3, 4] * 2, 0.9, ["test predictions"]),  # 12 of 20: 60%
+        (0.5, [2] * 11 + [0, 1, 3, 4] * 2 + [0], 0.9, []),  # 11 of 20: 55%
+        (0.5, [0, 1, 2, 3, 4] * 4, 0.2499, ["test UA"]),  # below 1.25 / 5
+        (0.5, [0, 1, 2, 3, 4] * 4, 0.25, []),
+        (math.log(5), [1] * 20, 0.2, ["training loss", "test predictions", "test UA"]),
+        (None, None, 0.6, []),  # a record without loss or predictions: judged on what it has
+    ],
+)
+def test_a_run_that_did_not_train_is_named_with_every_rule_it_breaks(loss, predictions, ua, why):
+    said = experiments.training_failures(loss, predictions, ua, 5)
+    assert [next(k for k in ("training loss", "test predictions", "test UA") if k in s)
+            for s in said] == why  # fmt: skip
+    record = {"metrics": {"ua": ua, "predictions": predictions},
+              "labels": {"emotions": list("abcde")},
+              "history": [] if loss is None else [{"train_loss": loss}]}  # fmt: skip
+    assert experiments.training_verdict(record) == said
+    # A record that says so is read as it says.
+    assert (
+        experiments.training_verdict({**record, "trained": True, "not_trained_because": []}) == []
+    )
 
 
 def test_the_random_placebo_is_the_untrained_network_frozen():

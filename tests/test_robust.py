@@ -217,6 +217,37 @@ def test_group_weights_give_every_present_group_the_same_total_weight(seed):
         np.testing.assert_allclose(weights[groups == g] * sizes[g], totals[0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_capped_group_weights_are_the_uncapped_ones_clipped_at_the_cap(seed):
+    rng = np.random.default_rng(seed)
+    sizes = np.r_[rng.integers(1, 4, 3), rng.integers(50, 300, 4)]  # rare and common groups
+    groups = _shuffled_groups(rng, sizes)
+    by_hand = len(groups) / (len(sizes) * sizes[groups])  # N / (P n_g), every group present
+    cap = float(rng.uniform(2, 8))
+    capped = robust.group_weights(groups, len(sizes), cap=cap)
+    np.testing.assert_allclose(capped, np.minimum(by_hand, cap), rtol=1e-12)
+    assert (by_hand > cap).any() and capped.max() == cap  # the rare groups were capped
+    np.testing.assert_array_equal(robust.group_weights(groups, len(sizes)), by_hand)
+    for bad in (0, -1.0, float("nan"), True, "3"):
+        with pytest.raises(ValueError, match="cap="):
+            robust.group_weights(groups, len(sizes), cap=bad)
+
+
+@pytest.mark.parametrize("target", [1, 7, 100, 1200, 1201])
+@pytest.mark.parametrize("per_epoch", [1, 3, 9, 10, 100, 250])
+def test_step_matched_epochs_come_closest_to_the_target_steps(target, per_epoch):
+    # By brute force: the epoch count (at least 1) whose steps are nearest, ties to more.
+    best = min(range(1, target + 2), key=lambda e: (abs(e * per_epoch - target), -e))
+    assert robust.step_matched_epochs(target, per_epoch) == best
+    assert abs(best * per_epoch - target) <= per_epoch / 2 or best == 1
+
+
+def test_step_matched_epochs_refuses_non_counts():
+    for bad in ((0, 5), (5, 0), (1.5, 2), (True, 2)):
+        with pytest.raises(ValueError, match="expected an integer >= 1"):
+            robust.step_matched_epochs(*bad)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_balanced_subsample_keeps_the_smallest_groups_size_of_every_group(seed):
     rng = np.random.default_rng(seed)
