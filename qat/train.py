@@ -17,6 +17,7 @@ import copy
 import math
 import os
 import pickle
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -299,6 +300,7 @@ def fit(
         best_weights = state.pop("best_weights")
     best_weights = best_weights or copy.deepcopy(model.state_dict())
     resumed_from = state["epoch"]  # 0 unless a checkpoint had finished epochs
+    timings = {"steps": 0.0, "evaluation": 0.0}  # this process's epochs only
 
     prefix = f"{name}: " if name else ""
     early_stopping = config.selection in ("best_val_loss", "worst_group")
@@ -314,6 +316,7 @@ def fit(
         # Under torchrun each rank takes its share of every batch (same effective batch).
         batches = [b[rank::world] for b in batches if len(b) >= 2 * world]  # BN needs two
         model.train()
+        t_steps = time.perf_counter()
         sums: dict[str, float] = {}
         bar = tqdm(batches, desc=f"{prefix}epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress)  # fmt: skip
@@ -344,6 +347,7 @@ def fit(
             torch.distributed.all_reduce(total)
             sums = {k: float(v) / world for k, v in zip(names, total, strict=True)}
         selected = ema.module if ema is not None else model
+        t_eval = time.perf_counter()
         try:
             scores = _scores(selected, val, config.target)
         except NonFiniteLossError as err:
@@ -359,6 +363,9 @@ def fit(
         if monitor is not None:  # for analysis only: never used to select anything
             tested = _scores(selected, monitor, config.target)
             record["test_loss"], record["test_ua"] = tested["loss"], tested["ua"]
+        # Where the time went (kept beside the history: timings differ between identical runs).
+        timings["steps"] += t_eval - t_steps
+        timings["evaluation"] += time.perf_counter() - t_eval
         state["history"].append(record)
         score = -record["val_worst_group"] if config.selection == "worst_group" else val_loss
         if not early_stopping:
@@ -400,6 +407,7 @@ def fit(
         "best_val_loss": state["best_val"],
         "resumed_from_epoch": resumed_from,
         "stopped": stop_reason(stopped_early, config.patience, state["epoch"], config.epochs),
+        "timings_s": timings,
     }
 
 

@@ -411,3 +411,18 @@ def test_the_epoch_line_names_the_invariance_term_by_its_method(data, capsys):
             progress=True)  # fmt: skip
         line = [x for x in capsys.readouterr().out.splitlines() if "epoch 1:" in x][-1]
         assert f"  {word} " in line and ("  at " in line) == (word == "at")
+
+
+def test_fit_says_where_its_time_went_steps_and_evaluation_within_its_wall_time(data):
+    """The split a record keeps (timings_s train_steps / train_evaluation): both measured, and
+    together no more than fit's own wall time."""
+    import time
+
+    train, val = data
+    t0 = time.perf_counter()
+    out = fit(small_net(), train, val, TrainConfig(epochs=2, batch_size=16), monitor=val,
+              progress=False)  # fmt: skip
+    wall = time.perf_counter() - t0
+    split = out["timings_s"]
+    assert split["steps"] > 0 and split["evaluation"] > 0
+    assert split["steps"] + split["evaluation"] <= wall
