@@ -40,6 +40,7 @@ from qat.experiments import (
     DFR_PER_GROUP,
     ONE_CLASS_SHARE,
     SELECTION_PER_GROUP,
+    run_configs,
     training_verdict,
 )
 from qat.models import VGG16_TAPS
@@ -287,8 +288,6 @@ def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES) -> None:
     """The stages in order; runs whose record exists are skipped, so this resumes. Each stage
     reads the records the previous ones wrote. The costs stage times the steps of `models`
     side by side in this process (`jobs` does not apply)."""
-    from qat.experiments import run_configs
-
     for stage in stages:
         records = runs.load_records(kind="ser")
         if stage == "costs":
@@ -818,15 +817,18 @@ def grid_time(records, complete: bool = False) -> str:
         and r["config"].get("profile") == PROFILE
         and r["config"].get("seed") in seeds
     ]
-    hours = sum(r.get("wall_time_s", 0.0) for r in mine) / 3600
+    hours = {kind: sum(r.get("wall_time_s", 0.0) for r in mine if r["kind"] == kind) / 3600
+             for kind in ("ser", "rhemo")}  # fmt: skip
     runs_ = sum(r["kind"] == "ser" for r in mine)
     resumed = sum(bool(r.get("resources", {}).get("resumed_from_epoch")) for r in mine)
     partial = (f"; {resumed} run(s) resumed from a checkpoint and count only their last part"
                if resumed else "")  # fmt: skip
     said = "The whole grid" if complete else "Grid so far"
-    return (f"- {said}: {runs_} runs and {len(mine) - runs_} RH-emos, {hours:.1f} h of "
-            "summed wall time from their records (runs share the 2 cores, so the elapsed "
-            f"time is shorter{partial}).")  # fmt: skip
+    # RH-emos are trained once per split and shared, possibly with an earlier grid's runs.
+    return (f"- {said}: {runs_} runs, {hours['ser']:.1f} h of summed wall time from their "
+            f"records, and the {len(mine) - runs_} RH-emos of their splits, "
+            f"{hours['rhemo']:.1f} h (runs share the 2 cores, so the elapsed time is "
+            f"shorter{partial}).")  # fmt: skip
 
 
 def targets_line(goals: list[dict]) -> str:
