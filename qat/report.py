@@ -67,7 +67,8 @@ def _log(log: TextIO | None) -> dict:
 # `make demo` (`qat report --tour`) in minutes on a fresh clone: everything that trains runs
 # at the smallest profile (the tour), into reports/<TOUR_PROFILE>/; the results come from the
 # committed records: notebooks 04 and 05 on the committed profile at one (seed, fold) pair of
-# the demonstration, served from its records (records_only: nothing trains), and the
+# the previous demonstration (its records now under reports/runs/v2/, until the fair race's
+# exist), served from its records (records_only: nothing trains), and the
 # committed pages rebuilt from the records. The full instrument stays with `qat instrument`
 # and `qat demonstration`.
 TOUR_PROFILE = "smoke"

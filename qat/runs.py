@@ -46,6 +46,11 @@ def code_version() -> str:
         return f"qat {qat.__version__}"
 
 
+# Folders under runs/ holding earlier protocols' records, newest first: no page reads them; the
+# tour's notebooks may show one of their runs (qat.widgets.recorded).
+ARCHIVES = ("v2",)
+
+
 def record_path(kind: str, config: dict, reports: Path | None = None) -> Path:
     return Path(reports or paths.REPORTS) / "runs" / f"{kind}-{config_key(config)}.json"
 

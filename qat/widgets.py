@@ -86,6 +86,9 @@ def recorded(config: RunConfig) -> dict:
         raise ValueError(f"records_only=True: root={config.root!r}: only SynthEmo runs are "
                          "found by their settings alone; set records_only=False")  # fmt: skip
     path = runs.record_path("ser", config.key_dict())
+    # The previous protocol's records (moved beside the current ones) still answer here.
+    path = next((p for p in (path, *(path.parent / a / path.name for a in runs.ARCHIVES))
+                 if p.is_file()), path)  # fmt: skip
     if not path.is_file():
         raise ValueError(f"records_only=True: no record of {config.label()} (seed "
                          f"{config.seed}, fold {config.fold}, {config.profile} profile) under "
