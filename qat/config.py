@@ -48,6 +48,9 @@ CEILING_REGIME = "unconfounded training data"
 ORTHOGONAL_TASKS = ("word", "speaker", "session")  # session: IEMOCAP, as the published code
 PLACEBOS = ("random", "shuffled")  # at/cka from a network that knows nothing of words
 GRAMS = ("sample", "batch")
+# bf16: the forward passes under bfloat16 autocast (AT's Gram and CKA stay in float32). It
+# changes the numbers, so it enters the record key (only when not fp32: earlier keys stand).
+PRECISIONS = ("fp32", "bf16")
 TAPS = (*VGG16_TAPS, PENULTIMATE)  # where anti-transfer can act
 SER_CORPORA = ("synthemo", *(c for c in CORPORA if c not in ("synthemo", "speechcommands")))
 MAX_SEED = 2**31 - 1
@@ -244,6 +247,8 @@ class RunConfig:
     selection: str | None = _spec("which weights a run keeps: default the profile's rule; "
                                   "worst_group: the best worst-group validation accuracy",
                                   ("worst_group",), default=None)  # fmt: skip
+    precision: str = _spec("fp32, or bf16: the forward passes under bfloat16 autocast (AT's "
+                           "Gram and CKA in float32)", PRECISIONS, default="fp32")  # fmt: skip
     jtt_epochs: int = _spec("jtt: epochs T of the first (ERM) stage", default=2)
     lambda_up: float = _spec("jtt: weight of the items the first stage got wrong", default=6.0)
     rho: float = _spec("confounded setups: share of congruent training items", default=0.9)
@@ -419,13 +424,12 @@ class RunConfig:
             out["grad_clip"] = self.grad_clip
         if self.selection is not None:
             out["selection"] = self.selection
+        if self.precision != "fp32":
+            out["precision"] = self.precision
         if self.reads_rhemo and not self.rhemo and self.rhemo_encoder != "published":
             out["rhemo_encoder"] = self.rhemo_encoder
-        if self.upstream != "v1" and self.trains_upstream:  # its settings too: editing reruns
-            out["upstream"] = {
-                "name": self.upstream,
-                "settings": config_key(UPSTREAMS[self.upstream]),
-            }
+        if self.upstream != "v1" and self.trains_upstream:
+            out["upstream"] = upstream_key(self.upstream, self.reads_rhemo and not self.rhemo)
         return out
 
     @property
@@ -459,8 +463,33 @@ class RunConfig:
         if c.get("taps"):
             kw["tap"] = tuple(c["taps"])
         kw.update(c.get("split") or {})
-        kw["upstream"] = (c.get("upstream") or {}).get("name", "v1")  # before it: v1
+        kw["upstream"] = upstream_name(c.get("upstream"))
         return cls(**kw)
+
+
+def _orthogonal_part(name: str) -> dict:
+    design = UPSTREAMS[name]
+    return {"recipe": design["recipe"], "epochs": design.get("orthogonal_epochs")}
+
+
+def upstream_key(name: str, reads_rhemo: bool) -> dict:
+    """What a run's key holds of its upstream design (with the settings: editing a design
+    reruns its runs): all of it for a run that reads RH-emo; only the orthogonal networks'
+    recipe otherwise, so designs that differ in RH-emo alone share those runs."""
+    if reads_rhemo:
+        return {"name": name, "settings": config_key(UPSTREAMS[name])}
+    return {"orthogonal": config_key(_orthogonal_part(name))}
+
+
+def upstream_name(entry) -> str:
+    """The design a record's `upstream` key entry names (v1: none, as before the designs); for
+    an entry of the orthogonal recipe alone, the first design with that recipe."""
+    if not entry:
+        return "v1"
+    if "name" in entry:
+        return entry["name"]
+    return next(n for n in UPSTREAMS if n != "v1"
+                and config_key(_orthogonal_part(n)) == entry["orthogonal"])  # fmt: skip
 
 
 def _file_identity(path: str) -> dict:
@@ -507,12 +536,14 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
     if config.get("rhemo_encoder"):
         parts.append(f"RH-emo {config['rhemo_encoder']}")
     if config.get("upstream"):
-        parts.append(f"upstream {config['upstream']['name']}")
+        parts.append(f"upstream {upstream_name(config['upstream'])}")
     for key, name in (("eta", "η"), ("group_adjustment", "C"), ("jtt_epochs", "T"),
                       ("lambda_up", "λup"), ("weight_decay", "wd"), ("lr", "lr"),
                       ("grad_clip", "clip")):  # fmt: skip
         if config.get(key):
             parts.append(f"{name}={config[key]:g}")
+    if config.get("precision"):
+        parts.append(config["precision"])
     if config.get("seed") and "seed" not in without:
         parts.append(f"seed {config['seed']}")
     return " ".join(parts)
