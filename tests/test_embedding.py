@@ -36,6 +36,12 @@ def test_an_upstream_design_enters_the_key_with_its_settings_and_v1_records_keep
     assert RunConfig.from_record({"config": v1.key_dict()}).upstream == "v1"
     real = RunConfig(profile="smoke", model="real")  # reads no upstream network
     assert real.replace(upstream="careful").key() == real.key()
+    # A real anti-transfer run reads an orthogonal network, not RH-emo: designs that differ in
+    # RH-emo alone give it one key, which reads back to a design with that recipe.
+    at = real.replace(method="at", upstream="careful")
+    same = at.replace(upstream="careful-emotion")
+    assert at.key() == same.key() != at.replace(upstream="v1").key()
+    assert RunConfig.from_record({"config": same.key_dict()}).key() == same.key()
 
 
 def test_choose_takes_the_best_mean_validation_ua_and_breaks_ties_by_the_candidates_order():
