@@ -23,7 +23,9 @@ at the deepest tap, in eval mode, under no_grad, and beta is left to the caller 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -69,6 +71,29 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
     and bfloat16 activations under mixed precision, float32) is computed in float32, whose
     range holds the normalised Gram products of any input."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+@contextmanager
+def _autocast_off() -> Iterator[None]:
+    """Autocast (bf16/fp16 mixed precision) switched off where it is on: it would run the Gram
+    and CKA products in the low precision even on float32 copies of their inputs."""
+    with contextlib.ExitStack() as stack:
+        for device_type in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
+
+
+def _in_float32(function):
+    """`function` computed outside autocast: the AT terms stay in float32 (float64 for float64
+    inputs) under mixed precision, whatever dtype the activations come in."""
+
+    @functools.wraps(function)
+    def outside_autocast(*args, **kwargs):
+        with _autocast_off():
+            return function(*args, **kwargs)
+
+    return outside_autocast
 
 
 def _pow2_scale(peak: Tensor) -> Tensor:
@@ -156,6 +181,7 @@ class _ScaledGram(torch.autograd.Function):
     """
 
     @staticmethod
+    @_in_float32
     def forward(ctx, flat: Tensor, pre: Tensor | None, post: Tensor) -> Tensor:
         x = flat.to(post.dtype)
         if pre is not None:
@@ -164,6 +190,7 @@ class _ScaledGram(torch.autograd.Function):
         return (x @ x.transpose(-1, -2)).mul_(post)
 
     @staticmethod
+    @_in_float32
     def backward(ctx, grad: Tensor):
         flat, pre, post = ctx.saved_tensors
         x = flat.to(post.dtype)
@@ -175,6 +202,7 @@ class _ScaledGram(torch.autograd.Function):
         return grad_x.to(flat.dtype), None, None
 
 
+@_in_float32
 def gram_matrix(act: Tensor, mode: str = "sample", normalize: bool = False) -> Tensor:
     """Channel Gram matrix of an activation, normalised by the number of positions H*W.
 
@@ -212,6 +240,7 @@ def gram_matrix(act: Tensor, mode: str = "sample", normalize: bool = False) -> T
     return _ScaledGram.apply(flat, _pow2_scale(peak), inverse_positions)
 
 
+@_in_float32
 def cos2_from_grams(g_cur: Tensor, g_pre: Tensor) -> Tensor:
     """The published AT value from two Gram matrices: (mean_rows |cos(row_cur, row_pre)|)^2.
 
@@ -270,6 +299,7 @@ def _kernel(features: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return _normalised(x @ x.T), varies
 
 
+@_in_float32
 def _linear_cka(current: Tensor, pretrained: Tensor) -> Tensor:
     """Linear CKA in the B x B kernel form, which costs O(B^2 D) instead of O(D^2).
 

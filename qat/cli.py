@@ -107,12 +107,75 @@ def config_from_args(args: argparse.Namespace, **fixed) -> RunConfig:
     return cfg.RunConfig(**{**given, **fixed})
 
 
+def _add_execution_arguments(parser: argparse.ArgumentParser, engine: bool = True) -> None:
+    """Where and how runs execute: never in a record's key, the same records either way."""
+    if engine:
+        parser.add_argument(
+            "--engine",
+            choices=("local", "ray"),
+            default="local",
+            help="local: --jobs processes here; ray: one Ray task per run",
+        )
+        parser.add_argument(
+            "--address",
+            default=None,
+            help="ray: the cluster's address, e.g. auto or ray://HEAD:10001 "
+            "(default: a local cluster started for the grid, on 127.0.0.1)",
+        )
+        parser.add_argument(
+            "--cpus-per-run",
+            type=int,
+            default=None,
+            help="ray: CPUs each run asks for (default: cores / --jobs)",
+        )
+        parser.add_argument(
+            "--gpus-per-run",
+            type=float,
+            default=0.0,
+            help="ray: GPUs each run asks for, below 1 a share of one",
+        )
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="cpu|cuda|cuda:N",
+        help="where runs train (default: cuda when available); with plain "
+        "cuda the local pool gives each job a GPU of its own, in turn",
+    )
+    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
+                        help="a split larger than this (e.g. 8G) is read batch by batch from "
+                        "the feature cache (default: a quarter of RAM)")  # fmt: skip
+
+
+def _execution(args):
+    """The execution settings given: the device and memory budget for every run this command
+    starts ($QAT_DEVICE, $QAT_MEMORY_BUDGET: the workers read them), and the engine."""
+    from qat import rundata, sweep
+
+    if args.device is not None:
+        os.environ[rundata.DEVICE_VARIABLE] = rundata.check_device(args.device, "--device")
+    if args.memory_budget is not None:
+        rundata.parse_bytes(args.memory_budget, "--memory-budget")
+        os.environ[rundata.MEMORY_VARIABLE] = args.memory_budget
+    if not hasattr(args, "engine"):
+        return None
+    local = args.engine == "local"
+    if args.address is not None and local:
+        raise ValueError(f"--address {args.address}: a Ray cluster's address, with --engine ray")
+    if args.gpus_per_run and local:
+        raise ValueError("--gpus-per-run: with --engine ray (the local pool gives each job a "
+                         "GPU of its own with --device cuda)")  # fmt: skip
+    return sweep.Engine(args.engine, address=args.address, cpus_per_run=args.cpus_per_run,
+                        gpus_per_run=args.gpus_per_run,
+                        gpus=rundata.worker_gpus() if local else ())  # fmt: skip
+
+
 def _train(args) -> None:
     import torch
 
     from qat.experiments import train_ser
     from qat.rundata import fold_count
 
+    _execution(args)
     if args.fold == "all":
         try:
             first = config_from_args(args, fold=0)
@@ -155,11 +218,13 @@ def _sweep(args) -> None:
         cfg.validate_field("model", model)
     cfg.check_number("seeds", args.seeds, 1, integer=True)
     cfg.check_number("jobs", args.jobs, 1, integer=True)
+    engine = _execution(args)
     fixed = {k: v for k, v in vars(args).items() if k in {f.name for f in cfg.fields()}}
     settings = {k: v for k, v in fixed.items() if v is not None}
     settings.setdefault("method", "at")
     configs = sweep_configs(taps, models, range(args.seeds), **settings)
-    print(f"{len(run_configs(configs, jobs=args.jobs))} run records under reports/runs/")
+    done = run_configs(configs, jobs=args.jobs, engine=engine)
+    print(f"{len(done)} run records under reports/runs/")
 
 
 def _models(args) -> None:
@@ -206,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     train.add_argument("--force", action="store_true",
                        help="train again even if a record exists (written beside it)")  # fmt: skip
+    _add_execution_arguments(train, engine=False)
 
     sweep = sub.add_parser("sweep", help="a method at many taps x models x seeds, in parallel")
     add_config_arguments(sweep, exclude=("tap", "model", "seed"))
@@ -213,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--models", default="real,quaternion", help="comma-separated models")
     sweep.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     sweep.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    _add_execution_arguments(sweep)
 
     demo = sub.add_parser(
         "demonstration",
@@ -227,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "finalist's and swept tap's step side by side in one process")  # fmt: skip
     demo.add_argument("--report-only", action="store_true",
                       help="rebuild the pages from the records without training")  # fmt: skip
+    _add_execution_arguments(demo)
 
     rhemo = sub.add_parser(
         "rhemo", help="pretrain RH-emo on a corpus's training split and save it for reuse "
@@ -252,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--jobs", type=int, default=2, help="parallel processes")
     inst.add_argument("--report-only", action="store_true",
                       help="rebuild the page from the records without training")  # fmt: skip
+    _add_execution_arguments(inst)
 
     synth = sub.add_parser("synth", help="build a SynthEmo corpus into a new folder")
     synth.add_argument("out_dir", type=_nonempty_path)
@@ -345,8 +414,9 @@ def _dispatch(args) -> int:
             cfg.validate_field("model", model)
         for stage in stages:
             cfg.check_choice("stages", stage, demonstration.STAGES)
+        engine = _execution(args)
         if not args.report_only:
-            demonstration.run(models, jobs=args.jobs, stages=stages)
+            demonstration.run(models, jobs=args.jobs, stages=stages, engine=engine)
         print("\n".join(map(str, demonstration.write_pages())))
     elif args.command == "rhemo":
         from qat.upstream import export_rhemo
@@ -359,8 +429,9 @@ def _dispatch(args) -> int:
         models = args.models.split(",")
         for model in models:
             cfg.validate_field("model", model)
+        engine = _execution(args)
         if not args.report_only:
-            instrument.run(args.stage, jobs=args.jobs, models=models)
+            instrument.run(args.stage, jobs=args.jobs, models=models, engine=engine)
         print(instrument.write_report())
     elif args.command == "synth":
         from qat.data.synth import make_synthemo

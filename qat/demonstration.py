@@ -284,10 +284,10 @@ def cost_configs(records, model: str) -> dict[str, RunConfig]:
     return {name: _on(c, (COST_PAIR,))[0] for name, c in steps.items()}
 
 
-def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES) -> None:
+def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES, engine=None) -> None:
     """The stages in order; runs whose record exists are skipped, so this resumes. Each stage
     reads the records the previous ones wrote. The costs stage times the steps of `models`
-    side by side in this process (`jobs` does not apply)."""
+    side by side in this process (`jobs` and `engine`, a qat.sweep.Engine, do not apply)."""
     for stage in stages:
         records = runs.load_records(kind="ser")
         if stage == "costs":
@@ -295,7 +295,7 @@ def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES) -> None:
             continue
         for model in models:
             grid = GRIDS[stage](model, records)
-            run_configs(grid, jobs=jobs, desc=f"demonstration {stage}, {model}")
+            run_configs(grid, jobs=jobs, desc=f"demonstration {stage}, {model}", engine=engine)
 
 
 # ---------------------------------------------------------------- the analysis

@@ -41,7 +41,7 @@ from qat.rundata import (
     train_config,
 )
 from qat.saved import load_model, load_rhemo, model_path, save_model, stored_path
-from qat.sweep import run_grid
+from qat.sweep import Engine, run_grid
 from qat.train import (
     Step,
     evaluate,
@@ -727,14 +727,17 @@ def _train_quietly(config: RunConfig) -> dict:
     return train_ser(config, progress=False)
 
 
-def run_configs(configs: list[RunConfig], jobs: int = 1, desc: str = "sweep") -> list[dict]:
-    """Run (or reuse) train_ser over `configs` in `jobs` parallel processes; the first
-    configuration of each prerequisite group runs before the others (here with progress when
-    jobs is 1), building the split, RH-emo and orthogonal network the others then read from
-    the cache. `desc` names the grid on its progress bar."""
+def run_configs(
+    configs: list[RunConfig], jobs: int = 1, desc: str = "sweep", engine: Engine | None = None
+) -> list[dict]:
+    """Run (or reuse) train_ser over `configs` in `jobs` parallel processes (or as Ray tasks:
+    `engine`, qat.sweep.Engine); the first configuration of each prerequisite group runs before
+    the others (here with progress when jobs is 1), building the split, RH-emo and orthogonal
+    network the others then read from the cache. `desc` names the grid on its progress bar."""
     return run_grid(
         configs, _train_quietly, jobs=jobs, group=RunConfig.prerequisites,
         first=lambda c: train_ser(c, progress=True), name=RunConfig.label, desc=desc,
+        engine=engine,
     )  # fmt: skip
 
 

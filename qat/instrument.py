@@ -91,42 +91,50 @@ def upstream(profile: str, pairs=PAIRS) -> None:
             networks.pretrain_orthogonal(run, rhemo=networks.pretrain_rhemo(run))
 
 
-def run(stage: str = "pilot", jobs: int = 2, models=MODELS) -> None:
+def run(stage: str = "pilot", jobs: int = 2, models=MODELS, engine=None) -> None:
     """Train what a stage needs (runs whose record exists are skipped, so it resumes):
     "pilot": baseline and ceiling under each candidate recipe; "final": the same under the
     frozen recipe (for every RH-emo encoder), the prosody oracle and the upstream networks;
     "diagnose": the ceilings of the diagnoses (why the quaternion ceiling lags); "confirm":
     those that raised it, on fresh pairs; "costs": the steps of the frozen baselines and of
-    the diagnosed networks, timed side by side in one process."""
+    the diagnosed networks, timed side by side in one process. `engine`: where the runs
+    execute (qat.sweep.Engine; the local pool by default)."""
     from qat.experiments import run_configs
 
     if stage == "embedding":
-        run_configs(embedding.select_configs(), jobs=jobs, desc="instrument embedding")
+        run_configs(
+            embedding.select_configs(), jobs=jobs, desc="instrument embedding", engine=engine
+        )
         return
     if stage == "embedding-confirm":
-        _confirm_embedding(jobs)
+        _confirm_embedding(jobs, engine)
         return
     if stage == "costs":
         costs.run([*cost_configs().values(), *diagnosis.cost_configs(FROZEN).values()])
         return
     if stage in ("diagnose", "confirm"):
         grid = diagnosis.configs(PAIRS) if stage == "diagnose" else diagnosis.confirm_configs()
-        run_configs(grid, jobs=jobs, desc=f"instrument {stage}")
+        run_configs(grid, jobs=jobs, desc=f"instrument {stage}", engine=engine)
         return
     profiles = PILOT if stage == "pilot" else (FROZEN,)
     for profile in profiles:
-        run_configs(configs(profile, models), jobs=jobs, desc=f"instrument {stage}, {profile}")
+        run_configs(
+            configs(profile, models),
+            jobs=jobs,
+            desc=f"instrument {stage}, {profile}",
+            engine=engine,
+        )
     if stage == "final" and "quaternion" in models:  # the other RH-emo encoders
         for encoder in list(ENCODERS)[1:]:
             run_configs(configs(FROZEN, ("quaternion",), rhemo_encoder=encoder), jobs=jobs,
-                        desc=f"instrument {stage}, RH-emo {encoder}")  # fmt: skip
+                        desc=f"instrument {stage}, RH-emo {encoder}", engine=engine)  # fmt: skip
     if stage == "final":
         for seed, fold in PAIRS:
             oracle(RunConfig(profile=FROZEN, seed=seed, fold=fold, setup="unconfounded"))
         upstream(FROZEN)
 
 
-def _confirm_embedding(jobs: int) -> None:
+def _confirm_embedding(jobs: int, engine=None) -> None:
     """The chosen RH-emo on fresh pairs: its runs (embedding.confirm_configs), then the
     quaternion word networks that read it."""
     from qat import upstream as networks
@@ -136,7 +144,9 @@ def _confirm_embedding(jobs: int) -> None:
     if chosen is None:
         raise ValueError(f"stage='embedding-confirm': no RH-emo is chosen yet ({why}); run "
                          "`qat instrument --stage embedding` first")  # fmt: skip
-    run_configs(embedding.confirm_configs(chosen), jobs=jobs, desc=f"confirm {chosen}")
+    run_configs(
+        embedding.confirm_configs(chosen), jobs=jobs, desc=f"confirm {chosen}", engine=engine
+    )
     for run in embedding.word_networks(chosen):
         networks.pretrain_orthogonal(run, rhemo=networks.pretrain_rhemo(run))
     costs.run(embedding.cost_configs(chosen))

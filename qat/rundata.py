@@ -6,28 +6,94 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from qat import paths, robust, runs
+from qat import io, paths, robust, runs
 from qat.config import PROFILES, RunConfig, check_choice
 from qat.data import corpora, splits, synth
-from qat.data.dataset import LabelSpace, Normalizer, SERDataset
+from qat.data.dataset import LabelSpace, Normalizer, Rows, SERDataset, StreamedInputs, split_bytes
 from qat.data.features import FeatureConfig, extract_features
 from qat.models import RHEmo
 from qat.train import (
     TrainConfig,
 )
 
+# Execution settings: where and how runs compute, not what they compute (never in a record's
+# key). Environment variables, like the folders, so that the sweep's workers and Ray's tasks
+# (which get the $QAT_* variables of the process that starts the grid) read what `qat ...
+# --device/--memory-budget` set.
+DEVICE_VARIABLE = "QAT_DEVICE"
+MEMORY_VARIABLE = "QAT_MEMORY_BUDGET"
+# Default budget: a quarter of RAM per split. A run holds its three splits and its network,
+# and the jobs beside it theirs.
+MEMORY_SHARE = 4
+
+
+def check_device(text: str, variable: str = "device") -> str:
+    """`text` if it names a device runs can use here: cpu, cuda or cuda:N."""
+    if not isinstance(text, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise ValueError(f"{variable}={text!r}: expected cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        count = torch.cuda.device_count()
+        if count == 0:
+            build = "a CPU build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise ValueError(f"{variable}={text!r}: no CUDA device here (torch "
+                             f"{torch.__version__}, {build}); use cpu")  # fmt: skip
+        if ":" in text and int(text.split(":")[1]) >= count:
+            raise ValueError(f"{variable}={text!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")  # fmt: skip
+    return text
+
+
+def device_setting() -> str:
+    """$QAT_DEVICE (set by --device), else cuda when CUDA is available, else cpu."""
+    value = os.environ.get(DEVICE_VARIABLE)
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(value, f"${DEVICE_VARIABLE}")
+
 
 def device() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    """The device a run trains on (device_setting). Plain cuda is cuda:$LOCAL_RANK under
+    torchrun (a GPU per rank), cuda:0 otherwise: a local pool's worker or a Ray task sees only
+    its own GPU (CUDA_VISIBLE_DEVICES), which is then device 0."""
+    chosen = device_setting()
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if chosen == "cuda" else chosen
+
+
+def worker_gpus() -> tuple[int, ...]:
+    """The GPUs a local pool's workers take in turn (qat.sweep.Engine.gpus): every GPU when
+    runs go to plain cuda and there are several; none for cpu, an explicit cuda:N or one GPU."""
+    count = torch.cuda.device_count() if device_setting() == "cuda" else 0
+    return tuple(range(count)) if count > 1 else ()
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str, variable: str = "memory_budget") -> int:
+    """A size in bytes from `1000000`, `512M`, `1.5G` or `2T` (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(text), re.IGNORECASE)
+    size = match and float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not size or size < 1:
+        raise ValueError(f"{variable}={text!r}: expected a size > 0, e.g. 8G, 512M or 1000000")
+    return int(size)
+
+
+def memory_budget() -> int:
+    """The most bytes one split may take in memory before it is read from disk batch by batch:
+    $QAT_MEMORY_BUDGET (set by --memory-budget), else RAM / MEMORY_SHARE."""
+    value = os.environ.get(MEMORY_VARIABLE)
+    if value is not None:
+        return parse_bytes(value, f"${MEMORY_VARIABLE}")
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MEMORY_SHARE
 
 
 def load_records(corpus: str = "synthemo", profile: str = "cpu", root=None, progress=True):
@@ -87,7 +153,7 @@ class Data:
     dropped_silent: int
     warnings: list[str]
     normalizer: Normalizer | None = None
-    x: np.ndarray | None = None  # the kept items' raw features (e.g. for DFR's held-out set)
+    x: np.ndarray | Rows | None = None  # the kept items' raw features (e.g. DFR's held-out set)
 
 
 MIN_TEST_PER_CLASS = 5  # below this a test class's recall moves in steps of 20 points or more
@@ -151,7 +217,6 @@ def prepare_data(
         raise ValueError(f"all {len(records)} audio files are near-silent (peak below the silence "
                          "threshold); expected speech. Check the files or their level")  # fmt: skip
     kept = [records[i] for i in keep]
-    x = feats.x[keep] if len(keep) < len(records) else feats.x
     synthemo = kept[0].corpus == synth.CORPUS
     split_options.setdefault("val_fraction", PROFILES[profile].get("val_fraction", 0.1))
     if synthemo and setup not in ("random", "word") and "fold" not in split_options:
@@ -163,12 +228,21 @@ def prepare_data(
         folds = splits.default_folds(kept[0].corpus, speakers) if real_folds else None
         split_options.setdefault("folds", folds or PROFILES[profile].get("folds", 5))
     split = splits.make_split(kept, setup, seed=seed, **split_options)
-    train_idx, val_idx, test_idx = split.indices(kept)
+    parts = split.indices(kept)
+    budget = memory_budget()
+    stream = [split_bytes(len(idx), feats.x.shape[1:]) > budget for idx in parts]
+    if any(stream):  # read from the cache file as needed, never copied whole
+        x = Rows(feats.x, keep) if len(keep) < len(records) else feats.x
+    else:
+        x = feats.x[keep] if len(keep) < len(records) else feats.x
+    train_idx, _, test_idx = parts
     notes = _check_task(records, kept, split, test_idx, x, target)
     label_space = LabelSpace.from_records(kept)
-    normalizer = Normalizer.fit(np.asarray(x[train_idx]))
+    # Streaming, the training items are read in the same blocks, so the statistics are equal.
+    normalizer = Normalizer.fit(Rows(x, train_idx) if stream[0] else np.asarray(x[train_idx]))
     datasets = [
-        SERDataset(x, kept, idx, label_space, normalizer) for idx in (train_idx, val_idx, test_idx)
+        SERDataset(x, kept, idx, label_space, normalizer, stream=s)
+        for idx, s in zip(parts, stream, strict=True)
     ]
     dropped = len(records) - len(kept)
     return Data(kept, split, label_space, *datasets, dropped_silent=dropped, warnings=notes,
@@ -185,7 +259,7 @@ def train_config(profile: str, seed: int, **overrides) -> TrainConfig:
     return TrainConfig(**{**recipe, "seed": seed, "device": device(), **overrides})
 
 
-def with_inputs(dataset: SERDataset, x: torch.Tensor) -> SERDataset:
+def with_inputs(dataset: SERDataset, x: torch.Tensor | StreamedInputs) -> SERDataset:
     """The same items and labels with other network inputs (e.g. RH-emo embeddings)."""
     out = copy.copy(dataset)
     out.x = x
@@ -201,11 +275,57 @@ def subset(dataset: SERDataset, n: int | None, seed: int = 0) -> SERDataset:
 
 @torch.no_grad()
 def embed(rhemo: RHEmo, dataset: SERDataset, batch_size: int = 256) -> SERDataset:
+    """The dataset with RH-emo's embeddings as its inputs, computed in batches; a streamed
+    dataset's are written to a cache file and streamed from it in turn."""
     rhemo.eval()
+    if isinstance(dataset.x, StreamedInputs):
+        return with_inputs(dataset, _embedded_on_disk(rhemo, dataset.x, batch_size))
     x = torch.cat(
         [rhemo.encode(dataset.x[i : i + batch_size]) for i in range(0, len(dataset.x), batch_size)]
     )
     return with_inputs(dataset, x)
+
+
+def _inputs_digest(inputs: StreamedInputs) -> str:
+    """What streamed inputs read: the cache file (by name, size and time: a rebuilt file is
+    new) or in-memory array (by content), the rows, and the normaliser."""
+    rows = inputs.rows
+    base, positions = rows.base, rows.positions
+    while isinstance(base, Rows):
+        base, positions = base.base, base.positions[positions]
+    h = hashlib.sha256(np.ascontiguousarray(positions).tobytes())
+    filename = getattr(base, "filename", None)
+    if filename:
+        stat = os.stat(filename)
+        h.update(f"{filename}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    else:
+        h.update(np.ascontiguousarray(base[np.sort(positions)]).tobytes())
+    if inputs.normalizer is not None:
+        h.update(inputs.normalizer.mean.tobytes() + inputs.normalizer.std.tobytes())
+    return h.hexdigest()
+
+
+def _embedded_on_disk(rhemo: RHEmo, inputs: StreamedInputs, batch_size: int) -> StreamedInputs:
+    """RH-emo's embeddings of streamed inputs, cached under QAT_CACHE/embeddings keyed by the
+    network's weights and the inputs, written batch by batch into a memory-mapped file."""
+    h = hashlib.sha256(_inputs_digest(inputs).encode() + str(batch_size).encode())
+    for name, tensor in rhemo.state_dict().items():
+        h.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = paths.CACHE / "embeddings" / f"rhemo-{h.hexdigest()[:24]}.npy"
+    if not path.exists():
+        io.ensure_folder(path.parent, "embedding cache")
+        n, shape = len(inputs), tuple(rhemo.encode(inputs[:1]).shape[1:])
+
+        def write(tmp):
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
+            for i in range(0, n, batch_size):
+                out[i : i + batch_size] = rhemo.encode(inputs[i : i + batch_size]).numpy()
+            out.flush()
+            del out
+
+        io.write_atomic(path, write)  # a parallel run writing the same file: either is whole
+    x = np.load(path, mmap_mode="r")
+    return StreamedInputs(Rows(x, np.arange(len(x))), channel=False)
 
 
 def fold_count(run: RunConfig) -> int:
@@ -221,6 +341,11 @@ def fold_count(run: RunConfig) -> int:
 
 def run_data(run: RunConfig, progress: bool = True, records=None) -> Data:
     """The corpus, features and split of a run (`records`: the corpus, if already loaded)."""
+    if run.precision != "fp32" and "precision" not in RECIPE:
+        # Until the training loop runs its forwards under autocast, a bf16 record would hold
+        # an fp32 training under a bf16 key.
+        raise ValueError(f"precision={run.precision!r}: qat.train does not apply autocast yet "
+                         "(TrainConfig.precision, issue 35); use fp32")  # fmt: skip
     records = records or load_records(run.corpus, run.profile, run.root, progress)
     return prepare_data(records, run.setup, run.profile, run.seed, progress, **run.split_options)
 
@@ -235,9 +360,14 @@ def attach_groups(data: Data) -> None:
 
 
 def take(dataset: SERDataset, positions: np.ndarray) -> SERDataset:
-    """The items of a dataset at `positions` (positions within the dataset)."""
+    """The items of a dataset at `positions` (positions within the dataset); from a streamed
+    dataset, read into memory if they fit the memory budget, else streamed too."""
     keep = torch.as_tensor(np.asarray(positions))
-    out = with_inputs(dataset, dataset.x[keep])
+    x = dataset.x
+    if isinstance(x, StreamedInputs) and split_bytes(len(keep), x.shape[1:]) > memory_budget():
+        out = with_inputs(dataset, x.take(keep))
+    else:
+        out = with_inputs(dataset, x[keep])
     out.labels = {k: v[keep] for k, v in dataset.labels.items()}
     out.indices = np.asarray(dataset.indices)[keep.numpy()]
     return out

@@ -614,3 +614,48 @@ def test_gram_function_gradients_match_finite_differences(pre, shape):
     post = torch.full(dims, 0.2, dtype=torch.float64)
     scale = None if pre is None else torch.full(dims, pre, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda f: _ScaledGram.apply(f, scale, post), (flat,))
+
+
+# ----------------------------------------------------------------- bf16 autocast (issue 35)
+
+BF16_AUTOCAST = torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+def test_under_bf16_autocast_the_at_value_is_the_float32_one_bit_for_bit(distance, gram):
+    """Autocast runs matmuls in bfloat16 even on float32 inputs: the Gram and CKA products came
+    out with 8 bits of mantissa. They are computed outside it, in float32."""
+    a, b = _randn(4, 16, 6, 6, seed=60).relu(), _randn(4, 16, 6, 6, seed=61)
+    plain = at_loss(a, b, gram=gram, distance=distance)
+    with BF16_AUTOCAST:
+        mixed = at_loss(a, b, gram=gram, distance=distance)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+def test_bf16_activations_under_autocast_match_the_float64_formula(distance, gram):
+    a = _randn(4, 16, 6, 6, seed=62).relu().bfloat16().requires_grad_()
+    b = _randn(4, 16, 6, 6, seed=63).bfloat16()
+    with BF16_AUTOCAST:
+        value = at_loss(a, b, gram=gram, distance=distance)
+    assert value.item() == pytest.approx(_reference(a, b, distance, gram), rel=1e-5)
+    value.backward()
+    assert a.grad.dtype == torch.bfloat16 and torch.isfinite(a.grad.float()).all()
+
+
+@pytest.mark.parametrize(("distance", "gram"), MODES)
+def test_a_training_step_under_bf16_autocast_keeps_the_term_in_float32(distance, gram):
+    model, orthogonal = TinyNet(seed=1), TinyNet(num_classes=5, seed=2)
+    x = _randn(4, 1, 8, 8, seed=64)
+    taps = ["conv1_2", "penultimate"]
+    at = AntiTransfer(orthogonal, taps, distance=distance, gram=gram)
+    with BF16_AUTOCAST, at.capture(model) as captured:
+        logits = model(x)
+        term = at.term(captured, x)
+        frozen = at._frozen_activations(x)  # as the term's frozen side saw them: bf16
+    assert logits.dtype == frozen["conv1_2"].dtype == torch.bfloat16  # the networks ran in bf16
+    assert term.dtype == torch.float32
+    expected = sum(_reference(captured[t], frozen[t], distance, gram) for t in taps)
+    assert term.item() == pytest.approx(expected, rel=1e-5)
+    term.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

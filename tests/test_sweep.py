@@ -109,3 +109,86 @@ def test_a_script_that_starts_a_sweep_without_a_main_guard_is_told_so(tmp_path):
         f"{sweep.UNGUARDED}"
     )
     assert 'if __name__ == "__main__":' in sweep.UNGUARDED
+
+
+# ------------------------------------------------------------ devices (issue 35, item 2)
+
+
+def visible_gpus_of_a_worker(config) -> tuple:
+    """A sweep's run that waits until every run of the grid has started (so each job takes
+    one), then reports its process and the GPUs it sees (importable by name)."""
+    import os
+    import time
+    from pathlib import Path
+
+    folder, runs = Path(config[0]), config[1]
+    (folder / f"started-{os.getpid()}").touch()
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("started-*"))) < runs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_the_local_pool_gives_each_worker_its_own_gpu_in_turn(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    engine = sweep.Engine(gpus=(2, 5))  # the workers never touch CUDA: no GPU needed here
+    results = sweep.run_grid([(str(tmp_path), 2)] * 2, visible_gpus_of_a_worker, jobs=2,
+                             engine=engine)  # fmt: skip
+    assert len({pid for pid, _ in results}) == 2
+    assert sorted(gpus for _, gpus in results) == ["2", "5"]
+
+
+def test_without_gpus_the_local_pool_leaves_the_visible_devices_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    results = sweep.run_grid([(str(tmp_path), 1)], visible_gpus_of_a_worker, jobs=1)
+    assert [gpus for _, gpus in results] == ["7"]
+
+
+def test_device_is_qat_device_or_cuda_when_available(monkeypatch):
+    import torch
+
+    from qat import rundata
+
+    monkeypatch.delenv(rundata.DEVICE_VARIABLE, raising=False)
+    assert rundata.device() == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv(rundata.DEVICE_VARIABLE, "cpu")
+    assert rundata.device() == "cpu" and rundata.worker_gpus() == ()
+
+
+@pytest.mark.parametrize("text", ["", "gpu", "cuda:", "cuda:x", "CPU", "cuda:0,1"])
+def test_a_device_that_is_not_cpu_cuda_or_cuda_n_is_refused(monkeypatch, text):
+    from qat import rundata
+
+    monkeypatch.setenv(rundata.DEVICE_VARIABLE, text)
+    with pytest.raises(ValueError, match=rf"\$QAT_DEVICE={text!r}: expected cpu, cuda or cuda:N"):
+        rundata.device()
+
+
+def test_cuda_on_a_machine_without_it_is_refused_in_one_line(monkeypatch):
+    import torch
+
+    from qat import rundata
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for text in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=rf"device='{text}': no CUDA device here"):
+            rundata.check_device(text)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rundata.check_device("cuda:1") == "cuda:1"
+    with pytest.raises(ValueError, match=r"2 CUDA device\(s\), cuda:0 to cuda:1"):
+        rundata.check_device("cuda:2")
+
+
+def test_the_local_pool_spreads_over_every_gpu_only_for_plain_cuda(monkeypatch):
+    import torch
+
+    from qat import rundata
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv(rundata.DEVICE_VARIABLE, "cuda")
+    assert rundata.worker_gpus() == (0, 1, 2)
+    monkeypatch.setenv(rundata.DEVICE_VARIABLE, "cuda:1")  # the user's choice: every run there
+    assert rundata.worker_gpus() == ()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv(rundata.DEVICE_VARIABLE, "cuda")
+    assert rundata.worker_gpus() == ()

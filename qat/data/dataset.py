@@ -1,5 +1,7 @@
 """From cached features to training tensors: label encoding (LabelSpace), per-bin
-normalisation with training statistics only (Normalizer), and the dataset (SERDataset)."""
+normalisation with training statistics only (Normalizer), and the dataset (SERDataset), whose
+inputs are an in-memory tensor or, for a split larger than memory, read batch by batch from
+the memory-mapped feature cache (Rows, StreamedInputs)."""
 
 from __future__ import annotations
 
@@ -133,6 +135,80 @@ class LabelSpace:
 
 
 # --------------------------------------------------------------------------------------------
+# Reading a split from disk, batch by batch
+
+
+def _positions(key) -> np.ndarray | int:
+    """An int, slice, integer array or integer tensor as numpy indices."""
+    if isinstance(key, torch.Tensor):
+        return key.numpy()
+    return key
+
+
+class Rows:
+    """The rows `positions` of an (N, ...) array (a memory-mapped cache file, or another Rows),
+    read on demand: indexing by an int, a slice or an integer array reads only those rows, in
+    file order (sequential reads), and returns them as an ndarray in the order asked."""
+
+    def __init__(self, base, positions: Sequence[int] | np.ndarray):
+        self.base = base
+        self.positions = np.asarray(positions, dtype=np.int64)
+        self.shape = (len(self.positions), *base.shape[1:])
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, key) -> np.ndarray:
+        wanted = self.positions[_positions(key)]
+        if wanted.ndim == 0:
+            return np.asarray(self.base[int(wanted)])
+        order = np.argsort(wanted, kind="stable")
+        out = np.empty((len(wanted), *self.shape[1:]), dtype=self.dtype)
+        out[order] = self.base[wanted[order]]
+        return out
+
+
+class StreamedInputs:
+    """A dataset's network inputs read from disk as they are asked for: rows of a cache file,
+    normalised when read, as float32 tensors. It stands where SERDataset.x is a tensor for the
+    trainers, which only slice it (len, shape, x[slice], x[integer tensor]): each item goes
+    through the same arithmetic as on the in-memory path, so the batches are bitwise equal.
+
+    `channel`: insert the channel axis (features (frames, bins) -> (1, frames, bins)), as
+    SERDataset does; embeddings are stored with theirs."""
+
+    dtype = torch.float32
+
+    def __init__(self, rows: Rows, normalizer: Normalizer | None = None, channel: bool = True):
+        self.rows, self.normalizer, self.channel = rows, normalizer, channel
+        self.shape = (len(rows), *((1,) if channel else ()), *rows.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        features = np.asarray(self.rows[key], dtype=np.float32)
+        if self.normalizer is not None:
+            features = self.normalizer(features)
+        out = torch.from_numpy(np.ascontiguousarray(features))
+        return out.unsqueeze(-len(self.rows.shape[1:]) - 1) if self.channel else out
+
+    def take(self, positions) -> StreamedInputs:
+        """The items at `positions` (within these inputs), still read from disk."""
+        rows = Rows(self.rows.base, self.rows.positions[_positions(positions)])
+        return StreamedInputs(rows, self.normalizer, self.channel)
+
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+
+def split_bytes(n_items: int, item_shape: Sequence[int]) -> int:
+    """What a split of `n_items` items of `item_shape` takes in memory as float32."""
+    return int(n_items) * int(np.prod(item_shape)) * 4
+
+
+# --------------------------------------------------------------------------------------------
 # Dataset
 
 
@@ -142,6 +218,10 @@ class SERDataset(torch.utils.data.Dataset):
     .x: float32 (n, 1, frames, bins), normalised; .labels: dict of (n,) tensors (see
     LabelSpace.encode); .indices: the items' positions in the corpus. Trainers slice .x and
     .labels in batches directly, which is much faster than a DataLoader over __getitem__.
+
+    `stream=True` (a split larger than memory): .x is a StreamedInputs that reads and
+    normalises each batch from `x` (the memory-mapped cache) when it is sliced; nothing is
+    copied whole, and every batch equals the in-memory path's.
     """
 
     def __init__(
@@ -151,16 +231,20 @@ class SERDataset(torch.utils.data.Dataset):
         indices: Sequence[int] | np.ndarray,
         label_space: LabelSpace,
         normalizer: Normalizer | None,
+        stream: bool = False,
     ):
         if len(x) != len(records):
             raise ValueError(f"x has {len(x)} items but records has {len(records)}: expected equal")
         indices = np.asarray(indices, dtype=np.int64)
         if indices.ndim != 1 or (len(indices) and (indices.min() < 0 or indices.max() >= len(x))):
             raise ValueError(f"indices: expected positions in [0, {len(x)}), got {indices!r}")
-        features = np.asarray(x[indices], dtype=np.float32)
-        if normalizer is not None:
-            features = normalizer(features)
-        self.x = torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(1).contiguous()
+        if stream:
+            self.x = StreamedInputs(Rows(x, indices), normalizer)
+        else:
+            features = np.asarray(x[indices], dtype=np.float32)
+            if normalizer is not None:
+                features = normalizer(features)
+            self.x = torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(1).contiguous()
         encoded = label_space.encode([records[i] for i in indices])
         self.labels = {name: torch.from_numpy(values) for name, values in encoded.items()}
         self.indices = indices
