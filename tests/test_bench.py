@@ -238,3 +238,34 @@ def test_write_section_writes_benchmarks_md_under_the_reports_folder(tmp_path, m
     assert "| read | 0.0123 |" in text  # 3 significant digits
     assert "Command: `python -m qat.bench data`" in text
     assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["benchmarks.md"]
+
+
+def test_scale_s_epoch_reads_the_same_batches_streamed_and_in_memory(tmp_path, one_thread):
+    from qat.bench import scale
+
+    path = tmp_path / "items.npy"
+    scale._write_items(path, 200 + scale.VAL_ITEMS, (8, 4))
+    streamed, held = scale.measure_epoch(str(path), True), scale.measure_epoch(str(path), False)
+    assert streamed["items"] == held["items"] == 200
+    assert streamed["train_loss"] == held["train_loss"]  # the same epoch, not a close one
+    assert streamed["peak_anon_mb"] > 0 and streamed["s_per_item"] > 0
+
+
+def test_scale_s_gpu_step_covers_both_networks_with_and_without_at_in_both_precisions(
+    one_thread,
+):
+    from qat.bench import scale
+
+    rows = scale.gpu_rows("cpu", "smoke", batch=4, repeats=1)  # bf16 autocast runs on CPU too
+    assert [tuple(r[:3]) for r in rows] == [
+        (model, tap, precision) for model in ("real", "quaternion")
+        for tap in ("none", "conv1_1") for precision in ("fp32", "bf16")
+    ]  # fmt: skip
+    assert all(r[3] > 0 and r[4] > 0 for r in rows)
+
+
+def test_scale_s_gpu_section_says_it_did_not_run_without_cuda(monkeypatch):
+    from qat.bench import scale
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "Not run: no CUDA device on this machine" in scale.gpu_section(quick=False)

@@ -15,4 +15,5 @@ SUBCOMMANDS = (
     "probe",
     "dfr",
     "layout",
+    "scale",
 )
