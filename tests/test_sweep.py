@@ -192,3 +192,17 @@ def test_the_local_pool_spreads_over_every_gpu_only_for_plain_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv(rundata.DEVICE_VARIABLE, "cuda")
     assert rundata.worker_gpus() == ()
+
+
+def test_bf16_enters_the_record_key_and_fp32_keeps_the_keys_it_had(monkeypatch):
+    from qat import rundata
+    from qat.config import RunConfig
+
+    fp32 = RunConfig(profile="smoke", method="at", tap="conv1_1")
+    assert "precision" not in fp32.key_dict()  # records written before the setting keep keys
+    bf16 = fp32.replace(precision="bf16")
+    assert bf16.key_dict() == {**fp32.key_dict(), "precision": "bf16"}
+    assert bf16.label().endswith(" bf16") and bf16.prerequisites() == fp32.prerequisites()
+    if "precision" not in rundata.RECIPE:  # until the training loop applies autocast
+        with pytest.raises(ValueError, match=r"precision='bf16': qat\.train does not apply"):
+            rundata.run_data(bf16, progress=False)
