@@ -269,3 +269,18 @@ def test_scale_s_gpu_section_says_it_did_not_run_without_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "Not run: no CUDA device on this machine" in scale.gpu_section(quick=False)
+
+
+def test_scale_measures_only_the_parts_named_and_keeps_the_others_text(tmp_path, monkeypatch):
+    from qat import paths
+    from qat.bench import common, scale
+
+    monkeypatch.setattr(paths, "REPORTS", tmp_path)
+    common.write_section("scale", "### (a) ray, kept\n\n### (b) streaming, kept\n\n### (c) old")
+    common.write_section("other", "untouched")
+    monkeypatch.setattr(scale, "gpu_section", lambda quick: "### (c) measured")
+    monkeypatch.setattr(scale, "ray_section", lambda quick: pytest.fail("(a) measured again"))
+    scale.main(["gpu"])
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert "### (a) ray, kept\n\n### (b) streaming, kept\n\n### (c) measured\n" in text
+    assert "(c) old" not in text and "untouched" in text

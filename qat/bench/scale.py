@@ -48,9 +48,45 @@ STREAMING_HEADER = ("training items", "streamed peak RSS (MB)", "in-memory peak 
 GPU_HEADER = ("network", "AT tap", "precision", "step (ms)", "peak memory (MiB)")
 
 
-def run(quick: bool = False) -> str:
-    body = "\n\n".join([ray_section(quick), streaming_section(quick), gpu_section(quick)])
-    return publish("scale", body, quick)
+PARTS = {"ray": "(a)", "streaming": "(b)", "gpu": "(c)"}
+
+
+def run(quick: bool = False, parts=tuple(PARTS)) -> str:
+    """Measure `parts` (default all) and write the section; a part not measured keeps its
+    text from benchmarks.md (e.g. `python -m qat.bench.scale gpu` on a machine with a GPU)."""
+    makers = {"ray": ray_section, "streaming": streaming_section, "gpu": gpu_section}
+    kept = _current_parts() if set(parts) != set(PARTS) else {}
+    texts = [makers[name](quick) if name in parts else kept[name] for name in PARTS]
+    return publish("scale", "\n\n".join(texts), quick)
+
+
+def _current_parts() -> dict[str, str]:
+    """The scale section's parts as benchmarks.md has them, by name."""
+    from qat.bench.common import report_path
+
+    text = report_path().read_text() if report_path().exists() else ""
+    section = text.partition("\n## scale\n")[2].partition("\n## ")[0]
+    chunks = {c.split(" ", 1)[0]: "### " + c.strip() for c in section.split("### ")[1:]}
+    missing = [name for name, mark in PARTS.items() if mark not in chunks]
+    if missing:
+        raise ValueError(f"benchmarks.md has no scale part {missing}: run all of them first")
+    return {name: chunks[mark] for name, mark in PARTS.items()}
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m qat.bench.scale", description="measure some parts of the scale section"
+    )
+    parser.add_argument(
+        "parts", nargs="*", metavar="PART", help=f"any of {', '.join(PARTS)} (default: all)"
+    )
+    parts = tuple(parser.parse_args(argv).parts) or tuple(PARTS)
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; expected any of {', '.join(PARTS)}")
+    run(parts=parts)
 
 
 # ---------------------------------------------------------------------- (a) Ray vs local
@@ -334,3 +370,7 @@ def gpu_section(quick: bool) -> str:
         "float32; median of 10 steps after 2, peak memory by torch.cuda.max_memory_allocated."
         "\n\n" + markdown_table(GPU_HEADER, rows)
     )
+
+
+if __name__ == "__main__":
+    main()
