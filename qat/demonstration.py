@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from qat import costs, hparams, io, paths, plots, robust, runs, stats, tables
-from qat.config import INSTRUMENT_ENCODER, RunConfig, label_of
+from qat.config import INSTRUMENT_ENCODER, INSTRUMENT_UPSTREAM, RunConfig, label_of
 from qat.experiments import (
     CHANCE_LOSS_MARGIN,
     CHANCE_UA_FACTOR,
@@ -73,7 +73,7 @@ def base(model: str, variant=MAIN, **changes) -> RunConfig:
     default), with `changes` (method, knobs, setup, seed, fold...)."""
     rho, factor = variant
     settings = dict(profile=PROFILE, setup="confounded", model=model, rho=rho, factor=factor,
-                    orthogonal=factor)  # fmt: skip
+                    orthogonal=factor, upstream=INSTRUMENT_UPSTREAM)  # fmt: skip
     if model == "quaternion":  # the instrument's quaternion pipeline
         settings["rhemo_encoder"] = INSTRUMENT_ENCODER
     return RunConfig(**{**settings, **changes})
@@ -288,6 +288,13 @@ def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES, engine=Non
     """The stages in order; runs whose record exists are skipped, so this resumes. Each stage
     reads the records the previous ones wrote. The costs stage times the steps of `models`
     side by side in this process (`jobs` and `engine`, a qat.sweep.Engine, do not apply)."""
+    if INSTRUMENT_UPSTREAM == "v1":
+        # The fair race trains every network with the same care, upstream ones included.
+        raise ValueError(
+            "qat demonstration: the fair race runs on the re-frozen instrument, and "
+            "qat.config.INSTRUMENT_UPSTREAM is still 'v1'; first `qat instrument --stage "
+            "embedding`, then `--stage embedding-confirm` (reports/instrument.md, section 8)"
+        )
     for stage in stages:
         records = runs.load_records(kind="ser")
         if stage == "costs":

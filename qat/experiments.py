@@ -481,7 +481,7 @@ def _parts(config: RunConfig, data: Data, train: SERDataset, orth_net) -> _Parts
     )  # fmt: skip
     tcfg = train_config(
         config.profile, config.seed, beta=config.beta, adversary_lambda=config.lam,
-        adversary_target=config.orthogonal, **overrides,
+        adversary_target=config.orthogonal, precision=config.precision, **overrides,
     )  # fmt: skip
     return _Parts(net, model_config, tcfg, anti_transfer, adversary, method_info)
 
@@ -634,7 +634,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
             f"interrupted: {name}; {saved}; the same command resumes from it"
         ) from None
     train_time = time.perf_counter() - t_prepared
-    test_metrics = evaluate(net, test, num_classes=num_classes)
+    test_metrics = evaluate(net, test, num_classes=num_classes, precision=config.precision)
     pred = np.asarray(test_metrics["predictions"])
     failures = training_failures(result["history"][-1]["train_loss"] if result["history"]
                                  else None, pred, test_metrics["ua"], num_classes)  # fmt: skip

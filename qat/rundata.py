@@ -341,11 +341,6 @@ def fold_count(run: RunConfig) -> int:
 
 def run_data(run: RunConfig, progress: bool = True, records=None) -> Data:
     """The corpus, features and split of a run (`records`: the corpus, if already loaded)."""
-    if run.precision != "fp32" and "precision" not in RECIPE:
-        # Until the training loop runs its forwards under autocast, a bf16 record would hold
-        # an fp32 training under a bf16 key.
-        raise ValueError(f"precision={run.precision!r}: qat.train does not apply autocast yet "
-                         "(TrainConfig.precision, issue 35); use fp32")  # fmt: skip
     records = records or load_records(run.corpus, run.profile, run.root, progress)
     return prepare_data(records, run.setup, run.profile, run.seed, progress, **run.split_options)
 

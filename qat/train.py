@@ -36,6 +36,7 @@ SCHEDULES = ("constant", "onecycle")
 # The weights kept: best validation loss (early stopping), the last epoch's, an EMA of the
 # weights, or the best worst-group validation accuracy (needs "group" labels on val).
 SELECTIONS = ("best_val_loss", "final", "ema", "worst_group")
+PRECISIONS = ("fp32", "bf16")  # bf16: forward passes under bfloat16 autocast
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainConfig:
     selection: str = "best_val_loss"  # or the final weights, or an EMA of the weights
     ema_decay: float = 0.99  # per step ("ema")
     grad_clip: float = 0.0  # the gradients' global L2 norm is clipped to this (0: no clipping)
+    precision: str = "fp32"  # "bf16": forwards under autocast (AT's Gram and CKA in float32)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
@@ -73,7 +75,7 @@ class TrainConfig:
             if value > high or (name == "lr" and value == 0):
                 raise ValueError(f"{name}={value!r}: expected a number in ({low:g}, {high:g}]")
         for name, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                            ("selection", SELECTIONS)):  # fmt: skip
+                            ("selection", SELECTIONS), ("precision", PRECISIONS)):  # fmt: skip
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {valid}")
 
@@ -95,14 +97,21 @@ def rank_and_world() -> tuple[int, int]:
 EVAL_BATCH = 512  # no activations are kept for a backward pass, so evaluation batches large
 
 
+def autocast(precision: str, device) -> torch.autocast:
+    """The context forward passes run in: bfloat16 autocast on `device` for "bf16"."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")  # fmt: skip
+
+
 @torch.inference_mode()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits in eval mode, batched."""
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH,
+            precision: str = "fp32") -> torch.Tensor:  # fmt: skip
+    """float32 logits in eval mode, batched (forwards under `precision`)."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat(
-        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    )
+    with autocast(precision, device):
+        return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)])  # fmt: skip
 
 
 def _load_checkpoint(path: Path) -> dict | None:
@@ -164,10 +173,11 @@ class Step:
         config, device = self.config, x.device
         y = labels[config.target].to(device)
         at = self.anti_transfer
-        targets = at.targets(x, keys) if at is not None else None  # frozen side first: less memory
-        with capture(self.model, self.taps) as acts:
-            logits = self.forward(x)  # the one forward of the trained network
-        per_item = F.cross_entropy(logits, y, reduction="none")
+        with autocast(config.precision, device):
+            targets = at.targets(x, keys) if at is not None else None  # frozen side first
+            with capture(self.model, self.taps) as acts:
+                logits = self.forward(x)  # the one forward of the trained network
+        per_item = F.cross_entropy(logits.float(), y, reduction="none")
         task = per_item.mean()
         loss = task if self.objective is None else self.objective(per_item, labels, keys)
         out = {"task": task, "train_acc": (logits.argmax(1) == y).float().mean()}
@@ -176,9 +186,10 @@ class Step:
             loss = loss + config.beta * out["at"]
         if self.adversary is not None:
             emotion = y if self.adversary.conditional else None
-            adv_logits = self.adversary_forward(acts["penultimate"], lam, emotion=emotion)
+            with autocast(config.precision, device):
+                adv_logits = self.adversary_forward(acts["penultimate"], lam, emotion=emotion)
             out["adversary"] = F.cross_entropy(
-                adv_logits, labels[config.adversary_target].to(device)
+                adv_logits.float(), labels[config.adversary_target].to(device)
             )
             loss = loss + out["adversary"]
         if not torch.isfinite(loss):
@@ -219,10 +230,10 @@ def _ema(model, config: TrainConfig):
                          use_buffers=True)  # fmt: skip
 
 
-def _scores(model, data, target: str) -> dict[str, float]:
+def _scores(model, data, target: str, precision: str = "fp32") -> dict[str, float]:
     """Mean cross-entropy ("loss"), UA and, where the items have group labels, worst-group
     accuracy of `model` on a dataset, from one batched eval-mode pass."""
-    logits = predict(model, data.x)
+    logits = predict(model, data.x, precision=precision)
     y = data.labels[target]
     loss = float(F.cross_entropy(logits, y))
     if not math.isfinite(loss):
@@ -349,7 +360,7 @@ def fit(
         selected = ema.module if ema is not None else model
         t_eval = time.perf_counter()
         try:
-            scores = _scores(selected, val, config.target)
+            scores = _scores(selected, val, config.target, config.precision)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"validation at epoch {epoch + 1}: {err}") from None
         val_loss = scores["loss"]
@@ -361,7 +372,7 @@ def fit(
         if schedule is not None:
             record["lr"] = schedule.get_last_lr()[0]
         if monitor is not None:  # for analysis only: never used to select anything
-            tested = _scores(selected, monitor, config.target)
+            tested = _scores(selected, monitor, config.target, config.precision)
             record["test_loss"], record["test_ua"] = tested["loss"], tested["ua"]
         # Where the time went (kept beside the history: timings differ between identical runs).
         timings["steps"] += t_eval - t_steps
@@ -419,10 +430,11 @@ def stop_reason(early: bool, patience: int, epoch: int, budget: int) -> str:
 
 
 def evaluate(
-    model: torch.nn.Module, data, target: str = "emotion", num_classes: int | None = None
-) -> dict:
+    model: torch.nn.Module, data, target: str = "emotion", num_classes: int | None = None,
+    precision: str = "fp32",
+) -> dict:  # fmt: skip
     """Metrics of the (restored best) model on a dataset, with predictions for later analysis."""
-    logits = predict(model, data.x)
+    logits = predict(model, data.x, precision=precision)
     y = data.labels[target].numpy()
     pred = logits.argmax(1).numpy()
     k = num_classes or logits.shape[1]

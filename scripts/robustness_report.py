@@ -115,8 +115,10 @@ ISSUE_37: tuple[tuple[str, str, tuple[str, ...]], ...] = (
                                 "manifest-10000-duplicate-rows", "evaluate-all-unreadable",
                                 "evaluate-all-silent", "model-full-disk", "env-profile-bogus",
                                 "env-profile-empty", "cli-fold-all-random")),
-    ("18", "the earlier round's tracebacks: an unreadable corpus subfolder",
-     ("tree-unlistable-folder", "tree-unlistable-folder-skip")),
+    ("18", "the earlier round's tracebacks: an unreadable corpus subfolder, a manifest of "
+     "all-zero files, vgg16(width=inf)",
+     ("tree-unlistable-folder", "tree-unlistable-folder-skip", "degenerate-all-silent",
+      "vgg16-width-inf")),
 )  # fmt: skip
 
 # Issue 17, finding by finding: the cases (names in tests/bad_input_cases.py) and the tests

@@ -1804,12 +1804,6 @@ CASES: tuple[Case, ...] = (
           "every file of one emotion (neutral) all-zero", PREPARE, REJECTED,
           ["emotion(s) ['neutral']", "near-silent", "leave the class out"],
           partial(_prepare, emotions=("happy", "sad", "neutral"), silent=("neutral",))),
-    _case("degenerate-all-silent", "prepare_data",
-          "a manifest whose every file is all-zero", PREPARE, REJECTED,
-          ["all 6 audio files are near-silent", "expected speech"],
-          partial(_prepare, emotions=("happy",), silent=("happy",), per=2)),
-    _case("vgg16-width-inf", "models", "vgg16(5, width=inf)", "qat.models.vgg16", REJECTED,
-          ["width=inf", "expected a finite number > 0"], _vgg16_width_inf),
     # --- issue 17: unreadable records, checkpoints and cached networks
     _case("records-unreadable-skipped", "records and caches",
           "runs/ holding a good record, a truncated one and a JSON list",
@@ -2015,6 +2009,12 @@ CASES: tuple[Case, ...] = (
           'load_corpus("tess", root, on_error="skip")', HANDLED,
           ["1 record(s)", "skipped YAF_sad: ", "folder cannot be listed"],
           partial(_unlistable_folder, on_error="skip")),
+    _case("degenerate-all-silent", "prepare_data",
+          "a manifest whose every file is all-zero", PREPARE, REJECTED,
+          ["all 6 audio files are near-silent", "expected speech"],
+          partial(_prepare, emotions=("happy",), silent=("happy",), per=2)),
+    _case("vgg16-width-inf", "models", "vgg16(5, width=inf)", "qat.models.vgg16", REJECTED,
+          ["width=inf", "expected a finite number > 0"], _vgg16_width_inf),
 )  # fmt: skip
 
 

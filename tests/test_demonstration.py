@@ -752,3 +752,12 @@ def test_with_no_records_the_page_says_what_is_pending_and_rebuilds_identically(
     assert "- Grid so far: 0 runs, 0.0 h of summed wall time" in page
     assert "## Protocol" in page and "| groupdro | 8 |" in page  # the registry, before any run
     assert demo.write_report(tmp_path).read_text() == page
+
+
+def test_the_fair_race_refuses_to_start_before_the_instrument_is_re_frozen(monkeypatch):
+    """Every network of the race is trained with the same care, upstream ones included: while
+    the instrument's upstream design is v1, `qat demonstration` says what to run first."""
+    monkeypatch.setattr(demo, "INSTRUMENT_UPSTREAM", "v1")
+    with pytest.raises(ValueError, match=r"INSTRUMENT_UPSTREAM is still 'v1'.*embedding-confirm"):
+        demo.run(stages=("selection",))
+    assert demo.base("real").upstream == "v1"

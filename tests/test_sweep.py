@@ -203,6 +203,4 @@ def test_bf16_enters_the_record_key_and_fp32_keeps_the_keys_it_had(monkeypatch):
     bf16 = fp32.replace(precision="bf16")
     assert bf16.key_dict() == {**fp32.key_dict(), "precision": "bf16"}
     assert bf16.label().endswith(" bf16") and bf16.prerequisites() == fp32.prerequisites()
-    if "precision" not in rundata.RECIPE:  # until the training loop applies autocast
-        with pytest.raises(ValueError, match=r"precision='bf16': qat\.train does not apply"):
-            rundata.run_data(bf16, progress=False)
+    assert rundata.train_config("smoke", 0, precision=bf16.precision).precision == "bf16"

@@ -251,7 +251,7 @@ def test_fit_stops_after_patience_epochs_without_a_better_validation_loss_and_ke
     train, val = data
     snapshots = []
 
-    def scripted(model, dataset, target):
+    def scripted(model, dataset, target, *precision):
         snapshots.append(copy.deepcopy(model.state_dict()))
         return {"loss": SCRIPTED[len(snapshots) - 1], "ua": 0.5}
 
@@ -426,3 +426,22 @@ def test_fit_says_where_its_time_went_steps_and_evaluation_within_its_wall_time(
     split = out["timings_s"]
     assert split["steps"] > 0 and split["evaluation"] > 0
     assert split["steps"] + split["evaluation"] <= wall
+
+
+def test_bf16_runs_the_forward_under_autocast_and_keeps_the_loss_near_fp32(data):
+    """precision="bf16": the network's convolutions compute in bfloat16 (seen by a hook), the
+    loss is float32 and within bfloat16's rounding of the fp32 step's from the same weights."""
+    train, _ = data
+    x, labels = train.x[:16], {k: v[:16] for k, v in train.labels.items()}
+    losses, dtypes = {}, {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        net = vgg16(3, width=1 / 16, hidden=16, dropout=0.0)
+        net.features.conv1_1.register_forward_hook(
+            lambda m, i, out, p=precision: dtypes.__setitem__(p, out.dtype)
+        )
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        losses[precision] = Step(net, opt, TrainConfig(batch_size=16, precision=precision))(
+            x, labels)["task"]  # fmt: skip
+    assert dtypes == {"fp32": torch.float32, "bf16": torch.bfloat16}
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
