@@ -405,6 +405,7 @@ def test_the_costs_stage_times_both_models_steps_in_one_measurement(finalist_rec
     both = finalist_records + finalist_set("quaternion", {}, np.random.default_rng(2))
     monkeypatch.setattr(runs, "load_records", lambda *a, **k: both)
     monkeypatch.setattr(costs, "run", measured.append)
+    monkeypatch.setattr(demo, "INSTRUMENT_UPSTREAM", "careful")  # as once the race may start
     demo.run(stages=("costs",))
     wanted = [c for m in demo.MODELS for c in demo.cost_configs(both, m).values()]
     assert measured == [wanted]  # one call: every step in the same interleaved rounds
