@@ -103,6 +103,17 @@ def _run_one(run: Callable, config, threads: int):
         return config, None, traceback.format_exc()
 
 
+def _finished(config, result, error, results: list, failures: list, bar, name) -> None:
+    """A run came back (from either engine): count it, keep its result or its failure."""
+    bar.update()
+    if error:
+        failures.append((config, error))
+        tqdm.write(f"FAILED {name(config)}:\n{error}")
+    else:
+        results.append(result)
+        bar.set_postfix_str(f"done: {name(config)}")
+
+
 def _cores() -> int:
     """The cores this sweep may use: OMP_NUM_THREADS when set (two sweeps side by side each
     take their share), else the cores this process may run on."""
@@ -185,13 +196,7 @@ def run_grid(
                 for future in done:
                     waiting.update((submit(c), []) for c in waiting.pop(future))
                     config, result, error = future.result()
-                    bar.update()
-                    if error:
-                        failures.append((config, error))
-                        tqdm.write(f"FAILED {name(config)}:\n{error}")
-                    else:
-                        results.append(result)
-                        bar.set_postfix_str(f"done: {name(config)}")
+                    _finished(config, result, error, results, failures, bar, name)
         except cf.process.BrokenProcessPool:
             raise RuntimeError(
                 f"{desc}: a worker process ended abruptly (killed, out of memory, or a script "
@@ -290,13 +295,7 @@ def _run_on_ray(groups: list, run: Callable, engine: Engine, threads: int, name,
                     _, result, error = ray.get(ready)
                 except ray.exceptions.RayError as err:  # its worker died max_retries + 1 times
                     result, error = None, f"{type(err).__name__}: {err}"
-                bar.update()
-                if error:
-                    failures.append((config, error))
-                    tqdm.write(f"FAILED {name(config)}:\n{error}")
-                else:
-                    results.append(result)
-                    bar.set_postfix_str(f"done: {name(config)}")
+                _finished(config, result, error, results, failures, bar, name)
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref)  # a running task gets KeyboardInterrupt; a queued one never starts
