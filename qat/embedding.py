@@ -356,5 +356,9 @@ def reading(records) -> list[str]:
         return [f"- RH-emo at full strength (section 8): not chosen yet ({why})."]
     rows = targets(records, chosen)
     met = [r["target"] for r in rows if r["met"] == "met"]
+    pending = sum(r["met"] == "pending" for r in rows)
+    fresh = (f"{pending} of {len(rows)} targets pending on the fresh pairs (`qat instrument "
+             "--stage embedding-confirm`)" if pending else
+             f"on fresh pairs {len(met)} of {len(rows)} targets met")  # fmt: skip
     return [f"- RH-emo at full strength (section 8): `{chosen}` chosen on validation ({why}); "
-            f"on fresh pairs {len(met)} of {len(rows)} targets met."]  # fmt: skip
+            f"{fresh}."]  # fmt: skip
