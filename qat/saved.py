@@ -551,8 +551,8 @@ def _gist(err: BaseException, limit: int = 160) -> str:
 
 PICKLED = (
     "holds pickled Python objects, which qat never runs (weights_only): refused. If you trust "
-    "its source, convert it once: torch.load(path, weights_only=False), then save only "
-    "tensors, numbers, strings, lists and dicts (as qat.saved.save_model writes)"
+    "its source, convert it once in a session of your own with torch's full unpickler, then "
+    "save only tensors, numbers, strings, lists and dicts (as qat.saved.save_model writes)"
 )
 
 

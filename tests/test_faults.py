@@ -114,7 +114,7 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path)
         reference = start("reference")  # uninterrupted, no checkpoint, in parallel
         killed, killed_log = start("killed", ckpt, marker)
         _wait_for(marker, killed, killed_log)
-        assert torch.load(ckpt, weights_only=False)["state"]["epoch"] == 1
+        assert torch.load(ckpt, weights_only=True)["state"]["epoch"] == 1
         killed.send_signal(signal.SIGKILL)
         assert killed.wait(timeout=30) == -signal.SIGKILL
         assert not (tmp_path / "killed.pt").exists()

@@ -220,7 +220,7 @@ def test_a_killed_rhemo_resumes_where_it_stopped_and_ends_as_if_never_stopped(tm
     def killed_at(epoch):
         def write_then_kill(path, fn):
             write(path, fn)
-            if len(torch.load(path, weights_only=False)["history"]) == epoch:
+            if len(torch.load(path, weights_only=True)["history"]) == epoch:
                 raise KeyboardInterrupt
 
         return mock.patch.object(io, "write_atomic", write_then_kill)
