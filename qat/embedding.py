@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 
 from qat import runs, stats, tables
-from qat.config import INSTRUMENT_ENCODER, INSTRUMENT_UPSTREAM, RunConfig
+from qat.config import RunConfig
 
 FROZEN = "cpu"
 SETUP = "unconfounded"  # the ceiling
@@ -34,6 +34,8 @@ CONFIRM_PAIRS = ((310, 0), (311, 1), (312, 2), (313, 3), (314, 0))
 # the fewer RH-emo encoder parameters (published before wide).
 TIE = 0.01
 REAL_ON_RHEMO = "diag-real-on-rhemo"  # the real VGG16 reading the embedding
+# The RH-emo the choice must beat: the instrument's before this section (upstream, encoder).
+PREVIOUS = ("v1", "published")
 
 
 def candidate(name: str, seed: int, fold: int, setup: str = SETUP, **changes) -> RunConfig:
@@ -69,7 +71,7 @@ def confirm_configs(chosen: str) -> list[RunConfig]:
             ceiling.replace(profile=REAL_ON_RHEMO, model="real"),
             RunConfig(profile=FROZEN, model="real", seed=seed, fold=fold, setup=SETUP),
             RunConfig(profile=FROZEN, model="quaternion", seed=seed, fold=fold, setup=SETUP,
-                      upstream=INSTRUMENT_UPSTREAM, rhemo_encoder=INSTRUMENT_ENCODER),
+                      upstream=PREVIOUS[0], rhemo_encoder=PREVIOUS[1]),
         ]  # fmt: skip
     return out
 
@@ -280,6 +282,25 @@ def targets(records, chosen: str) -> list[dict]:
     return out
 
 
+def decision(records, chosen: str) -> tuple[str | None, str]:
+    """The rule that adopts an RH-emo for the instrument, written before the confirmation's
+    runs: the chosen candidate is adopted when its quaternion ceiling beats the previous
+    instrument's (PREVIOUS) on the fresh pairs, the paired 95% interval above 0; otherwise
+    the instrument keeps PREVIOUS. The other targets are reported, never used to adopt.
+    Returns (the adopted candidate, or "previous"; why), or (None, why) while pending."""
+    c = confirmation(records, chosen)
+    pairs = set(c["ceiling"]) & set(c["current instrument"])
+    if len(pairs) < len(CONFIRM_PAIRS):
+        return None, f"{len(pairs)}/{len(CONFIRM_PAIRS)} fresh pairs have both ceilings"
+    d = stats.paired(_ua({k: c["ceiling"][k] for k in pairs}),
+                     _ua({k: c["current instrument"][k] for k in pairs}))  # fmt: skip
+    gain = f"{d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}]"
+    if d.t_low > 0:
+        return chosen, f"`{chosen}`'s quaternion ceiling beats the previous one by {gain}"
+    return "previous", (f"`{chosen}`'s quaternion ceiling against the previous one: {gain}, "
+                        "an interval that does not lie above 0")  # fmt: skip
+
+
 def _sd_target(values: list[float]) -> dict:
     target = f"quaternion baseline SD <= {BASELINE_SD}"
     if len(values) < len(CONFIRM_PAIRS):
@@ -341,7 +362,18 @@ def section(records) -> list[str]:
               "the real VGG16 reading its embedding and the spectrogram (ceilings), the current "
               "instrument's quaternion ceiling, and the quaternion word networks reading it. "
               "Differences are paired over the pairs, with 95% t-intervals.", "",
-              tables.markdown_table(targets(records, chosen))]  # fmt: skip
+              tables.markdown_table(targets(records, chosen)), ""]  # fmt: skip
+    adopted, why = decision(records, chosen)
+    reads = "the previous RH-emo" if adopted == "previous" else f"`{adopted}`"
+    outcome = (
+        f"Pending: {why}." if adopted is None else f"Decision: {why}; the instrument reads {reads}."
+    )
+    lines.append(
+        "Adoption rule (`qat.embedding.decision`, written before the fresh pairs ran): the "
+        "chosen RH-emo becomes the instrument's only if its quaternion ceiling beats the "
+        f"previous one's ({PREVIOUS[0]}, {PREVIOUS[1]} encoder) on the fresh pairs, the paired "
+        f"95% interval above 0. {outcome}"
+    )
     return lines
 
 

@@ -105,3 +105,16 @@ def test_the_fresh_pair_targets_are_scipy_s_paired_intervals_and_met_only_as_the
     assert gain["met"] == "met" and gain["measured"].startswith("+0.050")
     assert rows["quaternion word network,"]["met"] == "pending"  # none trained yet
     assert rows["quaternion step <= 0.3x "[:24]]["met"] == "pending"  # not timed side by side
+    adopted, why = embedding.decision(records, chosen)
+    assert adopted == chosen and "+0.050" in why
+    # The previous instrument's ceiling above the chosen one's on two pairs: the gain's
+    # interval reaches below 0, and the instrument keeps the previous RH-emo.
+    previous = [r for r in records if r.get("kind") == "ser" and r["config"].get("upstream")
+                is None and r["config"]["model"] == "quaternion"]  # fmt: skip
+    for record in previous[:2]:
+        record["metrics"]["ua"] += 0.2
+    diffs = quat - np.array([r["metrics"]["ua"] for r in previous])
+    low, _ = sps.ttest_rel(quat, quat - diffs).confidence_interval(0.95)
+    assert low < 0
+    assert embedding.decision(records, chosen)[0] == "previous"
+    assert embedding.decision(records[:-1], chosen)[0] is None  # a fresh pair without both ceilings
