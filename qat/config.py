@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qat.data.augment import AUGMENTS
+from qat.data.augment import RANGES as AUGMENT_RANGES
 from qat.data.corpora import CORPORA
 from qat.data.splits import FACTORS, SETUPS
 from qat.models import ENCODERS, PENULTIMATE, VGG16_TAPS
@@ -52,6 +54,12 @@ GRAMS = ("sample", "batch")
 # changes the numbers, so it enters the record key (only when not fp32: earlier keys stand).
 PRECISIONS = ("fp32", "bf16")
 TAPS = (*VGG16_TAPS, PENULTIMATE)  # where anti-transfer can act
+# Level-robust input (issue 38): the input level (qat.data.features.LEVELS: the waveform as
+# recorded, or each segment loudness-normalised before its features; spelled here so that
+# reading the settings does not import librosa, and a test checks they are the same tuple) and
+# the augmentation of training batches (qat.data.augment). Each enters the record key only
+# when it is not the default: earlier keys stand.
+LEVELS = ("raw", "normalise")
 SER_CORPORA = ("synthemo", *(c for c in CORPORA if c not in ("synthemo", "speechcommands")))
 MAX_SEED = 2**31 - 1
 
@@ -249,6 +257,14 @@ class RunConfig:
                                   ("worst_group",), default=None)  # fmt: skip
     precision: str = _spec("fp32, or bf16: the forward passes under bfloat16 autocast (AT's "
                            "Gram and CKA in float32)", PRECISIONS, default="fp32")  # fmt: skip
+    level: str = _spec("input level: raw (the waveform as recorded) or normalise (each "
+                       "segment scaled to a fixed RMS over its active blocks before its "
+                       "features; qat.data.features.normalise_level)", LEVELS,
+                       default="raw")  # fmt: skip
+    augment: str = _spec("training batches only: none, gain (a random gain of up to +-12 dB per "
+                         "item) or gain+noise (and noise at 5-30 dB SNR on half the items), in "
+                         "the feature domain (qat.data.augment)", AUGMENTS,
+                         default="none")  # fmt: skip
     jtt_epochs: int = _spec("jtt: epochs T of the first (ERM) stage", default=2)
     lambda_up: float = _spec("jtt: weight of the items the first stage got wrong", default=6.0)
     rho: float = _spec("confounded setups: share of congruent training items", default=0.9)
@@ -307,6 +323,11 @@ class RunConfig:
         if self.profile.startswith("diag-") and self.method != "baseline":
             raise ValueError(f"profile={self.profile!r}: expected method='baseline' (a "
                              "diagnostic profile runs baselines and ceilings only)")  # fmt: skip
+        if self.augment != "none" and self.reads_rhemo:
+            raise ValueError(f"augment={self.augment!r}: expected 'none' for a network that "
+                             "reads RH-emo embeddings (they are computed once, before "
+                             "training); augment is for networks that read "
+                             "features")  # fmt: skip
         # A real corpus's folds depend on its speakers: checked when its split is made.
         if self.corpus != "synthemo" and self.root is None:
             raise ValueError(
@@ -428,6 +449,11 @@ class RunConfig:
             out["precision"] = self.precision
         if self.reads_rhemo and not self.rhemo and self.rhemo_encoder != "published":
             out["rhemo_encoder"] = self.rhemo_encoder
+        if self.level != "raw":
+            out["level"] = self.level
+        if self.augment != "none":
+            out["augment"] = self.augment
+            out["augment_ranges"] = AUGMENT_RANGES
         if self.upstream != "v1" and self.trains_upstream:
             out["upstream"] = upstream_key(self.upstream, self.reads_rhemo and not self.rhemo)
         return out
@@ -447,7 +473,8 @@ class RunConfig:
         encoder = self.rhemo_encoder if self.reads_rhemo else None
         upstream = self.upstream if self.trains_upstream else None
         return (self.corpus, self.root, self.setup, self.model, self.seed, self.profile,
-                orthogonal, encoder, upstream, *self.split_options.values())  # fmt: skip
+                orthogonal, encoder, upstream, self.level,
+                *self.split_options.values())  # fmt: skip
 
     def label(self, without: Sequence[str] = ()) -> str:
         """A short human name, e.g. "[confounded] quaternion at word@conv2_1 β=1 seed 1".
@@ -544,6 +571,10 @@ def label_of(config: Mapping, without: Sequence[str] = ()) -> str:
             parts.append(f"{name}={config[key]:g}")
     if config.get("precision"):
         parts.append(config["precision"])
+    if config.get("level"):
+        parts.append(f"level {config['level']}")
+    if config.get("augment"):
+        parts.append(f"augment {config['augment']}")
     if config.get("seed") and "seed" not in without:
         parts.append(f"seed {config['seed']}")
     return " ".join(parts)

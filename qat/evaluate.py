@@ -19,7 +19,6 @@ refused unless allowed, and then flagged in the record.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import time
@@ -266,7 +265,7 @@ def evaluate_corpus(
             "path": stored_path(predictor.path),
             "label": label_of(predictor.run) if predictor.run else "",
             "emotions": list(predictor.emotions),
-            "features": dataclasses.asdict(fc),
+            "features": fc.as_dict(),
         },
         "labels": {
             "emotions": shared,

@@ -22,6 +22,7 @@ from qat.adversarial import Adversary
 from qat.antitransfer import AntiTransfer, init_from
 from qat.config import MODELS, PROFILES, TAPS, RunConfig
 from qat.data import splits
+from qat.data.augment import Augmenter
 from qat.data.dataset import SERDataset
 from qat.data.records import content_digests, corpus_digest
 from qat.models import VGG16_TAPS, vgg16
@@ -253,10 +254,11 @@ def labelled_data(config: RunConfig, data: Data, train, val, selection: dict, in
     return out
 
 
-def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, name):
+def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, name,
+                     augment=None):  # fmt: skip
     """(training set, objective, what the record says, recipe) of the group methods and JTT:
     subsample and reweight take the baseline's number of optimizer steps, reweight's weights
-    are capped at robust.REWEIGHT_CAP."""
+    are capped at robust.REWEIGHT_CAP; JTT's first stage trains under `augment` too."""
     groups = train.labels[robust.GROUP_LABEL].numpy()
     n_groups = len(data.label_space.emotions) ** 2
     by_position = np.zeros(len(data.records))
@@ -282,11 +284,21 @@ def _group_objective(config: RunConfig, data: Data, train, val, tcfg, progress, 
     torch.manual_seed(config.seed)
     first = vgg16(**_vgg_args(config, len(data.label_space.emotions), train.x.shape[1]))
     stage1 = dataclasses.replace(tcfg, epochs=config.jtt_epochs, selection="final")
-    fit(first, train, val, stage1, progress=progress, name=f"{name} (JTT stage 1)")
+    fit(first, train, val, stage1, progress=progress, name=f"{name} (JTT stage 1)",
+        augment=augment)  # fmt: skip
     wrong = (predict(first, train.x).argmax(1) != train.labels["emotion"]).numpy()
     by_position[train.indices] = robust.jtt_upweights(wrong, config.lambda_up)
     torch.manual_seed(config.seed)
     return train, robust.ReweightObjective(by_position), {"upweighted": int(wrong.sum())}, tcfg
+
+
+def augmenter(config: RunConfig, data: Data) -> Augmenter | None:
+    """The run's `augment` setting as fit's batch transform (None for "none"): on the run's
+    features, in the space of its training normaliser."""
+    if config.augment == "none":
+        return None
+    features = feature_config(config.profile, config.level)
+    return Augmenter(config.augment, features, data.normalizer)
 
 
 def _vgg_args(config: RunConfig, num_classes: int, in_channels: int) -> dict:
@@ -429,7 +441,7 @@ def _rhemo(config: RunConfig, data: Data, progress: bool, trained: bool = True):
     if not config.reads_rhemo:
         return None
     if config.rhemo:
-        return load_rhemo(config.rhemo, feature_config(config.profile))[0]
+        return load_rhemo(config.rhemo, feature_config(config.profile, config.level))[0]
     if trained:
         return pretrain_rhemo(config, data, progress)
     return untrained_rhemo(config, len(data.label_space.emotions))
@@ -463,8 +475,10 @@ def _parts(config: RunConfig, data: Data, train: SERDataset, orth_net) -> _Parts
             config.taps,
             distance="cos2" if config.method == "at" else "cka",
             gram=config.gram,
-            cache_budget_mb=p.get("cache_budget_mb", 512) if config.gram == "sample" else 0,
-        )
+            # An augmented item differs at every epoch: its frozen-side targets cannot be kept.
+            cache_budget_mb=p.get("cache_budget_mb", 512)
+            if config.gram == "sample" and config.augment == "none" else 0,
+        )  # fmt: skip
     if config.uses_adversary:
         num_domains = len(getattr(data.label_space, f"{config.orthogonal}s"))
         hidden = net.embed(train.x[:2]).shape[1]
@@ -613,6 +627,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
     anti_transfer, adversary, objective = parts.anti_transfer, parts.adversary, None
     ckpt = paths.CACHE / "checkpoints" / f"ser-{runs.config_key(key)}.ckpt"
     io.ensure_folder(ckpt.parent, "checkpoint")
+    augment = augmenter(config, data)
     monitor = subset(test, p["monitor_items"]) if p.get("monitor_items") else None
     t_prepared = time.perf_counter()
     try:
@@ -621,12 +636,12 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
         else:
             if config.method in ("reweight", "subsample", "groupdro", "jtt"):
                 train, objective, method_info[config.method], tcfg = _group_objective(
-                    config, data, train, val, tcfg, progress, name
+                    config, data, train, val, tcfg, progress, name, augment
                 )
             result = fit(
                 net, train, val, tcfg, anti_transfer=anti_transfer, adversary=adversary,
                 objective=objective, monitor=monitor, checkpoint=ckpt, progress=progress,
-                name=name,
+                name=name, augment=augment,
             )  # fmt: skip
     except KeyboardInterrupt:
         saved = f"checkpoint {ckpt}" if ckpt.exists() else "no checkpoint yet (first epoch)"
@@ -643,7 +658,7 @@ def _train(config: RunConfig, key: dict, corpus, progress: bool, target) -> tupl
         # Beside, never over, a file an earlier record of this key names (a --force rerun).
         seen = [data.records[i] for i in (*data.train.indices, *data.val.indices)]
         model_file = save_model(
-            model_path(key), net, feature_config=feature_config(config.profile),
+            model_path(key), net, feature_config=feature_config(config.profile, config.level),
             model_config=parts.model_config, normalizer=data.normalizer,
             label_space=data.label_space, rhemo=rhemo, run=key,
             trained_on=content_digests(seen), beside=True,

@@ -135,8 +135,9 @@ def _synth_options(sizes: dict, speakers) -> dict:
     return options
 
 
-def feature_config(profile: str) -> FeatureConfig:
-    return FeatureConfig(**PROFILES[profile]["features"])
+def feature_config(profile: str, level: str = "raw") -> FeatureConfig:
+    """The profile's features at the run's input `level` (the run setting)."""
+    return FeatureConfig(**PROFILES[profile]["features"], level=level)
 
 
 @dataclass
@@ -207,10 +208,11 @@ def prepare_data(
     seed: int = 0,
     progress: bool = True,
     target: str = "emotion",
+    level: str = "raw",
     **split_options,
 ) -> Data:
     check_choice("setup", setup, splits.SETUPS)
-    config = feature_config(profile)
+    config = feature_config(profile, level)
     feats = extract_features(records, config, paths.CACHE / "features", progress=progress)
     keep = np.flatnonzero(~feats.silent)
     if len(keep) == 0:
@@ -342,7 +344,8 @@ def fold_count(run: RunConfig) -> int:
 def run_data(run: RunConfig, progress: bool = True, records=None) -> Data:
     """The corpus, features and split of a run (`records`: the corpus, if already loaded)."""
     records = records or load_records(run.corpus, run.profile, run.root, progress)
-    return prepare_data(records, run.setup, run.profile, run.seed, progress, **run.split_options)
+    return prepare_data(records, run.setup, run.profile, run.seed, progress, level=run.level,
+                        **run.split_options)  # fmt: skip
 
 
 def attach_groups(data: Data) -> None:

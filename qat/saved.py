@@ -167,7 +167,7 @@ def save_model(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": {"config": config, "state_dict": _weights(net)},
-        "features": dataclasses.asdict(feature_config),
+        "features": feature_config.as_dict(),
         "feature_version": FEATURE_VERSION,
         "normalizer": normalizer.state_dict(),
         "labels": label_space.to_dict(),
@@ -697,7 +697,7 @@ def save_rhemo(path, rhemo: RHEmo, *, feature_config: FeatureConfig, source: dic
     config it reads and where it was trained (`source`)."""
     payload = {
         "format": RHEMO_FORMAT, "format_version": FORMAT_VERSION,
-        "feature_version": FEATURE_VERSION, "features": dataclasses.asdict(feature_config),
+        "feature_version": FEATURE_VERSION, "features": feature_config.as_dict(),
         "rhemo": {"config": rhemo_config(rhemo), "state_dict": _weights(rhemo)},
         "source": source, "code_version": runs.code_version(),
     }  # fmt: skip
@@ -709,8 +709,11 @@ def load_rhemo(path, feature_config: FeatureConfig | None = None) -> tuple[RHEmo
     (the run's), a file trained on other features is refused, naming both."""
     path = Path(path)
     payload = _read(path, RHEMO_FORMAT, RHEMO_EXPECTED)
-    if feature_config is not None and payload["features"] != dataclasses.asdict(feature_config):
-        theirs = {k: v for k, v in payload["features"].items()
+    ours_all = feature_config.as_dict() if feature_config is not None else None
+    if ours_all is not None and payload["features"] != ours_all:
+        # A file of level="raw" (written without the field) against a run of another level:
+        # its level is named too.
+        theirs = {k: v for k, v in {"level": "raw", **payload["features"]}.items()
                   if dataclasses.asdict(feature_config).get(k) != v}  # fmt: skip
         ours = {k: dataclasses.asdict(feature_config)[k] for k in theirs if
                 k in dataclasses.asdict(feature_config)}  # fmt: skip

@@ -143,6 +143,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31)
 
 
+AUGMENT_STREAM = 0x5EED_A06  # xor-ed into the epoch seed: the augmentation's own generator
+
+
 class Step:
     """One training step on a batch. `fit` calls it for every batch; qat.resources times and
     measures it on a fixed batch, so the figures in a run record are those of this code.
@@ -259,6 +262,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
     name: str = "",
+    augment=None,
 ) -> dict:
     """Train `model` on `train` (anything with `.x`, a `.labels` dict and `.indices`) and leave
     it with the selected weights: the best validation task loss (early stopping with
@@ -269,7 +273,10 @@ def fit(
     adversary: a qat.adversarial.Adversary trained on the penultimate features; objective: the
     task loss from per-item losses (see Step); monitor: a dataset scored every epoch for the
     history only (e.g. the test set, for analysis: it never selects anything). `name` (the
-    run's label) heads the progress bars and epoch lines.
+    run's label) heads the progress bars and epoch lines. `augment(x, generator)`: a transform
+    of each TRAINING batch's inputs (e.g. qat.data.augment.Augmenter), drawing from a generator
+    seeded per epoch from (seed, epoch), so a resumed run draws what an uninterrupted one
+    does; validation, the monitor and the returned model never see it.
     """
     device = torch.device(config.device)
     model.to(device)
@@ -326,6 +333,9 @@ def fit(
         batches = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
         # Under torchrun each rank takes its share of every batch (same effective batch).
         batches = [b[rank::world] for b in batches if len(b) >= 2 * world]  # BN needs two
+        # Its own stream, so that augmenting leaves the order and dropout draws as they were.
+        drawn = augment and torch.Generator().manual_seed(
+            _epoch_seed(config.seed, epoch) ^ AUGMENT_STREAM)  # fmt: skip
         model.train()
         t_steps = time.perf_counter()
         sums: dict[str, float] = {}
@@ -336,8 +346,9 @@ def fit(
                 (epoch * batches_per_epoch + step) / total_steps, config.adversary_lambda
             )
             labels = {k: v[idx] for k, v in train.labels.items()}
+            x = train.x[idx] if augment is None else augment(train.x[idx], drawn)
             try:
-                losses = step_fn(train.x[idx].to(device), labels, keys[idx], lam)
+                losses = step_fn(x.to(device), labels, keys[idx], lam)
             except NonFiniteLossError as err:
                 kept = f"{ckpt_path} (epoch {state['epoch']})" if ckpt_path else "no checkpoint"
                 raise NonFiniteLossError(

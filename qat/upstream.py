@@ -152,7 +152,7 @@ def rhemo_key(run: RunConfig) -> dict:
     method), so every method on a (seed, fold) shares one RH-emo."""
     k = _rhemo_run(run).key_dict()
     return {name: k[name] for name in ("corpus", "setup", "profile", "profile_settings", "seed",
-                                       "root", "split", "rhemo_encoder", "upstream")
+                                       "root", "split", "rhemo_encoder", "upstream", "level")
             if name in k}  # fmt: skip
 
 
@@ -261,7 +261,8 @@ def export_rhemo(run: RunConfig, out: str | os.PathLike | None = None, progress=
         raise FileExistsError(f"{out} exists; choose another --out (files are never overwritten)")
     source = {**key, "corpus": run.corpus, "emotions": list(data.label_space.emotions),
               "split": data.split.digest(), "train_items": len(data.train.x)}  # fmt: skip
-    return save_rhemo(out, rhemo, feature_config=feature_config(run.profile), source=source)
+    return save_rhemo(out, rhemo, feature_config=feature_config(run.profile, run.level),
+                      source=source)  # fmt: skip
 
 
 def pretrain_orthogonal(
@@ -275,7 +276,7 @@ def pretrain_orthogonal(
     model, profile, p = run.model, run.profile, PROFILES[run.profile]
     task = "word" if run.orthogonal in ("random", "shuffled") else run.orthogonal
     records, setup, label, source = _orthogonal_data(run, ser, task, progress)
-    data = prepare_data(records, setup, profile, 0, progress, target=label)
+    data = prepare_data(records, setup, profile, 0, progress, target=label, level=run.level)
     if run.orthogonal == "shuffled":
         data = _shuffled(data, label)
     train, val, test = data.train, data.val, data.test
@@ -306,6 +307,8 @@ def pretrain_orthogonal(
                   profile_settings=runs.config_key(p), seed=0, rhemo=rhemo_key)  # fmt: skip
     if source is not None:
         config["source"] = source
+    if run.level != "raw":  # it reads the run's input: trained on it
+        config["level"] = run.level
     if model == "quaternion" and run.rhemo_encoder != "published":  # named, for its reader
         config["rhemo_encoder"] = run.rhemo_encoder
     if UPSTREAMS[run.upstream]["recipe"] is not None:  # keyed by the recipe, not its name

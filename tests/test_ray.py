@@ -53,8 +53,7 @@ def test_on_ray_a_run_that_raises_fails_the_grid_after_the_others_ran(cluster):
 SMOKE_GRID = [
     RunConfig(profile="smoke", seed=seed, method=method, tap=tap)
     for seed in (0, 1)
-    for method, tap in (("baseline", "conv2_1"), ("at", "conv1_1"), ("at", "conv2_1"),
-                        ("at", "conv3_1"))
+    for method, tap in (("baseline", "conv2_1"), ("at", "conv1_1"))
 ]  # fmt: skip
 
 
@@ -70,12 +69,10 @@ def _use_folders(monkeypatch, root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_ray_grid_of_eight_smoke_runs_gives_the_local_pool_s_records(
-    cluster, tmp_path, monkeypatch
-):
+def test_a_ray_grid_of_smoke_runs_gives_the_local_pool_s_records(cluster, tmp_path, monkeypatch):
     from qat.experiments import run_configs
 
-    assert len(SMOKE_GRID) == 8 and len({c.key() for c in SMOKE_GRID}) == 8
+    assert len({c.key() for c in SMOKE_GRID}) == len(SMOKE_GRID) == 4
     local = _use_folders(monkeypatch, tmp_path / "local")
     run_configs(SMOKE_GRID, jobs=2)
     on_ray = _use_folders(monkeypatch, tmp_path / "ray")
@@ -85,7 +82,7 @@ def test_a_ray_grid_of_eight_smoke_runs_gives_the_local_pool_s_records(
     for key, record in ours.items():
         assert theirs[key]["metrics"]["ua"] == record["metrics"]["ua"], key
         assert theirs[key]["history"] == record["history"], key  # the same training, bitwise
-    # The word network the AT runs share was trained once per engine.
+    # The word network the AT runs of both seeds share was trained once per engine.
     for reports in (local, on_ray):
         assert len(list((reports / "runs").glob("orthogonal-word-real-*"))) == 1
 
@@ -116,16 +113,16 @@ def test_a_run_whose_worker_is_killed_is_retried_from_its_checkpoint_and_recorde
     cluster, tmp_path, monkeypatch
 ):
     reports = _use_folders(monkeypatch, tmp_path)
-    grid = [RunConfig(profile="smoke", seed=seed) for seed in (0, 1, 2)]
+    grid = [RunConfig(profile="smoke", seed=seed) for seed in (0, 1)]
     results = sweep.run_grid(grid, killed_after_its_first_checkpoint, jobs=2, engine=RAY)
     killed = f"ser-{grid[0].key()}"
     assert (tmp_path / "cache" / f"killed-{grid[0].key()}").exists()  # it did die
     records = _records(reports)
     assert sorted(records) == sorted(f"ser-{c.key()}" for c in grid)  # none lost, none beside
-    assert len(results) == 3
+    assert len(results) == 2
     assert records[killed]["resources"]["resumed_from_epoch"] == 1  # from its checkpoint
     others = [r for k, r in records.items() if k != killed]
-    assert [r["resources"]["resumed_from_epoch"] for r in others] == [0, 0]
+    assert [r["resources"]["resumed_from_epoch"] for r in others] == [0]
 
 
 def test_a_grid_is_refused_an_impossible_engine_before_anything_runs():

@@ -51,6 +51,16 @@ FRAME_MULTIPLE = 32
 
 KINDS = ("stft", "logmel")
 COMPRESSIONS = ("none", "log")
+# The run setting `level`: the waveform as recorded, or each segment loudness-normalised
+# (normalise_level) before its features.
+LEVELS = ("raw", "normalise")
+
+# normalise_level's definition (it enters the feature key of level="normalise", so editing it
+# rebuilds those caches, and only those).
+LEVEL_TARGET_DBFS = -23.0  # RMS of the active blocks after normalisation, dB re full scale
+LEVEL_BLOCK_SECONDS = 0.02  # blocks whose mean square is measured
+LEVEL_GATE_DB = 30.0  # active blocks: mean square within this of the loudest block's
+LEVEL_PEAK_CEILING = 0.99  # clipping protection: the gain never lifts the peak above this
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,12 @@ class FeatureConfig:
         multiple of 32 so that the VGG poolings divide it: 4 s -> 500 -> 512, 1 s -> 125 -> 128.
     bins: stft keeps n_fft // 2 bins (the Nyquist bin is dropped: 256 -> 128); logmel n_mels.
     silence_peak: an utterance whose peak absolute amplitude is below this counts as
-        near-silent (flagged in `Features.silent`, for the caller to drop and count).
+        near-silent (flagged in `Features.silent`, for the caller to drop and count). The test
+        reads the file as recorded, whatever `level`.
+    level: "raw" (the waveform as recorded) or "normalise": the segment the network reads is
+        loudness-normalised (normalise_level) before its spectrum, so its features do not
+        depend on the recording's gain. Only a non-default level enters `key()` and
+        `as_dict()`, so every cache and model file of "raw" keeps its key and contents.
     """
 
     kind: str = "stft"
@@ -77,6 +92,7 @@ class FeatureConfig:
     compression: str = "log"
     log_floor: float = 1e-10
     silence_peak: float = 1e-3
+    level: str = "raw"
 
     def __post_init__(self):
         def bad(field: str, expected: str):
@@ -87,6 +103,8 @@ class FeatureConfig:
             bad("kind", f"one of {KINDS}")
         if self.compression not in COMPRESSIONS:
             bad("compression", f"one of {COMPRESSIONS}")
+        if self.level not in LEVELS:
+            bad("level", f"one of {LEVELS}")
         if not _is_int(self.sample_rate) or self.sample_rate <= 0:
             bad("sample_rate", "a positive integer (Hz)")
         if not _is_number(self.segment_seconds) or not self.segment_seconds > 0:
@@ -122,12 +140,21 @@ class FeatureConfig:
     def shape(self) -> tuple[int, int]:
         return (self.frames, self.bins)
 
+    def as_dict(self) -> dict:
+        """The fields as a dict, `level` only when it is not "raw" (what model files, feature
+        sidecars and records store: those of "raw" stay as they were before the setting)."""
+        out = dataclasses.asdict(self)
+        if out["level"] == "raw":
+            del out["level"]
+        return out
+
     def key(self) -> str:
-        """A short stable hash of every field and the feature-code version."""
-        payload = json.dumps(
-            {"version": FEATURE_VERSION, **dataclasses.asdict(self)}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """A short stable hash of every field (as_dict), the feature-code version and, for
+        level="normalise", normalise_level's constants."""
+        payload = {"version": FEATURE_VERSION, **self.as_dict()}
+        if self.level == "normalise":
+            payload["level_definition"] = level_definition()
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _is_int(value) -> bool:
@@ -140,6 +167,61 @@ def _is_number(value) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # One waveform
+
+
+def level_definition() -> dict:
+    """normalise_level's constants (in the feature key of level="normalise")."""
+    return {"target_dbfs": LEVEL_TARGET_DBFS, "block_seconds": LEVEL_BLOCK_SECONDS,
+            "gate_db": LEVEL_GATE_DB, "peak_ceiling": LEVEL_PEAK_CEILING}  # fmt: skip
+
+
+def active_rms(y: np.ndarray, sample_rate: int) -> float:
+    """The RMS of a waveform's active blocks: y is cut into consecutive blocks of
+    LEVEL_BLOCK_SECONDS (a last partial block counts as a block; a signal shorter than one
+    block is one block); the active blocks are those whose mean square is within LEVEL_GATE_DB
+    of the loudest block's; the result is the square root of their mean square (every active
+    sample weighs the same). The gate is relative, so the result scales exactly with the
+    signal: active_rms(a * y) == |a| * active_rms(y). 0 for digital silence."""
+    y = np.asarray(y, dtype=np.float64)
+    block = max(1, round(LEVEL_BLOCK_SECONDS * sample_rate))
+    starts = np.arange(0, len(y), block)
+    if len(starts) == 0:
+        return 0.0
+    energy = np.add.reduceat(y**2, starts)  # sum of squares per block
+    counts = np.diff(np.append(starts, len(y)))
+    power = energy / counts
+    if not power.max() > 0:
+        return 0.0
+    active = power >= power.max() * 10 ** (-LEVEL_GATE_DB / 10)
+    return float(np.sqrt(energy[active].sum() / counts[active].sum()))
+
+
+def normalise_level(y: np.ndarray, sample_rate: int) -> np.ndarray:
+    """`y` (float64) scaled so that its active RMS (active_rms: the blocks within
+    LEVEL_GATE_DB of the loudest, silence and pauses left out) is LEVEL_TARGET_DBFS dB re full
+    scale (20 log10 RMS; a full-scale square wave is 0 dBFS). A plain numpy definition rather
+    than ITU-R BS.1770 (pyloudnorm): that one K-weights and gates 400 ms blocks against an
+    absolute -70 LUFS threshold, so it is undefined for segments under 0.4 s and not exactly
+    scale-invariant for quiet ones; this one is both.
+
+    Clipping protection: the gain is capped so that the peak does not exceed
+    LEVEL_PEAK_CEILING (a signal whose crest factor exceeds the ceiling over the target, about
+    22.9 dB, ends up quieter than the target). The cap, like the gain, depends only on the
+    waveform's shape, so the result is the same at any input gain: normalise_level(a * y) ==
+    normalise_level(y) for every a > 0, up to floating-point rounding.
+
+    Digital silence (every sample 0, or no samples) has no level to normalise: ValueError.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    rms = active_rms(y, sample_rate)
+    if not rms > 0:
+        raise ValueError(
+            "level='normalise': the waveform is digital silence (every sample 0); it has no "
+            "loudness to normalise"
+        )
+    peak = float(np.max(np.abs(y)))
+    gain = min(10 ** (LEVEL_TARGET_DBFS / 20) / rms, LEVEL_PEAK_CEILING / peak)
+    return y * gain
 
 
 def fit_segment(y: np.ndarray, length: int) -> np.ndarray:
@@ -173,6 +255,10 @@ def compute_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
     Frame t is centred on sample t * hop of the segment (the signal is zero outside it), the
     same framing as librosa's centre=True with zero padding, but with exactly config.frames
     frames: the trailing frames past the segment's end hold zeros.
+
+    level="normalise": the segment (after cropping or padding) is scaled by normalise_level
+    first; a segment of digital silence has no level and is left as it is (its features are
+    the floor, as under "raw"; near-silent files are dropped by the callers anyway).
     """
     y = np.asarray(y)
     if y.ndim != 1:
@@ -180,6 +266,8 @@ def compute_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
     if not np.all(np.isfinite(y)):
         raise ValueError("y: waveform contains NaN or infinite samples")
     segment = fit_segment(y.astype(np.float64), config.segment_samples)
+    if config.level == "normalise" and np.any(segment):
+        segment = normalise_level(segment, config.sample_rate)
     n_fft, hop, frames = config.n_fft, config.hop_length, config.frames
     padded = np.zeros((frames - 1) * hop + n_fft)
     padded[n_fft // 2 : n_fft // 2 + len(segment)] = segment
@@ -387,7 +475,7 @@ def _build_cache(paths, config, array_path: Path, sidecar_path: Path, key: str, 
         "sha256": checksum,
         "shape": [len(paths), *config.shape],
         "silent": np.flatnonzero(silent).tolist(),
-        "config": dataclasses.asdict(config),
+        "config": config.as_dict(),
         "feature_version": FEATURE_VERSION,
     }
     _write_text_atomic(sidecar_path, json.dumps(meta, indent=1))
