@@ -244,6 +244,21 @@ def _models(args) -> None:
     print(f"{len(here)} saved model(s) under {paths.CACHE}{elsewhere}")
 
 
+def _perturb(args) -> None:
+    from qat import perturbation_page, perturbed
+
+    if not args.report_only:
+        if args.model is None:
+            raise ValueError("perturb: expected --model PATH (a saved model), or --report-only")
+        for record in perturbed.evaluate_perturbations(
+            args.model, args.only, seed=args.seed, items=args.items, force=args.force
+        ):
+            print(perturbed.summary_line(record))
+    elif args.model is not None or args.only is not None:
+        raise ValueError("perturb --report-only evaluates nothing: leave out --model and --only")
+    print(perturbation_page.write_page())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from qat import config as cfg
 
@@ -366,6 +381,31 @@ def build_parser() -> argparse.ArgumentParser:
                       help="resample files at another rate than the model's features "
                       "(an error line otherwise)")  # fmt: skip
 
+    pert = sub.add_parser(
+        "perturb",
+        help="a saved model on its run's test split, clean and under the declared perturbations "
+        "(gain, white/pink/babble noise, rooms, 8 kHz), paired item by item; writes "
+        "reports/runs/eval-<hash>.json per perturbation, then reports/perturbations.md",
+    )
+    pert.add_argument("--model", type=_nonempty_path, default=None,
+                      help="a model file whose run record is under reports/runs/ (qat models "
+                      "lists them)")  # fmt: skip
+    pert.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                      help="these declared perturbations only, e.g. gain-10dB babble-5dB "
+                      "(default: every one)")  # fmt: skip
+    pert.add_argument(
+        "--items",
+        type=int,
+        default=None,
+        help="score this many test items, drawn by the seed (default: all)",
+    )
+    pert.add_argument("--seed", type=int, default=0, help="the noise's and rooms' seed")
+    pert.add_argument("--force", action="store_true",
+                      help="evaluate again even if a record exists (beside it)")  # fmt: skip
+    pert.add_argument("--report-only", action="store_true",
+                      help="rebuild reports/perturbations.md and its figure from the records "
+                      "without evaluating")  # fmt: skip
+
     sub.add_parser(
         "models", help="the saved models the run records name: label, setting, test UA, path "
         "(for --model of predict and evaluate)",
@@ -446,6 +486,8 @@ def _dispatch(args) -> int:
             resample=args.resample, force=args.force, allow_overlap=args.allow_overlap,
         )  # fmt: skip
         print("\n".join(summary_lines(record)))
+    elif args.command == "perturb":
+        _perturb(args)
     elif args.command == "models":
         _models(args)
     elif args.command == "predict":

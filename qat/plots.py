@@ -908,3 +908,49 @@ def recall_comparison(record: Mapping, in_corpus: Mapping | None = None) -> Figu
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside lower center", fontsize="x-small")
     return fig
+
+
+# ---------------------------------------------------------------- perturbations
+
+
+def perturbation_curves(lines: Mapping[str, Mapping]) -> Figure:
+    """UA against gain and against SNR (qat.perturbed), one colour per model or method:
+    `lines` {label: {"clean": UA, "gain": {dB: UA}, "white" | "pink" | "babble": {SNR dB:
+    UA}}}. Left, UA against the gain with the clean UA at 0 dB; right, UA against the SNR, one
+    line style and marker per noise. A dotted line at each clean UA is the reference."""
+    noises = {"white": ("-", "o"), "pink": ("--", "s"), "babble": (":", "^")}
+    if not any(k in line for line in lines.values() for k in ("gain", *noises)):
+        raise ValueError("lines: no model has a gain or noise perturbation to plot")
+    fig = Figure(figsize=(PAGE_WIDTH, 4.2), layout="constrained")
+    gain_ax, snr_ax = fig.subplots(1, 2, sharey=True)
+    for i, (label, line) in enumerate(lines.items()):
+        colour = f"C{i % 10}"
+        for ax in (gain_ax, snr_ax):
+            ax.axhline(line["clean"], color=colour, linestyle=(0, (1, 3)), linewidth=1)
+        if line.get("gain"):
+            points = sorted({**line["gain"], 0.0: line["clean"]}.items())
+            gain_ax.plot(*zip(*points, strict=True), "o-", color=colour, label=label)
+        for noise, (style, marker) in noises.items():
+            if line.get(noise):
+                snr_ax.plot(*zip(*sorted(line[noise].items()), strict=True), marker=marker,
+                            linestyle=style, color=colour)  # fmt: skip
+    gain_ax.set_xlabel("gain (dB; 0 dB: clean)")
+    snr_ax.set_xlabel("SNR (dB)")
+    gain_ax.set_ylabel("UA (fraction)")
+    gain_ax.set_title("level", fontsize="small")
+    snr_ax.set_title("additive noise", fontsize="small")
+    for ax in (gain_ax, snr_ax):
+        ax.grid(alpha=0.3)
+    snr_ax.legend(
+        handles=[
+            *(Line2D([], [], color="0.3", linestyle=s, marker=m, label=f"{n} noise")
+              for n, (s, m) in noises.items()),
+            Line2D([], [], color="0.3", linestyle=(0, (1, 3)), label="clean UA"),
+        ],
+        fontsize="x-small",
+    )  # fmt: skip
+    handles = [Line2D([], [], color=f"C{i % 10}", marker="o", label=label)
+               for i, label in enumerate(lines)]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", fontsize="x-small",
+               ncols=min(len(handles), 2))  # fmt: skip
+    return fig

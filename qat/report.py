@@ -35,6 +35,8 @@ PAGES = {
     "benchmarks.md": "speed and memory of anti-transfer, quaternion vs real, the solvers "
     "(`python -m qat.bench all`)",
     "robustness.md": "what each bad input does (`python scripts/robustness_report.py`)",
+    "perturbations.md": "saved models under another gain, noise, rooms and an 8 kHz chain "
+    "(`qat perturb --model PATH`; `qat perturb --report-only` rewrites it)",
 }
 
 
