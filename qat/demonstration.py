@@ -32,7 +32,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from qat import costs, hparams, io, paths, plots, robust, runs, stats, tables
+from qat import costs, embedding, hparams, io, paths, plots, robust, runs, stats, tables
 from qat.config import INSTRUMENT_ENCODER, INSTRUMENT_UPSTREAM, RunConfig, label_of
 from qat.experiments import (
     CHANCE_LOSS_MARGIN,
@@ -288,13 +288,9 @@ def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES, engine=Non
     """The stages in order; runs whose record exists are skipped, so this resumes. Each stage
     reads the records the previous ones wrote. The costs stage times the steps of `models`
     side by side in this process (`jobs` and `engine`, a qat.sweep.Engine, do not apply)."""
-    if INSTRUMENT_UPSTREAM == "v1":
-        # The fair race trains every network with the same care, upstream ones included.
-        raise ValueError(
-            "qat demonstration: the fair race runs on the re-frozen instrument, and "
-            "qat.config.INSTRUMENT_UPSTREAM is still 'v1'; first `qat instrument --stage "
-            "embedding`, then `--stage embedding-confirm` (reports/instrument.md, section 8)"
-        )
+    problem = embedding.instrument_problem(runs.load_records())
+    if problem:  # the race runs on the RH-emo the instrument's rule adopted, and no other
+        raise ValueError(f"qat demonstration: the fair race waits for the instrument: {problem}")
     for stage in stages:
         records = runs.load_records(kind="ser")
         if stage == "costs":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 
 from qat import runs, stats, tables
-from qat.config import RunConfig
+from qat.config import INSTRUMENT_ENCODER, INSTRUMENT_UPSTREAM, RunConfig
 
 FROZEN = "cpu"
 SETUP = "unconfounded"  # the ceiling
@@ -299,6 +299,27 @@ def decision(records, chosen: str) -> tuple[str | None, str]:
         return chosen, f"`{chosen}`'s quaternion ceiling beats the previous one by {gain}"
     return "previous", (f"`{chosen}`'s quaternion ceiling against the previous one: {gain}, "
                         "an interval that does not lie above 0")  # fmt: skip
+
+
+def instrument_problem(records) -> str | None:
+    """Why the instrument's quaternion pipeline (qat.config.INSTRUMENT_UPSTREAM and
+    INSTRUMENT_ENCODER) is not yet the one `decision` adopts, or None when it is: a method
+    comparison (the fair race) must not start on an RH-emo the rule has not settled."""
+    chosen, why = choose(scores(records))
+    adopted, why = decision(records, chosen) if chosen else (None, why)
+    if adopted is None:
+        return (
+            f"the RH-emo decision is pending ({why}); run `qat instrument --stage embedding`, "
+            "then `--stage embedding-confirm` (reports/instrument.md, section 8)"
+        )
+    wanted = PREVIOUS if adopted == "previous" else _find(adopted)[1:]
+    if (INSTRUMENT_UPSTREAM, INSTRUMENT_ENCODER) != tuple(wanted):
+        return (
+            f"the rule adopted {wanted[0]!r} with the {wanted[1]!r} encoder ({why}), but "
+            f"qat.config has INSTRUMENT_UPSTREAM={INSTRUMENT_UPSTREAM!r} and "
+            f"INSTRUMENT_ENCODER={INSTRUMENT_ENCODER!r}: set them to the adopted ones"
+        )
+    return None
 
 
 def _sd_target(values: list[float]) -> dict:

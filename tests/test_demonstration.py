@@ -405,7 +405,7 @@ def test_the_costs_stage_times_both_models_steps_in_one_measurement(finalist_rec
     both = finalist_records + finalist_set("quaternion", {}, np.random.default_rng(2))
     monkeypatch.setattr(runs, "load_records", lambda *a, **k: both)
     monkeypatch.setattr(costs, "run", measured.append)
-    monkeypatch.setattr(demo, "INSTRUMENT_UPSTREAM", "careful")  # as once the race may start
+    monkeypatch.setattr(demo.embedding, "instrument_problem", lambda records: None)  # settled
     demo.run(stages=("costs",))
     wanted = [c for m in demo.MODELS for c in demo.cost_configs(both, m).values()]
     assert measured == [wanted]  # one call: every step in the same interleaved rounds
@@ -756,9 +756,9 @@ def test_with_no_records_the_page_says_what_is_pending_and_rebuilds_identically(
 
 
 def test_the_fair_race_refuses_to_start_before_the_instrument_is_re_frozen(monkeypatch):
-    """Every network of the race is trained with the same care, upstream ones included: while
-    the instrument's upstream design is v1, `qat demonstration` says what to run first."""
-    monkeypatch.setattr(demo, "INSTRUMENT_UPSTREAM", "v1")
-    with pytest.raises(ValueError, match=r"INSTRUMENT_UPSTREAM is still 'v1'.*embedding-confirm"):
+    """The race runs on the RH-emo the instrument's rule adopted: while the rule is pending,
+    `qat demonstration` says what to run first (qat.embedding.instrument_problem)."""
+    monkeypatch.setattr(runs, "load_records", lambda *a, **k: [])  # nothing selected yet
+    with pytest.raises(ValueError, match=r"waits for the instrument: the RH-emo decision is "
+                       r"pending.*embedding-confirm"):  # fmt: skip
         demo.run(stages=("selection",))
-    assert demo.base("real").upstream == "v1"

@@ -118,3 +118,17 @@ def test_the_fresh_pair_targets_are_scipy_s_paired_intervals_and_met_only_as_the
     assert low < 0
     assert embedding.decision(records, chosen)[0] == "previous"
     assert embedding.decision(records[:-1], chosen)[0] is None  # a fresh pair without both ceilings
+
+
+def test_the_instrument_must_read_the_rh_emo_the_rule_adopted(monkeypatch):
+    chosen = "careful-wide"
+    monkeypatch.setattr(embedding, "choose", lambda scores: (chosen, "the rule"))
+    verdicts = iter([(None, "2/5 fresh pairs"), (chosen, "a gain"), ("previous", "no gain")])
+    monkeypatch.setattr(embedding, "decision", lambda records, name: next(verdicts))
+    monkeypatch.setattr(embedding, "INSTRUMENT_UPSTREAM", "v1")
+    monkeypatch.setattr(embedding, "INSTRUMENT_ENCODER", "published")
+    assert "decision is pending (2/5 fresh pairs)" in embedding.instrument_problem([])
+    problem = embedding.instrument_problem([])  # adopted careful-wide; config still v1
+    assert "adopted 'careful' with the 'wide' encoder" in problem
+    assert "INSTRUMENT_UPSTREAM='v1'" in problem
+    assert embedding.instrument_problem([]) is None  # the previous RH-emo kept, as configured
