@@ -104,6 +104,8 @@ def test_the_fresh_pair_targets_are_scipy_s_paired_intervals_and_met_only_as_the
     gain = rows["the chosen RH-emo agains"]  # +0.05 on every pair: a gain
     assert gain["met"] == "met" and gain["measured"].startswith("+0.050")
     assert rows["quaternion word network,"]["met"] == "pending"  # none trained yet
+    kept = rows["no upstream network kept"]  # 5 RH-emos of 15 networks, each at its best
+    assert kept["met"] == "pending" and kept["measured"] == "5/5 kept at their best (5/15 trained)"
     assert rows["quaternion step <= 0.3x "[:24]]["met"] == "pending"  # not timed side by side
     adopted, why = embedding.decision(records, chosen)
     assert adopted == chosen and "+0.050" in why
