@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qat import costs, diagnosis, embedding, io, paths, plots, runs, stats, tables
+from qat import costs, diagnosis, embedding, io, level, paths, plots, runs, stats, tables
 from qat.config import INSTRUMENT_ENCODER, PROFILES, RECIPES, RunConfig
 from qat.models import ENCODERS  # RH-emo encoders (published first): each gets its rows
 from qat.report import update_readme_block
@@ -108,6 +108,9 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS, engine=None) -> None
         return
     if stage == "embedding-confirm":
         _confirm_embedding(jobs, engine)
+        return
+    if stage == "level":
+        level.run(jobs, engine)
         return
     if stage == "costs":
         costs.run([*cost_configs().values(), *diagnosis.cost_configs(FROZEN).values()])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qat import io, paths, plots, runs, stats, tables
+from qat import io, level, paths, plots, runs, stats, tables
 from qat.config import label_of
 from qat.perturb import PERTURBATIONS
 from qat.perturbed import NAMES, ROOMS, SCORING, TALKERS
@@ -190,7 +190,7 @@ def write_page(reports: Path | None = None) -> Path:
     records = perturbation_records(reports)
     models = evaluated_models(records)
     finalists, chosen = finalist_models(reports)
-    level = f"{LEVEL:.0%}"
+    interval = f"{LEVEL:.0%}"
     described = ", ".join(f"`{p.name}`" for p in PERTURBATIONS)
     lines = [
         "# Perturbations: models under the recording chain",
@@ -202,9 +202,9 @@ def write_page(reports: Path | None = None) -> Path:
         "",
         f"- **Paired:** every item is scored clean and perturbed; scoring: {SCORING}.",
         "- **UA difference:** perturbed UA minus clean UA on the same items. For one model its "
-        f"{level} interval is the percentile bootstrap over items ({ITEM_BOOT} resamples; "
+        f"{interval} interval is the percentile bootstrap over items ({ITEM_BOOT} resamples; "
         "qat.stats.paired on per-item values weighted so that their mean is the UA). For a "
-        f"method with models on several (seed, fold) pairs, the {level} t-interval and "
+        f"method with models on several (seed, fold) pairs, the {interval} t-interval and "
         "bootstrap interval are over the pairs.",
         "- **unchanged:** the share of items whose perturbed prediction equals the clean one.",
         f"- **Noise and rooms:** each item's noise from a seed of (seed, uid); {ROOMS} simulated "
@@ -265,6 +265,9 @@ def write_page(reports: Path | None = None) -> Path:
         rows = model_rows(m)
         lines += [tables.markdown_table(rows, formats={k: v for k, v in FORMATS.items()
                                                        if k in rows[0]}), ""]  # fmt: skip
+
+    checks = {m["path"]: m["records"] for m in models}
+    lines += level.section(runs.load_records(reports, kind="ser"), checks)
 
     curves = {f"{method} (mean of {len(group)} runs)": curve_points(group)
               for method, group in groups.items()}  # fmt: skip
