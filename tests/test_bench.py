@@ -284,3 +284,61 @@ def test_scale_measures_only_the_parts_named_and_keeps_the_others_text(tmp_path,
     text = (tmp_path / "benchmarks.md").read_text()
     assert "### (a) ray, kept\n\n### (b) streaming, kept\n\n### (c) measured\n" in text
     assert "(c) old" not in text and "untouched" in text
+
+
+def test_run_s_eager_path_evaluates_as_before_and_restores_the_current_path():
+    from types import SimpleNamespace
+
+    from qat import experiments, train
+    from qat.bench import run
+
+    torch.manual_seed(0)
+    x = torch.randn(130, 1, 32, 32)
+    labels = {"emotion": torch.randint(0, 5, (130,)), "group": torch.randint(0, 3, (130,))}
+    data = SimpleNamespace(x=x, labels=labels)
+
+    def forwards(model, fn):
+        calls = []
+        handle = model.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            return fn(), len(calls)
+        finally:
+            handle.remove()
+
+    current = vgg16(5, 1, width=1 / 16)
+    now, now_calls = forwards(current, lambda: train._scores(current, data, "emotion"))
+    assert now_calls == 1  # one batch-512 pass gives loss, UA and worst group
+    with run.eager_path():
+        eager = vgg16(5, 1, width=1 / 16)
+        assert eager.features.conv2_1.conv.weight.is_contiguous()
+        assert train.predict is experiments.predict is run.eager_predict
+        eager.load_state_dict(current.state_dict())
+        before, before_calls = forwards(eager, lambda: train._scores(eager, data, "emotion"))
+    assert before_calls == 2 * 3  # batches of 64, the worst group in a second pass
+    assert before == pytest.approx(now, rel=1e-5, abs=1e-6)
+    assert train.predict is not run.eager_predict and experiments.predict is train.predict
+    restored = vgg16(5, 1, width=1 / 16).features.conv2_1.conv.weight
+    assert restored.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_run_s_breakdown_splits_a_record_and_ratios_pair_within_rounds():
+    from qat.bench import run
+
+    timings = {
+        "prepare": 2.0, "upstream": 100.0, "train": 30.0, "train_steps": 24.0,
+        "train_evaluation": 5.0, "evaluate": 1.0, "step_cost": 3.0, "probe": 4.0,
+    }  # fmt: skip
+    b = run.breakdown({"wall_time_s": 145.0, "timings_s": timings})
+    assert b == pytest.approx({
+        "data": 2.0, "step": 24.0, "evaluation": 6.0, "cost": 3.0, "probe": 4.0, "other": 6.0,
+        "end to end": 45.0, "train": 30.0,
+    })  # fmt: skip
+    # 2 bench epochs -> 12: the training part (30 s) five more times.
+    assert run.projected(b, 2, 12) == pytest.approx(45.0 + 5 * 30.0)
+    # Per-round new / eager = 0.5, 1.0, 0.8: the median is 0.8 (a ratio of medians: 1.25).
+    assert run.paired_ratio([1.0, 4.0, 4.0], [2.0, 4.0, 5.0]) == pytest.approx(0.8)
+    rows = [["real baseline", "end to end", 10.0, 5.0, 0.5, 1.0],
+            ["real baseline", "step", 4.0, 3.0, 0.75, 0.6]]  # fmt: skip
+    assert run.verdict_lines(rows, "projected") == [
+        "- real baseline, end to end: new / eager 0.500, speed-up 2.00x (target >= 1.5x: met)"
+    ]

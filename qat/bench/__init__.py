@@ -16,4 +16,5 @@ SUBCOMMANDS = (
     "dfr",
     "layout",
     "scale",
+    "run",
 )
