@@ -328,10 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         "baselines' steps timed side by side); it resumes; then reports/instrument.md",
     )
     inst.add_argument("--stage", choices=("pilot", "final", "diagnose", "confirm", "embedding",
-                                          "embedding-confirm", "level", "costs"),
+                                          "embedding-confirm", "level", "precision", "costs"),
                       default="pilot", help="embedding: RH-emo candidates' ceilings on the "
                       "selection pairs; embedding-confirm: the chosen one on fresh pairs; "
-                      "level: the input-level candidates (reports/perturbations.md)")  # fmt: skip
+                      "level: the input-level candidates (reports/perturbations.md); "
+                      "precision: bf16 against fp32 runs")  # fmt: skip
     inst.add_argument("--models", default="real,quaternion", help="comma-separated models")
     inst.add_argument("--jobs", type=int, default=2, help="parallel processes")
     inst.add_argument("--report-only", action="store_true",

@@ -149,7 +149,7 @@ def _rhemo_of(record: dict, rhemos: dict) -> dict | None:
     return rhemos.get(used.get("record"))
 
 
-def _by_pair(records, configs) -> dict[tuple, dict]:
+def by_pair(records, configs) -> dict[tuple, dict]:
     """{(seed, fold): record} of `configs` found among the records."""
     keyed = found(records, configs)
     return {(c.seed, c.fold): keyed[c.key()] for c in configs if c.key() in keyed}
@@ -161,7 +161,7 @@ def selection_rows(records) -> list[dict]:
     rhemos = _rhemos(records)
     rows = []
     for name, upstream, encoder in CANDIDATES:
-        runs_ = _by_pair(records, [candidate(name, s, f) for s, f in SELECT_PAIRS])
+        runs_ = by_pair(records, [candidate(name, s, f) for s, f in SELECT_PAIRS])
         heads = [_rhemo_of(r, rhemos) for r in runs_.values()]
         heads = [h for h in heads if h]
         rows.append({
@@ -180,7 +180,7 @@ def selection_rows(records) -> list[dict]:
         })  # fmt: skip
     for label, model in (("current instrument (v1, published)", "quaternion"),
                          ("real VGG16 on spectrograms", "real")):  # fmt: skip
-        ref = _by_pair(
+        ref = by_pair(
             records,
             [
                 RunConfig(profile=FROZEN, model=model, seed=s, fold=f, setup=SETUP, upstream="v1")
@@ -218,7 +218,8 @@ def _diff_target(target: str, a: dict, b: dict, mean_at_least: float, low_at_lea
             "met": met}  # fmt: skip
 
 
-def _interval_target(target: str, values: list[float], at_least: float, spec=".3f") -> dict:
+def interval_target(target: str, values: list[float], at_least: float, spec=".3f") -> dict:
+    """A target on the mean of one value per fresh pair, from its 95% t-interval."""
     if len(values) < len(CONFIRM_PAIRS):
         return {"target": target, "measured": f"pending ({len(values)}/{len(CONFIRM_PAIRS)})",
                 "met": "pending"}  # fmt: skip
@@ -234,7 +235,7 @@ def confirmation(records, chosen: str) -> dict:
     roles = ("ceiling", "baseline", "real on the embedding", "real on spectrograms",
              "current instrument")  # fmt: skip
     configs = confirm_configs(chosen)
-    out = {role: _by_pair(records, configs[i :: len(roles)]) for i, role in enumerate(roles)}
+    out = {role: by_pair(records, configs[i :: len(roles)]) for i, role in enumerate(roles)}
     rhemos = _rhemos(records)
     out["RH-emos"] = [h for r in [*out["ceiling"].values(), *out["baseline"].values()]
                       if (h := _rhemo_of(r, rhemos))]  # fmt: skip
@@ -255,7 +256,7 @@ def targets(records, chosen: str) -> list[dict]:
         real = c["real on spectrograms"].get(pair)
         if head and real:
             ratios.append(tables.kept_row(head)["val_emotion_ua"] / val_ua(real))
-    out.append(_interval_target(f"RH-emo's emotion head, validation UA at its kept epoch, over "
+    out.append(interval_target(f"RH-emo's emotion head, validation UA at its kept epoch, over "
                                 f"the real SER network's on the same sets >= {RATIO}", ratios,
                                 RATIO, ".2f"))  # fmt: skip
     out.append(_diff_target(f"real VGG16 on the embedding minus on the spectrogram (ceiling) "
@@ -267,7 +268,7 @@ def targets(records, chosen: str) -> list[dict]:
                             c["real on spectrograms"], *QUATERNION_GAP))  # fmt: skip
     out.append(_sd_target(list(_ua(c["baseline"]).values())))
     words = [r["metrics"]["ua"] for r in c["word networks"]]
-    out.append(_interval_target(f"quaternion word network, held-out speakers >= {WORD_NETWORK}",
+    out.append(interval_target(f"quaternion word network, held-out speakers >= {WORD_NETWORK}",
                                 words, WORD_NETWORK))  # fmt: skip
     networks = [*c["RH-emos"], *c["word networks"]]
     expected = 3 * len(CONFIRM_PAIRS)  # an RH-emo per setup and a word network, per pair

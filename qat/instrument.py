@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qat import costs, diagnosis, embedding, io, level, paths, plots, runs, stats, tables
+from qat import costs, diagnosis, embedding, io, level, paths, plots, precision, runs, stats, tables
 from qat.config import INSTRUMENT_ENCODER, PROFILES, RECIPES, RunConfig
 from qat.models import ENCODERS  # RH-emo encoders (published first): each gets its rows
 from qat.report import update_readme_block
@@ -111,6 +111,9 @@ def run(stage: str = "pilot", jobs: int = 2, models=MODELS, engine=None) -> None
         return
     if stage == "level":
         level.run(jobs, engine)
+        return
+    if stage == "precision":
+        precision.run(jobs, engine)
         return
     if stage == "costs":
         costs.run([*cost_configs().values(), *diagnosis.cost_configs(FROZEN).values()])
@@ -412,6 +415,7 @@ def write_report(reports=None) -> Path:
               "real one of the oracle", ""]  # fmt: skip
     lines += diagnosis.section(records, FROZEN, PAIRS, figures)
     lines += ["", "## 8. RH-emo at full strength", "", *embedding.section(records)]
+    lines += ["", "## 9. bfloat16 forward passes", "", *precision.section(records)]
     target = reports / "instrument.md"
     io.write_text(target, "\n".join(lines) + "\n")
     if reports.resolve() == (paths.ROOT / "reports").resolve():

@@ -19,7 +19,7 @@ import statistics
 
 from qat import runs, stats, tables
 from qat.config import RunConfig
-from qat.embedding import CONFIRM_PAIRS, val_ua
+from qat.embedding import CONFIRM_PAIRS, by_pair, interval_target, val_ua
 
 FROZEN = "cpu"
 MODEL = "real"
@@ -52,13 +52,7 @@ def configs() -> list[RunConfig]:
 
 def _records(records, candidate, setup: str) -> dict[tuple, dict]:
     """{(seed, fold): record} of a candidate's runs in one setup."""
-    ser = {runs.config_key(r["config"]): r for r in records if r.get("kind") == "ser"}
-    out = {}
-    for seed, fold in PAIRS:
-        record = ser.get(config(*candidate, seed, fold, setup).key())
-        if record is not None:
-            out[(seed, fold)] = record
-    return out
+    return by_pair(records, [config(*candidate, s, f, setup) for s, f in PAIRS])
 
 
 def choose(records) -> tuple[tuple[str, str] | None, str]:
@@ -129,27 +123,18 @@ def targets(records, checks: dict[str, dict[str, dict]]) -> list[dict]:
     out = []
     for target, values, bound in (
         (f"level normalise, -10 dB: predictions unchanged >= {UNCHANGED}",
-         [a["unchanged"] for a in at], {"at_least": UNCHANGED}),
+         [a["unchanged"] for a in at], UNCHANGED),
         (f"level normalise, -10 dB: UA minus clean >= -{UA_SHIFT}",
-         [a["perturbed_ua"] - a["clean_ua"] for a in at], {"at_least": -UA_SHIFT}),
+         [a["perturbed_ua"] - a["clean_ua"] for a in at], -UA_SHIFT),
     ):  # fmt: skip
-        out.append(_target(target, values, bound))
+        out.append(interval_target(target, values, bound, "+.3f"))
     test = {k: r["metrics"]["ua"] for k, r in ceilings.items()}
     base = {k: r["metrics"]["ua"] for k, r in _records(records, raw, "unconfounded").items()}
     common = set(test) & set(base)
     diffs = [test[k] - base[k] for k in sorted(common)]
-    out.append(_target(f"level normalise costs at most {COST} clean test UA (ceiling, paired)",
-                       diffs, {"at_least": -COST}))  # fmt: skip
+    out.append(interval_target(f"level normalise costs at most {COST} clean test UA (ceiling, "
+                               "paired)", diffs, -COST, "+.3f"))  # fmt: skip
     return out
-
-
-def _target(target: str, values: list[float], bound: dict) -> dict:
-    if len(values) < len(PAIRS):
-        return {"target": target, "measured": f"pending ({len(values)}/{len(PAIRS)})",
-                "met": "pending"}  # fmt: skip
-    low, high = stats.mean_interval(values)
-    return {"target": target, "measured": f"{statistics.fmean(values):+.3f} [{low:+.3f}, "
-            f"{high:+.3f}]", "met": stats.verdict(low, high, **bound)}  # fmt: skip
 
 
 def section(records, checks: dict[str, dict[str, dict]]) -> list[str]:

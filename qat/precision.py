@@ -1,0 +1,115 @@
+"""bfloat16 forwards for the instrument's runs (issue 33): faster on a CPU with native bf16
+(`python -m qat.bench run` times it), but a change of numerics, so it is adopted only if the
+runs say the UA does not move; a section of reports/instrument.md.
+
+Written before its runs: the pairs (PAIRS, the RH-emo confirmation's fresh pairs, whose fp32
+runs exist: the real ceiling and the chosen RH-emo's quaternion baseline and ceiling; the real
+baseline comes from the level study, `qat instrument --stage level`), the bf16 runs (the same
+configurations with precision="bf16") and the rule (`decision`): bf16 is adopted when, for
+each model, the paired difference of validation UA, bf16 minus fp32 over the baseline and the
+ceiling of every pair, has a 95% t-interval that contains 0 and lies above -TOLERANCE.
+Test UA is shown beside it, never used.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from qat import embedding, runs, stats, tables
+from qat.config import RunConfig
+
+PAIRS = embedding.CONFIRM_PAIRS
+SETUPS = ("confounded", "unconfounded")
+MODELS = ("real", "quaternion")
+TOLERANCE = 0.01  # the issue's bound on the UA a faster path may lose
+
+
+def fp32_configs(records) -> dict[str, list[RunConfig]]:
+    """{model: the fp32 baseline and ceiling of every pair}: the real VGG16 on spectrograms,
+    and the quaternion VGG16 on the RH-emo the embedding rule chose (None while unchosen)."""
+    chosen, _ = embedding.choose(embedding.scores(records))
+    out = {"real": [RunConfig(profile=embedding.FROZEN, model="real", seed=s, fold=f, setup=u)
+                    for s, f in PAIRS for u in SETUPS]}  # fmt: skip
+    if chosen is not None:
+        out["quaternion"] = [embedding.candidate(chosen, s, f, setup=u) for s, f in PAIRS
+                             for u in SETUPS]  # fmt: skip
+    return out
+
+
+def configs(records) -> list[RunConfig]:
+    """The bf16 runs: every fp32 configuration with precision="bf16"."""
+    return [c.replace(precision="bf16") for cs in fp32_configs(records).values() for c in cs]
+
+
+def _differences(records, fp32: list[RunConfig], read) -> list[float]:
+    """bf16 - fp32 of `read(record)` over the configurations both ran, in a fixed order."""
+    pairs = [(c.key(), c.replace(precision="bf16").key()) for c in fp32]
+    ser = embedding.found(records, [*fp32, *(c.replace(precision="bf16") for c in fp32)])
+    return [read(ser[bf16]) - read(ser[fp]) for fp, bf16 in pairs if fp in ser and bf16 in ser]
+
+
+def rows(records) -> list[dict]:
+    """Per model: the paired validation UA difference (the rule's) and the test UA one."""
+    out = []
+    for model, fp32 in fp32_configs(records).items():
+        row = {"model": model, "pairs": f"{len(_differences(records, fp32, embedding.val_ua))}/"
+               f"{len(fp32)}"}  # fmt: skip
+        for what, read in (("validation UA, bf16 - fp32 (the rule's)", embedding.val_ua),
+                           ("test UA, bf16 - fp32 (not used)", _test_ua)):  # fmt: skip
+            diffs = _differences(records, fp32, read)
+            row[what] = _interval(diffs) if len(diffs) >= 2 else None
+        out.append(row)
+    return out
+
+
+def _test_ua(record: dict) -> float:
+    return record["metrics"]["ua"]
+
+
+def _interval(diffs: list[float]) -> str:
+    low, high = stats.mean_interval(diffs)
+    return f"{statistics.fmean(diffs):+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def decision(records) -> tuple[bool | None, str]:
+    """(True: bf16 adopted, False: kept fp32, None: pending; why), by the module's rule."""
+    groups = fp32_configs(records)
+    if set(groups) != set(MODELS):
+        return None, "the RH-emo of the quaternion runs is not chosen yet"
+    for model, fp32 in groups.items():
+        diffs = _differences(records, fp32, embedding.val_ua)
+        if len(diffs) < len(fp32):
+            return None, f"{model}: {len(diffs)}/{len(fp32)} fp32/bf16 pairs ran"
+        low, high = stats.mean_interval(diffs)
+        if not -TOLERANCE <= low <= 0 <= high:
+            return False, (f"{model}: validation UA bf16 - fp32 {_interval(diffs)}, not an "
+                           f"interval that contains 0 and lies above -{TOLERANCE}")  # fmt: skip
+    return True, (f"for both models the validation UA difference's interval contains "
+                           f"0 and lies above -{TOLERANCE}")  # fmt: skip
+
+
+def section(records) -> list[str]:
+    """reports/instrument.md's section: the rule, the differences, the decision."""
+    adopted, why = decision(records)
+    outcome = ("Pending: " if adopted is None else "Adopted: " if adopted else
+               "Not adopted (the instrument keeps fp32): ") + why + "."  # fmt: skip
+    return [
+        "bfloat16 forward passes (`precision=bf16`; `python -m qat.bench run` times them) "
+        "change the numerics, so they are adopted for the instrument's runs only by a rule "
+        "written before the runs (qat.precision): for each model, the paired validation UA "
+        f"difference, bf16 minus fp32, over the baseline and ceiling of the pairs "
+        f"{', '.join(f'{s}/{f}' for s, f in PAIRS)} (`qat instrument --stage precision`), "
+        f"has a 95% t-interval that contains 0 and lies above -{TOLERANCE}.",
+        "",
+        tables.markdown_table(rows(records)),
+        "",
+        outcome,
+    ]
+
+
+def run(jobs: int = 2, engine=None) -> None:
+    """The bf16 runs (existing records skipped)."""
+    from qat.experiments import run_configs
+
+    run_configs(configs(runs.load_records(kind="ser")), jobs=jobs, desc="instrument precision",
+                engine=engine)  # fmt: skip
