@@ -809,17 +809,14 @@ def costs_line(measured: dict[str, dict | None]) -> str:
 
 
 def grid_time(records, complete: bool = False) -> str:
-    """The grid's measured cost (so far, unless `complete`): its SER runs and the RH-emos of
-    its splits (the demonstration's seeds, never the instrument's), by the wall times their
-    records hold."""
+    """The grid's measured cost (so far, unless `complete`): its SER runs and the RH-emos
+    they read, by the wall times their records hold."""
     seeds = {s for s, _ in (*SELECTION_PAIRS, *FINAL_PAIRS)}
-    mine = [
-        r
-        for r in records
-        if r.get("kind") in ("ser", "rhemo")
-        and r["config"].get("profile") == PROFILE
-        and r["config"].get("seed") in seeds
-    ]
+    ser = [r for r in records if r.get("kind") == "ser" and r["config"].get("profile") == PROFILE
+           and r["config"].get("seed") in seeds]  # fmt: skip
+    read = {((r.get("upstream_weights") or {}).get("rhemo") or {}).get("record") for r in ser}
+    mine = [*ser, *(r for r in records if r.get("kind") == "rhemo"
+                    and tables.record_id(r) in read)]  # fmt: skip
     hours = {kind: sum(r.get("wall_time_s", 0.0) for r in mine if r["kind"] == kind) / 3600
              for kind in ("ser", "rhemo")}  # fmt: skip
     runs_ = sum(r["kind"] == "ser" for r in mine)

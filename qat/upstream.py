@@ -131,8 +131,11 @@ RHEMO_DATA = ("corpus", "features", "val_fraction", "folds", "n_test_speakers", 
 
 
 def _rhemo_run(run: RunConfig) -> RunConfig:
-    """The run whose RH-emo `run` reads: itself, or the same split under the profile its own
-    names as `rhemo_profile` (which must compute the same data and features)."""
+    """The run whose RH-emo `run` reads: itself, or the quaternion run of the same split under
+    the profile its own names as `rhemo_profile` (which must compute the same data and
+    features). Quaternion: a real network reading RH-emo under a profile that does not say so
+    itself would otherwise be keyed without its RH-emo's encoder and design, the key of
+    another RH-emo."""
     source = PROFILES[run.profile].get("rhemo_profile")
     if source is None:
         return run
@@ -144,7 +147,7 @@ def _rhemo_run(run: RunConfig) -> RunConfig:
             f"profile={run.profile!r}: rhemo_profile={source!r} differs in "
             f"{', '.join(differ)}; expected the same data, features and RH-emo"
         )
-    return run.replace(profile=source)
+    return run.replace(profile=source, model="quaternion", augment="none")
 
 
 def rhemo_key(run: RunConfig) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from qat import costs, hparams, io, plots, runs, stats
+from qat import costs, hparams, io, plots, runs, stats, tables
 from qat import demonstration as demo
 from qat.config import PLACEBO_REGIME, REGIMES, RunConfig
 
@@ -596,11 +596,13 @@ def test_the_whole_grid_s_time_is_stated_only_when_every_stage_has_run():
                 if c.key() not in seen:
                     seen.add(c.key())
                     records.append(record(c, 0.5) | {"wall_time_s": rng.uniform(100, 300)})
-    rhemo = {"kind": "rhemo", "config": records[0]["config"], "wall_time_s": 400.0}
+    rhemo = {"kind": "rhemo", "config": {"seed": 1, "split": "a"}, "wall_time_s": 400.0}
+    other = {"kind": "rhemo", "config": {"seed": 1, "split": "b"}, "wall_time_s": 900.0}
+    records[0]["upstream_weights"] = {"rhemo": {"record": tables.record_id(rhemo)}}
     hours = sum(r["wall_time_s"] for r in records) / 3600
     counts = demo.grid_counts(records)
     assert demo.grid_complete(counts)
-    said = demo.grid_time([*records, rhemo], complete=True)
+    said = demo.grid_time([*records, rhemo, other], complete=True)  # no run read the other
     assert said.startswith(f"- The whole grid: {len(records)} runs, {hours:.1f} h of summed "
                            f"wall time from their records, and the 1 RH-emos of their splits, "
                            f"{400 / 3600:.1f} h")  # fmt: skip

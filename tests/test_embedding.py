@@ -134,3 +134,15 @@ def test_the_instrument_must_read_the_rh_emo_the_rule_adopted(monkeypatch):
     assert "adopted 'careful' with the 'wide' encoder" in problem
     assert "INSTRUMENT_UPSTREAM='v1'" in problem
     assert embedding.instrument_problem([]) is None  # the previous RH-emo kept, as configured
+
+
+def test_the_real_vgg16_on_the_embedding_reads_the_ceilings_rh_emo_and_no_other():
+    """A real network reading RH-emo under a diagnostic profile is keyed by its RH-emo's
+    encoder and design: it shares the quaternion ceiling's RH-emo, never the v1 one's file."""
+    ceiling = embedding.candidate("careful-wide", 310, 0)
+    real = ceiling.replace(profile=embedding.REAL_ON_RHEMO, model="real")
+    assert upstream.rhemo_key(real) == upstream.rhemo_key(ceiling)
+    v1 = RunConfig(profile="cpu", model="quaternion", seed=310, fold=0, setup="unconfounded")
+    assert upstream.rhemo_key(real) != upstream.rhemo_key(v1)
+    old = real.replace(upstream="v1", rhemo_encoder="published")  # the diagnosis's, as before
+    assert upstream.rhemo_key(old) == upstream.rhemo_key(v1)
