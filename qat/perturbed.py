@@ -42,7 +42,7 @@ from qat.data.records import file_digest
 from qat.data.splits import Split
 from qat.perturb import PERTURBATIONS, Perturbation, perturb
 from qat.progress import tqdm
-from qat.saved import BLOCK, Predictor, load_model, stored_path
+from qat.saved import BLOCK, Predictor, load_model, segment_windows, stored_path
 
 TALKERS = 3  # babble: other speakers mixed per item
 BABBLE_POOL = 6  # babble: sounding utterances per speaker the talkers are drawn from
@@ -175,12 +175,7 @@ def windows(y: np.ndarray, predictor: Predictor) -> list[slice]:
     """The sample windows qat.saved.segments reads from `y` (whole=True), as slices: the
     sounding ones only (empty when every window is near-silent)."""
     config = predictor.feature_config
-    n, length = len(y), config.segment_samples
-    if n <= length:
-        cuts = [slice(0, n)]
-    else:
-        starts = np.round(np.linspace(0, n - length, int(np.ceil(n / length)))).astype(int)
-        cuts = [slice(int(s), int(s) + length) for s in starts]
+    cuts = segment_windows(len(y), config)
     return [w for w in cuts if not is_near_silent(y[w], config.silence_peak)]
 
 

@@ -318,6 +318,17 @@ class SilentAudioError(AudioError):
     """Audio with no segment above the silence threshold: nothing to classify."""
 
 
+def segment_windows(n: int, config: FeatureConfig, whole: bool = True) -> list[slice]:
+    """The sample windows `segments` reads from an n-sample clip (see there), as slices."""
+    length = config.segment_samples
+    if n <= length:
+        return [slice(0, n)]
+    if not whole:
+        return [slice((n - length) // 2, (n - length) // 2 + length)]
+    starts = np.round(np.linspace(0, n - length, math.ceil(n / length))).astype(int)
+    return [slice(int(s), int(s) + length) for s in starts]
+
+
 def segments(y: np.ndarray, config: FeatureConfig, whole: bool = True) -> tuple[list, int]:
     """(the segments of a waveform the network reads, how many were left out as near-silent).
 
@@ -327,12 +338,7 @@ def segments(y: np.ndarray, config: FeatureConfig, whole: bool = True) -> tuple[
     segment is one segment, padded as in training. whole=False: the centre segment only, the
     view a run's test items get in training. Near-silent windows (peak below the feature
     config's silence_peak) are left out; SilentAudioError if none is left."""
-    n, length = len(y), config.segment_samples
-    if not whole or n <= length:
-        windows = [y if n <= length else y[(n - length) // 2 : (n - length) // 2 + length]]
-    else:
-        starts = np.round(np.linspace(0, n - length, math.ceil(n / length))).astype(int)
-        windows = [y[s : s + length] for s in starts]
+    windows = [y[w] for w in segment_windows(len(y), config, whole)]
     sounding = [w for w in windows if not is_near_silent(w, config.silence_peak)]
     if not sounding:
         raise SilentAudioError(
