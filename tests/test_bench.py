@@ -337,8 +337,92 @@ def test_run_s_breakdown_splits_a_record_and_ratios_pair_within_rounds():
     assert run.projected(b, 2, 12) == pytest.approx(45.0 + 5 * 30.0)
     # Per-round new / eager = 0.5, 1.0, 0.8: the median is 0.8 (a ratio of medians: 1.25).
     assert run.paired_ratio([1.0, 4.0, 4.0], [2.0, 4.0, 5.0]) == pytest.approx(0.8)
-    rows = [["real baseline", "end to end", 10.0, 5.0, 0.5, 1.0],
-            ["real baseline", "step", 4.0, 3.0, 0.75, 0.6]]  # fmt: skip
+    assert run.PATHS == ("eager", "new", "bf16") and run.COMPARED == ("new", "bf16")
+    assert run.time_columns() == [
+        "run", "piece", "eager (s)", "new (s)", "bf16 (s)", "new / eager", "new range",
+        "bf16 / eager", "bf16 range", "share of new", "share of bf16",
+    ]  # fmt: skip
+    rows = [["real baseline", "end to end", 10.0, 5.0, 8.0, 0.5, "-", 0.8, "-", 1.0, 1.0],
+            ["real baseline", "step", 4.0, 3.0, 2.0, 0.75, "-", 0.5, "-", 0.6, 0.25]]  # fmt: skip
     assert run.verdict_lines(rows, "projected") == [
-        "- real baseline, end to end: new / eager 0.500, speed-up 2.00x (target >= 1.5x: met)"
+        "- real baseline, end to end: new / eager 0.500, speed-up 2.00x (target >= 1.5x: met)",
+        "- real baseline, end to end: bf16 / eager 0.800, speed-up 1.25x (target >= 1.5x: NOT met)",
     ]
+
+
+def _bench_results(ends: dict[str, list[float]], uas: dict[str, list[float]]) -> dict:
+    """A measure() result of one run from end-to-end seconds and UAs per path and round (every
+    piece of a round a fixed share of its end to end, training 0.8 of it)."""
+    from qat.bench import run
+
+    shares = {"data": 0.05, "step": 0.5, "evaluation": 0.2, "cost": 0.05, "probe": 0.1}
+    results = {
+        ("real baseline", path): [
+            {
+                **{k: v * e for k, v in shares.items()},
+                "other": 0.1 * e,
+                "end to end": e,
+                "train": 0.8 * e,
+                "ua": ua,
+            }
+            for e, ua in zip(ends[path], uas[path], strict=True)
+        ]
+        for path in run.PATHS
+    }
+    return {"results": results, "epochs": 2, "profile_epochs": 12, "rounds": 2,
+            "runs": {"real baseline": None}}  # fmt: skip
+
+
+def test_run_s_rows_pair_every_path_with_eager_within_rounds():
+    from qat.bench import run
+
+    m = _bench_results(
+        {"eager": [10.0, 20.0], "new": [8.0, 10.0], "bf16": [5.0, 12.0]},
+        {"eager": [0.5, 0.5], "new": [0.5, 0.5], "bf16": [0.48, 0.47]},
+    )
+    rows = {row[1]: row for row in run.time_rows(m)}
+    assert all(len(row) == len(run.time_columns()) for row in rows.values())
+    end = rows["end to end"]
+    # Medians 15, 9, 8.5; per-round new / eager 0.8 and 0.5, bf16 / eager 0.5 and 0.6.
+    assert end[2:5] == pytest.approx([15.0, 9.0, 8.5])
+    assert end[run.ratio_column("new")] == pytest.approx(0.65)
+    assert end[run.ratio_column("bf16")] == pytest.approx(0.55)
+    assert end[run.ratio_column("new") + 1] == "0.50-0.80"
+    assert end[run.ratio_column("bf16") + 1] == "0.50-0.60"
+    assert rows["step"][-2:] == pytest.approx([0.5, 0.5])  # shares of each path's end to end
+    # Projected to 12 epochs: end to end + 5 x 0.8 x end to end = 5 x end to end.
+    proj = rows["end to end, projected to 12 epochs"]
+    assert proj[2:5] == pytest.approx([75.0, 45.0, 42.5]) and proj[-2:] == ["-", "-"]
+    assert proj[run.ratio_column("bf16")] == pytest.approx(0.55)
+    lines = run.verdict_lines(list(rows.values()), "end to end, projected to 12 epochs")
+    assert lines[:2] == [
+        "- real baseline, end to end: new / eager 0.650, speed-up 1.54x (target >= 1.5x: met)",
+        "- real baseline, end to end: bf16 / eager 0.550, speed-up 1.82x (target >= 1.5x: met)",
+    ]
+    assert len(lines) == 4 and lines[3].startswith("- real baseline, end to end, projected")
+    assert run.ua_columns() == ["run", "eager UA", "new UA", "bf16 UA", "new - eager",
+                                "bf16 - eager", "spread"]  # fmt: skip
+    (ua,) = run.ua_rows(m)
+    assert ua[0] == "real baseline"
+    assert ua[1:] == pytest.approx([0.5, 0.5, 0.48, 0.0, -0.02, 0.01])
+
+
+def test_run_s_bf16_path_is_the_new_path_in_bfloat16_and_says_whether_it_is_native():
+    from qat.bench import run
+    from qat.config import RunConfig
+
+    config = RunConfig(model="real", method="baseline", setup="unconfounded", seed=0,
+                       profile="smoke")  # fmt: skip
+    assert run.path_config(config, "new") is config and run.path_config(config, "eager") is config
+    bf16 = run.path_config(config, "bf16")
+    assert bf16.precision == "bf16" and bf16 == config.replace(precision="bf16")
+    assert bf16.key() != config.key()  # a record of its own
+    support = run.bf16_support()
+    assert support["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert support["native"] == bool(support["flags"])
+    assert set(support["flags"]) <= set(run.NATIVE_BF16_FLAGS)
+    native = {"capability": "AVX512", "flags": ["avx512_bf16"], "native": True,
+              "onednn_bf16": True}  # fmt: skip
+    assert "AVX512" in run.bf16_line(native) and "not native" not in run.bf16_line(native)
+    emulated = {"capability": "AVX2", "flags": [], "native": False, "onednn_bf16": False}
+    assert "AVX2" in run.bf16_line(emulated) and "not native" in run.bf16_line(emulated)
