@@ -4,10 +4,9 @@ and its rule adopts bf16 only when each model's paired validation difference say
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from scipy import stats as sps
 
-from qat import embedding, precision
+from qat import precision
 
 
 def _ser(config, val_ua: float, ua: float) -> dict:
@@ -15,16 +14,11 @@ def _ser(config, val_ua: float, ua: float) -> dict:
             "history": [{"epoch": 1, "val_ua": val_ua}]}  # fmt: skip
 
 
-@pytest.fixture
-def chosen(monkeypatch):
-    monkeypatch.setattr(embedding, "choose", lambda scores: ("careful-wide", "the rule"))
-
-
 def _records(shift: dict, rng) -> tuple[list[dict], dict]:
     """fp32 and bf16 records of every configuration; bf16's validation UA moved by
     shift[model] + noise. Returns the records and the differences per model."""
     out, diffs = [], {}
-    for model, fp32 in precision.fp32_configs([]).items():
+    for model, fp32 in precision.fp32_configs().items():
         d = shift[model] + rng.normal(0, 0.004, len(fp32))
         diffs[model] = d
         for c, delta in zip(fp32, d, strict=True):
@@ -33,18 +27,18 @@ def _records(shift: dict, rng) -> tuple[list[dict], dict]:
     return out, diffs
 
 
-def test_the_bf16_runs_are_the_instruments_fp32_runs_with_bf16(chosen):
-    fp32 = precision.fp32_configs([])
-    assert set(fp32) == {"real", "quaternion"}
-    bf16 = precision.configs([])
-    assert len(bf16) == len({c.key() for c in bf16}) == 2 * 2 * len(precision.PAIRS)
+def test_the_bf16_runs_are_the_real_networks_fp32_runs_with_bf16():
+    fp32 = precision.fp32_configs()
+    assert set(fp32) == set(precision.MODELS) == {"real"}
+    bf16 = precision.configs()
+    assert len(bf16) == len({c.key() for c in bf16}) == 2 * len(precision.PAIRS)
     assert {c.precision for c in bf16} == {"bf16"}
-    assert {c.upstream for c in fp32["quaternion"]} == {"careful"}
+    assert [c.replace(precision="fp32").key() for c in bf16] == [c.key() for c in fp32["real"]]
 
 
-def test_bf16_is_adopted_only_when_each_models_interval_contains_0_above_the_tolerance(chosen):
+def test_bf16_is_adopted_only_when_each_models_interval_contains_0_above_the_tolerance():
     rng = np.random.default_rng(8)
-    records, diffs = _records({"real": 0.0, "quaternion": 0.0}, rng)
+    records, diffs = _records({"real": 0.0}, rng)
     adopted, why = precision.decision(records)
     lows = [sps.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=sps.sem(d))[0]
             for d in diffs.values()]  # fmt: skip
@@ -56,7 +50,7 @@ def test_bf16_is_adopted_only_when_each_models_interval_contains_0_above_the_tol
         row["validation UA, bf16 - fp32 (the rule's)"]
         == f"{d.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
     )
-    records, _ = _records({"real": 0.0, "quaternion": -0.03}, rng)  # bf16 costs the quaternion
+    records, _ = _records({"real": -0.03}, rng)  # bf16 costs UA
     adopted, why = precision.decision(records)
-    assert adopted is False and why.startswith("quaternion")
+    assert adopted is False and why.startswith("real")
     assert precision.decision(records[:-1])[0] is None  # a bf16 run missing: pending
