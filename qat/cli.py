@@ -475,6 +475,10 @@ def _dispatch(args) -> int:
         if not args.report_only:
             instrument.run(args.stage, jobs=args.jobs, models=models, engine=engine)
         print(instrument.write_report())
+        if args.stage == "level":  # the level study's page
+            from qat import perturbation_page
+
+            print(perturbation_page.write_page())
     elif args.command == "synth":
         from qat.data.synth import make_synthemo
 

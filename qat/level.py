@@ -170,12 +170,12 @@ def section(records, checks: dict[str, dict[str, dict]]) -> list[str]:
 
 def run(jobs: int = 2, engine=None) -> None:
     """The candidates' runs (existing records skipped), then the checks of every ceiling's
-    model (existing eval records reused), then the page."""
-    from qat import perturbation_page, perturbed
+    model (existing eval records reused); `qat instrument --stage level` then writes the page
+    (qat.perturbation_page, which reads this module)."""
+    from qat import perturbed
     from qat.experiments import run_configs
     from qat.saved import resolve_stored
 
     run_configs(configs(), jobs=jobs, desc="instrument level", engine=engine)
     for model in ceiling_models(runs.load_records(kind="ser")):
         perturbed.evaluate_perturbations(resolve_stored(model), CHECKS, items=CHECK_ITEMS)
-    perturbation_page.write_page()
