@@ -415,5 +415,8 @@ def reading(records) -> list[str]:
     fresh = (f"{pending} of {len(rows)} targets pending on the fresh pairs (`qat instrument "
              "--stage embedding-confirm`)" if pending else
              f"on fresh pairs {len(met)} of {len(rows)} targets met")  # fmt: skip
+    adopted, verdict = decision(records, chosen)
+    reads = "the previous (v1) RH-emo" if adopted == "previous" else f"`{adopted}`"
+    rule = "" if adopted is None else f" Adoption: {verdict}; the instrument reads {reads}."
     return [f"- RH-emo at full strength (section 8): `{chosen}` chosen on validation ({why}); "
-            f"{fresh}."]  # fmt: skip
+            f"{fresh}.{rule}"]  # fmt: skip
