@@ -82,9 +82,15 @@ def stored_path(path: str | os.PathLike) -> str:
 
 def resolve_stored(name: str | os.PathLike) -> Path:
     """The model file a record names: a relative name lies under the cache root; an absolute
-    one (records written before names were relative) is taken as it is."""
+    one (records written before names were relative) is taken as it is where it exists, and
+    otherwise, when it named a file of some cache's models/ folder (another machine's or
+    checkout's), read as the same file under this cache root."""
     path = Path(name)
-    return path if path.is_absolute() else paths.CACHE / path
+    if not path.is_absolute():
+        return paths.CACHE / path
+    if not path.exists() and path.parent.name == "models":
+        return paths.CACHE / "models" / path.name
+    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -344,6 +344,9 @@ def test_records_name_models_relative_to_the_cache_and_old_absolute_names_still_
     assert saved.stored_path(model.path) == str(model.path)  # outside the cache: absolute
     assert saved.resolve_stored("models/ser-x.pt") == inside
     assert saved.resolve_stored(str(model.path)) == model.path
+    # An absolute name from another machine's cache reads as this cache's file.
+    elsewhere = "/another/machine/qat/cache/models/ser-x.pt"
+    assert saved.resolve_stored(elsewhere) == inside
     monkeypatch.chdir(tmp_path)  # a relative name found nowhere from here: the cache's
     assert load_model("models/ser-x.pt").path == inside.resolve()
     assert load_model(str(model.path)).path == model.path.resolve()
