@@ -81,7 +81,7 @@ def confirmation(records, frozen: str) -> list[dict]:
             verdict = f"pending ({0 if d is None else d.n}/{len(CONFIRM_PAIRS)} pairs)"
         else:
             verdict = "confirmed" if d.t_low > 0 else "not confirmed"
-        out.append({"candidate": name, "runs": len(found), "ceiling UA": _mean(
+        out.append({"candidate": name, "runs": len(found), "ceiling UA": stats.mean(
             r["metrics"]["ua"] for r in found.values()), "vs frozen quaternion": _interval(d),
             "gain confirmed (95% low > 0)": verdict})  # fmt: skip
     return out
@@ -174,14 +174,15 @@ def rows(records, frozen: str, pairs) -> list[dict]:
             verdict = stats.verdict(vs_real.t_low, vs_real.t_high, at_least=-WITHIN)
         out.append({
             "network": name, "change": what, "runs": len(found),
-            "ceiling UA": _mean(ua), "ceiling SD": statistics.stdev(ua) if len(ua) > 1 else None,
+            "ceiling UA": stats.mean(ua),
+            "ceiling SD": statistics.stdev(ua) if len(ua) > 1 else None,
             "vs frozen quaternion": _interval(_paired(found, quat)) if found is not quat else "–",
             "vs frozen real": _interval(vs_real) if found is not real else "–",
             f"within {WITHIN} of real": verdict or "–",
-            "params": _mean(r["resources"]["params"] for r in found.values()),
+            "params": stats.mean(r["resources"]["params"] for r in found.values()),
             "step time vs real": time[0] if time else None,
             "RH-emo encoder parameters": _encoder_parameters(found) if heads else None,
-            "RH-emo emotion head UA": _mean(heads),
+            "RH-emo emotion head UA": stats.mean(heads),
             "_vs_real": vs_real, "_time": time,
             # (RH-emo quality, ceiling) once per RH-emo: rows reusing another's are left out
             "_heads": [] if PROFILES[profile_name].get("rhemo_profile") else [
@@ -203,11 +204,6 @@ def _encoder_parameters(found: dict) -> int:
     return sum(t.numel() for t in net.encoder.parameters())
 
 
-def _mean(values):
-    values = list(values)
-    return statistics.fmean(values) if values else None
-
-
 def speaker_shift(records, frozen: str, pairs) -> list[dict]:
     """The real and quaternion ceilings on the training speakers (validation, last epoch) and
     on the held-out test speakers: how much of the shortfall is speaker generalisation."""
@@ -220,9 +216,10 @@ def speaker_shift(records, frozen: str, pairs) -> list[dict]:
         last = [r["history"][-1] for r in found.values()]
         out.append({
             "model": model, "runs": len(found),
-            "train accuracy (last epoch)": _mean(h.get("train_acc") for h in last),
-            "validation UA, training speakers (last epoch)": _mean(h.get("val_ua") for h in last),
-            "test UA, held-out speakers": _mean(r["metrics"]["ua"] for r in found.values()),
+            "train accuracy (last epoch)": stats.mean(h.get("train_acc") for h in last),
+            "validation UA, training speakers (last epoch)": stats.mean(
+                h.get("val_ua") for h in last),
+            "test UA, held-out speakers": stats.mean(r["metrics"]["ua"] for r in found.values()),
         })  # fmt: skip
     return out
 

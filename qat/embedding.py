@@ -167,11 +167,12 @@ def selection_rows(records) -> list[dict]:
         rows.append({
             "candidate": name, "upstream": upstream, "RH-emo encoder": encoder,
             "pairs": f"{len(runs_)}/{len(SELECT_PAIRS)}",
-            "ceiling validation UA (the rule's score)": _mean(val_ua(r) for r in runs_.values()),
-            "ceiling test UA (not used)": _mean(r["metrics"]["ua"] for r in runs_.values()),
-            "RH-emo emotion head, validation UA at the kept epoch": _mean(
+            "ceiling validation UA (the rule's score)": stats.mean(
+                val_ua(r) for r in runs_.values()),
+            "ceiling test UA (not used)": stats.mean(r["metrics"]["ua"] for r in runs_.values()),
+            "RH-emo emotion head, validation UA at the kept epoch": stats.mean(
                 tables.kept_row(h).get("val_emotion_ua") for h in heads),
-            "RH-emo kept epoch": _mean(tables.kept_row(h).get("epoch") for h in heads),
+            "RH-emo kept epoch": stats.mean(tables.kept_row(h).get("epoch") for h in heads),
             "RH-emo stopped early": f"{sum('early' in h.get('stopped', '') for h in heads)}/"
                                     f"{len(heads)}",
             **{f"{axis} balanced accuracy": tables.heads_summary(
@@ -188,16 +189,11 @@ def selection_rows(records) -> list[dict]:
             ],
         )
         rows.append({"candidate": label, "pairs": f"{len(ref)}/{len(SELECT_PAIRS)}",
-                     "ceiling validation UA (the rule's score)": _mean(
+                     "ceiling validation UA (the rule's score)": stats.mean(
                          val_ua(r) for r in ref.values()),
-                     "ceiling test UA (not used)": _mean(
+                     "ceiling test UA (not used)": stats.mean(
                          r["metrics"]["ua"] for r in ref.values())})  # fmt: skip
     return rows
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
 
 
 def _ua(found: dict) -> dict:

@@ -93,24 +93,21 @@ def rows(records, checks: dict[str, dict[str, dict]]) -> list[dict]:
         baseline = _records(records, candidate, "confounded")
         mine = {k: val_ua(r) for k, r in ceiling.items()}
         row = {"candidate": name(*candidate), "pairs": f"{len(ceiling)}/{len(PAIRS)}",
-               "ceiling validation UA (the rule's score)": _mean(mine.values())}  # fmt: skip
+               "ceiling validation UA (the rule's score)": stats.mean(mine.values())}  # fmt: skip
         common = set(mine) & set(raw)
         if candidate != CANDIDATES[0] and len(common) >= 2:
             d = stats.paired({k: mine[k] for k in common}, {k: raw[k] for k in common})
             row["minus raw input, validation"] = f"{d.mean:+.3f} [{d.t_low:+.3f}, {d.t_high:+.3f}]"
-        row["ceiling test UA (not used)"] = _mean(r["metrics"]["ua"] for r in ceiling.values())
-        row["baseline test UA (not used)"] = _mean(r["metrics"]["ua"] for r in baseline.values())
+        row["ceiling test UA (not used)"] = stats.mean(r["metrics"]["ua"] for r in ceiling.values())
+        row["baseline test UA (not used)"] = stats.mean(
+            r["metrics"]["ua"] for r in baseline.values()
+        )
         at = [checks.get(r.get("model"), {}).get("gain-10dB") for r in ceiling.values()]
         at = [a["paired"] for a in at if a]
-        row["-10 dB: unchanged"] = _mean(a["unchanged"] for a in at)
-        row["-10 dB: UA minus clean"] = _mean(a["perturbed_ua"] - a["clean_ua"] for a in at)
+        row["-10 dB: unchanged"] = stats.mean(a["unchanged"] for a in at)
+        row["-10 dB: UA minus clean"] = stats.mean(a["perturbed_ua"] - a["clean_ua"] for a in at)
         out.append(row)
     return out
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
 
 
 def targets(records, checks: dict[str, dict[str, dict]]) -> list[dict]:

@@ -448,6 +448,12 @@ def verdict(low: float, high: float, *, at_most: float | None = None,
     return "met" if low >= at_least else "not met" if high < at_least else WIDE
 
 
+def mean(values) -> float | None:
+    """The mean of the values that are not None; None when there are none (a table's blank)."""
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def sd_interval(sd: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """Chi-square interval of a standard deviation from n runs."""
     a = (1 - level) / 2
