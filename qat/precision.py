@@ -3,8 +3,8 @@
 runs say the UA does not move; a section of reports/instrument.md.
 
 Written before its runs: the pairs (PAIRS, the RH-emo confirmation's fresh pairs, whose fp32
-real ceilings exist; the real baselines come from the level study, `qat instrument --stage
-level`), the bf16 runs (the same configurations with precision="bf16") and the rule
+real ceilings exist; the real baselines are the level study's raw ones, run here if that study
+has not run), the bf16 runs (the same configurations with precision="bf16") and the rule
 (`decision`): bf16 is adopted when, for each model of MODELS, the paired difference of
 validation UA, bf16 minus fp32 over the baseline and the ceiling of every pair, has a 95%
 t-interval that contains 0 and lies above -TOLERANCE. Test UA is shown beside it, never used.
@@ -103,7 +103,9 @@ def section(records) -> list[str]:
 
 
 def run(jobs: int = 2, engine=None) -> None:
-    """The bf16 runs (existing records skipped)."""
+    """The fp32 runs the rule pairs with (the level study's raw baselines, if it has not run
+    yet) and the bf16 runs; existing records are skipped."""
     from qat.experiments import run_configs
 
-    run_configs(configs(), jobs=jobs, desc="instrument precision", engine=engine)
+    fp32 = [c for cs in fp32_configs().values() for c in cs]
+    run_configs([*fp32, *configs()], jobs=jobs, desc="instrument precision", engine=engine)

@@ -54,3 +54,14 @@ def test_bf16_is_adopted_only_when_each_models_interval_contains_0_above_the_tol
     adopted, why = precision.decision(records)
     assert adopted is False and why.startswith("real")
     assert precision.decision(records[:-1])[0] is None  # a bf16 run missing: pending
+
+
+def test_the_stage_runs_the_fp32_runs_the_rule_pairs_with_and_the_bf16_ones(monkeypatch):
+    from qat import experiments
+
+    seen = []
+    monkeypatch.setattr(experiments, "run_configs", lambda cs, **kw: seen.extend(cs))
+    precision.run(jobs=1)
+    fp32 = precision.fp32_configs()["real"]
+    assert [c.key() for c in seen] == [c.key() for c in (*fp32, *precision.configs())]
+    assert {c.precision for c in seen} == {"fp32", "bf16"} and len(seen) == 2 * len(fp32)
