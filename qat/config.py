@@ -115,6 +115,10 @@ UPSTREAMS = {
 # The instrument's upstream networks; "v1" until qat.embedding's choice is confirmed on fresh
 # pairs (reports/instrument.md, section 8).
 INSTRUMENT_UPSTREAM = "v1"
+# The run setting `precision` of each model's runs in the fair race: fp32 until qat.precision's
+# rule, written before its runs, adopts bf16 for the real network (reports/instrument.md,
+# section 9). The cost claim (quaternion/real step) is timed in fp32 whatever this says.
+INSTRUMENT_PRECISION = {"real": "fp32", "quaternion": "fp32"}
 
 # Sizes and recipe per profile. "cpu" runs on this machine; "paper" is the WASPAA 2023
 # setting (full-width VGG16, 4 s STFT segments 512 x 128, Adam lr 1e-5..5e-5, batch 20,

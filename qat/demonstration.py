@@ -19,7 +19,9 @@ Protocol (written into the page before the results):
 5. The layer sweep: AT at every tap with its finalist's other settings, on SWEEP_PAIRS.
 6. Variants (rho 0.95, speaker-confounded) on VARIANT_PAIRS: every finalist whose main-setting
    gain interval is above 0, at, cka and their placebos, with the baseline and the ceiling.
-7. Costs: every finalist's and every swept tap's training step, timed side by side.
+7. Costs: every finalist's and every swept tap's training step, timed side by side, in fp32.
+Every run reads the instrument its rules adopted: the RH-emo of qat.embedding's decision and
+the precision of qat.precision's (qat.config.INSTRUMENT_PRECISION); the race waits for both.
 Runs that did not train (qat.experiments.training_failures) are counted per method and kept in
 every comparison. Everything on the page comes from run records; `qat demonstration` resumes.
 """
@@ -32,8 +34,14 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from qat import costs, embedding, hparams, io, paths, plots, robust, runs, stats, tables
-from qat.config import INSTRUMENT_ENCODER, INSTRUMENT_UPSTREAM, RunConfig, label_of
+from qat import costs, embedding, hparams, io, paths, plots, precision, robust, runs, stats, tables
+from qat.config import (
+    INSTRUMENT_ENCODER,
+    INSTRUMENT_PRECISION,
+    INSTRUMENT_UPSTREAM,
+    RunConfig,
+    label_of,
+)
 from qat.experiments import (
     CHANCE_LOSS_MARGIN,
     CHANCE_UA_FACTOR,
@@ -73,7 +81,8 @@ def base(model: str, variant=MAIN, **changes) -> RunConfig:
     default), with `changes` (method, knobs, setup, seed, fold...)."""
     rho, factor = variant
     settings = dict(profile=PROFILE, setup="confounded", model=model, rho=rho, factor=factor,
-                    orthogonal=factor, upstream=INSTRUMENT_UPSTREAM)  # fmt: skip
+                    orthogonal=factor, upstream=INSTRUMENT_UPSTREAM,
+                    precision=INSTRUMENT_PRECISION[model])  # fmt: skip
     if model == "quaternion":  # the instrument's quaternion pipeline
         settings["rhemo_encoder"] = INSTRUMENT_ENCODER
     return RunConfig(**{**settings, **changes})
@@ -272,7 +281,8 @@ STAGES = (*GRIDS, "costs")
 def cost_configs(records, model: str) -> dict[str, RunConfig]:
     """{what: configuration} whose training step the costs stage times, on COST_PAIR: each
     finalist by name (a placebo's step is its method's, BASELINE_STEP's the baseline's) and
-    each swept tap ("tap conv1_1")."""
+    each swept tap ("tap conv1_1"), in fp32 whatever precision the runs trained at: the
+    quaternion/real step ratio is the paper's cost claim."""
     chosen = finalists(records, model)
     steps = {}
     for name in chosen:
@@ -281,15 +291,16 @@ def cost_configs(records, model: str) -> dict[str, RunConfig]:
             steps[name] = chosen[own]
     if "at" in chosen:
         steps |= {f"tap {t}": chosen["at"].replace(tap=(t,)) for t in VGG16_TAPS}
-    return {name: _on(c, (COST_PAIR,))[0] for name, c in steps.items()}
+    return {name: _on(c, (COST_PAIR,))[0].replace(precision="fp32") for name, c in steps.items()}
 
 
 def run(models=MODELS, jobs: int = 2, stages: Sequence[str] = STAGES, engine=None) -> None:
     """The stages in order; runs whose record exists are skipped, so this resumes. Each stage
     reads the records the previous ones wrote. The costs stage times the steps of `models`
     side by side in this process (`jobs` and `engine`, a qat.sweep.Engine, do not apply)."""
-    problem = embedding.instrument_problem(runs.load_records())
-    if problem:  # the race runs on the RH-emo the instrument's rule adopted, and no other
+    everything = runs.load_records()
+    problem = embedding.instrument_problem(everything) or precision.instrument_problem(everything)
+    if problem:  # the race runs on the instrument its rules adopted, and no other
         raise ValueError(f"qat demonstration: the fair race waits for the instrument: {problem}")
     for stage in stages:
         records = runs.load_records(kind="ser")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 
 from qat import embedding, stats, tables
-from qat.config import RunConfig
+from qat.config import INSTRUMENT_PRECISION, RunConfig
 
 PAIRS = embedding.CONFIRM_PAIRS
 SETUPS = ("confounded", "unconfounded")
@@ -80,6 +80,19 @@ def decision(records) -> tuple[bool | None, str]:
                            f"interval that contains 0 and lies above -{TOLERANCE}")  # fmt: skip
     return True, (f"for {', '.join(MODELS)} the validation UA difference's interval contains 0 "
                   f"and lies above -{TOLERANCE}")  # fmt: skip
+
+
+def instrument_problem(records) -> str | None:
+    """Why qat.config.INSTRUMENT_PRECISION is not yet what `decision` says, or None when it is:
+    the fair race runs at the precision the rule settled, and waits while it is pending."""
+    adopted, why = decision(records)
+    if adopted is None:
+        return f"the bf16 decision is pending ({why}); run `qat instrument --stage precision`"
+    wanted = {m: "bf16" if adopted and m in MODELS else "fp32" for m in INSTRUMENT_PRECISION}
+    if INSTRUMENT_PRECISION != wanted:
+        return (f"the bf16 rule says {wanted} ({why}), but qat.config has "
+                f"INSTRUMENT_PRECISION={INSTRUMENT_PRECISION}: set it to that")  # fmt: skip
+    return None
 
 
 def section(records) -> list[str]:

@@ -406,10 +406,24 @@ def test_the_costs_stage_times_both_models_steps_in_one_measurement(finalist_rec
     monkeypatch.setattr(runs, "load_records", lambda *a, **k: both)
     monkeypatch.setattr(costs, "run", measured.append)
     monkeypatch.setattr(demo.embedding, "instrument_problem", lambda records: None)  # settled
+    monkeypatch.setattr(demo.precision, "instrument_problem", lambda records: None)
     demo.run(stages=("costs",))
     wanted = [c for m in demo.MODELS for c in demo.cost_configs(both, m).values()]
     assert measured == [wanted]  # one call: every step in the same interleaved rounds
     assert {c.model for c in wanted} == {"real", "quaternion"}
+    assert {c.precision for c in wanted} == {"fp32"}  # the cost claim is timed in fp32
+
+
+def test_the_race_runs_each_model_at_the_precision_the_rule_adopted(monkeypatch):
+    monkeypatch.setitem(demo.INSTRUMENT_PRECISION, "real", "bf16")
+    assert demo.base("real").precision == "bf16"
+    assert demo.base("quaternion").precision == "fp32"
+    assert {c.precision for c in demo.candidates.__wrapped__("real", "dann")} == {"bf16"}
+    monkeypatch.setattr(demo.embedding, "instrument_problem", lambda records: None)
+    monkeypatch.setattr(runs, "load_records", lambda *a, **k: [])
+    with pytest.raises(ValueError, match=r"waits for the instrument: the bf16 decision is "
+                       r"pending.*--stage precision"):  # fmt: skip
+        demo.run(stages=("selection",))
 
 
 def test_step_times_come_from_the_side_by_side_record_only(finalist_records, tmp_path):

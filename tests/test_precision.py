@@ -65,3 +65,16 @@ def test_the_stage_runs_the_fp32_runs_the_rule_pairs_with_and_the_bf16_ones(monk
     fp32 = precision.fp32_configs()["real"]
     assert [c.key() for c in seen] == [c.key() for c in (*fp32, *precision.configs())]
     assert {c.precision for c in seen} == {"fp32", "bf16"} and len(seen) == 2 * len(fp32)
+
+
+def test_the_race_waits_for_the_rule_and_then_for_the_config_to_follow_it(monkeypatch):
+    rng = np.random.default_rng(5)
+    near, far = (_records({"real": s}, rng)[0] for s in (0.0, -0.05))
+    assert "pending" in precision.instrument_problem(near[:-1])
+    monkeypatch.setattr(precision, "INSTRUMENT_PRECISION", {"real": "fp32", "quaternion": "fp32"})
+    assert precision.instrument_problem(far) is None  # not adopted, fp32 kept as configured
+    problem = precision.instrument_problem(near)  # adopted, config still fp32
+    assert "'real': 'bf16'" in problem and "set it" in problem
+    monkeypatch.setattr(precision, "INSTRUMENT_PRECISION", {"real": "bf16", "quaternion": "fp32"})
+    assert precision.instrument_problem(near) is None
+    assert "'real': 'fp32'" in precision.instrument_problem(far)

@@ -569,7 +569,7 @@ def test_fieller_refuses_fewer_than_two_pairs_and_unequal_lengths():
 def test_mean_skips_blanks_and_is_none_when_nothing_is_present():
     rng = np.random.default_rng(11)
     values = list(rng.normal(size=9))
-    with_blanks = values[:4] + [None] + values[4:] + [None]
+    with_blanks = [*values[:4], None, *values[4:], None]
     assert qs.mean(with_blanks) == pytest.approx(math.fsum(values) / len(values))
     assert qs.mean(iter([None, None])) is None
     assert qs.mean([]) is None
