@@ -65,9 +65,8 @@ def _ser(config: RunConfig, ua: float, val_ua: float, rhemo=None) -> dict:
     return record
 
 
-def test_the_fresh_pair_targets_are_scipy_s_paired_intervals_and_met_only_as_they_say():
-    chosen = "careful"
-    rng = np.random.default_rng(3)
+def _confirmation(chosen: str, rng) -> tuple[list[dict], dict]:
+    """Records of the confirmation's runs on the fresh pairs and their test UAs by role."""
     k = len(embedding.CONFIRM_PAIRS)
     real = rng.uniform(0.58, 0.62, k)
     quat = real - rng.uniform(0.00, 0.02, k)  # within 0.03 of the real ceiling
@@ -89,6 +88,14 @@ def test_the_fresh_pair_targets_are_scipy_s_paired_intervals_and_met_only_as_the
             _ser(real_run, real[i], 0.8),
             _ser(real_run.replace(model="quaternion"), quat[i] - 0.05, 0.5),
         ]
+    return records, {"real": real, "quat": quat, "on_rhemo": on_rhemo, "heads": heads}
+
+
+def test_the_fresh_pair_targets_are_scipy_s_paired_intervals_and_met_only_as_they_say():
+    chosen = "careful"
+    k = len(embedding.CONFIRM_PAIRS)
+    records, ua = _confirmation(chosen, np.random.default_rng(3))
+    real, quat, heads = ua["real"], ua["quat"], ua["heads"]
     rows = {r["target"][:24]: r for r in embedding.targets(records, chosen)}
     ratio = rows["RH-emo's emotion head, v"]
     low, high = sps.t.interval(0.95, k - 1, loc=(heads / 0.8).mean(),
@@ -120,6 +127,22 @@ def test_the_fresh_pair_targets_are_scipy_s_paired_intervals_and_met_only_as_the
     assert low < 0
     assert embedding.decision(records, chosen)[0] == "previous"
     assert embedding.decision(records[:-1], chosen)[0] is None  # a fresh pair without both ceilings
+
+
+def test_the_shortfalls_split_the_quaternion_gap_and_bound_the_sd_a_target_allows(monkeypatch):
+    chosen = "careful"
+    k = len(embedding.CONFIRM_PAIRS)
+    records, ua = _confirmation(chosen, np.random.default_rng(4))
+    assert embedding.shortfalls(records, chosen) == []  # targets pending: nothing said yet
+    settled = [{"target": "t", "measured": "m", "met": "not met"}]
+    monkeypatch.setattr(embedding, "targets", lambda records, chosen: settled)
+    where, sd = embedding.shortfalls(records, chosen)  # no selection runs, no word networks
+    for a, b in ((ua["on_rhemo"], ua["real"]), (ua["quat"], ua["on_rhemo"])):
+        low, high = sps.ttest_rel(a, b).confidence_interval(0.95)
+        assert f"{(a - b).mean():+.3f} [{low:+.3f}, {high:+.3f}] ({k} pairs)" in where
+    largest = 0.02 / np.sqrt((k - 1) / sps.chi2.ppf(0.025, k - 1))  # the interval's top = 0.02
+    baselines = 0.45 + 0.001 * np.arange(k)
+    assert f"below {largest:.4f}; measured {baselines.std(ddof=1):.4f}" in sd
 
 
 def test_the_instrument_must_read_the_rh_emo_the_rule_adopted(monkeypatch):
