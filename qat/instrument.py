@@ -421,7 +421,8 @@ def write_report(reports=None) -> Path:
     if reports.resolve() == (paths.ROOT / "reports").resolve():
         summary = _summary(chosen, why, frozen, oracle_ua)
         update_readme_block("instrument", summary + diagnosis.reading(records, FROZEN, PAIRS)
-                            + embedding.reading(records))  # fmt: skip
+                            + embedding.reading(records)
+                            + precision.reading(records))  # fmt: skip
     return target
 
 

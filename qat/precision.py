@@ -70,6 +70,7 @@ def _interval(diffs: list[float]) -> str:
 
 def decision(records) -> tuple[bool | None, str]:
     """(True: bf16 adopted, False: kept fp32, None: pending; why), by the module's rule."""
+    measured = []
     for model, fp32 in fp32_configs().items():
         diffs = _differences(records, fp32, embedding.val_ua)
         if len(diffs) < len(fp32):
@@ -78,8 +79,9 @@ def decision(records) -> tuple[bool | None, str]:
         if not -TOLERANCE <= low <= 0 <= high:
             return False, (f"{model}: validation UA bf16 - fp32 {_interval(diffs)}, not an "
                            f"interval that contains 0 and lies above -{TOLERANCE}")  # fmt: skip
-    return True, (f"for {', '.join(MODELS)} the validation UA difference's interval contains 0 "
-                  f"and lies above -{TOLERANCE}")  # fmt: skip
+        measured.append(f"{model} {_interval(diffs)}")
+    return True, (f"validation UA bf16 - fp32 {'; '.join(measured)}: intervals that contain 0 "
+                  f"and lie above -{TOLERANCE}")  # fmt: skip
 
 
 def instrument_problem(records) -> str | None:
@@ -93,6 +95,14 @@ def instrument_problem(records) -> str | None:
         return (f"the bf16 rule says {wanted} ({why}), but qat.config has "
                 f"INSTRUMENT_PRECISION={INSTRUMENT_PRECISION}: set it to that")  # fmt: skip
     return None
+
+
+def reading(records) -> list[str]:
+    """The section in a line, for the README."""
+    adopted, why = decision(records)
+    outcome = ("pending" if adopted is None else "adopted" if adopted else
+               "not adopted, the runs stay in fp32")  # fmt: skip
+    return [f"- bfloat16 forward passes for the real network (section 9): {outcome}: {why}."]
 
 
 def section(records) -> list[str]:

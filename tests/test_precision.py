@@ -78,3 +78,14 @@ def test_the_race_waits_for_the_rule_and_then_for_the_config_to_follow_it(monkey
     monkeypatch.setattr(precision, "INSTRUMENT_PRECISION", {"real": "bf16", "quaternion": "fp32"})
     assert precision.instrument_problem(near) is None
     assert "'real': 'fp32'" in precision.instrument_problem(far)
+
+
+def test_the_readme_line_says_the_decision_and_its_interval():
+    rng = np.random.default_rng(6)
+    for shift, said in ((0.0, "adopted:"), (-0.05, "not adopted, the runs stay in fp32:")):
+        records, diffs = _records({"real": shift}, rng)
+        low, high = sps.t.interval(0.95, len(diffs["real"]) - 1, loc=diffs["real"].mean(),
+                                   scale=sps.sem(diffs["real"]))  # fmt: skip
+        (line,) = precision.reading(records)
+        assert said in line and f"{diffs['real'].mean():+.3f} [{low:+.3f}, {high:+.3f}]" in line
+    assert "pending:" in precision.reading([])[0]
