@@ -419,7 +419,8 @@ def run(quick: bool = False) -> str:
         "difference interval including 0 and above -0.01) needs full-length runs on 3 seeds, "
         "more than this bench runs; it is not claimed here, for either path. The bf16 path "
         "changes the numerics by design (bfloat16 forwards), so the issue's float32-tolerance "
-        "test of the step does not apply to it; the UA criterion is the only one it can meet, "
-        "and this page does not establish it."
+        "test of the step does not apply to it; the UA criterion is the only one it can meet. "
+        "Full-length runs measure it, paired over 5 (seed, fold) pairs with a rule written "
+        "before them: reports/instrument.md, section 9 (`qat instrument --stage precision`)."
     )
     return publish("run", body, quick)
