@@ -426,3 +426,35 @@ def test_run_s_bf16_path_is_the_new_path_in_bfloat16_and_says_whether_it_is_nati
     assert "AVX512" in run.bf16_line(native) and "not native" not in run.bf16_line(native)
     emulated = {"capability": "AVX2", "flags": [], "native": False, "onednn_bf16": False}
     assert "AVX2" in run.bf16_line(emulated) and "not native" in run.bf16_line(emulated)
+
+
+def test_compile_is_adopted_only_when_a_run_repays_its_cold_compile():
+    from qat.bench import compile as comp
+
+    row = {"break_even": 300.0, "grads_agree": True}
+    assert comp.verdict(row, 1200).startswith("adopted: the cold compile is repaid after 300")
+    assert comp.verdict(row, 200).startswith("not adopted")
+    assert comp.verdict({**row, "grads_agree": False}, 1200).startswith("not adopted")
+    assert comp.verdict({**row, "break_even": None}, 1200) == (
+        "not adopted: the compiled step is not faster"
+    )
+
+
+def test_compile_s_cache_folder_is_the_blocks_and_restored(tmp_path, monkeypatch):
+    from qat.bench import compile as comp
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere")
+    with comp.inductor_cache(str(tmp_path)):
+        assert comp.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
+    assert comp.os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere"
+
+
+def test_compile_s_agreement_runs_one_step_of_each_path_from_the_same_weights(one_thread):
+    from qat.bench import compile as comp
+
+    load = antitransfer.workload(quick=True)
+    x = antitransfer.random_batch(load.spectrogram_shape)
+    agreement = comp._agreement(False, load, x, backend="eager")  # traced, no C++ generated
+    assert agreement == {"loss_rel": 0.0, "grads_agree": True}
+    steps = comp.run_steps()
+    assert steps is None or steps % PROFILES["cpu"]["epochs"] == 0

@@ -15,6 +15,7 @@ SUBCOMMANDS = (
     "probe",
     "dfr",
     "layout",
+    "compile",
     "scale",
     "run",
 )

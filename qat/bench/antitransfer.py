@@ -112,15 +112,19 @@ def training_step(
     anti_transfer: AntiTransfer | None = None,
     keys: Tensor | None = None,
     encoder: nn.Module | None = None,
+    compile_backend: str | None = None,
 ) -> Callable[[], dict]:
     """One call = qat's real training step (qat.train.Step: forward, losses, backward, Adam) on
     the fixed batch `x`, so the benchmarks time the code `fit` runs.
 
     encoder: a frozen front end run on `x` at every step (no_grad) before the model, e.g. the
-    RH-emo encoder when embeddings are not cached.
+    RH-emo encoder when embeddings are not cached. compile_backend: the step's forward goes
+    through torch.compile(model, backend=...) (qat.bench.compile).
     """
     config = TrainConfig(batch_size=len(x))
     step = Step(model, make_optimizer(model, config), config, anti_transfer)
+    if compile_backend is not None:
+        step.forward = torch.compile(model, backend=compile_backend)
     labels = {"emotion": torch.randint(0, NUM_EMOTIONS, (len(x),), generator=_generator(1))}
     model.train()
 
