@@ -231,6 +231,15 @@ def _models(args) -> None:
     from qat import paths
     from qat.saved import saved_models
 
+    if args.ship:
+        from qat import runs, shipping
+
+        rows = shipping.ship(runs.load_records(kind="ser"))
+        for row in rows:
+            print(f"{row['finalist']}: {row['shipped']} ({row['bytes'] / 2**20:.2f} MiB), a "
+                  f"float16 copy of {row['source']}")  # fmt: skip
+        print(f"{len(rows)} shipped model(s) under models/, listed in models/index.json")
+        return
     rows = saved_models()
     here = [r for r in rows if r["exists"]]
     header = ("label", "setting", "test UA", "path")
@@ -408,10 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="rebuild reports/perturbations.md and its figure from the records "
                       "without evaluating")  # fmt: skip
 
-    sub.add_parser(
+    models = sub.add_parser(
         "models", help="the saved models the run records name: label, setting, test UA, path "
         "(for --model of predict and evaluate)",
     )  # fmt: skip
+    models.add_argument("--ship", action="store_true",
+                        help="copy the fair race's main-setting finalists (first fresh "
+                        "pair) into models/ as float16 files, for a fresh clone "
+                        "(qat.shipping)")  # fmt: skip
     return parser
 
 

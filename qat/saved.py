@@ -84,13 +84,34 @@ def resolve_stored(name: str | os.PathLike) -> Path:
     """The model file a record names: a relative name lies under the cache root; an absolute
     one (records written before names were relative) is taken as it is where it exists, and
     otherwise, when it named a file of some cache's models/ folder (another machine's or
-    checkout's), read as the same file under this cache root."""
+    checkout's), read as the same file under this cache root. A model file this cache lacks
+    but the kit ships (SHIPPED: a committed copy, qat.shipping) resolves to the shipped copy."""
     path = Path(name)
     if not path.is_absolute():
-        return paths.CACHE / path
+        path = paths.CACHE / path
+    elif not path.exists() and path.parent.name == "models":
+        path = paths.CACHE / "models" / path.name
     if not path.exists() and path.parent.name == "models":
-        return paths.CACHE / "models" / path.name
+        return shipped_copy(path.name) or path
     return path
+
+
+SHIPPED = paths.ROOT / "models"  # model files committed with the kit (qat.shipping)
+SHIPPED_INDEX = "index.json"  # {a run's model file name: its shipped copy's name}
+
+
+def shipped_copy(name: str) -> Path | None:
+    """The committed copy of the run model file `name` (ser-<key>.pt), if the kit ships one."""
+    index = SHIPPED / SHIPPED_INDEX
+    if not index.is_file():
+        return None
+    try:
+        copies = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{index} is damaged ({err}); expected {{model file: shipped copy}} "
+                         "as JSON, written by `qat models --ship`") from None  # fmt: skip
+    copy = copies.get(name) if isinstance(copies, dict) else None
+    return SHIPPED / copy if copy and (SHIPPED / copy).is_file() else None
 
 
 # --------------------------------------------------------------------------------------------
