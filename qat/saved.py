@@ -100,17 +100,24 @@ SHIPPED = paths.ROOT / "models"  # model files committed with the kit (qat.shipp
 SHIPPED_INDEX = "index.json"  # {a run's model file name: its shipped copy's name}
 
 
-def shipped_copy(name: str) -> Path | None:
-    """The committed copy of the run model file `name` (ser-<key>.pt), if the kit ships one."""
-    index = SHIPPED / SHIPPED_INDEX
+def shipped_index(folder: Path) -> dict[str, str]:
+    """{a run's model file name: its shipped copy's name} from `folder`'s index ({} if none)."""
+    index = folder / SHIPPED_INDEX
     if not index.is_file():
-        return None
+        return {}
     try:
         copies = json.loads(index.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{index} is damaged ({err}); expected {{model file: shipped copy}} "
-                         "as JSON, written by `qat models --ship`") from None  # fmt: skip
-    copy = copies.get(name) if isinstance(copies, dict) else None
+        copies = err
+    if not isinstance(copies, dict):
+        raise ValueError(f"{index} is damaged ({copies}); expected {{model file: shipped "
+                         "copy}} as JSON, written by `qat models --ship`")  # fmt: skip
+    return copies
+
+
+def shipped_copy(name: str) -> Path | None:
+    """The committed copy of the run model file `name` (ser-<key>.pt), if the kit ships one."""
+    copy = shipped_index(SHIPPED).get(name)
     return SHIPPED / copy if copy and (SHIPPED / copy).is_file() else None
 
 

@@ -15,7 +15,6 @@ cache lacks a run's file.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -63,6 +62,10 @@ def ship(records, folder: Path | None = None, budget: int = BUDGET) -> list[dict
     cache or the copies together exceed `budget`."""
     folder = Path(folder) if folder is not None else saved.SHIPPED
     picked = chosen(records)
+    if not picked:
+        seed, fold = demonstration.FINAL_PAIRS[0]
+        raise ValueError(f"qat models --ship: no finalist of the fair race has run on pair "
+                         f"{seed}/{fold} yet (`qat demonstration` runs them)")  # fmt: skip
     sources = {what: resolve_stored(r["model"]) for what, r in picked.items()}
     missing = [f"{what} ({path})" for what, path in sources.items() if not path.is_file()]
     if missing:
@@ -76,8 +79,7 @@ def ship(records, folder: Path | None = None, budget: int = BUDGET) -> list[dict
         raise ValueError(f"qat models --ship: the copies need {total / 2**20:.1f} MiB, more than "
                          f"the budget of {budget / 2**20:.0f} MiB (MiB each: {sizes})")  # fmt: skip
     io.ensure_folder(folder, "shipped models")
-    index_path = folder / SHIPPED_INDEX
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    index = saved.shipped_index(folder)
     rows = []
     for what, data in copies.items():
         name = f"ser-{hashlib.sha256(data).hexdigest()[:16]}.pt"
@@ -86,5 +88,5 @@ def ship(records, folder: Path | None = None, budget: int = BUDGET) -> list[dict
         index[sources[what].name] = name
         rows.append({"finalist": what, "source": sources[what].name, "shipped": name,
                      "bytes": len(data)})  # fmt: skip
-    io.write_json(index_path, dict(sorted(index.items())))
+    io.write_json(folder / SHIPPED_INDEX, dict(sorted(index.items())))
     return rows

@@ -83,6 +83,8 @@ def test_nothing_is_written_when_a_file_is_missing_or_the_budget_is_exceeded(set
                        r"ceiling"):  # fmt: skip
         shipping.ship(records)
     assert not (tmp_path / "models").exists()
+    with pytest.raises(ValueError, match=r"no finalist of the fair race has run on pair 400/0"):
+        shipping.ship(records[-1:])
 
 
 def test_a_damaged_index_is_named(setting):
